@@ -1,0 +1,84 @@
+// One error shape for every route (SPEC): {"error": {"code", "message", "details"}}. Validation problems name the
+// field; registry errors map to 404, 409 and 422; anything unexpected is a 500 whose message says nothing of
+// the internals (the scrubbed cause goes to the log).
+import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify';
+import { scrubError } from '../crypto/scrub.ts';
+import { ConflictError, NotFoundError, UnprocessableError } from '../registry/errors.ts';
+import { StoreUnavailableError } from '../stores/types.ts';
+
+export class ApiError extends Error {
+  readonly status: number;
+  readonly code: string;
+  readonly details: unknown;
+  constructor(status: number, code: string, message: string, details?: unknown) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = code;
+    this.details = details;
+  }
+}
+
+export function sendError(reply: FastifyReply, status: number, code: string, message: string, details?: unknown) {
+  return reply
+    .code(status)
+    .type('application/json; charset=utf-8')
+    .send({ error: { code, message, ...(details === undefined ? {} : { details }) } });
+}
+
+interface AjvIssue {
+  instancePath: string;
+  keyword: string;
+  message?: string;
+  params: Record<string, unknown>;
+}
+
+/** "body.admin.port must be integer" style messages, one per problem. */
+function describeValidation(context: string, issues: AjvIssue[]): { message: string; details: unknown[] } {
+  const details = issues.map((issue) => {
+    const path = issue.instancePath.split('/').filter(Boolean).join('.');
+    let field = path ? `${context}.${path}` : context;
+    let message = issue.message ?? 'is invalid';
+    if (issue.keyword === 'additionalProperties') {
+      field = `${field}.${String(issue.params.additionalProperty)}`;
+      message = 'is not a known field';
+    } else if (issue.keyword === 'required') {
+      field = `${field}.${String(issue.params.missingProperty)}`;
+      message = 'is required';
+    } else if (issue.keyword === 'enum') {
+      message = `must be one of ${(issue.params.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
+    }
+    return { field, message };
+  });
+  const message = details.map((d) => `${d.field} ${d.message}`).join('; ');
+  return { message, details };
+}
+
+export function installErrorHandling(app: FastifyInstance): void {
+  app.setNotFoundHandler((request, reply) =>
+    sendError(reply, 404, 'not_found', `No route ${request.method} ${request.url.split('?')[0]}`),
+  );
+
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    if (error.validation) {
+      const { message, details } = describeValidation(error.validationContext ?? 'request', error.validation as AjvIssue[]);
+      return sendError(reply, 400, 'invalid_request', message, details);
+    }
+    if (error instanceof ApiError) return sendError(reply, error.status, error.code, error.message, error.details);
+    if (error instanceof NotFoundError) return sendError(reply, 404, 'not_found', error.message);
+    if (error instanceof ConflictError) return sendError(reply, 409, 'conflict', error.message);
+    if (error instanceof UnprocessableError) return sendError(reply, 422, 'unprocessable', error.message);
+    if (error instanceof StoreUnavailableError) {
+      request.log.error({ err: scrubError(error) }, 'secret store unavailable');
+      return sendError(reply, 503, 'store_unavailable', 'The secret store cannot be reached; try again shortly');
+    }
+    // Fastify's own client errors: bad JSON, body too large, wrong content type, bad URL encoding…
+    const status = error.statusCode ?? 500;
+    if (status >= 400 && status < 500) {
+      const code = status === 413 ? 'payload_too_large' : status === 415 ? 'unsupported_media_type' : 'invalid_request';
+      return sendError(reply, status, code, scrubError(error).message);
+    }
+    request.log.error({ err: scrubError(error) }, 'request failed');
+    return sendError(reply, 500, 'internal', 'Keyturn failed to handle this request; the error is in its log');
+  });
+}

@@ -1,0 +1,35 @@
+import type { FastifyPluginAsync } from 'fastify';
+import { actorOf } from '../auth.ts';
+import type { ApiContext } from '../context.ts';
+import { CreateConnectionBody, IdParams, PatchConnectionBody } from '../schemas.ts';
+import { connectionView } from '../views.ts';
+
+export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, { ctx }) => {
+  app.post<{ Body: CreateConnectionBody }>('/v1/connections', { schema: { body: CreateConnectionBody } }, async (request, reply) => {
+    const connection = await ctx.service.createConnection(request.body, actorOf(request));
+    return reply.code(201).header('location', `/v1/connections/${connection.id}`).send(connectionView(connection, []));
+  });
+
+  app.get('/v1/connections', async () => ({
+    connections: (await ctx.registry.listConnections()).map((c) => connectionView(c)),
+  }));
+
+  app.get<{ Params: IdParams }>('/v1/connections/:id', { schema: { params: IdParams } }, async (request) => {
+    const connection = await ctx.registry.getConnection(request.params.id);
+    return connectionView(connection, await ctx.registry.connectionUsers(connection.id));
+  });
+
+  app.patch<{ Params: IdParams; Body: PatchConnectionBody }>(
+    '/v1/connections/:id',
+    { schema: { params: IdParams, body: PatchConnectionBody } },
+    async (request) => {
+      const connection = await ctx.service.updateConnection(request.params.id, request.body, actorOf(request));
+      return connectionView(connection, await ctx.registry.connectionUsers(connection.id));
+    },
+  );
+
+  app.delete<{ Params: IdParams }>('/v1/connections/:id', { schema: { params: IdParams } }, async (request, reply) => {
+    await ctx.service.deleteConnection(request.params.id, actorOf(request));
+    return reply.code(204).send();
+  });
+};

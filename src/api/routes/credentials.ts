@@ -1,0 +1,138 @@
+import type { FastifyPluginAsync } from 'fastify';
+import { Type } from 'typebox';
+import { NotFoundError } from '../../registry/errors.ts';
+import { actorOf } from '../auth.ts';
+import type { ApiContext } from '../context.ts';
+import {
+  CreateCredentialBody,
+  IdParams,
+  ListCredentialsQuery,
+  PatchCredentialBody,
+  RotationsQuery,
+  UuidParams,
+} from '../schemas.ts';
+import { credentialView, isOverdue } from '../views.ts';
+
+const rotationSummary = (r: { id: string; status: string; step: string }) => ({ id: r.id, status: r.status, step: r.step });
+
+export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, { ctx }) => {
+  app.post<{ Body: CreateCredentialBody }>(
+    '/v1/credentials',
+    { schema: { body: CreateCredentialBody } },
+    async (request, reply) => {
+      const { credential, rotation } = await ctx.service.createCredential(request.body, actorOf(request));
+      return reply
+        .code(201)
+        .header('location', `/v1/credentials/${credential.spec.id}`)
+        .send({ ...credentialView(credential), rotation: rotation ? rotationSummary(rotation) : null });
+    },
+  );
+
+  app.get<{ Querystring: ListCredentialsQuery }>(
+    '/v1/credentials',
+    { schema: { querystring: ListCredentialsQuery } },
+    async (request) => {
+      const { label, status, overdue } = request.query;
+      const [labelKey, labelValue] = label ? label.split(/[:=](.*)/s) : [];
+      const now = Date.now();
+      const credentials = (await ctx.registry.listCredentials()).filter(
+        (c) =>
+          (!status || c.state.status === status) &&
+          (overdue === undefined || isOverdue(c, now) === overdue) &&
+          (!labelKey || c.spec.labels[labelKey] === labelValue),
+      );
+      return { credentials: credentials.map((c) => credentialView(c, now)) };
+    },
+  );
+
+  app.get<{ Params: IdParams }>('/v1/credentials/:id', { schema: { params: IdParams } }, async (request) => {
+    const credential = await ctx.registry.getCredential(request.params.id);
+    const inflight = await ctx.rotations.inflight(credential.spec.id);
+    return { ...credentialView(credential), rotation: inflight ? rotationSummary(inflight) : null };
+  });
+
+  app.patch<{ Params: IdParams; Body: PatchCredentialBody }>(
+    '/v1/credentials/:id',
+    { schema: { params: IdParams, body: PatchCredentialBody } },
+    async (request) => credentialView(await ctx.service.updateCredential(request.params.id, request.body, actorOf(request))),
+  );
+
+  app.delete<{ Params: IdParams }>('/v1/credentials/:id', { schema: { params: IdParams } }, async (request, reply) => {
+    await ctx.service.deleteCredential(request.params.id, actorOf(request));
+    return reply.code(204).send();
+  });
+
+  app.post<{ Params: IdParams }>(
+    '/v1/credentials/:id/rotate',
+    // No body is expected; an empty JSON object is tolerated for clients that always send one.
+    { schema: { params: IdParams, body: Type.Optional(Type.Object({}, { additionalProperties: false })) } },
+    async (request, reply) => {
+      const result = await ctx.engine.request(request.params.id, 'manual', actorOf(request));
+      if (!result) throw new NotFoundError(`Credential "${request.params.id}" does not exist`);
+      const { rotation, created } = result;
+      return reply
+        .code(202)
+        .header('location', `/v1/rotations/${rotation.id}`)
+        .send({ rotationId: rotation.id, status: rotation.status, step: rotation.step, created });
+    },
+  );
+
+  app.get<{ Params: IdParams; Querystring: { limit?: number; before?: number } }>(
+    '/v1/credentials/:id/rotations',
+    { schema: { params: IdParams, querystring: RotationsQuery } },
+    async (request) => {
+      await ctx.registry.getCredential(request.params.id);
+      const limit = request.query.limit ?? 50;
+      const rotations = await ctx.rotations.listForCredential(request.params.id, limit, request.query.before);
+      const last = rotations.at(-1);
+      return {
+        rotations,
+        next: rotations.length === limit && last ? Date.parse(last.createdAt) : null,
+      };
+    },
+  );
+
+  app.get<{ Params: { id: string } }>('/v1/rotations/:id', { schema: { params: UuidParams } }, async (request) => {
+    const rotation = await ctx.rotations.find(request.params.id);
+    if (!rotation) throw new NotFoundError(`Rotation "${request.params.id}" does not exist`);
+    return rotation;
+  });
+
+  app.get<{ Params: IdParams }>('/v1/credentials/:id/secret', { schema: { params: IdParams } }, async (request, reply) => {
+    const credential = await ctx.registry.getCredential(request.params.id);
+    const working = await ctx.secrets.read(credential);
+    const actor = actorOf(request);
+    if (!working) {
+      await ctx.audit.append({ actor, action: 'secret.read', outcome: 'failure', credential: credential.spec.id, details: { reason: 'no version yet' } });
+      return reply.code(409).send({
+        error: {
+          code: 'no_secret_yet',
+          message: `Credential "${credential.spec.id}" has no working version yet: its first rotation has not finished (see GET /v1/credentials/${credential.spec.id})`,
+        },
+      });
+    }
+    const connection = await ctx.registry.getConnection(credential.spec.connection);
+    await ctx.audit.append({
+      actor,
+      action: 'secret.read',
+      outcome: 'success',
+      credential: credential.spec.id,
+      details: { version: working.version.versionId },
+    });
+    const next = credential.state.nextRotationAt ? Date.parse(credential.state.nextRotationAt) : undefined;
+    const maxAge = working.rotating || next === undefined ? 0 : Math.max(0, Math.floor((next - Date.now()) / 1000));
+    const { value } = working.version;
+    return reply
+      .header('cache-control', `private, max-age=${maxAge}`)
+      .send({
+        username: value.username,
+        password: value.password,
+        version: working.version.versionId,
+        rotatedAt: credential.state.rotatedAt ?? working.version.createdAt,
+        nextRotationAt: credential.state.nextRotationAt ?? null,
+        host: connection.host,
+        port: connection.port,
+        database: connection.database ?? null,
+      });
+  });
+};

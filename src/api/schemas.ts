@@ -1,0 +1,187 @@
+// Request schemas (JSON Schema through TypeBox). Every object refuses unknown fields, every string has a length
+// limit and every number a range, so that bad input is a 400 naming the field and never reaches a handler.
+import { type Static, Type } from 'typebox';
+import { DURATION_PATTERN } from '../scheduling/schedule.ts';
+
+export const ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$';
+// PostgreSQL/MySQL identifiers Keyturn is willing to manage: letters, digits, _ . -; the _clone suffix must fit.
+const USERNAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_.$-]{0,56}$';
+const HOST_PATTERN = '^[A-Za-z0-9]([A-Za-z0-9.:_-]{0,252})$';
+
+export const Id = Type.String({ pattern: ID_PATTERN, description: 'Letters, digits, ".", "_" and "-"; 1-128 characters' });
+const Duration = Type.String({ pattern: DURATION_PATTERN, description: 'A whole number and a unit: s, m, h or d' });
+const Labels = Type.Record(Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$' }), Type.String({ maxLength: 256 }), {
+  maxProperties: 32,
+});
+
+export const StoreSpecSchema = Type.Union([
+  Type.Object({ type: Type.Literal('local') }, { additionalProperties: false }),
+  Type.Object(
+    {
+      type: Type.Literal('vault'),
+      mount: Type.String({ pattern: '^[A-Za-z0-9_.-]{1,128}$' }),
+      path: Type.String({ pattern: '^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,15}$', maxLength: 512 }),
+    },
+    { additionalProperties: false },
+  ),
+  Type.Object(
+    {
+      type: Type.Literal('aws'),
+      secretId: Type.String({ minLength: 1, maxLength: 2048 }),
+      region: Type.Optional(Type.String({ pattern: '^[a-z]{2}(-[a-z]+)+-[0-9]$' })),
+    },
+    { additionalProperties: false },
+  ),
+]);
+
+const TlsSchema = Type.Object(
+  {
+    mode: Type.Union([Type.Literal('disable'), Type.Literal('require'), Type.Literal('verify-full')]),
+    ca: Type.Optional(Type.String({ maxLength: 32_768 })),
+  },
+  { additionalProperties: false },
+);
+
+const Password = Type.String({ minLength: 1, maxLength: 1024 });
+
+export const CreateConnectionBody = Type.Object(
+  {
+    id: Id,
+    type: Type.String({ minLength: 1, maxLength: 32 }),
+    host: Type.String({ pattern: HOST_PATTERN }),
+    port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
+    database: Type.Optional(Type.String({ minLength: 1, maxLength: 63 })),
+    tls: Type.Optional(TlsSchema),
+    admin: Type.Object(
+      {
+        username: Type.String({ minLength: 1, maxLength: 63 }),
+        password: Password,
+        store: Type.Optional(StoreSpecSchema),
+      },
+      { additionalProperties: false },
+    ),
+    labels: Type.Optional(Labels),
+  },
+  { additionalProperties: false },
+);
+export type CreateConnectionBody = Static<typeof CreateConnectionBody>;
+
+export const PatchConnectionBody = Type.Object(
+  {
+    host: Type.Optional(Type.String({ pattern: HOST_PATTERN })),
+    port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
+    database: Type.Optional(Type.String({ minLength: 1, maxLength: 63 })),
+    tls: Type.Optional(TlsSchema),
+    admin: Type.Optional(
+      Type.Object(
+        { username: Type.Optional(Type.String({ minLength: 1, maxLength: 63 })), password: Type.Optional(Password) },
+        { additionalProperties: false, minProperties: 1 },
+      ),
+    ),
+    labels: Type.Optional(Labels),
+  },
+  { additionalProperties: false, minProperties: 1 },
+);
+export type PatchConnectionBody = Static<typeof PatchConnectionBody>;
+
+const ScheduleExtras = {
+  window: Type.Optional(Duration),
+  jitter: Type.Optional(Duration),
+};
+export const ScheduleSchema = Type.Union([
+  Type.Object({ every: Duration, ...ScheduleExtras }, { additionalProperties: false }),
+  Type.Object(
+    {
+      cron: Type.String({ minLength: 9, maxLength: 128 }),
+      timezone: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+      ...ScheduleExtras,
+    },
+    { additionalProperties: false },
+  ),
+]);
+
+export const PasswordPolicySchema = Type.Object(
+  {
+    length: Type.Optional(Type.Integer({ minimum: 16, maximum: 256 })),
+    charset: Type.Optional(
+      Type.Union([
+        Type.Literal('alphanumeric'),
+        Type.Literal('ascii-printable'),
+        Type.Literal('hex'),
+        Type.Literal('base64url'),
+      ]),
+    ),
+    requireEachClass: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+
+export const CreateCredentialBody = Type.Object(
+  {
+    id: Id,
+    connection: Id,
+    username: Type.String({ pattern: USERNAME_PATTERN }),
+    strategy: Type.Union([Type.Literal('single-user'), Type.Literal('alternating-users')]),
+    schedule: ScheduleSchema,
+    store: Type.Optional(StoreSpecSchema),
+    password: Type.Optional(PasswordPolicySchema),
+    maxAgeDays: Type.Optional(Type.Integer({ minimum: 1, maximum: 3650 })),
+    gracePeriod: Type.Optional(Duration),
+    labels: Type.Optional(Labels),
+    import: Type.Optional(Type.Boolean()),
+    currentPassword: Type.Optional(Password),
+  },
+  { additionalProperties: false },
+);
+export type CreateCredentialBody = Static<typeof CreateCredentialBody>;
+
+export const PatchCredentialBody = Type.Object(
+  {
+    schedule: Type.Optional(ScheduleSchema),
+    password: Type.Optional(PasswordPolicySchema),
+    maxAgeDays: Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 3650 }), Type.Null()])),
+    gracePeriod: Type.Optional(Type.Union([Duration, Type.Null()])),
+    labels: Type.Optional(Labels),
+  },
+  { additionalProperties: false, minProperties: 1 },
+);
+export type PatchCredentialBody = Static<typeof PatchCredentialBody>;
+
+export const IdParams = Type.Object({ id: Id }, { additionalProperties: false });
+export type IdParams = Static<typeof IdParams>;
+
+export const UuidParams = Type.Object({ id: Type.String({ format: 'uuid' }) }, { additionalProperties: false });
+
+export const ListCredentialsQuery = Type.Object(
+  {
+    label: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}[:=].{0,256}$' })),
+    status: Type.Optional(
+      Type.Union([Type.Literal('pending'), Type.Literal('active'), Type.Literal('rotating'), Type.Literal('failed')]),
+    ),
+    overdue: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+export type ListCredentialsQuery = Static<typeof ListCredentialsQuery>;
+
+export const RotationsQuery = Type.Object(
+  {
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500 })),
+    before: Type.Optional(Type.Integer({ minimum: 0 })),
+  },
+  { additionalProperties: false },
+);
+
+export const AuditQuerySchema = Type.Object(
+  {
+    credential: Type.Optional(Id),
+    actor: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+    action: Type.Optional(Type.String({ pattern: '^[a-z_.]{1,64}$' })),
+    since: Type.Optional(Type.String({ format: 'date-time' })),
+    until: Type.Optional(Type.String({ format: 'date-time' })),
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+    cursor: Type.Optional(Type.String({ pattern: '^[0-9]{1,20}-[0-9]{1,20}$' })),
+  },
+  { additionalProperties: false },
+);
+export type AuditQuerySchema = Static<typeof AuditQuerySchema>;

@@ -1,0 +1,58 @@
+// What the API returns for registry objects: never a secret, always the fields a person needs to act.
+import type { Connection, Credential } from '../registry/types.ts';
+
+const DAY_MS = 86_400_000;
+/** Without maxAgeDays a credential is overdue once its next rotation is this late. */
+const OVERDUE_SLACK_MS = 60 * 60_000;
+
+export function isOverdue(credential: Credential, now = Date.now()): boolean {
+  const { spec, state } = credential;
+  if (spec.maxAgeDays !== undefined) {
+    const since = Date.parse(state.rotatedAt ?? spec.createdAt);
+    return now - since > spec.maxAgeDays * DAY_MS;
+  }
+  return state.nextRotationAt !== undefined && now - Date.parse(state.nextRotationAt) > OVERDUE_SLACK_MS;
+}
+
+export function credentialView(credential: Credential, now = Date.now()) {
+  const { spec, state } = credential;
+  return {
+    id: spec.id,
+    connection: spec.connection,
+    username: spec.username,
+    strategy: spec.strategy,
+    schedule: spec.schedule,
+    store: spec.store,
+    password: spec.password,
+    maxAgeDays: spec.maxAgeDays ?? null,
+    gracePeriod: spec.gracePeriod ?? null,
+    labels: spec.labels,
+    status: state.status,
+    version: state.version ?? null,
+    activeUsername: state.activeUsername ?? null,
+    rotatedAt: state.rotatedAt ?? null,
+    nextRotationAt: state.nextRotationAt ?? null,
+    lastRotationId: state.lastRotationId ?? null,
+    lastOutcome: state.lastOutcome ?? null,
+    consecutiveFailures: state.failures ?? 0,
+    overdue: isOverdue(credential, now),
+    createdAt: spec.createdAt,
+    updatedAt: spec.updatedAt,
+  };
+}
+
+export function connectionView(connection: Connection, credentials?: string[]) {
+  return {
+    id: connection.id,
+    type: connection.type,
+    host: connection.host,
+    port: connection.port,
+    database: connection.database ?? null,
+    tls: connection.tls ? { mode: connection.tls.mode, ca: connection.tls.ca ? 'set' : null } : { mode: 'disable' },
+    admin: { username: connection.admin.username, store: connection.adminStore },
+    labels: connection.labels,
+    ...(credentials ? { credentials } : {}),
+    createdAt: connection.createdAt,
+    updatedAt: connection.updatedAt,
+  };
+}

@@ -1,0 +1,93 @@
+// The audit stream: one Redis Stream entry per event, appended by the API and the workers. An event names who
+// (actor), what (action), on what (credential, connection, rotation), with what outcome, and when; it never
+// carries a secret value: `details` takes only scalars, and every call site passes ids and scrubbed messages.
+import type { ChainableCommander, Redis } from 'ioredis';
+import type { RedisKeys } from '../registry/keys.ts';
+
+export type AuditOutcome = 'success' | 'failure' | 'denied';
+
+export interface AuditEventInput {
+  actor: string;
+  action: string;
+  outcome: AuditOutcome;
+  credential?: string;
+  connection?: string;
+  rotation?: string;
+  details?: Record<string, string | number | boolean | null>;
+}
+
+export interface AuditEvent extends AuditEventInput {
+  /** Stream id: milliseconds-sequence, the total order of the log. */
+  id: string;
+  time: string;
+}
+
+export interface AuditQuery {
+  credential?: string;
+  actor?: string;
+  action?: string;
+  since?: Date;
+  until?: Date;
+  limit: number;
+  /** Exclusive: events after this id. */
+  after?: string;
+}
+
+const READ_BATCH = 500;
+
+function encode(event: AuditEventInput, time: string): string {
+  return JSON.stringify({ time, ...event });
+}
+
+export class AuditLog {
+  readonly #redis: Redis;
+  readonly #key: string;
+
+  constructor(redis: Redis, keys: RedisKeys) {
+    this.#redis = redis;
+    this.#key = keys.audit();
+  }
+
+  /** Appends one event and returns its id. */
+  async append(event: AuditEventInput): Promise<string> {
+    const id = await this.#redis.xadd(this.#key, '*', 'e', encode(event, new Date().toISOString()));
+    return id as string;
+  }
+
+  /** Queues the append on a MULTI/pipeline, so that it lands atomically with the state change it records. */
+  appendIn(multi: ChainableCommander, event: AuditEventInput): void {
+    multi.xadd(this.#key, '*', 'e', encode(event, new Date().toISOString()));
+  }
+
+  /** Reads events oldest first; `next` is the cursor for the following page, or null at the end. */
+  async read(query: AuditQuery): Promise<{ events: AuditEvent[]; next: string | null }> {
+    const end = query.until ? `${query.until.getTime()}` : '+';
+    let start = query.after ? `(${query.after}` : query.since ? `${query.since.getTime()}` : '-';
+    const events: AuditEvent[] = [];
+    for (;;) {
+      const batch = (await this.#redis.xrange(this.#key, start, end, 'COUNT', READ_BATCH)) as Array<
+        [string, string[]]
+      >;
+      for (const [id, fields] of batch) {
+        const raw = fields[fields.indexOf('e') + 1];
+        if (!raw) continue;
+        const event = { id, ...(JSON.parse(raw) as Omit<AuditEvent, 'id'>) };
+        if (query.credential && event.credential !== query.credential) continue;
+        if (query.actor && event.actor !== query.actor) continue;
+        if (query.action && event.action !== query.action) continue;
+        events.push(event);
+        if (events.length === query.limit) {
+          // More may follow: the cursor is this event; an empty next page is possible and harmless.
+          return { events, next: id };
+        }
+      }
+      if (batch.length < READ_BATCH) return { events, next: null };
+      start = `(${batch[batch.length - 1]![0]}`;
+    }
+  }
+}
+
+/** The append as a raw command, for scripts that apply it together with other writes (Lease.commit). */
+export function auditAppendOp(streamKey: string, event: AuditEventInput): [string, ...string[]] {
+  return ['XADD', streamKey, '*', 'e', encode(event, new Date().toISOString())];
+}

@@ -1,0 +1,154 @@
+// Process start-up shared by `npm start` (src/main.ts) and the worker entry point (workers/): configuration,
+// logger, Redis (a private redis-server when none answers at the default address), development secrets,
+// the runtime, and graceful shutdown on SIGTERM/SIGINT.
+import { spawn } from 'node:child_process';
+import { mkdir } from 'node:fs/promises';
+import { createServer, Socket } from 'node:net';
+import { join, resolve } from 'node:path';
+import { type Component, ConfigError, type KeyturnConfig, loadConfig } from './config/config.ts';
+import { devAdminToken, devMasterKey } from './config/dev-state.ts';
+import { createLogger, type Logger } from './logging/logger.ts';
+import { createRuntime, type Runtime } from './runtime.ts';
+
+function fail(message: string): never {
+  process.stderr.write(`keyturn: ${message}\n`);
+  process.exit(2);
+}
+
+function answers(host: string, port: number): Promise<boolean> {
+  return new Promise((done) => {
+    const socket = new Socket();
+    socket.setTimeout(500);
+    socket.once('connect', () => {
+      socket.destroy();
+      done(true);
+    });
+    socket.once('timeout', () => {
+      socket.destroy();
+      done(false);
+    });
+    socket.once('error', () => done(false));
+    socket.connect(port, host);
+  });
+}
+
+function freePort(): Promise<number> {
+  return new Promise((done, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => done(port));
+    });
+  });
+}
+
+/** Starts a private redis-server whose data lives in the state folder; returns its URL and a stop function. */
+async function startPrivateRedis(config: KeyturnConfig, logger: Logger): Promise<{ url: string; stop: () => void }> {
+  const dir = resolve(join(config.stateDir, 'redis'));
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const port = await freePort();
+  const child = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--save', '', '--protected-mode', 'yes'],
+    { stdio: 'ignore' },
+  );
+  await new Promise<void>((done, reject) => {
+    child.once('error', (err) =>
+      reject(
+        (err as NodeJS.ErrnoException).code === 'ENOENT'
+          ? new Error(
+              'nothing answers at redis://127.0.0.1:6379 and no redis-server is on the PATH: start Redis (e.g. `apt-get install redis-server` or `docker run -p 6379:6379 redis:7`) or set REDIS_URL',
+            )
+          : err,
+      ),
+    );
+    child.once('spawn', () => done());
+  });
+  for (let i = 0; i < 50 && !(await answers('127.0.0.1', port)); i++) await new Promise((r) => setTimeout(r, 100));
+  logger.warn(
+    { port, dir },
+    `no Redis answered at the default address: started a private redis-server on 127.0.0.1:${port} with its data in ${dir}; set REDIS_URL for a real one`,
+  );
+  return { url: `redis://127.0.0.1:${port}`, stop: () => child.kill('SIGTERM') };
+}
+
+export async function boot(options: { components?: Component[] } = {}): Promise<Runtime> {
+  let config: KeyturnConfig;
+  try {
+    config = loadConfig();
+  } catch (err) {
+    if (err instanceof ConfigError) fail(err.message);
+    throw err;
+  }
+  if (options.components) config.components = options.components;
+  const logger = createLogger({ level: config.logLevel, format: config.logFormat });
+  const production = process.env.NODE_ENV === 'production';
+
+  let stopRedis: (() => void) | undefined;
+  if (config.redisUrlDefaulted && !(await answers('127.0.0.1', 6379))) {
+    try {
+      const redis = await startPrivateRedis(config, logger);
+      config.redisUrl = redis.url;
+      stopRedis = redis.stop;
+    } catch (err) {
+      fail((err as Error).message);
+    }
+  }
+
+  let adminToken = config.adminToken;
+  if (!adminToken) {
+    if (production) fail('KEYTURN_ADMIN_TOKEN is required when NODE_ENV=production (make one with `openssl rand -base64 32`)');
+    const dev = await devAdminToken(config.stateDir);
+    adminToken = dev.value;
+    logger.warn(
+      { path: dev.path },
+      `KEYTURN_ADMIN_TOKEN is not set: ${dev.created ? 'made' : 'using'} a development admin token, kept in ${dev.path} (mode 0600)`,
+    );
+  }
+  let masterKey = config.masterKey;
+  if (!masterKey) {
+    if (production) fail('KEYTURN_MASTER_KEY is required when NODE_ENV=production (make one with `openssl rand -base64 32`)');
+    const dev = await devMasterKey(config.stateDir);
+    masterKey = Buffer.from(dev.value, 'base64');
+    logger.warn(
+      { path: dev.path },
+      `KEYTURN_MASTER_KEY is not set: ${dev.created ? 'made' : 'using'} a development master key in ${dev.path}; secrets in the local store are only as safe as that file`,
+    );
+  }
+
+  let runtime: Runtime;
+  try {
+    runtime = await createRuntime({ config, logger, adminToken, masterKey });
+  } catch (err) {
+    stopRedis?.();
+    fail(`could not start: ${(err as Error).message}`);
+  }
+  const address = await runtime.start().catch((err: Error) => {
+    stopRedis?.();
+    fail(`could not listen on ${config.host}:${config.port}: ${err.message}`);
+  });
+  logger.info({ address, components: config.components, prefix: config.prefix }, `keyturn serving on ${address}`);
+
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'shutting down: finishing the steps under way (each is resumable)');
+    runtime
+      .close()
+      .then(() => {
+        stopRedis?.();
+        logger.info('stopped');
+        logger.flush?.();
+        process.exit(0);
+      })
+      .catch((err) => {
+        logger.error({ err }, 'shutdown failed');
+        process.exit(1);
+      });
+  };
+  process.once('SIGTERM', () => shutdown('SIGTERM'));
+  process.once('SIGINT', () => shutdown('SIGINT'));
+  return runtime;
+}

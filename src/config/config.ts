@@ -1,0 +1,164 @@
+// Configuration comes from the environment (SPEC, Configuration) and is validated once, at start-up, with one
+// message per bad variable, so that an operator fixes everything in one pass. Nothing secret is ever echoed:
+// for secret variables the message names the variable and the rule, never the value.
+import { Buffer } from 'node:buffer';
+
+export type Component = 'api' | 'worker';
+
+export interface KeyturnConfig {
+  port: number;
+  host: string;
+  redisUrl: string;
+  /** True when REDIS_URL was not given: start-up may then launch a private redis-server. */
+  redisUrlDefaulted: boolean;
+  prefix: string;
+  adminToken: string | undefined;
+  masterKey: Buffer | undefined;
+  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  logFormat: 'json' | 'pretty';
+  components: Component[];
+  /** Folder for development state: generated admin token and master key. */
+  stateDir: string;
+  rotation: {
+    /** Attempts of one rotation before it is rolled back and marked failed. */
+    attempts: number;
+    /** First retry delay; each later one doubles. */
+    backoffMs: number;
+    concurrency: number;
+    /** How long a worker holds a rotation before another may take it over (renewed while it works). */
+    leaseMs: number;
+    /** Timeout of every downstream connection and statement. */
+    downstreamTimeoutMs: number;
+  };
+  /** Test-only fault injection (see rotation/failpoints.ts); empty in production. */
+  failpoints: string;
+  maxBodyBytes: number;
+}
+
+export class ConfigError extends Error {
+  readonly problems: string[];
+  constructor(problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+type Env = Record<string, string | undefined>;
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+/** Reads and validates the environment. Throws ConfigError listing every bad variable. */
+export function loadConfig(env: Env = process.env): KeyturnConfig {
+  const problems: string[] = [];
+
+  const int = (name: string, fallback: number, min: number, max: number): number => {
+    const raw = env[name];
+    if (raw === undefined || raw === '') return fallback;
+    if (!/^\d+$/.test(raw.trim())) {
+      problems.push(`${name} must be a whole number between ${min} and ${max}, got "${raw}"`);
+      return fallback;
+    }
+    const value = Number(raw.trim());
+    if (value < min || value > max) {
+      problems.push(`${name} must be between ${min} and ${max}, got ${value}`);
+      return fallback;
+    }
+    return value;
+  };
+
+  const port = int('PORT', 8080, 0, 65535);
+  const host = env.HOST?.trim() || '127.0.0.1';
+
+  const redisUrlRaw = env.REDIS_URL?.trim();
+  const redisUrl = redisUrlRaw || 'redis://127.0.0.1:6379';
+  try {
+    const u = new URL(redisUrl);
+    if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') {
+      problems.push(`REDIS_URL must start with redis:// or rediss://, got "${u.protocol}//…"`);
+    }
+  } catch {
+    // The URL may carry a password: name the variable, never echo it.
+    problems.push('REDIS_URL is not a valid URL (expected redis://[user:password@]host:port[/db])');
+  }
+
+  const prefix = env.KEYTURN_PREFIX?.trim() || 'keyturn';
+  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(prefix)) {
+    problems.push('KEYTURN_PREFIX must be 1-64 characters of letters, digits, "_", "." or "-"');
+  }
+
+  const adminToken = env.KEYTURN_ADMIN_TOKEN?.trim() || undefined;
+  if (adminToken !== undefined && adminToken.length < 32) {
+    problems.push(
+      'KEYTURN_ADMIN_TOKEN must be at least 32 characters (make one with `openssl rand -base64 32`)',
+    );
+  }
+
+  let masterKey: Buffer | undefined;
+  const masterKeyRaw = env.KEYTURN_MASTER_KEY?.trim();
+  if (masterKeyRaw) {
+    const decoded = /^[A-Za-z0-9+/]+={0,2}$/.test(masterKeyRaw) ? Buffer.from(masterKeyRaw, 'base64') : undefined;
+    if (!decoded || decoded.length !== 32) {
+      problems.push(
+        'KEYTURN_MASTER_KEY must be the base64 encoding of exactly 32 random bytes (make one with `openssl rand -base64 32`)',
+      );
+    } else {
+      masterKey = decoded;
+    }
+  }
+
+  const logLevelRaw = (env.LOG_LEVEL?.trim() || 'info').toLowerCase();
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevelRaw)) {
+    problems.push(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got "${env.LOG_LEVEL}"`);
+  }
+  const logLevel = ((LOG_LEVELS as readonly string[]).includes(logLevelRaw) ? logLevelRaw : 'info') as
+    KeyturnConfig['logLevel'];
+
+  const production = env.NODE_ENV === 'production';
+  const logFormatRaw = env.LOG_FORMAT?.trim() || (production || !process.stdout.isTTY ? 'json' : 'pretty');
+  if (logFormatRaw !== 'json' && logFormatRaw !== 'pretty') {
+    problems.push(`LOG_FORMAT must be "json" or "pretty", got "${logFormatRaw}"`);
+  }
+
+  const componentsRaw = (env.KEYTURN_COMPONENTS?.trim() || 'api,worker').split(',').map((c) => c.trim());
+  const components: Component[] = [];
+  for (const c of componentsRaw) {
+    if (c === 'api' || c === 'worker') {
+      if (!components.includes(c)) components.push(c);
+    } else problems.push(`KEYTURN_COMPONENTS lists "${c}"; allowed: api, worker (comma-separated)`);
+  }
+  if (components.length === 0 && componentsRaw.length > 0 && problems.length === 0) {
+    problems.push('KEYTURN_COMPONENTS must name at least one of api, worker');
+  }
+
+  const failpoints = env.KEYTURN_FAILPOINTS?.trim() ?? '';
+  if (failpoints && production) {
+    problems.push('KEYTURN_FAILPOINTS is a test facility and is refused when NODE_ENV=production');
+  }
+
+  const config: KeyturnConfig = {
+    port,
+    host,
+    redisUrl,
+    redisUrlDefaulted: !redisUrlRaw,
+    prefix,
+    adminToken,
+    masterKey,
+    logLevel,
+    logFormat: logFormatRaw === 'pretty' ? 'pretty' : 'json',
+    components,
+    stateDir: env.KEYTURN_STATE_DIR?.trim() || '.keyturn',
+    rotation: {
+      attempts: int('KEYTURN_ROTATION_ATTEMPTS', 5, 1, 100),
+      backoffMs: int('KEYTURN_ROTATION_BACKOFF_MS', 2000, 10, 3_600_000),
+      concurrency: int('KEYTURN_ROTATION_CONCURRENCY', 4, 1, 256),
+      leaseMs: int('KEYTURN_ROTATION_LEASE_MS', 30_000, 1000, 600_000),
+      downstreamTimeoutMs: int('KEYTURN_DOWNSTREAM_TIMEOUT_MS', 10_000, 100, 300_000),
+    },
+    failpoints,
+    maxBodyBytes: int('KEYTURN_MAX_BODY_BYTES', 64 * 1024, 1024, 16 * 1024 * 1024),
+  };
+
+  if (problems.length > 0) throw new ConfigError(problems);
+  return config;
+}

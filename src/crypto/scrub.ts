@@ -1,0 +1,51 @@
+// Downstream drivers put whatever they like into error messages: connection strings with passwords, echoes of
+// the failing statement, DSNs. Before an error is logged, stored in a rotation record or returned, it passes
+// through here: known secret values are cut out, and so is anything shaped like a credential.
+
+const MIN_SECRET_LENGTH = 4;
+
+const PATTERNS: Array<[RegExp, string]> = [
+  // scheme://user:password@host
+  [/([a-z][a-z0-9+.-]*:\/\/[^:/?#@\s]*:)[^@\s]*@/gi, '$1[redacted]@'],
+  // PASSWORD 'xyz' / PASSWORD "xyz" (SQL echoes), IDENTIFIED BY 'xyz'
+  [/\b(PASSWORD|IDENTIFIED\s+BY)\s+(E?'(?:[^']|'')*'|"(?:[^"]|"")*")/gi, "$1 '[redacted]'"],
+  // password=xyz, pwd: xyz, "password":"xyz", secret=..., token=...
+  [
+    /(["']?\b(?:password|passwd|pwd|secret|token|api[_-]?key|client[_-]?secret)\b["']?\s*[:=]\s*)("(?:[^"\\]|\\.)*"|'[^']*'|[^\s,;&}]+)/gi,
+    '$1[redacted]',
+  ],
+  // ACL SETUSER user >password
+  [/(\s)>(?!=)[^\s]+/g, '$1>[redacted]'],
+  // Authorization: Bearer xyz
+  [/\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+/g, '$1 [redacted]'],
+];
+
+/** Removes secret values and credential-shaped substrings from a text. */
+export function scrubText(text: string, secrets: Iterable<string | undefined> = []): string {
+  let out = text;
+  // Longest first, so that a secret containing another is cut whole.
+  const known = [...secrets]
+    .filter((s): s is string => typeof s === 'string' && s.length >= MIN_SECRET_LENGTH)
+    .sort((a, b) => b.length - a.length);
+  for (const secret of known) out = out.split(secret).join('[redacted]');
+  for (const [pattern, replacement] of PATTERNS) out = out.replace(pattern, replacement);
+  return out;
+}
+
+export interface ScrubbedError {
+  /** Machine-readable code when the driver gave one (SQLSTATE, errno name…). */
+  code?: string;
+  message: string;
+}
+
+/** Reduces any thrown value to a code and a scrubbed message; never carries the original object along. */
+export function scrubError(err: unknown, secrets: Iterable<string | undefined> = []): ScrubbedError {
+  const list = [...secrets];
+  if (err instanceof Error) {
+    const code = (err as { code?: unknown }).code;
+    const out: ScrubbedError = { message: scrubText(err.message || err.name, list).slice(0, 1000) };
+    if (typeof code === 'string' && /^[A-Za-z0-9_.-]{1,40}$/.test(code)) out.code = code;
+    return out;
+  }
+  return { message: scrubText(String(err), list).slice(0, 1000) };
+}

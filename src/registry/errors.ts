@@ -1,0 +1,20 @@
+// Errors the registry raises; the API maps each to its HTTP status (api/errors.ts).
+export class NotFoundError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'NotFoundError';
+  }
+}
+export class ConflictError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConflictError';
+  }
+}
+/** Valid input that cannot be carried out (an unknown connection, a strategy the target cannot do…). */
+export class UnprocessableError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UnprocessableError';
+  }
+}

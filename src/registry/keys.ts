@@ -1,0 +1,63 @@
+// The whole Redis key layout in one place (docs/architecture.md explains each). Every key starts with the
+// configured prefix, so several Keyturn installations can share one Redis, and a test can use its own prefix.
+// Keys of one credential share the `{cred:<id>}`-free plain layout on purpose: Lua scripts that touch several of
+// them run on a single Redis or a Sentinel set-up; for Redis Cluster the ids would go in hash tags.
+
+export class RedisKeys {
+  readonly prefix: string;
+  constructor(prefix: string) {
+    this.prefix = prefix;
+  }
+  /** JSON of one connection (no secret). */
+  connection(id: string): string {
+    return `${this.prefix}:conn:${id}`;
+  }
+  /** Sorted set of connection ids by creation time. */
+  connections(): string {
+    return `${this.prefix}:conns`;
+  }
+  /** Set of credential ids that use a connection (deleting the connection is refused while non-empty). */
+  connectionUsers(id: string): string {
+    return `${this.prefix}:conn:${id}:creds`;
+  }
+  /** Hash of one credential: field `spec` (what the team registered) and field `state` (what rotation made of it). */
+  credential(id: string): string {
+    return `${this.prefix}:cred:${id}`;
+  }
+  /** Sorted set of credential ids by creation time. */
+  credentials(): string {
+    return `${this.prefix}:creds`;
+  }
+  /** The id of the rotation in flight for a credential (I3: at most one). */
+  inflight(credentialId: string): string {
+    return `${this.prefix}:cred:${credentialId}:inflight`;
+  }
+  /** Execution lease: which worker may act on a credential's downstream right now, with a fencing token. */
+  lease(credentialId: string): string {
+    return `${this.prefix}:cred:${credentialId}:lease`;
+  }
+  /** Sorted set of a credential's rotation ids by start time. */
+  credentialRotations(credentialId: string): string {
+    return `${this.prefix}:cred:${credentialId}:rots`;
+  }
+  /** JSON of one rotation: its state machine position, steps, attempts and scrubbed error. */
+  rotation(id: string): string {
+    return `${this.prefix}:rot:${id}`;
+  }
+  /** Sorted set of rotations not yet terminal, by start time: what the reconciler checks after a crash. */
+  activeRotations(): string {
+    return `${this.prefix}:rots:active`;
+  }
+  /** Local store: hash of one secret's sealed versions and its stage labels. */
+  localSecret(name: string): string {
+    return `${this.prefix}:secret:${name}`;
+  }
+  /** Audit stream. */
+  audit(): string {
+    return `${this.prefix}:audit`;
+  }
+  /** BullMQ's own prefix: its queues' keys live below it. */
+  queuePrefix(): string {
+    return `${this.prefix}:q`;
+  }
+}

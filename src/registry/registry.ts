@@ -1,0 +1,186 @@
+// Connections and credentials in Redis. A credential is a hash of two JSON fields: `spec` (written by the API
+// when a team registers or changes it) and `state` (written by the rotation engine). Keeping them apart means
+// a PATCH of the schedule and a rotation finishing at the same moment never overwrite each other.
+import type { ChainableCommander, Redis } from 'ioredis';
+import { ConflictError, NotFoundError } from './errors.ts';
+import type { RedisKeys } from './keys.ts';
+import type { Connection, Credential, CredentialSpec, CredentialState } from './types.ts';
+
+const CREATE_CONNECTION = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return 1
+`;
+
+// Refuses while any credential uses the connection.
+const DELETE_CONNECTION = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('SCARD', KEYS[3]) > 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+`;
+
+// A credential can only be created on an existing connection; both checks and writes are one step.
+const CREATE_CREDENTIAL = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'state', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('SADD', KEYS[4], ARGV[4])
+return 1
+`;
+
+export class Registry {
+  readonly #redis: Redis;
+  readonly keys: RedisKeys;
+
+  constructor(redis: Redis, keys: RedisKeys) {
+    this.#redis = redis;
+    this.keys = keys;
+  }
+
+  // Connections
+
+  async createConnection(connection: Connection): Promise<void> {
+    const k = this.keys;
+    const created = await this.#redis.eval(
+      CREATE_CONNECTION,
+      2,
+      k.connection(connection.id),
+      k.connections(),
+      JSON.stringify(connection),
+      Date.parse(connection.createdAt),
+      connection.id,
+    );
+    if (created !== 1) throw new ConflictError(`Connection "${connection.id}" already exists`);
+  }
+
+  async findConnection(id: string): Promise<Connection | null> {
+    const raw = await this.#redis.get(this.keys.connection(id));
+    return raw ? (JSON.parse(raw) as Connection) : null;
+  }
+
+  async getConnection(id: string): Promise<Connection> {
+    const c = await this.findConnection(id);
+    if (!c) throw new NotFoundError(`Connection "${id}" does not exist`);
+    return c;
+  }
+
+  async saveConnection(connection: Connection): Promise<void> {
+    await this.#redis.set(this.keys.connection(connection.id), JSON.stringify(connection), 'XX');
+  }
+
+  async listConnections(): Promise<Connection[]> {
+    const ids = await this.#redis.zrange(this.keys.connections(), 0, -1);
+    return this.#many(ids.map((id) => this.keys.connection(id)), (raw) => JSON.parse(raw) as Connection);
+  }
+
+  async connectionUsers(id: string): Promise<string[]> {
+    return (await this.#redis.smembers(this.keys.connectionUsers(id))).sort();
+  }
+
+  /** Deletes a connection unless credentials use it. */
+  async deleteConnection(id: string): Promise<void> {
+    const k = this.keys;
+    const r = await this.#redis.eval(DELETE_CONNECTION, 3, k.connection(id), k.connections(), k.connectionUsers(id), id);
+    if (r === -1) throw new NotFoundError(`Connection "${id}" does not exist`);
+    if (r === 0) {
+      const users = await this.connectionUsers(id);
+      throw new ConflictError(
+        `Connection "${id}" is used by ${users.length} credential(s) (${users.slice(0, 10).join(', ')}): delete or move them first`,
+      );
+    }
+  }
+
+  // Credentials
+
+  async createCredential(spec: CredentialSpec, state: CredentialState): Promise<void> {
+    const k = this.keys;
+    const r = await this.#redis.eval(
+      CREATE_CREDENTIAL,
+      4,
+      k.credential(spec.id),
+      k.credentials(),
+      k.connection(spec.connection),
+      k.connectionUsers(spec.connection),
+      JSON.stringify(spec),
+      JSON.stringify(state),
+      Date.parse(spec.createdAt),
+      spec.id,
+    );
+    if (r === 0) throw new ConflictError(`Credential "${spec.id}" already exists`);
+    if (r === -1) throw new NotFoundError(`Connection "${spec.connection}" does not exist`);
+  }
+
+  async findCredential(id: string): Promise<Credential | null> {
+    const [spec, state] = await this.#redis.hmget(this.keys.credential(id), 'spec', 'state');
+    if (!spec || !state) return null;
+    return { spec: JSON.parse(spec) as CredentialSpec, state: JSON.parse(state) as CredentialState };
+  }
+
+  async getCredential(id: string): Promise<Credential> {
+    const c = await this.findCredential(id);
+    if (!c) throw new NotFoundError(`Credential "${id}" does not exist`);
+    return c;
+  }
+
+  async listCredentials(): Promise<Credential[]> {
+    const ids = await this.#redis.zrange(this.keys.credentials(), 0, -1);
+    const pipeline = this.#redis.pipeline();
+    for (const id of ids) pipeline.hmget(this.keys.credential(id), 'spec', 'state');
+    const results = (await pipeline.exec()) ?? [];
+    const out: Credential[] = [];
+    for (const [err, value] of results) {
+      const [spec, state] = (value ?? []) as [string | null, string | null];
+      if (err || !spec || !state) continue; // deleted between the two reads
+      out.push({ spec: JSON.parse(spec), state: JSON.parse(state) });
+    }
+    return out;
+  }
+
+  /** Replaces the spec of an existing credential (PATCH). */
+  async saveCredentialSpec(spec: CredentialSpec): Promise<void> {
+    const key = this.keys.credential(spec.id);
+    // HSET on a missing key would resurrect a deleted credential: only write while it exists.
+    const r = await this.#redis.eval(
+      "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end redis.call('HSET', KEYS[1], 'spec', ARGV[1]) return 1",
+      1,
+      key,
+      JSON.stringify(spec),
+    );
+    if (r !== 1) throw new NotFoundError(`Credential "${spec.id}" does not exist`);
+  }
+
+  /** Queues a state write on a transaction, so that it lands with the rotation record and audit event. */
+  saveCredentialStateIn(multi: ChainableCommander, id: string, state: CredentialState): void {
+    multi.hset(this.keys.credential(id), 'state', JSON.stringify(state));
+  }
+
+  async saveCredentialState(id: string, state: CredentialState): Promise<void> {
+    await this.#redis.eval(
+      "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end redis.call('HSET', KEYS[1], 'state', ARGV[1]) return 1",
+      1,
+      this.keys.credential(id),
+      JSON.stringify(state),
+    );
+  }
+
+  /** Removes a credential's registry entries (its rotations' records expire on their own). */
+  async deleteCredential(spec: CredentialSpec): Promise<void> {
+    const k = this.keys;
+    await this.#redis
+      .multi()
+      .del(k.credential(spec.id), k.credentialRotations(spec.id))
+      .zrem(k.credentials(), spec.id)
+      .srem(k.connectionUsers(spec.connection), spec.id)
+      .exec();
+  }
+
+  async #many<T>(keys: string[], parse: (raw: string) => T): Promise<T[]> {
+    if (keys.length === 0) return [];
+    const values = await this.#redis.mget(...keys);
+    return values.filter((v): v is string => v !== null).map(parse);
+  }
+}

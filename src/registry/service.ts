@@ -1,0 +1,340 @@
+// What a platform team does to the registry (register, change, remove), with the side effects each implies:
+// admin secrets to the store, schedulers to BullMQ, a first rotation, an audit event. The API calls this; a
+// later `keyturn apply` of a YAML file calls the same.
+import { randomUUID } from 'node:crypto';
+import type { AuditLog } from '../audit/audit-log.ts';
+import { DEFAULT_PASSWORD_POLICY, type PasswordPolicy } from '../crypto/password.ts';
+import type { RotationEngine } from '../rotation/engine.ts';
+import type { RotationRepo } from '../rotation/rotation-repo.ts';
+import type { Rotation } from '../rotation/types.ts';
+import { parseDuration, validateSchedule } from '../scheduling/schedule.ts';
+import type { Queues } from '../scheduling/queues.ts';
+import { connectionAdminRef, credentialSecretRef, type StoreSet } from '../stores/index.ts';
+import type { SecretDocument } from '../stores/types.ts';
+import { targetDriver } from '../targets/index.ts';
+import { ConflictError, NotFoundError, UnprocessableError } from './errors.ts';
+import type { Registry } from './registry.ts';
+import type { Connection, Credential, CredentialSpec, CredentialState, Schedule, StoreSpec, TlsSpec } from './types.ts';
+
+export interface ConnectionInput {
+  id: string;
+  type: string;
+  host: string;
+  port?: number;
+  database?: string;
+  tls?: TlsSpec;
+  admin: { username: string; password: string; store?: StoreSpec };
+  labels?: Record<string, string>;
+}
+
+export interface ConnectionPatch {
+  host?: string;
+  port?: number;
+  database?: string;
+  tls?: TlsSpec;
+  admin?: { username?: string; password?: string };
+  labels?: Record<string, string>;
+}
+
+export interface CredentialInput {
+  id: string;
+  connection: string;
+  username: string;
+  strategy: CredentialSpec['strategy'];
+  schedule: Schedule;
+  store?: StoreSpec;
+  password?: Partial<PasswordPolicy>;
+  maxAgeDays?: number;
+  gracePeriod?: string;
+  labels?: Record<string, string>;
+  import?: boolean;
+  currentPassword?: string;
+}
+
+export interface CredentialPatch {
+  schedule?: Schedule;
+  password?: Partial<PasswordPolicy>;
+  maxAgeDays?: number | null;
+  gracePeriod?: string | null;
+  labels?: Record<string, string>;
+}
+
+const IMPORT_VERSION = 'import';
+
+export class RegistryService {
+  readonly #registry: Registry;
+  readonly #stores: StoreSet;
+  readonly #queues: Queues;
+  readonly #engine: RotationEngine;
+  readonly #rotations: RotationRepo;
+  readonly #audit: AuditLog;
+  readonly #timeoutMs: number;
+
+  constructor(deps: {
+    registry: Registry;
+    stores: StoreSet;
+    queues: Queues;
+    engine: RotationEngine;
+    rotations: RotationRepo;
+    audit: AuditLog;
+    downstreamTimeoutMs: number;
+  }) {
+    this.#registry = deps.registry;
+    this.#stores = deps.stores;
+    this.#queues = deps.queues;
+    this.#engine = deps.engine;
+    this.#rotations = deps.rotations;
+    this.#audit = deps.audit;
+    this.#timeoutMs = deps.downstreamTimeoutMs;
+  }
+
+  // Connections
+
+  async createConnection(input: ConnectionInput, actor: string): Promise<Connection> {
+    const driver = targetDriver(input.type);
+    if (!driver) {
+      throw new UnprocessableError(`Connection type "${input.type}" is not supported (supported: postgres)`);
+    }
+    const adminStore = input.admin.store ?? { type: 'local' as const };
+    const store = this.#stores.get(adminStore);
+    const now = new Date().toISOString();
+    const connection: Connection = {
+      id: input.id,
+      type: input.type,
+      host: input.host,
+      port: input.port ?? driver.defaultPort,
+      ...(input.database ? { database: input.database } : {}),
+      ...(input.tls ? { tls: input.tls } : {}),
+      admin: { username: input.admin.username },
+      adminStore,
+      labels: input.labels ?? {},
+      createdAt: now,
+      updatedAt: now,
+    };
+    await this.#registry.createConnection(connection);
+    try {
+      await store.putCurrent(connectionAdminRef(connection), randomUUID(), this.#adminDocument(connection, input.admin.password));
+    } catch (err) {
+      // Without its admin secret the connection is useless: take the record back.
+      await this.#registry.deleteConnection(connection.id).catch(() => {});
+      throw err;
+    }
+    await this.#audit.append({ actor, action: 'connection.created', outcome: 'success', connection: connection.id });
+    return connection;
+  }
+
+  #adminDocument(connection: Connection, password: string): SecretDocument {
+    return {
+      engine: targetDriver(connection.type)?.engine ?? connection.type,
+      host: connection.host,
+      port: connection.port,
+      ...(connection.database ? { dbname: connection.database } : {}),
+      username: connection.admin.username,
+      password,
+    };
+  }
+
+  async updateConnection(id: string, patch: ConnectionPatch, actor: string): Promise<Connection> {
+    const connection = await this.#registry.getConnection(id);
+    const updated: Connection = {
+      ...connection,
+      ...(patch.host ? { host: patch.host } : {}),
+      ...(patch.port ? { port: patch.port } : {}),
+      ...(patch.database ? { database: patch.database } : {}),
+      ...(patch.tls ? { tls: patch.tls } : {}),
+      ...(patch.labels ? { labels: patch.labels } : {}),
+      admin: { username: patch.admin?.username ?? connection.admin.username },
+      updatedAt: new Date().toISOString(),
+    };
+    const store = this.#stores.get(connection.adminStore);
+    const ref = connectionAdminRef(connection);
+    if (patch.admin) {
+      let password = patch.admin.password;
+      if (password === undefined) {
+        const current = await store.read(ref, { stage: 'current' });
+        if (!current) throw new UnprocessableError(`The admin secret of "${id}" is missing; send admin.password`);
+        password = current.value.password;
+      }
+      await store.putCurrent(ref, randomUUID(), this.#adminDocument(updated, password));
+    }
+    await this.#registry.saveConnection(updated);
+    await this.#audit.append({
+      actor,
+      action: 'connection.updated',
+      outcome: 'success',
+      connection: id,
+      details: { fields: Object.keys(patch).join(','), adminSecretChanged: patch.admin?.password !== undefined },
+    });
+    return updated;
+  }
+
+  async deleteConnection(id: string, actor: string): Promise<void> {
+    const connection = await this.#registry.getConnection(id);
+    await this.#registry.deleteConnection(id);
+    await this.#stores.get(connection.adminStore).remove(connectionAdminRef(connection));
+    await this.#audit.append({ actor, action: 'connection.deleted', outcome: 'success', connection: id });
+  }
+
+  // Credentials
+
+  #checkCredential(spec: CredentialSpec): void {
+    const problems = validateSchedule(spec.schedule);
+    if (spec.gracePeriod !== undefined && spec.strategy !== 'alternating-users') {
+      problems.push('gracePeriod applies only to strategy "alternating-users"');
+    }
+    if (spec.gracePeriod && 'every' in spec.schedule && parseDuration(spec.gracePeriod) > parseDuration(spec.schedule.every)) {
+      problems.push('gracePeriod must not be longer than the rotation interval (schedule.every)');
+    }
+    if (problems.length > 0) throw new UnprocessableError(problems.join('; '));
+  }
+
+  async createCredential(
+    input: CredentialInput,
+    actor: string,
+  ): Promise<{ credential: Credential; rotation?: Rotation }> {
+    if (input.import && !input.currentPassword) {
+      throw new UnprocessableError('import: true needs currentPassword, the password the user has today');
+    }
+    if (!input.import && input.currentPassword) {
+      throw new UnprocessableError('currentPassword is only accepted with import: true');
+    }
+    const connection = await this.#registry.findConnection(input.connection);
+    if (!connection) throw new UnprocessableError(`Connection "${input.connection}" does not exist: register it first`);
+    const now = new Date();
+    const spec: CredentialSpec = {
+      id: input.id,
+      connection: input.connection,
+      username: input.username,
+      strategy: input.strategy,
+      schedule: input.schedule,
+      store: input.store ?? { type: 'local' },
+      password: { ...DEFAULT_PASSWORD_POLICY, ...input.password },
+      ...(input.maxAgeDays ? { maxAgeDays: input.maxAgeDays } : {}),
+      ...(input.gracePeriod ? { gracePeriod: input.gracePeriod } : {}),
+      labels: input.labels ?? {},
+      createdAt: now.toISOString(),
+      updatedAt: now.toISOString(),
+    };
+    this.#checkCredential(spec);
+    const store = this.#stores.get(spec.store);
+
+    let state: CredentialState = { status: 'pending', failures: 0 };
+    if (input.import && input.currentPassword) {
+      await this.#verifyLogin(connection, input.username, input.currentPassword);
+      const driver = targetDriver(connection.type);
+      await store.putCurrent(credentialSecretRef(spec), IMPORT_VERSION, {
+        engine: driver?.engine ?? connection.type,
+        host: connection.host,
+        port: connection.port,
+        ...(connection.database ? { dbname: connection.database } : {}),
+        username: input.username,
+        password: input.currentPassword,
+      });
+      state = {
+        status: 'active',
+        version: IMPORT_VERSION,
+        activeUsername: input.username,
+        rotatedAt: now.toISOString(),
+        nextRotationAt: this.#queues.nextRotationAt(spec, now)?.toISOString(),
+        failures: 0,
+      };
+    }
+    try {
+      await this.#registry.createCredential(spec, state);
+    } catch (err) {
+      // NotFound here means the connection vanished between the two reads.
+      if (err instanceof NotFoundError) throw new UnprocessableError(err.message);
+      if (input.import && !(err instanceof ConflictError)) await store.remove(credentialSecretRef(spec)).catch(() => {});
+      throw err;
+    }
+    await this.#audit.append({
+      actor,
+      action: 'credential.created',
+      outcome: 'success',
+      credential: spec.id,
+      connection: spec.connection,
+      details: { strategy: spec.strategy, imported: Boolean(input.import) },
+    });
+    await this.#queues.upsertSchedule(spec, now);
+    if (input.import) return { credential: { spec, state } };
+    // The service owns the credential from now on: the first rotation replaces whatever password it had.
+    const requested = await this.#engine.request(spec.id, 'register', actor);
+    const credential = await this.#registry.getCredential(spec.id);
+    return requested ? { credential, rotation: requested.rotation } : { credential };
+  }
+
+  async #verifyLogin(connection: Connection, username: string, password: string): Promise<void> {
+    const driver = targetDriver(connection.type);
+    if (!driver) throw new UnprocessableError(`Connection type "${connection.type}" is not supported`);
+    const admin = await this.#stores.get(connection.adminStore).read(connectionAdminRef(connection), { stage: 'current' });
+    if (!admin) throw new UnprocessableError(`The admin secret of connection "${connection.id}" is missing`);
+    const session = await driver.open(connection, admin.value, { timeoutMs: this.#timeoutMs });
+    try {
+      const result = await session.authenticate({ username, password });
+      if (!result.ok) {
+        throw new UnprocessableError(
+          `currentPassword does not log in as "${username}" on connection "${connection.id}": ${result.message}`,
+        );
+      }
+    } catch (err) {
+      if (err instanceof UnprocessableError) throw err;
+      throw new UnprocessableError(
+        `Could not check currentPassword on connection "${connection.id}": ${(err as Error).name}: the downstream did not answer`,
+      );
+    } finally {
+      await session.close();
+    }
+  }
+
+  async updateCredential(id: string, patch: CredentialPatch, actor: string): Promise<Credential> {
+    const { spec } = await this.#registry.getCredential(id);
+    const updated: CredentialSpec = {
+      ...spec,
+      ...(patch.schedule ? { schedule: patch.schedule } : {}),
+      ...(patch.password ? { password: { ...spec.password, ...patch.password } } : {}),
+      ...(patch.labels ? { labels: patch.labels } : {}),
+      updatedAt: new Date().toISOString(),
+    };
+    if (patch.maxAgeDays === null) delete updated.maxAgeDays;
+    else if (patch.maxAgeDays !== undefined) updated.maxAgeDays = patch.maxAgeDays;
+    if (patch.gracePeriod === null) delete updated.gracePeriod;
+    else if (patch.gracePeriod !== undefined) updated.gracePeriod = patch.gracePeriod;
+    this.#checkCredential(updated);
+    await this.#registry.saveCredentialSpec(updated);
+    const credential = await this.#registry.getCredential(id);
+    if (patch.schedule) {
+      // Takes effect at once: the scheduler is replaced, and the advertised next rotation follows it.
+      const last = credential.state.rotatedAt ? new Date(credential.state.rotatedAt) : new Date();
+      await this.#queues.upsertSchedule(updated, last);
+      const next = this.#queues.nextRotationAt(updated, 'every' in updated.schedule ? last : new Date());
+      if (next) {
+        credential.state.nextRotationAt = next.toISOString();
+        await this.#registry.saveCredentialState(id, credential.state);
+      }
+    }
+    await this.#audit.append({
+      actor,
+      action: 'credential.updated',
+      outcome: 'success',
+      credential: id,
+      details: { fields: Object.keys(patch).join(',') },
+    });
+    return credential;
+  }
+
+  async deleteCredential(id: string, actor: string): Promise<void> {
+    const { spec } = await this.#registry.getCredential(id);
+    const inflight = await this.#rotations.inflightId(id);
+    if (inflight) {
+      throw new ConflictError(
+        `Credential "${id}" has rotation ${inflight} in flight; delete it once GET /v1/rotations/${inflight} shows it ended`,
+      );
+    }
+    await this.#queues.removeSchedule(id);
+    await this.#registry.deleteCredential(spec);
+    // The local store is Keyturn's own: its copy goes with the credential. A secret in Vault or AWS belongs to
+    // the team's account and its consumers, so it is left where it is.
+    if (spec.store.type === 'local') await this.#stores.get(spec.store).remove(credentialSecretRef(spec));
+    await this.#audit.append({ actor, action: 'credential.deleted', outcome: 'success', credential: id });
+  }
+}

@@ -1,0 +1,75 @@
+// What the registry keeps about connections and credentials. Secrets are never part of these records: a
+// connection's admin password and a credential's passwords live in a secret store and are referenced here.
+import type { PasswordPolicy } from '../crypto/password.ts';
+
+export type StoreSpec =
+  | { type: 'local' }
+  | { type: 'vault'; mount: string; path: string }
+  | { type: 'aws'; secretId: string; region?: string };
+
+export interface TlsSpec {
+  /** disable: plain TCP; require: TLS without verification; verify-full: TLS, certificate and host name checked. */
+  mode: 'disable' | 'require' | 'verify-full';
+  /** PEM of the CA that signs the server's certificate (verify-full). */
+  ca?: string;
+}
+
+export interface Connection {
+  id: string;
+  type: string;
+  host: string;
+  port: number;
+  database?: string;
+  tls?: TlsSpec;
+  admin: { username: string };
+  /** Where the admin password lives. */
+  adminStore: StoreSpec;
+  labels: Record<string, string>;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export type Schedule =
+  | { every: string; window?: string; jitter?: string }
+  | { cron: string; timezone?: string; window?: string; jitter?: string };
+
+export type Strategy = 'single-user' | 'alternating-users';
+
+export interface CredentialSpec {
+  id: string;
+  connection: string;
+  username: string;
+  strategy: Strategy;
+  schedule: Schedule;
+  store: StoreSpec;
+  password: PasswordPolicy;
+  maxAgeDays?: number;
+  /** alternating-users: how long the previous user keeps working after a rotation (duration string). */
+  gracePeriod?: string;
+  labels: Record<string, string>;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export type CredentialStatus = 'pending' | 'active' | 'rotating' | 'failed';
+
+export interface CredentialState {
+  status: CredentialStatus;
+  /** Store version id of the current secret (the id of the rotation that made it, or "import"). */
+  version?: string;
+  /** Which downstream user the current version belongs to (alternating-users switches it). */
+  activeUsername?: string;
+  rotatedAt?: string;
+  nextRotationAt?: string;
+  lastRotationId?: string;
+  lastOutcome?: 'succeeded' | 'failed' | 'skipped';
+  /** When the previous user's password was replaced after its grace period. */
+  previousRevokedAt?: string;
+  /** Consecutive failed rotations. */
+  failures: number;
+}
+
+export interface Credential {
+  spec: CredentialSpec;
+  state: CredentialState;
+}

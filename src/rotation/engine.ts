@@ -1,0 +1,615 @@
+// The rotation engine: the four-step protocol (create, set, test, finish) over a SecretStore and a Target,
+// with its state persisted after every step so that any worker can resume it (I4), the new secret written
+// to the store before it goes downstream (I2), one rotation per credential (I3, rotation-repo.ts), and every
+// error scrubbed before it is stored, logged or returned (I5).
+//
+// Strategies differ only in which user a rotation changes and how that user is changed; the steps are the
+// same. Targets differ only behind the Target interface; nothing here knows PostgreSQL from anything else.
+import { randomUUID } from 'node:crypto';
+import type { AuditEventInput, AuditLog } from '../audit/audit-log.ts';
+import { auditAppendOp } from '../audit/audit-log.ts';
+import { generatePassword } from '../crypto/password.ts';
+import { scrubError } from '../crypto/scrub.ts';
+import type { Logger } from '../logging/logger.ts';
+import type { RedisKeys } from '../registry/keys.ts';
+import type { Registry } from '../registry/registry.ts';
+import type { Connection, Credential, CredentialSpec, CredentialState } from '../registry/types.ts';
+import { connectionAdminRef, credentialSecretRef, type StoreSet } from '../stores/index.ts';
+import type { SecretDocument, SecretRef, SecretStore, SecretVersion } from '../stores/types.ts';
+import { targetDriver } from '../targets/index.ts';
+import { type Login, TargetRefusedError, type TargetSession } from '../targets/types.ts';
+import type { Failpoints } from './failpoints.ts';
+import { type FencedOp, type Lease, LeaseLostError, type LeaseManager } from './lease.ts';
+import type { RotationRepo } from './rotation-repo.ts';
+import { alternateUsername } from './strategies.ts';
+import { type Rotation, type RotationStep, type RotationTrigger, TERMINAL } from './types.ts';
+
+/** What the engine needs from the queueing layer; kept abstract so the engine does not depend on BullMQ. */
+export interface RotationHooks {
+  enqueueRotation(rotationId: string, delayMs?: number): Promise<void>;
+  enqueueRollback(rotationId: string): Promise<void>;
+  /** After a successful rotation: re-arm the schedule, plan the grace-period revocation. */
+  afterSuccess(credential: Credential, rotation: Rotation, previousVersionId: string | undefined): Promise<void>;
+  /** Next scheduled rotation time, for the credential's state. */
+  nextRotationAt(spec: CredentialSpec, from: Date): Date | undefined;
+}
+
+export interface EngineSettings {
+  maxAttempts: number;
+  downstreamTimeoutMs: number;
+  /** Identifies this worker in lease tokens and logs. */
+  holder: string;
+}
+
+export interface RunResult {
+  /** busy: another worker holds the credential's lease; try again shortly. */
+  outcome: 'done' | 'busy' | 'retry';
+  rotation?: Rotation;
+}
+
+/** A failure that retrying cannot fix: the rotation rolls back at once. */
+class PermanentError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'PermanentError';
+  }
+}
+
+interface Context {
+  credential: Credential;
+  connection: Connection;
+  store: SecretStore;
+  ref: SecretRef;
+  admin: Login;
+  target: TargetSession;
+  /** Every secret value this run has seen, for scrubbing. */
+  secrets: Set<string>;
+}
+
+const nowIso = (): string => new Date().toISOString();
+
+export class RotationEngine {
+  readonly #registry: Registry;
+  readonly #rotations: RotationRepo;
+  readonly #stores: StoreSet;
+  readonly #audit: AuditLog;
+  readonly #keys: RedisKeys;
+  readonly #leases: LeaseManager;
+  readonly #failpoints: Failpoints;
+  readonly #log: Logger;
+  readonly #settings: EngineSettings;
+  hooks: RotationHooks | undefined;
+
+  constructor(deps: {
+    registry: Registry;
+    rotations: RotationRepo;
+    stores: StoreSet;
+    audit: AuditLog;
+    leases: LeaseManager;
+    failpoints: Failpoints;
+    logger: Logger;
+    settings: EngineSettings;
+  }) {
+    this.#registry = deps.registry;
+    this.#rotations = deps.rotations;
+    this.#keys = deps.registry.keys;
+    this.#stores = deps.stores;
+    this.#audit = deps.audit;
+    this.#leases = deps.leases;
+    this.#failpoints = deps.failpoints;
+    this.#log = deps.logger.child({ component: 'rotation' });
+    this.#settings = deps.settings;
+  }
+
+  #hooks(): RotationHooks {
+    if (!this.hooks) throw new Error('RotationEngine used before its queue hooks were attached');
+    return this.hooks;
+  }
+
+  // Requesting
+
+  /**
+   * Starts a rotation of a credential, or returns the one in flight (I3). The returned rotation is queued;
+   * its job carries only the rotation id.
+   */
+  async request(
+    credentialId: string,
+    trigger: RotationTrigger,
+    actor: string,
+    options: { delayMs?: number } = {},
+  ): Promise<{ rotation: Rotation; created: boolean } | null> {
+    const now = nowIso();
+    const rotation: Rotation = {
+      id: randomUUID(),
+      credentialId,
+      trigger,
+      actor,
+      status: 'queued',
+      step: 'create',
+      setStarted: false,
+      setDone: false,
+      attempts: 0,
+      maxAttempts: this.#settings.maxAttempts,
+      steps: [],
+      createdAt: now,
+      updatedAt: now,
+    };
+    const result = await this.#rotations.create(rotation);
+    if (result.outcome === 'missing') return null;
+    if (result.outcome === 'inflight') return { rotation: result.rotation, created: false };
+    await this.#audit.append({
+      actor,
+      action: 'rotation.requested',
+      outcome: 'success',
+      credential: credentialId,
+      rotation: rotation.id,
+      details: { trigger },
+    });
+    await this.#hooks().enqueueRotation(rotation.id, options.delayMs);
+    return { rotation, created: true };
+  }
+
+  // Running
+
+  /**
+   * Runs a rotation from wherever its record says it is. Returns 'retry' after recording a failure that
+   * another attempt may fix (the caller re-queues it with backoff); on the last attempt, or on a failure
+   * retrying cannot fix, it rolls back and ends the rotation as failed.
+   */
+  async run(rotationId: string): Promise<RunResult> {
+    const rotation = await this.#rotations.find(rotationId);
+    if (!rotation || TERMINAL.has(rotation.status)) return { outcome: 'done', ...(rotation ? { rotation } : {}) };
+    if (rotation.status === 'rolling_back') return this.rollback(rotationId);
+
+    const credential = await this.#registry.findCredential(rotation.credentialId);
+    if (!credential) {
+      await this.#abandon(rotation, 'the credential was deleted while its rotation was queued');
+      return { outcome: 'done', rotation };
+    }
+    const lease = await this.#leases.tryAcquire(rotation.credentialId, this.#settings.holder);
+    if (!lease) return { outcome: 'busy', rotation };
+
+    let ctx: Context | undefined;
+    try {
+      rotation.attempts += 1;
+      rotation.status = 'running';
+      rotation.startedAt ??= nowIso();
+      await this.#save(lease, rotation);
+      ctx = await this.#context(credential);
+      await this.#steps(lease, rotation, ctx);
+      return { outcome: 'done', rotation };
+    } catch (err) {
+      if (err instanceof LeaseLostError) {
+        this.#log.warn({ rotation: rotation.id, credential: rotation.credentialId }, err.message);
+        return { outcome: 'busy', rotation };
+      }
+      return await this.#onFailure(lease, rotation, credential, ctx, err);
+    } finally {
+      await ctx?.target.close().catch(() => {});
+      await lease.release();
+    }
+  }
+
+  async #context(credential: Credential): Promise<Context> {
+    const connection = await this.#registry.findConnection(credential.spec.connection);
+    if (!connection) throw new PermanentError(`connection "${credential.spec.connection}" no longer exists`);
+    const driver = targetDriver(connection.type);
+    if (!driver) throw new PermanentError(`no target driver for connection type "${connection.type}"`);
+    const adminVersion = await this.#stores
+      .get(connection.adminStore)
+      .read(connectionAdminRef(connection), { stage: 'current' });
+    if (!adminVersion) {
+      throw new PermanentError(`the admin secret of connection "${connection.id}" is missing from its store`);
+    }
+    const admin = { username: adminVersion.value.username, password: adminVersion.value.password };
+    const target = await driver.open(connection, admin, { timeoutMs: this.#settings.downstreamTimeoutMs });
+    return {
+      credential,
+      connection,
+      store: this.#stores.get(credential.spec.store),
+      ref: credentialSecretRef(credential.spec),
+      admin,
+      target,
+      secrets: new Set([admin.password]),
+    };
+  }
+
+  async #steps(lease: Lease, rotation: Rotation, ctx: Context): Promise<void> {
+    const order: RotationStep[] = ['create', 'set', 'test', 'finish'];
+    for (let i = order.indexOf(rotation.step); i < order.length; i++) {
+      const step = order[i]!;
+      rotation.step = step;
+      this.#failpoints.hit(`before-${step}`);
+      const outcome = await this.#runStep(step, lease, rotation, ctx);
+      this.#failpoints.hit(`after-${step}`);
+      if (step === 'finish') return; // #finish committed the terminal record itself
+      rotation.steps.push({ step, outcome, attempt: rotation.attempts, at: nowIso() });
+      rotation.step = order[i + 1]!;
+      await this.#save(lease, rotation);
+    }
+  }
+
+  #runStep(step: RotationStep, lease: Lease, rotation: Rotation, ctx: Context): Promise<'succeeded' | 'skipped'> {
+    switch (step) {
+      case 'create':
+        return this.#create(rotation, ctx);
+      case 'set':
+        return this.#set(lease, rotation, ctx);
+      case 'test':
+        return this.#test(rotation, ctx);
+      case 'finish':
+        return this.#finish(lease, rotation, ctx);
+    }
+  }
+
+  /** Step 1: the new secret, written to the store as pending under the rotation id before anything else. */
+  async #create(rotation: Rotation, ctx: Context): Promise<'succeeded' | 'skipped'> {
+    const existing = await ctx.store.read(ctx.ref, { versionId: rotation.id });
+    if (existing) {
+      // A previous attempt wrote it: reuse it, never generate twice.
+      ctx.secrets.add(existing.value.password);
+      rotation.username = existing.value.username;
+      return 'skipped';
+    }
+    const { spec, state } = ctx.credential;
+    const username =
+      spec.strategy === 'single-user'
+        ? spec.username
+        : alternateUsername(spec.username, state.activeUsername ?? spec.username);
+    const password = generatePassword(spec.password);
+    ctx.secrets.add(password);
+    const document: SecretDocument = {
+      engine: targetDriver(ctx.connection.type)?.engine ?? ctx.connection.type,
+      host: ctx.connection.host,
+      port: ctx.connection.port,
+      ...(ctx.connection.database ? { dbname: ctx.connection.database } : {}),
+      username,
+      password,
+    };
+    await ctx.store.putPending(ctx.ref, rotation.id, document);
+    rotation.username = username;
+    this.#failpoints.hit('create-after-store-write');
+    return 'succeeded';
+  }
+
+  async #pending(rotation: Rotation, ctx: Context): Promise<SecretVersion> {
+    const pending = await ctx.store.read(ctx.ref, { versionId: rotation.id });
+    if (!pending) {
+      // Only an operator deleting store versions by hand gets here; the rotation cannot know what it set.
+      throw new PermanentError(`the pending version ${rotation.id} disappeared from the ${ctx.store.type} store`);
+    }
+    ctx.secrets.add(pending.value.password);
+    return pending;
+  }
+
+  /** Step 2: apply the pending secret downstream, unless it already works there. */
+  async #set(lease: Lease, rotation: Rotation, ctx: Context): Promise<'succeeded' | 'skipped'> {
+    const pending = await this.#pending(rotation, ctx);
+    const login = { username: pending.value.username, password: pending.value.password };
+    if ((await ctx.target.authenticate(login)).ok) {
+      rotation.setStarted = true;
+      rotation.setDone = true;
+      return 'skipped';
+    }
+    // Write-ahead: from here the downstream may hold the pending password (I2's other half: a failure now
+    // must put the old password back before the pending version may be dropped).
+    if (!rotation.setStarted) {
+      rotation.setStarted = true;
+      await this.#save(lease, rotation);
+    }
+    const { spec } = ctx.credential;
+    if (spec.strategy === 'alternating-users' && login.username !== spec.username) {
+      await ctx.target.createUser(login.username, login.password, { like: spec.username });
+    } else {
+      await ctx.target.updatePassword(login.username, login.password);
+    }
+    this.#failpoints.hit('set-after-downstream');
+    rotation.setDone = true;
+    return 'succeeded';
+  }
+
+  /** Step 3: log in with the pending secret and run a harmless query. */
+  async #test(rotation: Rotation, ctx: Context): Promise<'succeeded'> {
+    const pending = await this.#pending(rotation, ctx);
+    const result = await ctx.target.authenticate({
+      username: pending.value.username,
+      password: pending.value.password,
+    });
+    if (!result.ok) {
+      // The set step landed but the login is refused: something downstream undid it. Setting again may help.
+      rotation.setDone = false;
+      throw new Error(`test failed: ${result.message}`);
+    }
+    return 'succeeded';
+  }
+
+  /** Step 4: pending becomes current, the state and audit event land together, the schedule is re-armed. */
+  async #finish(lease: Lease, rotation: Rotation, ctx: Context): Promise<'succeeded'> {
+    const { previousVersionId } = await ctx.store.promote(ctx.ref, rotation.id);
+    this.#failpoints.hit('finish-after-promote');
+    const pending = await ctx.store.read(ctx.ref, { versionId: rotation.id });
+    const now = new Date();
+    rotation.steps.push({ step: 'finish', outcome: 'succeeded', attempt: rotation.attempts, at: now.toISOString() });
+    rotation.status = 'succeeded';
+    rotation.finishedAt = now.toISOString();
+    rotation.updatedAt = now.toISOString();
+    delete rotation.error;
+    const fresh = (await this.#registry.findCredential(ctx.credential.spec.id)) ?? ctx.credential;
+    const next = this.#hooks().nextRotationAt(fresh.spec, now);
+    const state: CredentialState = {
+      ...fresh.state,
+      status: 'active',
+      version: rotation.id,
+      activeUsername: pending?.value.username ?? rotation.username ?? fresh.spec.username,
+      rotatedAt: now.toISOString(),
+      lastRotationId: rotation.id,
+      lastOutcome: 'succeeded',
+      failures: 0,
+      ...(next ? { nextRotationAt: next.toISOString() } : {}),
+    };
+    delete state.previousRevokedAt;
+    if (!next) delete state.nextRotationAt;
+    await lease.commit([
+      ...this.#rotations.endOps(rotation),
+      ['HSET', this.#keys.credential(fresh.spec.id), 'state', JSON.stringify(state)],
+      this.#auditOp({
+        actor: rotation.actor,
+        action: 'rotation.succeeded',
+        outcome: 'success',
+        credential: fresh.spec.id,
+        rotation: rotation.id,
+        details: { version: rotation.id, username: state.activeUsername ?? null, attempts: rotation.attempts },
+      }),
+    ]);
+    this.#log.info(
+      { rotation: rotation.id, credential: fresh.spec.id, attempts: rotation.attempts },
+      'rotation succeeded',
+    );
+    // After the commit: a crash here leaves a finished rotation whose schedule the reconciler re-arms.
+    await this.#hooks()
+      .afterSuccess({ spec: fresh.spec, state }, rotation, previousVersionId)
+      .catch((err) =>
+        this.#log.error(
+          { credential: fresh.spec.id, err: scrubError(err, ctx.secrets) },
+          'rotation succeeded but re-arming its schedule failed; the reconciler will retry',
+        ),
+      );
+    return 'succeeded';
+  }
+
+  // Failure and rollback
+
+  async #onFailure(
+    lease: Lease,
+    rotation: Rotation,
+    credential: Credential,
+    ctx: Context | undefined,
+    err: unknown,
+  ): Promise<RunResult> {
+    const scrubbed = scrubError(err, ctx?.secrets ?? []);
+    const permanent = err instanceof PermanentError || err instanceof TargetRefusedError;
+    rotation.error = { step: rotation.step, ...scrubbed, at: nowIso() };
+    rotation.steps.push({ step: rotation.step, outcome: 'failed', attempt: rotation.attempts, at: nowIso(), note: scrubbed.message });
+    const last = permanent || rotation.attempts >= rotation.maxAttempts;
+    this.#log.warn(
+      { rotation: rotation.id, credential: rotation.credentialId, step: rotation.step, attempt: rotation.attempts, err: scrubbed },
+      last ? 'rotation step failed; rolling back' : 'rotation step failed; will retry',
+    );
+    if (!last) {
+      rotation.status = 'retrying';
+      // A failed test means the downstream does not hold the pending password: retry from set, which checks first.
+      if (rotation.step === 'test') rotation.step = 'set';
+      await this.#save(lease, rotation).catch(() => {});
+      await this.#audit
+        .append({
+          actor: 'keyturn',
+          action: 'rotation.step_failed',
+          outcome: 'failure',
+          credential: rotation.credentialId,
+          rotation: rotation.id,
+          details: { step: rotation.step, attempt: rotation.attempts, error: scrubbed.message },
+        })
+        .catch(() => {});
+      return { outcome: 'retry', rotation };
+    }
+    rotation.status = 'rolling_back';
+    await this.#save(lease, rotation);
+    return this.#rollbackWith(lease, rotation, credential, ctx);
+  }
+
+  /** Rolls back a rotation in state rolling_back (the rollback job, or a resumed worker). */
+  async rollback(rotationId: string): Promise<RunResult> {
+    const rotation = await this.#rotations.find(rotationId);
+    if (!rotation || TERMINAL.has(rotation.status)) return { outcome: 'done', ...(rotation ? { rotation } : {}) };
+    const credential = await this.#registry.findCredential(rotation.credentialId);
+    if (!credential) {
+      await this.#abandon(rotation, 'the credential was deleted during rollback');
+      return { outcome: 'done', rotation };
+    }
+    const lease = await this.#leases.tryAcquire(rotation.credentialId, this.#settings.holder);
+    if (!lease) return { outcome: 'busy', rotation };
+    try {
+      rotation.status = 'rolling_back';
+      return await this.#rollbackWith(lease, rotation, credential, undefined);
+    } finally {
+      await lease.release();
+    }
+  }
+
+  /**
+   * Puts the downstream back on the current version, then drops the pending one. If the downstream cannot be
+   * reached, the rotation stays in rolling_back (still in flight, so no other rotation starts and reads keep
+   * checking which password works) and a rollback job retries until the downstream answers.
+   */
+  async #rollbackWith(
+    lease: Lease,
+    rotation: Rotation,
+    credential: Credential,
+    given: Context | undefined,
+  ): Promise<RunResult> {
+    let ctx = given;
+    let note: string;
+    try {
+      if (!rotation.setStarted) {
+        const store = this.#stores.get(credential.spec.store);
+        await store.discardPending(credentialSecretRef(credential.spec), rotation.id);
+        note = 'nothing had been changed downstream; the pending version was dropped';
+      } else {
+        ctx ??= await this.#context(credential);
+        note = await this.#restoreDownstream(rotation, ctx);
+      }
+    } catch (err) {
+      const scrubbed = scrubError(err, ctx?.secrets ?? []);
+      rotation.rollback = {
+        outcome: 'pending',
+        note: `restoring the previous password failed (${scrubbed.message}); will retry`,
+        at: nowIso(),
+      };
+      await this.#save(lease, rotation);
+      await this.#registry.saveCredentialState(credential.spec.id, { ...credential.state, status: 'failed' });
+      this.#log.warn({ rotation: rotation.id, err: scrubbed }, 'rollback could not restore the downstream yet');
+      await this.#hooks().enqueueRollback(rotation.id);
+      return { outcome: 'done', rotation };
+    } finally {
+      if (!given) await ctx?.target.close().catch(() => {});
+    }
+
+    const now = nowIso();
+    rotation.status = 'failed';
+    rotation.finishedAt = now;
+    rotation.updatedAt = now;
+    rotation.rollback = { outcome: 'done', note, at: now };
+    rotation.steps.push({ step: 'rollback', outcome: 'succeeded', attempt: rotation.attempts, at: now, note });
+    const fresh = (await this.#registry.findCredential(credential.spec.id)) ?? credential;
+    const state: CredentialState = {
+      ...fresh.state,
+      status: 'failed',
+      lastRotationId: rotation.id,
+      lastOutcome: 'failed',
+      failures: (fresh.state.failures ?? 0) + 1,
+    };
+    await lease.commit([
+      ...this.#rotations.endOps(rotation),
+      ['HSET', this.#keys.credential(credential.spec.id), 'state', JSON.stringify(state)],
+      this.#auditOp({
+        actor: rotation.actor,
+        action: 'rotation.failed',
+        outcome: 'failure',
+        credential: credential.spec.id,
+        rotation: rotation.id,
+        details: {
+          step: rotation.error?.step ?? rotation.step,
+          error: rotation.error?.message ?? null,
+          attempts: rotation.attempts,
+          rollback: note,
+        },
+      }),
+    ]);
+    this.#log.error(
+      { rotation: rotation.id, credential: credential.spec.id, error: rotation.error },
+      'rotation failed and was rolled back; the credential keeps its current version',
+    );
+    return { outcome: 'done', rotation };
+  }
+
+  async #restoreDownstream(rotation: Rotation, ctx: Context): Promise<string> {
+    const { spec, state } = ctx.credential;
+    const pending = await ctx.store.read(ctx.ref, { versionId: rotation.id });
+    if (pending) ctx.secrets.add(pending.value.password);
+    const username = pending?.value.username ?? rotation.username ?? spec.username;
+    if (spec.strategy === 'single-user') {
+      const current = await ctx.store.read(ctx.ref, { stage: 'current' });
+      if (!current) {
+        // A first rotation: no earlier password is known to put back. Keep the pending version (the store
+        // must know whatever the downstream may hold, I2); the next rotation replaces it.
+        return 'no earlier version exists; the pending version is kept until the next rotation';
+      }
+      ctx.secrets.add(current.value.password);
+      const login = { username: current.value.username, password: current.value.password };
+      if (!(await ctx.target.authenticate(login)).ok) await ctx.target.updatePassword(login.username, login.password);
+      const check = await ctx.target.authenticate(login);
+      if (!check.ok) throw new Error(`the restored password does not log in: ${check.message}`);
+      await ctx.store.discardPending(ctx.ref, rotation.id);
+      return 'the current password was put back downstream and the pending version dropped';
+    }
+    // alternating-users: the rotation changed the inactive user. Put back its previous password while that
+    // user is still in its grace period, otherwise give it an unknown random one.
+    const previous = await ctx.store.read(ctx.ref, { stage: 'previous' });
+    const graceOpen = previous?.value.username === username && !state.previousRevokedAt;
+    if (graceOpen && previous) {
+      ctx.secrets.add(previous.value.password);
+      await ctx.target.updatePassword(username, previous.value.password);
+    } else if (await ctx.target.userExists(username)) {
+      await ctx.target.updatePassword(username, generatePassword(spec.password));
+    }
+    await ctx.store.discardPending(ctx.ref, rotation.id);
+    return graceOpen
+      ? `user "${username}" got its previous password back and the pending version was dropped`
+      : `user "${username}" got an unknown random password and the pending version was dropped`;
+  }
+
+  // Grace period
+
+  /**
+   * Ends the grace period of alternating-users: the previous user's password is replaced by an unknown
+   * random one, so a leaked or cached old secret stops working. Skipped when the version is no longer the
+   * previous one, or when a rotation is in flight (it changes that very user, and its rollback revokes).
+   */
+  async revokePrevious(credentialId: string, versionId: string): Promise<RunResult> {
+    const credential = await this.#registry.findCredential(credentialId);
+    if (!credential || credential.spec.strategy !== 'alternating-users') return { outcome: 'done' };
+    if (await this.#rotations.inflightId(credentialId)) return { outcome: 'done' };
+    const lease = await this.#leases.tryAcquire(credentialId, this.#settings.holder);
+    if (!lease) return { outcome: 'busy' };
+    let ctx: Context | undefined;
+    try {
+      ctx = await this.#context(credential);
+      const previous = await ctx.store.read(ctx.ref, { stage: 'previous' });
+      if (!previous || previous.versionId !== versionId || credential.state.previousRevokedAt) {
+        return { outcome: 'done' };
+      }
+      const current = await ctx.store.read(ctx.ref, { stage: 'current' });
+      if (!current || current.value.username === previous.value.username) return { outcome: 'done' };
+      await ctx.target.updatePassword(previous.value.username, generatePassword(credential.spec.password));
+      const state: CredentialState = { ...credential.state, previousRevokedAt: nowIso() };
+      await lease.commit([
+        ['HSET', this.#keys.credential(credentialId), 'state', JSON.stringify(state)],
+        this.#auditOp({
+          actor: 'keyturn',
+          action: 'credential.previous_revoked',
+          outcome: 'success',
+          credential: credentialId,
+          details: { username: previous.value.username, version: versionId },
+        }),
+      ]);
+      this.#log.info({ credential: credentialId, version: versionId }, 'grace period over: previous user revoked');
+      return { outcome: 'done' };
+    } catch (err) {
+      if (err instanceof LeaseLostError) return { outcome: 'busy' };
+      throw new Error(`revoking the previous user of "${credentialId}" failed: ${scrubError(err, ctx?.secrets ?? []).message}`);
+    } finally {
+      await ctx?.target.close().catch(() => {});
+      await lease.release();
+    }
+  }
+
+  // Helpers
+
+  async #save(lease: Lease, rotation: Rotation): Promise<void> {
+    rotation.updatedAt = nowIso();
+    await lease.commit([this.#rotations.saveOp(rotation)]);
+  }
+
+  #auditOp(event: AuditEventInput): FencedOp {
+    return auditAppendOp(this.#keys.audit(), event);
+  }
+
+  async #abandon(rotation: Rotation, reason: string): Promise<void> {
+    const now = nowIso();
+    rotation.status = 'failed';
+    rotation.finishedAt = now;
+    rotation.updatedAt = now;
+    rotation.error = { step: rotation.step, message: reason, at: now };
+    await this.#rotations.abandon(rotation);
+  }
+}

@@ -1,0 +1,42 @@
+// Failpoints: named places in the rotation protocol where a test can make the worker die (SIGKILL itself)
+// or throw, to prove that every step resumes (I4). Off unless KEYTURN_FAILPOINTS names them, e.g.
+// "after-set=kill" or "before-test=throw:3" (throw the first three times). Refused in production by config.
+
+type Action = { kind: 'kill' } | { kind: 'throw'; remaining: number };
+
+export class FailpointError extends Error {
+  constructor(name: string) {
+    super(`failpoint ${name} fired`);
+    this.name = 'FailpointError';
+  }
+}
+
+export class Failpoints {
+  readonly #actions = new Map<string, Action>();
+
+  constructor(spec: string) {
+    for (const part of spec.split(',').map((p) => p.trim()).filter(Boolean)) {
+      const [name, action = 'kill'] = part.split('=');
+      if (!name) continue;
+      if (action === 'kill') this.#actions.set(name, { kind: 'kill' });
+      else if (action.startsWith('throw')) {
+        const n = Number(action.split(':')[1] ?? Number.POSITIVE_INFINITY);
+        this.#actions.set(name, { kind: 'throw', remaining: n });
+      } else throw new Error(`KEYTURN_FAILPOINTS: unknown action "${action}" for ${name} (kill, throw, throw:N)`);
+    }
+  }
+
+  get enabled(): boolean {
+    return this.#actions.size > 0;
+  }
+
+  hit(name: string): void {
+    const action = this.#actions.get(name);
+    if (!action) return;
+    if (action.kind === 'kill') process.kill(process.pid, 'SIGKILL');
+    else if (action.remaining > 0) {
+      action.remaining -= 1;
+      throw new FailpointError(name);
+    }
+  }
+}

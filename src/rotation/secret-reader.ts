@@ -1,0 +1,73 @@
+// The secret read path (GET /v1/credentials/:id/secret): returns a version that works downstream right now
+// (I1). Normally that is the current version. During a single-user rotation the user's password changes under
+// the store's feet, so the in-flight rotation's record decides: once its set step has landed the pending
+// version is the one that works; while the downstream change is in the air (sent but not confirmed, or being
+// rolled back) the only honest answer is to ask the downstream, which this does with one login.
+import type { Registry } from '../registry/registry.ts';
+import type { Credential } from '../registry/types.ts';
+import { connectionAdminRef, credentialSecretRef, type StoreSet } from '../stores/index.ts';
+import type { SecretVersion } from '../stores/types.ts';
+import { targetDriver } from '../targets/index.ts';
+import type { RotationRepo } from './rotation-repo.ts';
+import type { Rotation } from './types.ts';
+
+export interface WorkingSecret {
+  credential: Credential;
+  version: SecretVersion;
+  /** A rotation is in flight: clients should not cache this answer. */
+  rotating: boolean;
+}
+
+export class SecretReader {
+  readonly #registry: Registry;
+  readonly #rotations: RotationRepo;
+  readonly #stores: StoreSet;
+  readonly #timeoutMs: number;
+
+  constructor(deps: { registry: Registry; rotations: RotationRepo; stores: StoreSet; timeoutMs: number }) {
+    this.#registry = deps.registry;
+    this.#rotations = deps.rotations;
+    this.#stores = deps.stores;
+    this.#timeoutMs = deps.timeoutMs;
+  }
+
+  /** The working secret, or null when the credential has no version yet (first rotation still running). */
+  async read(credential: Credential): Promise<WorkingSecret | null> {
+    const store = this.#stores.get(credential.spec.store);
+    const ref = credentialSecretRef(credential.spec);
+    const inflight = await this.#rotations.inflight(credential.spec.id);
+    if (inflight && credential.spec.strategy === 'single-user' && inflight.setStarted) {
+      const pending = await store.read(ref, { versionId: inflight.id });
+      if (pending) {
+        if (this.#settled(inflight)) return { credential, version: pending, rotating: true };
+        const current = await store.read(ref, { stage: 'current' });
+        if (!current) return { credential, version: pending, rotating: true };
+        const works = await this.#probe(credential, pending).catch(() => false);
+        return { credential, version: works ? pending : current, rotating: true };
+      }
+    }
+    const current = await store.read(ref, { stage: 'current' });
+    if (!current) return null;
+    return { credential, version: current, rotating: inflight !== null };
+  }
+
+  /** The set step has landed and no rollback is under way: the pending password is the live one. */
+  #settled(rotation: Rotation): boolean {
+    return rotation.setDone && rotation.status !== 'rolling_back';
+  }
+
+  async #probe(credential: Credential, candidate: SecretVersion): Promise<boolean> {
+    const connection = await this.#registry.getConnection(credential.spec.connection);
+    const driver = targetDriver(connection.type);
+    if (!driver) return false;
+    const admin = await this.#stores.get(connection.adminStore).read(connectionAdminRef(connection), { stage: 'current' });
+    if (!admin) return false;
+    const session = await driver.open(connection, admin.value, { timeoutMs: this.#timeoutMs });
+    try {
+      const r = await session.authenticate({ username: candidate.value.username, password: candidate.value.password });
+      return r.ok;
+    } finally {
+      await session.close();
+    }
+  }
+}

@@ -1,0 +1,129 @@
+// Wires the layers together for one process: the API, the workers, or both (KEYTURN_COMPONENTS). Every
+// dependency is built here and handed down, so tests build the same graph with their own Redis prefix.
+import { hostname } from 'node:os';
+import type { FastifyInstance } from 'fastify';
+import { Redis } from 'ioredis';
+import { buildApp } from './api/app.ts';
+import type { ApiContext } from './api/context.ts';
+import { AuditLog } from './audit/audit-log.ts';
+import type { KeyturnConfig } from './config/config.ts';
+import { Envelope } from './crypto/envelope.ts';
+import type { Logger } from './logging/logger.ts';
+import { RedisKeys } from './registry/keys.ts';
+import { Registry } from './registry/registry.ts';
+import { RegistryService } from './registry/service.ts';
+import { RotationEngine } from './rotation/engine.ts';
+import { Failpoints } from './rotation/failpoints.ts';
+import { LeaseManager } from './rotation/lease.ts';
+import { RotationRepo } from './rotation/rotation-repo.ts';
+import { SecretReader } from './rotation/secret-reader.ts';
+import { QueueWorkers, Queues } from './scheduling/queues.ts';
+import { StoreSet } from './stores/index.ts';
+import { LocalStore } from './stores/local-store.ts';
+
+export interface RuntimeOptions {
+  config: KeyturnConfig;
+  logger: Logger;
+  /** Resolved admin token (configured or development one). */
+  adminToken: string;
+  /** Resolved key-encryption key of the local store. */
+  masterKey: Buffer;
+  /** How often the reconciler runs; tests shorten it. */
+  reconcileEveryMs?: number;
+}
+
+export interface Runtime {
+  app: FastifyInstance | undefined;
+  workers: QueueWorkers | undefined;
+  ctx: ApiContext;
+  queues: Queues;
+  /** Starts listening (API) and consuming (workers). Returns the bound address when the API runs. */
+  start(): Promise<string | undefined>;
+  close(): Promise<void>;
+}
+
+export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
+  const { config, logger } = options;
+  // Commands fail fast when Redis is away, so that an API call answers 503 instead of hanging; BullMQ's
+  // connection must retry forever (its blocking reads would otherwise throw).
+  const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: 2, enableOfflineQueue: true, lazyConnect: true });
+  const queueRedis = new Redis(config.redisUrl, { maxRetriesPerRequest: null, lazyConnect: true });
+  for (const r of [redis, queueRedis]) r.on('error', (err) => logger.warn({ err: { message: err.message } }, 'redis connection error'));
+  await Promise.all([redis.connect(), queueRedis.connect()]);
+
+  const keys = new RedisKeys(config.prefix);
+  const registry = new Registry(redis, keys);
+  const audit = new AuditLog(redis, keys);
+  const stores = new StoreSet().add(new LocalStore(redis, keys, new Envelope(options.masterKey)));
+  const rotations = new RotationRepo(redis, keys);
+  const failpoints = new Failpoints(config.failpoints);
+  if (failpoints.enabled) logger.warn({ failpoints: config.failpoints }, 'test failpoints are enabled');
+  const engine = new RotationEngine({
+    registry,
+    rotations,
+    stores,
+    audit,
+    leases: new LeaseManager(redis, keys, config.rotation.leaseMs),
+    failpoints,
+    logger,
+    settings: {
+      maxAttempts: config.rotation.attempts,
+      downstreamTimeoutMs: config.rotation.downstreamTimeoutMs,
+      holder: `${hostname()}:${process.pid}`,
+    },
+  });
+  const queueSettings = {
+    prefix: keys.queuePrefix(),
+    backoffMs: config.rotation.backoffMs,
+    lockMs: config.rotation.leaseMs,
+    concurrency: config.rotation.concurrency,
+    reconcileEveryMs: options.reconcileEveryMs ?? 30_000,
+  };
+  const queues = new Queues(queueRedis, queueSettings);
+  engine.hooks = queues;
+  const secrets = new SecretReader({ registry, rotations, stores, timeoutMs: config.rotation.downstreamTimeoutMs });
+  const service = new RegistryService({
+    registry,
+    stores,
+    queues,
+    engine,
+    rotations,
+    audit,
+    downstreamTimeoutMs: config.rotation.downstreamTimeoutMs,
+  });
+  const ctx: ApiContext = { redis, registry, service, engine, rotations, secrets, stores, audit };
+
+  const runsApi = config.components.includes('api');
+  const workers = config.components.includes('worker')
+    ? new QueueWorkers({ connection: queueRedis, settings: queueSettings, queues, engine, registry, rotations, audit, logger })
+    : undefined;
+  // A worker-only process still answers the probes on PORT, for its orchestrator.
+  const app = await buildApp({
+    ctx,
+    logger,
+    adminToken: options.adminToken,
+    maxBodyBytes: config.maxBodyBytes,
+    routes: runsApi ? 'all' : 'health',
+  });
+
+  let closed = false;
+  return {
+    app,
+    workers,
+    ctx,
+    queues,
+    async start() {
+      if (workers) await workers.start();
+      return app.listen({ port: config.port, host: config.host });
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await app.close().catch((err) => logger.error({ err }, 'closing the API failed'));
+      await workers?.close().catch((err) => logger.error({ err }, 'closing the workers failed'));
+      await queues.close().catch(() => {});
+      await stores.close().catch(() => {});
+      await Promise.all([redis.quit().catch(() => {}), queueRedis.quit().catch(() => {})]);
+    },
+  };
+}

@@ -1,0 +1,288 @@
+// BullMQ queues, their producers and their workers.
+//
+//   schedule   light jobs: `tick` (made by one job scheduler per credential) asks the engine for a rotation;
+//              `reconcile` (its own scheduler) repairs what a crash may have left half-done.
+//   rotations  downstream work: `rotate`, `rollback`, `revoke-previous`.
+//
+// Every job carries ids only (I5): a rotation id, a credential id, a version id. Rotation jobs are retried
+// with capped exponential backoff; a job that finds the credential's lease taken is put back, not failed.
+import { randomInt } from 'node:crypto';
+import { DelayedError, type Job, Queue, type RedisConnection, Worker } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { AuditLog } from '../audit/audit-log.ts';
+import { scrubError } from '../crypto/scrub.ts';
+import type { Logger } from '../logging/logger.ts';
+import type { Registry } from '../registry/registry.ts';
+import type { Credential, CredentialSpec } from '../registry/types.ts';
+import type { RotationEngine, RotationHooks, RunResult } from '../rotation/engine.ts';
+import type { RotationRepo } from '../rotation/rotation-repo.ts';
+import type { Rotation } from '../rotation/types.ts';
+import { nextRun, parseDuration } from './schedule.ts';
+
+export const SCHEDULE_QUEUE = 'schedule';
+export const ROTATION_QUEUE = 'rotations';
+
+export interface QueueSettings {
+  prefix: string;
+  backoffMs: number;
+  /** BullMQ lock duration and stalled-job check interval: how soon a dead worker's job moves on. */
+  lockMs: number;
+  concurrency: number;
+  reconcileEveryMs: number;
+}
+
+type RotateData = { rotationId: string };
+type RevokeData = { credentialId: string; versionId: string };
+type TickData = { credentialId: string };
+
+const MAX_BACKOFF_MS = 5 * 60_000;
+const BUSY_RETRY_MS = 1000;
+// Rolling back waits on a downstream that may be down for hours: keep trying, at most every five minutes.
+const ROLLBACK_ATTEMPTS = 2000;
+
+export const schedulerId = (credentialId: string): string => `cred-${credentialId}`;
+
+/** Capped exponential backoff: base, 2·base, 4·base… never above five minutes. */
+export function backoffDelay(attemptsMade: number, baseMs: number): number {
+  return Math.min(baseMs * 2 ** Math.max(0, attemptsMade - 1), MAX_BACKOFF_MS);
+}
+
+/** The producer side: used by the API (register, change, rotate now) and by the engine's hooks. */
+export class Queues implements RotationHooks {
+  readonly schedule: Queue;
+  readonly rotations: Queue;
+  readonly #settings: QueueSettings;
+
+  constructor(connection: Redis, settings: QueueSettings) {
+    this.#settings = settings;
+    const opts = { connection: connection as unknown as RedisConnection, prefix: settings.prefix };
+    this.schedule = new Queue(SCHEDULE_QUEUE, opts as never);
+    this.rotations = new Queue(ROTATION_QUEUE, opts as never);
+  }
+
+  // RotationHooks
+
+  async enqueueRotation(rotationId: string, delayMs = 0): Promise<void> {
+    await this.rotations.add('rotate', { rotationId } satisfies RotateData, {
+      jobId: `rotate-${rotationId}`,
+      delay: delayMs,
+      // The engine counts attempts in the rotation record (crashes included) and decides when to roll back;
+      // BullMQ's count only has to be large enough never to cut it short.
+      attempts: 1000,
+      backoff: { type: 'custom' },
+      removeOnComplete: true,
+      removeOnFail: true,
+    });
+  }
+
+  async enqueueRollback(rotationId: string): Promise<void> {
+    await this.rotations.add('rollback', { rotationId } satisfies RotateData, {
+      jobId: `rollback-${rotationId}`,
+      attempts: ROLLBACK_ATTEMPTS,
+      backoff: { type: 'custom' },
+      delay: this.#settings.backoffMs,
+      removeOnComplete: true,
+      removeOnFail: true,
+    });
+  }
+
+  async afterSuccess(credential: Credential, _rotation: Rotation, previousVersionId: string | undefined): Promise<void> {
+    const { spec, state } = credential;
+    // `every` counts from the last rotation, so a rotate-now moves the next slot (as Vault and AWS do).
+    if ('every' in spec.schedule) await this.upsertSchedule(spec, state.rotatedAt ? new Date(state.rotatedAt) : new Date());
+    if (spec.strategy === 'alternating-users' && spec.gracePeriod && previousVersionId) {
+      await this.rotations.add('revoke-previous', { credentialId: spec.id, versionId: previousVersionId } satisfies RevokeData, {
+        jobId: `revoke-${spec.id}-${previousVersionId}`,
+        delay: parseDuration(spec.gracePeriod),
+        attempts: 50,
+        backoff: { type: 'custom' },
+        removeOnComplete: true,
+        removeOnFail: 100,
+      });
+    }
+  }
+
+  nextRotationAt(spec: CredentialSpec, from: Date): Date | undefined {
+    return nextRun(spec.schedule, from);
+  }
+
+  // Schedules
+
+  /** Creates or replaces a credential's job scheduler; a changed schedule takes effect at once. */
+  async upsertSchedule(spec: CredentialSpec, lastRotation: Date = new Date()): Promise<void> {
+    const s = spec.schedule;
+    const template = {
+      name: 'tick',
+      data: { credentialId: spec.id } satisfies TickData,
+      opts: { removeOnComplete: true, removeOnFail: 100 },
+    };
+    if ('every' in s) {
+      const every = parseDuration(s.every);
+      const start = Math.max(lastRotation.getTime() + every, Date.now() + 1);
+      await this.schedule.upsertJobScheduler(schedulerId(spec.id), { every, startDate: start }, template);
+    } else {
+      await this.schedule.upsertJobScheduler(
+        schedulerId(spec.id),
+        { pattern: s.cron, tz: s.timezone ?? 'UTC' },
+        template,
+      );
+    }
+  }
+
+  async removeSchedule(credentialId: string): Promise<void> {
+    await this.schedule.removeJobScheduler(schedulerId(credentialId));
+  }
+
+  async hasSchedule(credentialId: string): Promise<boolean> {
+    return (await this.schedule.getJobScheduler(schedulerId(credentialId))) !== undefined;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.schedule.close(), this.rotations.close()]);
+  }
+}
+
+/** The consumer side: the worker processes of `workers/` and `npm start`. */
+export class QueueWorkers {
+  readonly #workers: Worker[] = [];
+  readonly #log: Logger;
+  readonly deps: {
+    connection: Redis;
+    settings: QueueSettings;
+    queues: Queues;
+    engine: RotationEngine;
+    registry: Registry;
+    rotations: RotationRepo;
+    audit: AuditLog;
+    logger: Logger;
+  };
+
+  constructor(deps: QueueWorkers['deps']) {
+    this.deps = deps;
+    this.#log = deps.logger.child({ component: 'worker' });
+  }
+
+  async start(): Promise<void> {
+    const { connection, settings } = this.deps;
+    const common = {
+      connection: connection as unknown as RedisConnection,
+      prefix: settings.prefix,
+      lockDuration: settings.lockMs,
+      stalledInterval: settings.lockMs,
+      // A worker killed mid-rotation makes its job "stalled"; that is a normal event here, not a poison job.
+      maxStalledCount: 20,
+      settings: { backoffStrategy: (attemptsMade: number) => backoffDelay(attemptsMade, settings.backoffMs) },
+    };
+    const rotationWorker = new Worker(ROTATION_QUEUE, (job, token) => this.#rotationJob(job, token), {
+      ...common,
+      concurrency: settings.concurrency,
+    } as never);
+    const scheduleWorker = new Worker(SCHEDULE_QUEUE, (job) => this.#scheduleJob(job), {
+      ...common,
+      concurrency: 1,
+    } as never);
+    for (const w of [rotationWorker, scheduleWorker]) {
+      w.on('error', (err) => this.#log.error({ err: scrubError(err) }, 'queue worker error'));
+      this.#workers.push(w);
+    }
+    await this.deps.queues.schedule.upsertJobScheduler(
+      'reconcile',
+      { every: settings.reconcileEveryMs },
+      { name: 'reconcile', data: {}, opts: { removeOnComplete: true, removeOnFail: 10 } },
+    );
+    await Promise.all(this.#workers.map((w) => w.waitUntilReady()));
+  }
+
+  async #rotationJob(job: Job, token: string | undefined): Promise<void> {
+    let result: RunResult;
+    switch (job.name) {
+      case 'rotate':
+        result = await this.deps.engine.run((job.data as RotateData).rotationId);
+        break;
+      case 'rollback':
+        result = await this.deps.engine.rollback((job.data as RotateData).rotationId);
+        if (result.rotation?.status === 'rolling_back') {
+          throw new Error('rollback still waiting for the downstream; will retry');
+        }
+        break;
+      case 'revoke-previous': {
+        const { credentialId, versionId } = job.data as RevokeData;
+        result = await this.deps.engine.revokePrevious(credentialId, versionId);
+        break;
+      }
+      default:
+        this.#log.warn({ job: job.name }, 'unknown rotation job; dropped');
+        return;
+    }
+    if (result.outcome === 'busy') {
+      // Another worker holds the credential: come back shortly without spending an attempt.
+      await job.moveToDelayed(Date.now() + BUSY_RETRY_MS, token);
+      throw new DelayedError();
+    }
+    if (result.outcome === 'retry') {
+      throw new Error(`rotation ${result.rotation?.id} attempt ${result.rotation?.attempts} failed; retrying`);
+    }
+  }
+
+  async #scheduleJob(job: Job): Promise<void> {
+    if (job.name === 'tick') return this.#tick(job);
+    if (job.name === 'reconcile') return this.reconcile();
+  }
+
+  async #tick(job: Job): Promise<void> {
+    const { credentialId } = job.data as TickData;
+    const credential = await this.deps.registry.findCredential(credentialId);
+    if (!credential) {
+      // Deleted between the tick being planned and running: leave no scheduler behind.
+      await this.deps.queues.removeSchedule(credentialId);
+      return;
+    }
+    const { schedule } = credential.spec;
+    const plannedAt = job.timestamp + (job.opts.delay ?? 0);
+    const lateMs = Date.now() - plannedAt;
+    if (schedule.window && lateMs > parseDuration(schedule.window)) {
+      // A slot missed during downtime waits for the next one unless its window is still open.
+      await this.deps.audit.append({
+        actor: 'scheduler',
+        action: 'rotation.skipped',
+        outcome: 'failure',
+        credential: credentialId,
+        details: { reason: 'missed its window', plannedAt: new Date(plannedAt).toISOString(), lateMs },
+      });
+      this.#log.warn({ credential: credentialId, lateMs }, 'scheduled rotation missed its window; waiting for the next slot');
+      return;
+    }
+    const jitterMs = schedule.jitter ? randomInt(parseDuration(schedule.jitter) + 1) : 0;
+    await this.deps.engine.request(credentialId, 'schedule', 'scheduler', { delayMs: jitterMs });
+  }
+
+  /**
+   * Repairs what a crash between two writes can leave: a rotation with no job (the process died after creating
+   * it), a finished rotation still listed as active, a credential without its scheduler.
+   */
+  async reconcile(): Promise<void> {
+    const { rotations, queues, registry } = this.deps;
+    for (const id of await rotations.activeIds()) {
+      const rotation = await rotations.find(id);
+      if (!rotation) continue;
+      const rollback = rotation.status === 'rolling_back';
+      const job = await queues.rotations.getJob(rollback ? `rollback-${id}` : `rotate-${id}`);
+      if (!job) {
+        this.#log.warn({ rotation: id }, 'active rotation had no job; re-queued');
+        if (rollback) await queues.enqueueRollback(id);
+        else await queues.enqueueRotation(id);
+      }
+    }
+    for (const credential of await registry.listCredentials()) {
+      if (!(await queues.hasSchedule(credential.spec.id))) {
+        const last = credential.state.rotatedAt ? new Date(credential.state.rotatedAt) : new Date();
+        await queues.upsertSchedule(credential.spec, last);
+      }
+    }
+  }
+
+  /** Stops taking jobs and waits for the running ones (each is resumable anyway, I4). */
+  async close(): Promise<void> {
+    await Promise.all(this.#workers.map((w) => w.close()));
+  }
+}

@@ -1,0 +1,66 @@
+// Schedules (SPEC): {"every": "30d"} or {"cron": "0 3 * * 1", "timezone": "Europe/London"}, each with an
+// optional window (how late a missed slot may still run) and jitter (a random delay spreading rotations).
+import { CronExpressionParser } from 'cron-parser';
+import type { Schedule } from '../registry/types.ts';
+
+const UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+export const DURATION_PATTERN = '^[1-9][0-9]{0,8}[smhd]$';
+
+/** "30d" → milliseconds. */
+export function parseDuration(text: string): number {
+  const m = /^([1-9][0-9]{0,8})([smhd])$/.exec(text);
+  if (!m) throw new RangeError(`"${text}" is not a duration: a whole number followed by s, m, h or d (e.g. "30d")`);
+  return Number(m[1]) * UNITS[m[2]!]!;
+}
+
+export function isValidTimezone(tz: string): boolean {
+  try {
+    new Intl.DateTimeFormat('en-GB', { timeZone: tz });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Problems with a schedule, each naming its field; empty when valid. */
+export function validateSchedule(schedule: Schedule, field = 'schedule'): string[] {
+  const problems: string[] = [];
+  if ('every' in schedule) {
+    try {
+      if (parseDuration(schedule.every) < 1000) problems.push(`${field}.every must be at least 1s`);
+    } catch (err) {
+      problems.push(`${field}.every: ${(err as Error).message}`);
+    }
+  } else {
+    const tz = schedule.timezone ?? 'UTC';
+    if (!isValidTimezone(tz)) problems.push(`${field}.timezone: "${tz}" is not an IANA time zone (e.g. "Europe/London")`);
+    else {
+      try {
+        CronExpressionParser.parse(schedule.cron, { tz });
+        if (schedule.cron.trim().split(/\s+/).length !== 5) {
+          problems.push(`${field}.cron must have five fields (minute hour day-of-month month day-of-week)`);
+        }
+      } catch (err) {
+        problems.push(`${field}.cron: "${schedule.cron}" is not a cron expression (${(err as Error).message})`);
+      }
+    }
+  }
+  for (const key of ['window', 'jitter'] as const) {
+    const value = schedule[key];
+    if (value !== undefined) {
+      try {
+        parseDuration(value);
+      } catch (err) {
+        problems.push(`${field}.${key}: ${(err as Error).message}`);
+      }
+    }
+  }
+  return problems;
+}
+
+/** The next scheduled rotation after `from` (for `every`: counted from the last rotation). */
+export function nextRun(schedule: Schedule, from: Date): Date {
+  if ('every' in schedule) return new Date(from.getTime() + parseDuration(schedule.every));
+  const it = CronExpressionParser.parse(schedule.cron, { currentDate: from, tz: schedule.timezone ?? 'UTC' });
+  return it.next().toDate();
+}

@@ -1,0 +1,12 @@
+// The map of downstream drivers by connection type. Adding a downstream means adding its folder and one line
+// here; the engine, the API and the stores stay as they are.
+import { postgresTarget } from './postgres/postgres-target.ts';
+import type { TargetDriver } from './types.ts';
+
+export const TARGET_DRIVERS: Readonly<Record<string, TargetDriver>> = {
+  [postgresTarget.type]: postgresTarget,
+};
+
+export function targetDriver(type: string): TargetDriver | undefined {
+  return Object.hasOwn(TARGET_DRIVERS, type) ? TARGET_DRIVERS[type] : undefined;
+}

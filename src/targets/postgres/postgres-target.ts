@@ -1,0 +1,193 @@
+// PostgreSQL target on node-postgres. Passwords are set with ALTER ROLE … PASSWORD: the literal is quoted by
+// the driver's escapeLiteral and statements are never logged by Keyturn; the server's own log_statement could
+// still record it, so each password statement runs in a transaction with log_statement switched off.
+import pg from 'pg';
+import type { Connection } from '../../registry/types.ts';
+import {
+  type AuthOutcome,
+  type Login,
+  type TargetDriver,
+  TargetRefusedError,
+  type TargetSession,
+  TargetUnavailableError,
+  type UserTemplate,
+} from '../types.ts';
+
+// SQLSTATEs that mean "these credentials were refused" rather than "the server is unwell".
+const AUTH_REJECTED = new Set(['28P01', '28000']);
+// SQLSTATE classes that mean the statement itself was refused (privileges, missing objects, bad names):
+// retrying will not help.
+const REFUSED_CLASSES = new Set(['42', '0L', '0P', '28']);
+
+function clientConfig(connection: Connection, login: Login, timeoutMs: number): pg.ClientConfig {
+  const tls = connection.tls?.mode ?? 'disable';
+  return {
+    host: connection.host,
+    port: connection.port,
+    database: connection.database ?? 'postgres',
+    user: login.username,
+    password: login.password,
+    connectionTimeoutMillis: timeoutMs,
+    statement_timeout: timeoutMs,
+    query_timeout: timeoutMs,
+    application_name: 'keyturn',
+    ssl:
+      tls === 'disable'
+        ? false
+        : tls === 'require'
+          ? { rejectUnauthorized: false }
+          : { rejectUnauthorized: true, ...(connection.tls?.ca ? { ca: connection.tls.ca } : {}) },
+  };
+}
+
+function sqlState(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+/** Turns a driver error into a target error whose message names the failing action. */
+function classify(action: string, err: unknown): Error {
+  if (err instanceof TargetRefusedError || err instanceof TargetUnavailableError) return err;
+  const code = sqlState(err);
+  const message = `${action}: ${err instanceof Error ? err.message : String(err)}`;
+  if (code && /^[0-9A-Z]{5}$/.test(code) && REFUSED_CLASSES.has(code.slice(0, 2))) {
+    return new TargetRefusedError(message, code);
+  }
+  return new TargetUnavailableError(message, code, { cause: err });
+}
+
+const ident = (name: string): string => pg.escapeIdentifier(name);
+
+class PostgresSession implements TargetSession {
+  readonly #connection: Connection;
+  readonly #admin: Login;
+  readonly #timeoutMs: number;
+
+  constructor(connection: Connection, admin: Login, timeoutMs: number) {
+    this.#connection = connection;
+    this.#admin = admin;
+    this.#timeoutMs = timeoutMs;
+  }
+
+  #client(login: Login): pg.Client {
+    const client = new pg.Client(clientConfig(this.#connection, login, this.#timeoutMs));
+    // An error event after connect (server restart) must not crash the process; the pending query fails anyway.
+    client.on('error', () => {});
+    return client;
+  }
+
+  /** Runs `fn` on a fresh client logged in as admin; short-lived clients keep no state across steps. */
+  async #asAdmin<T>(action: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
+    const client = this.#client(this.#admin);
+    try {
+      await client.connect();
+    } catch (err) {
+      const where = `${this.#connection.host}:${this.#connection.port}`;
+      throw classify(`${action}: logging in to ${where} as admin "${this.#admin.username}" failed`, err);
+    }
+    try {
+      return await fn(client);
+    } catch (err) {
+      throw classify(action, err);
+    } finally {
+      await client.end().catch(() => {});
+    }
+  }
+
+  async authenticate(login: Login): Promise<AuthOutcome> {
+    const client = this.#client(login);
+    try {
+      await client.connect();
+      await client.query('SELECT 1');
+      return { ok: true };
+    } catch (err) {
+      const code = sqlState(err);
+      if (code && AUTH_REJECTED.has(code)) {
+        return { ok: false, reason: 'rejected', message: `PostgreSQL refused the login of "${login.username}" (${code})` };
+      }
+      throw classify(`logging in as "${login.username}"`, err);
+    } finally {
+      await client.end().catch(() => {});
+    }
+  }
+
+  async userExists(username: string): Promise<boolean> {
+    return this.#asAdmin(`looking up role "${username}"`, async (c) => {
+      const r = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [username]);
+      return r.rowCount === 1;
+    });
+  }
+
+  async #inQuietTransaction(c: pg.Client, statements: string[]): Promise<void> {
+    await c.query('BEGIN');
+    try {
+      // Needs superuser; a plain admin with CREATEROLE cannot change it, and the statement still runs.
+      await c.query('SAVEPOINT quiet');
+      await c.query("SET LOCAL log_statement = 'none'").catch(() => c.query('ROLLBACK TO SAVEPOINT quiet'));
+      for (const sql of statements) await c.query(sql);
+      await c.query('COMMIT');
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => {});
+      throw err;
+    }
+  }
+
+  async updatePassword(username: string, password: string): Promise<void> {
+    await this.#asAdmin(`setting the password of role "${username}"`, (c) =>
+      this.#inQuietTransaction(c, [`ALTER ROLE ${ident(username)} WITH LOGIN PASSWORD ${pg.escapeLiteral(password)}`]),
+    );
+  }
+
+  async createUser(username: string, password: string, template: UserTemplate): Promise<'created' | 'updated'> {
+    return this.#asAdmin(`creating role "${username}" like "${template.like}"`, async (c) => {
+      const alter = `ALTER ROLE ${ident(username)} WITH LOGIN PASSWORD ${pg.escapeLiteral(password)}`;
+      const exists = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [username]);
+      if (exists.rowCount === 1) {
+        await this.#inQuietTransaction(c, [alter]);
+        return 'updated';
+      }
+      const memberships = await c.query<{ rolname: string }>(
+        `SELECT r.rolname FROM pg_auth_members m
+           JOIN pg_roles r ON r.oid = m.roleid
+           JOIN pg_roles u ON u.oid = m.member
+          WHERE u.rolname = $1`,
+        [template.like],
+      );
+      const like = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [template.like]);
+      if (like.rowCount !== 1) {
+        throw new TargetRefusedError(`role "${template.like}" does not exist, so "${username}" cannot copy its memberships`);
+      }
+      try {
+        await this.#inQuietTransaction(c, [
+          `CREATE ROLE ${ident(username)} WITH LOGIN PASSWORD ${pg.escapeLiteral(password)}`,
+          ...memberships.rows.map(({ rolname }) => `GRANT ${ident(rolname)} TO ${ident(username)}`),
+        ]);
+        return 'created';
+      } catch (err) {
+        // Another worker created it between our look-up and CREATE ROLE (duplicate_object): set its password.
+        if (sqlState(err) !== '42710') throw err;
+        await this.#inQuietTransaction(c, [alter]);
+        return 'updated';
+      }
+    });
+  }
+
+  async deleteUser(username: string): Promise<void> {
+    await this.#asAdmin(`dropping role "${username}"`, async (c) => {
+      await c.query(`DROP ROLE IF EXISTS ${ident(username)}`);
+    });
+  }
+
+  async close(): Promise<void> {
+    // Every call uses its own short-lived client: nothing to release.
+  }
+}
+
+export const postgresTarget: TargetDriver = {
+  type: 'postgres',
+  engine: 'postgres',
+  defaultPort: 5432,
+  async open(connection, admin, options) {
+    return new PostgresSession(connection, admin, options.timeoutMs);
+  },
+};

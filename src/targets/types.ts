@@ -1,0 +1,66 @@
+// The Target interface: the handful of verbs every downstream (database, cache, HTTP service) implements,
+// after Vault's database plugin interface. The rotation engine only ever talks to this interface; a new
+// downstream is a new folder under targets/ registered in targets/index.ts, never a change to the engine.
+import type { Connection } from '../registry/types.ts';
+
+export interface Login {
+  username: string;
+  password: string;
+}
+
+export type AuthOutcome =
+  /** Logged in and ran the harmless query. */
+  | { ok: true }
+  /** The downstream answered and refused these credentials. */
+  | { ok: false; reason: 'rejected'; message: string };
+
+/** The downstream could not be reached or failed in a way that says nothing about the credentials. */
+export class TargetUnavailableError extends Error {
+  readonly code: string | undefined;
+  constructor(message: string, code?: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'TargetUnavailableError';
+    this.code = code;
+  }
+}
+
+/** The downstream refused an administrative change (missing privilege, missing user…): retrying will not help. */
+export class TargetRefusedError extends Error {
+  readonly code: string | undefined;
+  constructor(message: string, code?: string) {
+    super(message);
+    this.name = 'TargetRefusedError';
+    this.code = code;
+  }
+}
+
+export interface UserTemplate {
+  /** Create the new user with the same role memberships as this existing user. */
+  like: string;
+}
+
+/** One open session with a downstream, made with the connection's admin login. */
+export interface TargetSession {
+  /** Connects as `login` and runs a harmless query (SELECT 1, PING…). Throws TargetUnavailableError. */
+  authenticate(login: Login): Promise<AuthOutcome>;
+  /** Whether a user exists. */
+  userExists(username: string): Promise<boolean>;
+  /** NewUser: creates `username` with `password`, copying the template's memberships; updates it if present. */
+  createUser(username: string, password: string, template: UserTemplate): Promise<'created' | 'updated'>;
+  /** UpdateUser: sets the password of an existing user. */
+  updatePassword(username: string, password: string): Promise<void>;
+  /** DeleteUser. */
+  deleteUser(username: string): Promise<void>;
+  /** Close: releases connections. */
+  close(): Promise<void>;
+}
+
+export interface TargetDriver {
+  /** The connection `type` this driver serves. */
+  readonly type: string;
+  /** The `engine` field written into the store document (AWS template layout). */
+  readonly engine: string;
+  readonly defaultPort: number;
+  /** Initialize: opens a session with the connection's admin login. */
+  open(connection: Connection, admin: Login, options: { timeoutMs: number }): Promise<TargetSession>;
+}
