@@ -450,6 +450,7 @@ export class RotationEngine {
     let ctx = given;
     let note: string;
     try {
+      this.#failpoints.hit('rollback-before-restore');
       if (!rotation.setStarted) {
         const store = this.#stores.get(credential.spec.store);
         await store.discardPending(credentialSecretRef(credential.spec), rotation.id);

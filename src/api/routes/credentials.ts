@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
-import { Type } from 'typebox';
 import { NotFoundError } from '../../registry/errors.ts';
 import { actorOf } from '../auth.ts';
+import { ApiError } from '../errors.ts';
 import type { ApiContext } from '../context.ts';
 import {
   CreateCredentialBody,
@@ -64,9 +64,13 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
 
   app.post<{ Params: IdParams }>(
     '/v1/credentials/:id/rotate',
-    // No body is expected; an empty JSON object is tolerated for clients that always send one.
-    { schema: { params: IdParams, body: Type.Optional(Type.Object({}, { additionalProperties: false })) } },
+    { schema: { params: IdParams } },
     async (request, reply) => {
+      // No body is expected; an empty JSON object is tolerated for clients that always send one.
+      const body = request.body as unknown;
+      if (body !== undefined && body !== null && (typeof body !== 'object' || Array.isArray(body) || Object.keys(body).length > 0)) {
+        throw new ApiError(400, 'invalid_request', 'body must be empty or {}: rotate takes no parameters');
+      }
       const result = await ctx.engine.request(request.params.id, 'manual', actorOf(request));
       if (!result) throw new NotFoundError(`Credential "${request.params.id}" does not exist`);
       const { rotation, created } = result;

@@ -1,0 +1,257 @@
+// Test harness: a Keyturn runtime in the test process (API, optionally workers) on its own Redis prefix, worker
+// child processes that can be SIGKILLed, and helpers for the password-checking PostgreSQL of global-setup.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { Writable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { inject } from 'vitest';
+import { type Component, loadConfig } from '../../src/config/config.ts';
+import { createLogger } from '../../src/logging/logger.ts';
+import { createRuntime, type Runtime } from '../../src/runtime.ts';
+
+export const REDIS_URL = process.env.KEYTURN_TEST_REDIS_URL ?? process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
+export interface TestEnv {
+  prefix: string;
+  adminToken: string;
+  masterKey: string;
+  /** Environment for worker child processes and for loadConfig. */
+  env: Record<string, string>;
+}
+
+/** A fresh namespace (Redis prefix, tokens, keys) for one test file. */
+export function testEnv(overrides: Record<string, string> = {}): TestEnv {
+  const prefix = `kt-test-${randomBytes(4).toString('hex')}`;
+  const adminToken = randomBytes(32).toString('base64url');
+  const masterKey = randomBytes(32).toString('base64');
+  return {
+    prefix,
+    adminToken,
+    masterKey,
+    env: {
+      REDIS_URL,
+      KEYTURN_PREFIX: prefix,
+      KEYTURN_ADMIN_TOKEN: adminToken,
+      KEYTURN_MASTER_KEY: masterKey,
+      KEYTURN_ROTATION_ATTEMPTS: '3',
+      KEYTURN_ROTATION_BACKOFF_MS: '200',
+      KEYTURN_ROTATION_LEASE_MS: '2000',
+      KEYTURN_DOWNSTREAM_TIMEOUT_MS: '3000',
+      LOG_LEVEL: 'info',
+      LOG_FORMAT: 'json',
+      PORT: '0',
+      ...overrides,
+    },
+  };
+}
+
+export interface Keyturn {
+  url: string;
+  runtime: Runtime;
+  /** Every log line the in-process runtime wrote. */
+  logs: string[];
+  api<T = any>(method: string, path: string, body?: unknown, headers?: Record<string, string>): Promise<ApiResponse<T>>;
+  close(): Promise<void>;
+}
+
+export interface ApiResponse<T> {
+  status: number;
+  headers: Headers;
+  body: T;
+  text: string;
+}
+
+/** Starts Keyturn in this process: API only by default (workers run as child processes), or both. */
+export async function startKeyturn(
+  env: TestEnv,
+  options: { components?: Component[]; reconcileEveryMs?: number } = {},
+): Promise<Keyturn> {
+  const config = loadConfig({ ...env.env, KEYTURN_COMPONENTS: (options.components ?? ['api']).join(',') });
+  const logs: string[] = [];
+  const destination = new Writable({
+    write(chunk, _encoding, done) {
+      logs.push(...String(chunk).split('\n').filter(Boolean));
+      done();
+    },
+  });
+  const logger = createLogger({ level: config.logLevel, format: 'json', destination });
+  const runtime = await createRuntime({
+    config,
+    logger,
+    adminToken: env.adminToken,
+    masterKey: Buffer.from(env.masterKey, 'base64'),
+    ...(options.reconcileEveryMs ? { reconcileEveryMs: options.reconcileEveryMs } : {}),
+  });
+  const url = (await runtime.start()) as string;
+  return {
+    url,
+    runtime,
+    logs,
+    async api(method, path, body, headers = {}) {
+      const res = await fetch(`${url}${path}`, {
+        method,
+        headers: {
+          authorization: `Bearer ${env.adminToken}`,
+          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+          ...headers,
+        },
+        ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }),
+      });
+      const text = await res.text();
+      let parsed: unknown = text;
+      try {
+        parsed = text ? JSON.parse(text) : undefined;
+      } catch {
+        // not JSON: leave the text
+      }
+      return { status: res.status, headers: res.headers, body: parsed as never, text };
+    },
+    close: () => runtime.close(),
+  };
+}
+
+export interface WorkerProcess {
+  child: ChildProcess;
+  output: string[];
+  /** Resolves with the signal or exit code when the process ends. */
+  exited: Promise<NodeJS.Signals | number | null>;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+}
+
+/** Starts `workers/rotation-worker.ts` as a child process on the same Node. */
+export function spawnWorker(env: TestEnv, extra: Record<string, string> = {}): WorkerProcess {
+  const child = spawn(process.execPath, ['workers/rotation-worker.ts'], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', ...env.env, ...extra },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const output: string[] = [];
+  const collect = (chunk: Buffer) => output.push(...String(chunk).split('\n').filter(Boolean));
+  child.stdout?.on('data', collect);
+  child.stderr?.on('data', collect);
+  const exited = new Promise<NodeJS.Signals | number | null>((done) =>
+    child.once('exit', (code, signal) => done(signal ?? code)),
+  );
+  return {
+    child,
+    output,
+    exited,
+    async kill(signal = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      await exited;
+    },
+  };
+}
+
+export async function waitFor<T>(
+  what: string,
+  fn: () => Promise<T | undefined | null | false>,
+  timeoutMs = 30_000,
+  intervalMs = 100,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await fn();
+      if (value) return value;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+    }
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+/** Waits until a rotation reaches a terminal status and returns it. */
+export async function waitForRotation(kt: Keyturn, rotationId: string, timeoutMs = 60_000): Promise<any> {
+  return waitFor(
+    `rotation ${rotationId} to end`,
+    async () => {
+      const r = await kt.api('GET', `/v1/rotations/${rotationId}`);
+      return r.status === 200 && ['succeeded', 'failed'].includes(r.body.status) ? r.body : undefined;
+    },
+    timeoutMs,
+  );
+}
+
+// PostgreSQL
+
+export function pgInfo() {
+  return inject('pg');
+}
+
+/** Tries to log in and run SELECT 1; true on success, false when the password is refused. */
+export async function canLogin(username: string, password: string, port = pgInfo().port): Promise<boolean> {
+  const { host, database } = pgInfo();
+  const client = new pg.Client({ host, port, database, user: username, password, connectionTimeoutMillis: 5000 });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    await client.query('SELECT 1');
+    return true;
+  } catch (err) {
+    if ((err as { code?: string }).code === '28P01') return false;
+    throw err;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+export async function pgAdmin<T>(fn: (client: pg.Client) => Promise<T>): Promise<T> {
+  const { host, port, database, adminUser, adminPassword } = pgInfo();
+  const client = new pg.Client({ host, port, database, user: adminUser, password: adminPassword });
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end();
+  }
+}
+
+/** Creates a login role (member of a fresh group role, so memberships can be checked) with an unknown password. */
+export async function createAppRole(name = `app_${randomBytes(4).toString('hex')}`): Promise<{ name: string; group: string }> {
+  const group = `${name}_grp`;
+  await pgAdmin(async (c) => {
+    await c.query(`CREATE ROLE ${pg.escapeIdentifier(group)} NOLOGIN`);
+    await c.query(
+      `CREATE ROLE ${pg.escapeIdentifier(name)} LOGIN PASSWORD ${pg.escapeLiteral(randomUUID())} IN ROLE ${pg.escapeIdentifier(group)}`,
+    );
+  });
+  return { name, group };
+}
+
+/** Registers the test PostgreSQL as a connection. */
+export async function registerPgConnection(kt: Keyturn, id = `pg-${randomBytes(3).toString('hex')}`, port?: number) {
+  const info = pgInfo();
+  const res = await kt.api('POST', '/v1/connections', {
+    id,
+    type: 'postgres',
+    host: info.host,
+    port: port ?? info.port,
+    database: info.database,
+    admin: { username: info.adminUser, password: info.adminPassword },
+  });
+  if (res.status !== 201) throw new Error(`registering connection failed: ${res.status} ${res.text}`);
+  return id;
+}
+
+/** Deletes every key under a test prefix. */
+export async function dropPrefix(prefix: string): Promise<void> {
+  const redis = new Redis(REDIS_URL);
+  try {
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+      cursor = next;
+      if (keys.length) await redis.del(...keys);
+    } while (cursor !== '0');
+  } finally {
+    redis.disconnect();
+  }
+}
