@@ -1,0 +1,163 @@
+// I5: during a full run (register, rotate both strategies, import, a wrong import, a failing downstream, a grace
+// revocation, secret reads) every log line, audit event, job payload, Redis command and Redis value is captured,
+// and no secret value appears in any of them.
+import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import {
+  createAppRole,
+  dropPrefix,
+  type Keyturn,
+  pgAdmin,
+  pgInfo,
+  REDIS_URL,
+  registerPgConnection,
+  spawnWorker,
+  startKeyturn,
+  testEnv,
+  waitFor,
+  waitForRotation,
+  type WorkerProcess,
+} from '../support/harness.ts';
+
+const env = testEnv({ LOG_LEVEL: 'trace' });
+let kt: Keyturn;
+let monitor: Redis;
+const commands: string[] = [];
+let worker: WorkerProcess;
+
+beforeAll(async () => {
+  monitor = new Redis(REDIS_URL);
+  const m = await monitor.monitor();
+  m.on('monitor', (_time: string, args: string[]) => {
+    if (args.some((a) => a.includes(env.prefix))) commands.push(args.join(' '));
+  });
+  kt = await startKeyturn(env, { components: ['api'] });
+  worker = spawnWorker(env);
+});
+afterAll(async () => {
+  await worker?.kill();
+  await kt?.close();
+  monitor?.disconnect();
+  await dropPrefix(env.prefix);
+});
+
+it('no secret value reaches logs, audit events, job payloads or Redis', async () => {
+  const secrets = new Set<string>([pgInfo().adminPassword]);
+  const connection = await registerPgConnection(kt);
+
+  // Rotations of both strategies, with secret reads after each.
+  const single = await createAppRole();
+  const alt = await createAppRole();
+  for (const [id, role, strategy] of [
+    [`leak-single-${single.name}`, single, 'single-user'],
+    [`leak-alt-${alt.name}`, alt, 'alternating-users'],
+  ] as const) {
+    const created = await kt.api('POST', '/v1/credentials', {
+      id,
+      connection,
+      username: role.name,
+      strategy,
+      schedule: { cron: '0 3 * * 1', timezone: 'Europe/London' },
+      ...(strategy === 'alternating-users' ? { gracePeriod: '1s' } : {}),
+    });
+    expect(created.status).toBe(201);
+    expect((await waitForRotation(kt, created.body.rotation.id)).status).toBe('succeeded');
+    secrets.add((await kt.api('GET', `/v1/credentials/${id}/secret`)).body.password);
+    const rotate = await kt.api('POST', `/v1/credentials/${id}/rotate`);
+    expect((await waitForRotation(kt, rotate.body.rotationId)).status).toBe('succeeded');
+    secrets.add((await kt.api('GET', `/v1/credentials/${id}/secret`)).body.password);
+  }
+  await waitFor('the grace revocation', async () => {
+    const r = await kt.api('GET', '/v1/audit?action=credential.previous_revoked');
+    return r.body.events.length === 1;
+  });
+
+  // An import, and an import with a wrong password (PostgreSQL refuses it; the error must not echo it).
+  const imported = await createAppRole();
+  const importPassword = randomBytes(18).toString('base64url');
+  const wrongPassword = randomBytes(18).toString('base64url');
+  secrets.add(importPassword).add(wrongPassword);
+  await pgAdmin((c) => c.query(`ALTER ROLE "${imported.name}" PASSWORD '${importPassword}'`));
+  const body = {
+    connection,
+    username: imported.name,
+    strategy: 'single-user',
+    schedule: { every: '30d' },
+    import: true,
+  };
+  const wrong = await kt.api('POST', '/v1/credentials', { ...body, id: `leak-wrong-${imported.name}`, currentPassword: wrongPassword });
+  expect(wrong.status).toBe(422);
+  const ok = await kt.api('POST', '/v1/credentials', { ...body, id: `leak-imp-${imported.name}`, currentPassword: importPassword });
+  expect(ok.status).toBe(201);
+
+  // A downstream that refuses the admin login: the driver's error is stored in the rotation record.
+  const badAdminPassword = randomBytes(18).toString('base64url');
+  secrets.add(badAdminPassword);
+  const info = pgInfo();
+  const badConn = await kt.api('POST', '/v1/connections', {
+    id: `leak-badadmin-${imported.name}`,
+    type: 'postgres',
+    host: info.host,
+    port: info.port,
+    database: info.database,
+    admin: { username: info.adminUser, password: badAdminPassword },
+  });
+  expect(badConn.status).toBe(201);
+  const failing = await kt.api('POST', '/v1/credentials', {
+    id: `leak-fail-${imported.name}`,
+    connection: badConn.body.id,
+    username: imported.name,
+    strategy: 'single-user',
+    schedule: { every: '30d' },
+  });
+  const failed = await waitForRotation(kt, failing.body.rotation.id);
+  expect(failed.status).toBe('failed');
+  expect(failed.error.message).toMatch(/password authentication failed/);
+
+  // Collect everything written.
+  const audit = await kt.api('GET', '/v1/audit?limit=1000');
+  expect(audit.body.events.length).toBeGreaterThan(20);
+  const redis = new Redis(REDIS_URL);
+  const values: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', `${env.prefix}:*`, 'COUNT', 1000);
+    cursor = next;
+    for (const key of keys) {
+      const type = await redis.type(key);
+      if (type === 'string') values.push((await redis.get(key)) ?? '');
+      else if (type === 'hash') values.push(JSON.stringify(await redis.hgetall(key)));
+      else if (type === 'list') values.push(JSON.stringify(await redis.lrange(key, 0, -1)));
+      else if (type === 'set') values.push(JSON.stringify(await redis.smembers(key)));
+      else if (type === 'zset') values.push(JSON.stringify(await redis.zrange(key, 0, -1)));
+      else if (type === 'stream') values.push(JSON.stringify(await redis.xrange(key, '-', '+')));
+    }
+  } while (cursor !== '0');
+  redis.disconnect();
+  const readable = [
+    ['API log', kt.logs],
+    ['worker log', worker.output],
+    ['audit events', [JSON.stringify(audit.body.events)]],
+    ['Redis commands (job payloads included)', commands],
+    ['Redis values', values],
+    ['rotation records', [JSON.stringify(failed)]],
+  ] as const;
+  // The capture must have seen real traffic, or the check below proves nothing.
+  expect(kt.logs.length).toBeGreaterThan(20);
+  expect(worker.output.length).toBeGreaterThan(5);
+  expect(commands.some((c) => c.includes('rotate-'))).toBe(true);
+  expect(values.length).toBeGreaterThan(10);
+
+  for (const secret of secrets) {
+    expect(secret.length).toBeGreaterThanOrEqual(16);
+    const forms = [secret, Buffer.from(secret).toString('base64'), encodeURIComponent(secret)];
+    for (const [where, lines] of readable) {
+      for (const line of lines) {
+        for (const form of forms) {
+          if (line.includes(form)) throw new Error(`a secret value appears in the ${where}: ${line.slice(0, 200)}…`);
+        }
+      }
+    }
+  }
+});
