@@ -44,13 +44,29 @@ function freePort(): Promise<number> {
 }
 
 /** Starts a private redis-server whose data lives in the state folder; returns its URL and a stop function. */
-async function startPrivateRedis(config: KeyturnConfig, logger: Logger): Promise<{ url: string; stop: () => void }> {
+async function startPrivateRedis(
+  config: KeyturnConfig,
+  logger: Logger,
+): Promise<{ url: string; stop: () => void }> {
   const dir = resolve(join(config.stateDir, 'redis'));
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const port = await freePort();
   const child = spawn(
     'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--save', '', '--protected-mode', 'yes'],
+    [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--dir',
+      dir,
+      '--appendonly',
+      'yes',
+      '--save',
+      '',
+      '--protected-mode',
+      'yes',
+    ],
     { stdio: 'ignore' },
   );
   await new Promise<void>((done, reject) => {
@@ -65,7 +81,8 @@ async function startPrivateRedis(config: KeyturnConfig, logger: Logger): Promise
     );
     child.once('spawn', () => done());
   });
-  for (let i = 0; i < 50 && !(await answers('127.0.0.1', port)); i++) await new Promise((r) => setTimeout(r, 100));
+  for (let i = 0; i < 50 && !(await answers('127.0.0.1', port)); i++)
+    await new Promise((r) => setTimeout(r, 100));
   logger.warn(
     { port, dir },
     `no Redis answered at the default address: started a private redis-server on 127.0.0.1:${port} with its data in ${dir}; set REDIS_URL for a real one`,
@@ -74,6 +91,10 @@ async function startPrivateRedis(config: KeyturnConfig, logger: Logger): Promise
 }
 
 export async function boot(options: { components?: Component[] } = {}): Promise<Runtime> {
+  const major = Number(process.versions.node.split('.')[0]);
+  if (major < 24) {
+    fail(`Node ${process.versions.node} is too old: Keyturn runs on Node 24 LTS (npm scripts use the pinned one: run it with \`npm start\`)`);
+  }
   let config: KeyturnConfig;
   try {
     config = loadConfig();
@@ -98,7 +119,10 @@ export async function boot(options: { components?: Component[] } = {}): Promise<
 
   let adminToken = config.adminToken;
   if (!adminToken) {
-    if (production) fail('KEYTURN_ADMIN_TOKEN is required when NODE_ENV=production (make one with `openssl rand -base64 32`)');
+    if (production)
+      fail(
+        'KEYTURN_ADMIN_TOKEN is required when NODE_ENV=production (make one with `openssl rand -base64 32`)',
+      );
     const dev = await devAdminToken(config.stateDir);
     adminToken = dev.value;
     logger.warn(
@@ -108,7 +132,10 @@ export async function boot(options: { components?: Component[] } = {}): Promise<
   }
   let masterKey = config.masterKey;
   if (!masterKey) {
-    if (production) fail('KEYTURN_MASTER_KEY is required when NODE_ENV=production (make one with `openssl rand -base64 32`)');
+    if (production)
+      fail(
+        'KEYTURN_MASTER_KEY is required when NODE_ENV=production (make one with `openssl rand -base64 32`)',
+      );
     const dev = await devMasterKey(config.stateDir);
     masterKey = Buffer.from(dev.value, 'base64');
     logger.warn(
@@ -128,7 +155,10 @@ export async function boot(options: { components?: Component[] } = {}): Promise<
     stopRedis?.();
     fail(`could not listen on ${config.host}:${config.port}: ${err.message}`);
   });
-  logger.info({ address, components: config.components, prefix: config.prefix }, `keyturn serving on ${address}`);
+  logger.info(
+    { address, components: config.components, prefix: config.prefix },
+    `keyturn serving on ${address}`,
+  );
 
   let stopping = false;
   const shutdown = (signal: string) => {

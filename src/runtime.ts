@@ -17,7 +17,7 @@ import { Failpoints } from './rotation/failpoints.ts';
 import { LeaseManager } from './rotation/lease.ts';
 import { RotationRepo } from './rotation/rotation-repo.ts';
 import { SecretReader } from './rotation/secret-reader.ts';
-import { QueueWorkers, Queues } from './scheduling/queues.ts';
+import { Queues, QueueWorkers } from './scheduling/queues.ts';
 import { StoreSet } from './stores/index.ts';
 import { LocalStore } from './stores/local-store.ts';
 
@@ -46,9 +46,14 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   const { config, logger } = options;
   // Commands fail fast when Redis is away, so that an API call answers 503 instead of hanging; BullMQ's
   // connection must retry forever (its blocking reads would otherwise throw).
-  const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: 2, enableOfflineQueue: true, lazyConnect: true });
+  const redis = new Redis(config.redisUrl, {
+    maxRetriesPerRequest: 2,
+    enableOfflineQueue: true,
+    lazyConnect: true,
+  });
   const queueRedis = new Redis(config.redisUrl, { maxRetriesPerRequest: null, lazyConnect: true });
-  for (const r of [redis, queueRedis]) r.on('error', (err) => logger.warn({ err: { message: err.message } }, 'redis connection error'));
+  for (const r of [redis, queueRedis])
+    r.on('error', (err) => logger.warn({ err: { message: err.message } }, 'redis connection error'));
   await Promise.all([redis.connect(), queueRedis.connect()]);
 
   const keys = new RedisKeys(config.prefix);
@@ -81,7 +86,12 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   };
   const queues = new Queues(queueRedis, queueSettings);
   engine.hooks = queues;
-  const secrets = new SecretReader({ registry, rotations, stores, timeoutMs: config.rotation.downstreamTimeoutMs });
+  const secrets = new SecretReader({
+    registry,
+    rotations,
+    stores,
+    timeoutMs: config.rotation.downstreamTimeoutMs,
+  });
   const service = new RegistryService({
     registry,
     stores,
@@ -95,7 +105,16 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
 
   const runsApi = config.components.includes('api');
   const workers = config.components.includes('worker')
-    ? new QueueWorkers({ connection: queueRedis, settings: queueSettings, queues, engine, registry, rotations, audit, logger })
+    ? new QueueWorkers({
+        connection: queueRedis,
+        settings: queueSettings,
+        queues,
+        engine,
+        registry,
+        rotations,
+        audit,
+        logger,
+      })
     : undefined;
   // A worker-only process still answers the probes on PORT, for its orchestrator.
   const app = await buildApp({

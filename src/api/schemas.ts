@@ -9,9 +9,15 @@ const USERNAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_.$-]{0,56}$';
 const HOST_PATTERN = '^[A-Za-z0-9]([A-Za-z0-9.:_-]{0,252})$';
 
 export const Id = Type.String({ pattern: ID_PATTERN, description: 'Letters, digits, ".", "_" and "-"; 1-128 characters' });
-const Duration = Type.String({ pattern: DURATION_PATTERN, description: 'A whole number and a unit: s, m, h or d' });
+// Bounded below 2^48 ms (randomInt's limit for jitter; "999999999d" overflowed Date and made BullMQ's script fail: 500).
+const BOUNDED_DURATION_PATTERN = '^(?:[1-9][0-9]{0,8}[sm]|[1-9][0-9]{0,6}h|[1-9][0-9]{0,5}d)$';
+const Duration = Type.String({
+  pattern: BOUNDED_DURATION_PATTERN,
+  description: `A whole number and a unit: s, m, h or d (${DURATION_PATTERN}), at most 999999999m, 9999999h or 999999d`,
+});
 const Labels = Type.Record(Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$' }), Type.String({ maxLength: 256 }), {
   maxProperties: 32,
+  additionalProperties: false, // without it a key not matching the pattern was accepted with a value of any type
 });
 
 export const StoreSpecSchema = Type.Union([
@@ -180,7 +186,8 @@ export const AuditQuerySchema = Type.Object(
     since: Type.Optional(Type.String({ format: 'date-time' })),
     until: Type.Optional(Type.String({ format: 'date-time' })),
     limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
-    cursor: Type.Optional(Type.String({ pattern: '^[0-9]{1,20}-[0-9]{1,20}$' })),
+    // 19 digits stay below 2^64, the largest stream id part Redis accepts (20 digits gave a 500 from XRANGE).
+    cursor: Type.Optional(Type.String({ pattern: '^[0-9]{1,19}-[0-9]{1,19}$' })),
   },
   { additionalProperties: false },
 );

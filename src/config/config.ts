@@ -97,7 +97,9 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
   let masterKey: Buffer | undefined;
   const masterKeyRaw = env.KEYTURN_MASTER_KEY?.trim();
   if (masterKeyRaw) {
-    const decoded = /^[A-Za-z0-9+/]+={0,2}$/.test(masterKeyRaw) ? Buffer.from(masterKeyRaw, 'base64') : undefined;
+    const decoded = /^[A-Za-z0-9+/]+={0,2}$/.test(masterKeyRaw)
+      ? Buffer.from(masterKeyRaw, 'base64')
+      : undefined;
     if (!decoded || decoded.length !== 32) {
       problems.push(
         'KEYTURN_MASTER_KEY must be the base64 encoding of exactly 32 random bytes (make one with `openssl rand -base64 32`)',
@@ -111,8 +113,9 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
   if (!(LOG_LEVELS as readonly string[]).includes(logLevelRaw)) {
     problems.push(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got "${env.LOG_LEVEL}"`);
   }
-  const logLevel = ((LOG_LEVELS as readonly string[]).includes(logLevelRaw) ? logLevelRaw : 'info') as
-    KeyturnConfig['logLevel'];
+  const logLevel = (
+    (LOG_LEVELS as readonly string[]).includes(logLevelRaw) ? logLevelRaw : 'info'
+  ) as KeyturnConfig['logLevel'];
 
   const production = env.NODE_ENV === 'production';
   const logFormatRaw = env.LOG_FORMAT?.trim() || (production || !process.stdout.isTTY ? 'json' : 'pretty');

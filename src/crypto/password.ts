@@ -12,7 +12,11 @@ export interface PasswordPolicy {
   requireEachClass?: boolean;
 }
 
-export const DEFAULT_PASSWORD_POLICY: PasswordPolicy = { length: 32, charset: 'alphanumeric', requireEachClass: true };
+export const DEFAULT_PASSWORD_POLICY: PasswordPolicy = {
+  length: 32,
+  charset: 'alphanumeric',
+  requireEachClass: true,
+};
 
 const LOWER = 'abcdefghijklmnopqrstuvwxyz';
 const UPPER = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ';

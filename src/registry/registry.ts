@@ -74,7 +74,10 @@ export class Registry {
 
   async listConnections(): Promise<Connection[]> {
     const ids = await this.#redis.zrange(this.keys.connections(), 0, -1);
-    return this.#many(ids.map((id) => this.keys.connection(id)), (raw) => JSON.parse(raw) as Connection);
+    return this.#many(
+      ids.map((id) => this.keys.connection(id)),
+      (raw) => JSON.parse(raw) as Connection,
+    );
   }
 
   async connectionUsers(id: string): Promise<string[]> {
@@ -84,7 +87,14 @@ export class Registry {
   /** Deletes a connection unless credentials use it. */
   async deleteConnection(id: string): Promise<void> {
     const k = this.keys;
-    const r = await this.#redis.eval(DELETE_CONNECTION, 3, k.connection(id), k.connections(), k.connectionUsers(id), id);
+    const r = await this.#redis.eval(
+      DELETE_CONNECTION,
+      3,
+      k.connection(id),
+      k.connections(),
+      k.connectionUsers(id),
+      id,
+    );
     if (r === -1) throw new NotFoundError(`Connection "${id}" does not exist`);
     if (r === 0) {
       const users = await this.connectionUsers(id);

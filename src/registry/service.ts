@@ -7,14 +7,22 @@ import { DEFAULT_PASSWORD_POLICY, type PasswordPolicy } from '../crypto/password
 import type { RotationEngine } from '../rotation/engine.ts';
 import type { RotationRepo } from '../rotation/rotation-repo.ts';
 import type { Rotation } from '../rotation/types.ts';
-import { parseDuration, validateSchedule } from '../scheduling/schedule.ts';
 import type { Queues } from '../scheduling/queues.ts';
+import { parseDuration, validateSchedule } from '../scheduling/schedule.ts';
 import { connectionAdminRef, credentialSecretRef, type StoreSet } from '../stores/index.ts';
 import type { SecretDocument } from '../stores/types.ts';
 import { targetDriver } from '../targets/index.ts';
 import { ConflictError, NotFoundError, UnprocessableError } from './errors.ts';
 import type { Registry } from './registry.ts';
-import type { Connection, Credential, CredentialSpec, CredentialState, Schedule, StoreSpec, TlsSpec } from './types.ts';
+import type {
+  Connection,
+  Credential,
+  CredentialSpec,
+  CredentialState,
+  Schedule,
+  StoreSpec,
+  TlsSpec,
+} from './types.ts';
 
 export interface ConnectionInput {
   id: string;
@@ -113,13 +121,22 @@ export class RegistryService {
     };
     await this.#registry.createConnection(connection);
     try {
-      await store.putCurrent(connectionAdminRef(connection), randomUUID(), this.#adminDocument(connection, input.admin.password));
+      await store.putCurrent(
+        connectionAdminRef(connection),
+        randomUUID(),
+        this.#adminDocument(connection, input.admin.password),
+      );
     } catch (err) {
       // Without its admin secret the connection is useless: take the record back.
       await this.#registry.deleteConnection(connection.id).catch(() => {});
       throw err;
     }
-    await this.#audit.append({ actor, action: 'connection.created', outcome: 'success', connection: connection.id });
+    await this.#audit.append({
+      actor,
+      action: 'connection.created',
+      outcome: 'success',
+      connection: connection.id,
+    });
     return connection;
   }
 
@@ -152,7 +169,8 @@ export class RegistryService {
       let password = patch.admin.password;
       if (password === undefined) {
         const current = await store.read(ref, { stage: 'current' });
-        if (!current) throw new UnprocessableError(`The admin secret of "${id}" is missing; send admin.password`);
+        if (!current)
+          throw new UnprocessableError(`The admin secret of "${id}" is missing; send admin.password`);
         password = current.value.password;
       }
       await store.putCurrent(ref, randomUUID(), this.#adminDocument(updated, password));
@@ -163,7 +181,10 @@ export class RegistryService {
       action: 'connection.updated',
       outcome: 'success',
       connection: id,
-      details: { fields: Object.keys(patch).join(','), adminSecretChanged: patch.admin?.password !== undefined },
+      details: {
+        fields: Object.keys(patch).join(','),
+        adminSecretChanged: patch.admin?.password !== undefined,
+      },
     });
     return updated;
   }
@@ -182,7 +203,11 @@ export class RegistryService {
     if (spec.gracePeriod !== undefined && spec.strategy !== 'alternating-users') {
       problems.push('gracePeriod applies only to strategy "alternating-users"');
     }
-    if (spec.gracePeriod && 'every' in spec.schedule && parseDuration(spec.gracePeriod) > parseDuration(spec.schedule.every)) {
+    if (
+      spec.gracePeriod &&
+      'every' in spec.schedule &&
+      parseDuration(spec.gracePeriod) > parseDuration(spec.schedule.every)
+    ) {
       problems.push('gracePeriod must not be longer than the rotation interval (schedule.every)');
     }
     if (problems.length > 0) throw new UnprocessableError(problems.join('; '));
@@ -199,7 +224,8 @@ export class RegistryService {
       throw new UnprocessableError('currentPassword is only accepted with import: true');
     }
     const connection = await this.#registry.findConnection(input.connection);
-    if (!connection) throw new UnprocessableError(`Connection "${input.connection}" does not exist: register it first`);
+    if (!connection)
+      throw new UnprocessableError(`Connection "${input.connection}" does not exist: register it first`);
     const now = new Date();
     const spec: CredentialSpec = {
       id: input.id,
@@ -244,7 +270,8 @@ export class RegistryService {
     } catch (err) {
       // NotFound here means the connection vanished between the two reads.
       if (err instanceof NotFoundError) throw new UnprocessableError(err.message);
-      if (input.import && !(err instanceof ConflictError)) await store.remove(credentialSecretRef(spec)).catch(() => {});
+      if (input.import && !(err instanceof ConflictError))
+        await store.remove(credentialSecretRef(spec)).catch(() => {});
       throw err;
     }
     await this.#audit.append({
@@ -266,7 +293,9 @@ export class RegistryService {
   async #verifyLogin(connection: Connection, username: string, password: string): Promise<void> {
     const driver = targetDriver(connection.type);
     if (!driver) throw new UnprocessableError(`Connection type "${connection.type}" is not supported`);
-    const admin = await this.#stores.get(connection.adminStore).read(connectionAdminRef(connection), { stage: 'current' });
+    const admin = await this.#stores
+      .get(connection.adminStore)
+      .read(connectionAdminRef(connection), { stage: 'current' });
     if (!admin) throw new UnprocessableError(`The admin secret of connection "${connection.id}" is missing`);
     const session = await driver.open(connection, admin.value, { timeoutMs: this.#timeoutMs });
     try {

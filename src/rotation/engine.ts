@@ -29,7 +29,11 @@ export interface RotationHooks {
   enqueueRotation(rotationId: string, delayMs?: number): Promise<void>;
   enqueueRollback(rotationId: string): Promise<void>;
   /** After a successful rotation: re-arm the schedule, plan the grace-period revocation. */
-  afterSuccess(credential: Credential, rotation: Rotation, previousVersionId: string | undefined): Promise<void>;
+  afterSuccess(
+    credential: Credential,
+    rotation: Rotation,
+    previousVersionId: string | undefined,
+  ): Promise<void>;
   /** Next scheduled rotation time, for the credential's state. */
   nextRotationAt(spec: CredentialSpec, from: Date): Date | undefined;
 }
@@ -158,7 +162,8 @@ export class RotationEngine {
    */
   async run(rotationId: string): Promise<RunResult> {
     const rotation = await this.#rotations.find(rotationId);
-    if (!rotation || TERMINAL.has(rotation.status)) return { outcome: 'done', ...(rotation ? { rotation } : {}) };
+    if (!rotation || TERMINAL.has(rotation.status))
+      return { outcome: 'done', ...(rotation ? { rotation } : {}) };
     if (rotation.status === 'rolling_back') return this.rollback(rotationId);
 
     const credential = await this.#registry.findCredential(rotation.credentialId);
@@ -229,7 +234,12 @@ export class RotationEngine {
     }
   }
 
-  #runStep(step: RotationStep, lease: Lease, rotation: Rotation, ctx: Context): Promise<'succeeded' | 'skipped'> {
+  #runStep(
+    step: RotationStep,
+    lease: Lease,
+    rotation: Rotation,
+    ctx: Context,
+  ): Promise<'succeeded' | 'skipped'> {
     switch (step) {
       case 'create':
         return this.#create(rotation, ctx);
@@ -276,7 +286,9 @@ export class RotationEngine {
     const pending = await ctx.store.read(ctx.ref, { versionId: rotation.id });
     if (!pending) {
       // Only an operator deleting store versions by hand gets here; the rotation cannot know what it set.
-      throw new PermanentError(`the pending version ${rotation.id} disappeared from the ${ctx.store.type} store`);
+      throw new PermanentError(
+        `the pending version ${rotation.id} disappeared from the ${ctx.store.type} store`,
+      );
     }
     ctx.secrets.add(pending.value.password);
     return pending;
@@ -284,12 +296,22 @@ export class RotationEngine {
 
   /** Step 2: apply the pending secret downstream, unless it already works there. */
   async #set(lease: Lease, rotation: Rotation, ctx: Context): Promise<'succeeded' | 'skipped'> {
+    const { spec } = ctx.credential;
     const pending = await this.#pending(rotation, ctx);
     const login = { username: pending.value.username, password: pending.value.password };
     if ((await ctx.target.authenticate(login)).ok) {
-      rotation.setStarted = true;
-      rotation.setDone = true;
-      return 'skipped';
+      // "Already works" proves something only if the downstream checks passwords: a server with trust
+      // authentication lets any password in, and skipping would leave the old password in place.
+      const canary = await ctx.target.authenticate({ username: login.username, password: generatePassword(spec.password) });
+      if (!canary.ok) {
+        rotation.setStarted = true;
+        rotation.setDone = true;
+        return 'skipped';
+      }
+      this.#log.warn(
+        { rotation: rotation.id, credential: spec.id },
+        'the downstream accepted a deliberately wrong password: it does not check passwords (trust authentication?), so the test step proves nothing',
+      );
     }
     // Write-ahead: from here the downstream may hold the pending password (I2's other half: a failure now
     // must put the old password back before the pending version may be dropped).
@@ -297,7 +319,6 @@ export class RotationEngine {
       rotation.setStarted = true;
       await this.#save(lease, rotation);
     }
-    const { spec } = ctx.credential;
     if (spec.strategy === 'alternating-users' && login.username !== spec.username) {
       await ctx.target.createUser(login.username, login.password, { like: spec.username });
     } else {
@@ -329,7 +350,12 @@ export class RotationEngine {
     this.#failpoints.hit('finish-after-promote');
     const pending = await ctx.store.read(ctx.ref, { versionId: rotation.id });
     const now = new Date();
-    rotation.steps.push({ step: 'finish', outcome: 'succeeded', attempt: rotation.attempts, at: now.toISOString() });
+    rotation.steps.push({
+      step: 'finish',
+      outcome: 'succeeded',
+      attempt: rotation.attempts,
+      at: now.toISOString(),
+    });
     rotation.status = 'succeeded';
     rotation.finishedAt = now.toISOString();
     rotation.updatedAt = now.toISOString();
@@ -358,7 +384,11 @@ export class RotationEngine {
         outcome: 'success',
         credential: fresh.spec.id,
         rotation: rotation.id,
-        details: { version: rotation.id, username: state.activeUsername ?? null, attempts: rotation.attempts },
+        details: {
+          version: rotation.id,
+          username: state.activeUsername ?? null,
+          attempts: rotation.attempts,
+        },
       }),
     ]);
     this.#log.info(
@@ -389,10 +419,22 @@ export class RotationEngine {
     const scrubbed = scrubError(err, ctx?.secrets ?? []);
     const permanent = err instanceof PermanentError || err instanceof TargetRefusedError;
     rotation.error = { step: rotation.step, ...scrubbed, at: nowIso() };
-    rotation.steps.push({ step: rotation.step, outcome: 'failed', attempt: rotation.attempts, at: nowIso(), note: scrubbed.message });
+    rotation.steps.push({
+      step: rotation.step,
+      outcome: 'failed',
+      attempt: rotation.attempts,
+      at: nowIso(),
+      note: scrubbed.message,
+    });
     const last = permanent || rotation.attempts >= rotation.maxAttempts;
     this.#log.warn(
-      { rotation: rotation.id, credential: rotation.credentialId, step: rotation.step, attempt: rotation.attempts, err: scrubbed },
+      {
+        rotation: rotation.id,
+        credential: rotation.credentialId,
+        step: rotation.step,
+        attempt: rotation.attempts,
+        err: scrubbed,
+      },
       last ? 'rotation step failed; rolling back' : 'rotation step failed; will retry',
     );
     if (!last) {
@@ -420,7 +462,8 @@ export class RotationEngine {
   /** Rolls back a rotation in state rolling_back (the rollback job, or a resumed worker). */
   async rollback(rotationId: string): Promise<RunResult> {
     const rotation = await this.#rotations.find(rotationId);
-    if (!rotation || TERMINAL.has(rotation.status)) return { outcome: 'done', ...(rotation ? { rotation } : {}) };
+    if (!rotation || TERMINAL.has(rotation.status))
+      return { outcome: 'done', ...(rotation ? { rotation } : {}) };
     const credential = await this.#registry.findCredential(rotation.credentialId);
     if (!credential) {
       await this.#abandon(rotation, 'the credential was deleted during rollback');
@@ -468,7 +511,10 @@ export class RotationEngine {
       };
       await this.#save(lease, rotation);
       await this.#registry.saveCredentialState(credential.spec.id, { ...credential.state, status: 'failed' });
-      this.#log.warn({ rotation: rotation.id, err: scrubbed }, 'rollback could not restore the downstream yet');
+      this.#log.warn(
+        { rotation: rotation.id, err: scrubbed },
+        'rollback could not restore the downstream yet',
+      );
       await this.#hooks().enqueueRollback(rotation.id);
       return { outcome: 'done', rotation };
     } finally {
@@ -480,7 +526,13 @@ export class RotationEngine {
     rotation.finishedAt = now;
     rotation.updatedAt = now;
     rotation.rollback = { outcome: 'done', note, at: now };
-    rotation.steps.push({ step: 'rollback', outcome: 'succeeded', attempt: rotation.attempts, at: now, note });
+    rotation.steps.push({
+      step: 'rollback',
+      outcome: 'succeeded',
+      attempt: rotation.attempts,
+      at: now,
+      note,
+    });
     const fresh = (await this.#registry.findCredential(credential.spec.id)) ?? credential;
     const state: CredentialState = {
       ...fresh.state,
@@ -527,7 +579,8 @@ export class RotationEngine {
       }
       ctx.secrets.add(current.value.password);
       const login = { username: current.value.username, password: current.value.password };
-      if (!(await ctx.target.authenticate(login)).ok) await ctx.target.updatePassword(login.username, login.password);
+      if (!(await ctx.target.authenticate(login)).ok)
+        await ctx.target.updatePassword(login.username, login.password);
       const check = await ctx.target.authenticate(login);
       if (!check.ok) throw new Error(`the restored password does not log in: ${check.message}`);
       await ctx.store.discardPending(ctx.ref, rotation.id);
@@ -583,11 +636,16 @@ export class RotationEngine {
           details: { username: previous.value.username, version: versionId },
         }),
       ]);
-      this.#log.info({ credential: credentialId, version: versionId }, 'grace period over: previous user revoked');
+      this.#log.info(
+        { credential: credentialId, version: versionId },
+        'grace period over: previous user revoked',
+      );
       return { outcome: 'done' };
     } catch (err) {
       if (err instanceof LeaseLostError) return { outcome: 'busy' };
-      throw new Error(`revoking the previous user of "${credentialId}" failed: ${scrubError(err, ctx?.secrets ?? []).message}`);
+      throw new Error(
+        `revoking the previous user of "${credentialId}" failed: ${scrubError(err, ctx?.secrets ?? []).message}`,
+      );
     } finally {
       await ctx?.target.close().catch(() => {});
       await lease.release();

@@ -15,14 +15,18 @@ export class Failpoints {
   readonly #actions = new Map<string, Action>();
 
   constructor(spec: string) {
-    for (const part of spec.split(',').map((p) => p.trim()).filter(Boolean)) {
+    for (const part of spec
+      .split(',')
+      .map((p) => p.trim())
+      .filter(Boolean)) {
       const [name, action = 'kill'] = part.split('=');
       if (!name) continue;
       if (action === 'kill') this.#actions.set(name, { kind: 'kill' });
       else if (action.startsWith('throw')) {
         const n = Number(action.split(':')[1] ?? Number.POSITIVE_INFINITY);
         this.#actions.set(name, { kind: 'throw', remaining: n });
-      } else throw new Error(`KEYTURN_FAILPOINTS: unknown action "${action}" for ${name} (kill, throw, throw:N)`);
+      } else
+        throw new Error(`KEYTURN_FAILPOINTS: unknown action "${action}" for ${name} (kill, throw, throw:N)`);
     }
   }
 

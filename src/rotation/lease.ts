@@ -26,7 +26,9 @@ export type FencedOp = [string, ...(string | number)[]];
 
 export class LeaseLostError extends Error {
   constructor(credentialId: string) {
-    super(`Lost the execution lease of credential "${credentialId}" to another worker; stopping this attempt`);
+    super(
+      `Lost the execution lease of credential "${credentialId}" to another worker; stopping this attempt`,
+    );
     this.name = 'LeaseLostError';
   }
 }
@@ -44,16 +46,19 @@ export class Lease {
     this.#key = key;
     this.credentialId = credentialId;
     this.token = token;
-    this.#timer = setInterval(() => {
-      this.#redis
-        .eval(RENEW, 1, this.#key, this.token, ttlMs)
-        .then((r) => {
-          if (r !== 1) this.#lost = true;
-        })
-        .catch(() => {
-          // Redis unreachable: the next fenced write fails anyway and the attempt stops there.
-        });
-    }, Math.max(200, Math.floor(ttlMs / 3)));
+    this.#timer = setInterval(
+      () => {
+        this.#redis
+          .eval(RENEW, 1, this.#key, this.token, ttlMs)
+          .then((r) => {
+            if (r !== 1) this.#lost = true;
+          })
+          .catch(() => {
+            // Redis unreachable: the next fenced write fails anyway and the attempt stops there.
+          });
+      },
+      Math.max(200, Math.floor(ttlMs / 3)),
+    );
     this.#timer.unref();
   }
 

@@ -60,11 +60,16 @@ export class SecretReader {
     const connection = await this.#registry.getConnection(credential.spec.connection);
     const driver = targetDriver(connection.type);
     if (!driver) return false;
-    const admin = await this.#stores.get(connection.adminStore).read(connectionAdminRef(connection), { stage: 'current' });
+    const admin = await this.#stores
+      .get(connection.adminStore)
+      .read(connectionAdminRef(connection), { stage: 'current' });
     if (!admin) return false;
     const session = await driver.open(connection, admin.value, { timeoutMs: this.#timeoutMs });
     try {
-      const r = await session.authenticate({ username: candidate.value.username, password: candidate.value.password });
+      const r = await session.authenticate({
+        username: candidate.value.username,
+        password: candidate.value.password,
+      });
       return r.ok;
     } finally {
       await session.close();

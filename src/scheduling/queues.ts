@@ -86,19 +86,28 @@ export class Queues implements RotationHooks {
     });
   }
 
-  async afterSuccess(credential: Credential, _rotation: Rotation, previousVersionId: string | undefined): Promise<void> {
+  async afterSuccess(
+    credential: Credential,
+    _rotation: Rotation,
+    previousVersionId: string | undefined,
+  ): Promise<void> {
     const { spec, state } = credential;
     // `every` counts from the last rotation, so a rotate-now moves the next slot (as Vault and AWS do).
-    if ('every' in spec.schedule) await this.upsertSchedule(spec, state.rotatedAt ? new Date(state.rotatedAt) : new Date());
+    if ('every' in spec.schedule)
+      await this.upsertSchedule(spec, state.rotatedAt ? new Date(state.rotatedAt) : new Date());
     if (spec.strategy === 'alternating-users' && spec.gracePeriod && previousVersionId) {
-      await this.rotations.add('revoke-previous', { credentialId: spec.id, versionId: previousVersionId } satisfies RevokeData, {
-        jobId: `revoke-${spec.id}-${previousVersionId}`,
-        delay: parseDuration(spec.gracePeriod),
-        attempts: 50,
-        backoff: { type: 'custom' },
-        removeOnComplete: true,
-        removeOnFail: 100,
-      });
+      await this.rotations.add(
+        'revoke-previous',
+        { credentialId: spec.id, versionId: previousVersionId } satisfies RevokeData,
+        {
+          jobId: `revoke-${spec.id}-${previousVersionId}`,
+          delay: parseDuration(spec.gracePeriod),
+          attempts: 50,
+          backoff: { type: 'custom' },
+          removeOnComplete: true,
+          removeOnFail: 100,
+        },
+      );
     }
   }
 
@@ -220,7 +229,9 @@ export class QueueWorkers {
       throw new DelayedError();
     }
     if (result.outcome === 'retry') {
-      throw new Error(`rotation ${result.rotation?.id} attempt ${result.rotation?.attempts} failed; retrying`);
+      throw new Error(
+        `rotation ${result.rotation?.id} attempt ${result.rotation?.attempts} failed; retrying`,
+      );
     }
   }
 
@@ -249,7 +260,10 @@ export class QueueWorkers {
         credential: credentialId,
         details: { reason: 'missed its window', plannedAt: new Date(plannedAt).toISOString(), lateMs },
       });
-      this.#log.warn({ credential: credentialId, lateMs }, 'scheduled rotation missed its window; waiting for the next slot');
+      this.#log.warn(
+        { credential: credentialId, lateMs },
+        'scheduled rotation missed its window; waiting for the next slot',
+      );
       return;
     }
     const jitterMs = schedule.jitter ? randomInt(parseDuration(schedule.jitter) + 1) : 0;

@@ -9,7 +9,8 @@ export const DURATION_PATTERN = '^[1-9][0-9]{0,8}[smhd]$';
 /** "30d" → milliseconds. */
 export function parseDuration(text: string): number {
   const m = /^([1-9][0-9]{0,8})([smhd])$/.exec(text);
-  if (!m) throw new RangeError(`"${text}" is not a duration: a whole number followed by s, m, h or d (e.g. "30d")`);
+  if (!m)
+    throw new RangeError(`"${text}" is not a duration: a whole number followed by s, m, h or d (e.g. "30d")`);
   return Number(m[1]) * UNITS[m[2]!]!;
 }
 
@@ -33,7 +34,8 @@ export function validateSchedule(schedule: Schedule, field = 'schedule'): string
     }
   } else {
     const tz = schedule.timezone ?? 'UTC';
-    if (!isValidTimezone(tz)) problems.push(`${field}.timezone: "${tz}" is not an IANA time zone (e.g. "Europe/London")`);
+    if (!isValidTimezone(tz))
+      problems.push(`${field}.timezone: "${tz}" is not an IANA time zone (e.g. "Europe/London")`);
     else {
       try {
         CronExpressionParser.parse(schedule.cron, { tz });
@@ -41,7 +43,9 @@ export function validateSchedule(schedule: Schedule, field = 'schedule'): string
           problems.push(`${field}.cron must have five fields (minute hour day-of-month month day-of-week)`);
         }
       } catch (err) {
-        problems.push(`${field}.cron: "${schedule.cron}" is not a cron expression (${(err as Error).message})`);
+        problems.push(
+          `${field}.cron: "${schedule.cron}" is not a cron expression (${(err as Error).message})`,
+        );
       }
     }
   }

@@ -123,7 +123,8 @@ export class LocalStore implements SecretStore {
       return await fn();
     } catch (err) {
       if (err instanceof DecryptionError || err instanceof StoreConflictError) throw err;
-      if (err instanceof Error && err.message.includes('NOVERSION')) throw new StoreConflictError(err.message);
+      if (err instanceof Error && err.message.includes('NOVERSION'))
+        throw new StoreConflictError(err.message);
       throw new StoreUnavailableError(`Local store (Redis) failed to ${what}: ${(err as Error).message}`, {
         cause: err,
       });
@@ -144,7 +145,13 @@ export class LocalStore implements SecretStore {
   async read(ref: SecretRef, selector: VersionSelector): Promise<SecretVersion | null> {
     // One script, so the labels and the version they point at are read at the same instant.
     const [stagesRaw, versionId, raw] = (await this.#call('read a secret', () =>
-      this.#redis.eval(READ, 1, this.#key(ref), 'stage' in selector ? 'stage' : 'id', 'stage' in selector ? selector.stage : selector.versionId),
+      this.#redis.eval(
+        READ,
+        1,
+        this.#key(ref),
+        'stage' in selector ? 'stage' : 'id',
+        'stage' in selector ? selector.stage : selector.versionId,
+      ),
     )) as [string | null, string | null, string | null];
     if (!versionId || !raw) return null;
     const stages = JSON.parse(stagesRaw ?? '{}') as Stages;
@@ -165,16 +172,22 @@ export class LocalStore implements SecretStore {
     const [promoted, previous] = (await this.#call('promote a version', () =>
       this.#redis.eval(PROMOTE, 1, this.#key(ref), token),
     )) as [number, string];
-    return previous ? { promoted: promoted === 1, previousVersionId: previous } : { promoted: promoted === 1 };
+    return previous
+      ? { promoted: promoted === 1, previousVersionId: previous }
+      : { promoted: promoted === 1 };
   }
 
   async discardPending(ref: SecretRef, token: string): Promise<void> {
-    await this.#call('discard a pending version', () => this.#redis.eval(DISCARD_PENDING, 1, this.#key(ref), token));
+    await this.#call('discard a pending version', () =>
+      this.#redis.eval(DISCARD_PENDING, 1, this.#key(ref), token),
+    );
   }
 
   async putCurrent(ref: SecretRef, token: string, value: SecretDocument): Promise<void> {
     const sealed = this.#seal(ref, token, value);
-    await this.#call('write a current version', () => this.#redis.eval(PUT_CURRENT, 1, this.#key(ref), token, sealed));
+    await this.#call('write a current version', () =>
+      this.#redis.eval(PUT_CURRENT, 1, this.#key(ref), token, sealed),
+    );
   }
 
   async remove(ref: SecretRef): Promise<void> {

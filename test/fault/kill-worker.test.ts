@@ -13,9 +13,9 @@ import {
   spawnWorker,
   startKeyturn,
   testEnv,
+  type WorkerProcess,
   waitFor,
   waitForRotation,
-  type WorkerProcess,
 } from '../support/harness.ts';
 
 const env = testEnv();
@@ -131,7 +131,12 @@ describe('failures', () => {
     expect(rotation.error.message).toMatch(/ECONNREFUSED|connect/);
     expect(rotation.rollback.outcome).toBe('done');
     const cred = await kt.api('GET', `/v1/credentials/${id}-dead`);
-    expect(cred.body).toMatchObject({ status: 'failed', lastOutcome: 'failed', consecutiveFailures: 1, rotation: null });
+    expect(cred.body).toMatchObject({
+      status: 'failed',
+      lastOutcome: 'failed',
+      consecutiveFailures: 1,
+      rotation: null,
+    });
     const events = await kt.api('GET', `/v1/audit?credential=${id}-dead&action=rotation.failed`);
     expect(events.body.events).toHaveLength(1);
 
@@ -176,10 +181,17 @@ describe('failures', () => {
     });
     workers.push(worker);
     const rotate = await kt.api('POST', `/v1/credentials/${id}/rotate`);
-    const waiting = await waitFor('the rollback to wait', async () => {
-      const r = await kt.api('GET', `/v1/rotations/${rotate.body.rotationId}`);
-      return r.body.status === 'rolling_back' && r.body.rollback?.outcome === 'pending' ? r.body : undefined;
-    }, 30_000, 50);
+    const waiting = await waitFor(
+      'the rollback to wait',
+      async () => {
+        const r = await kt.api('GET', `/v1/rotations/${rotate.body.rotationId}`);
+        return r.body.status === 'rolling_back' && r.body.rollback?.outcome === 'pending'
+          ? r.body
+          : undefined;
+      },
+      30_000,
+      50,
+    );
     expect(waiting.rollback.note).toMatch(/failpoint rollback-before-restore/);
     const cred = await kt.api('GET', `/v1/credentials/${id}`);
     expect(cred.body.status).toBe('failed');

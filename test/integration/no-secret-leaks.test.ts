@@ -15,9 +15,9 @@ import {
   spawnWorker,
   startKeyturn,
   testEnv,
+  type WorkerProcess,
   waitFor,
   waitForRotation,
-  type WorkerProcess,
 } from '../support/harness.ts';
 
 const env = testEnv({ LOG_LEVEL: 'trace' });
@@ -86,9 +86,17 @@ it('no secret value reaches logs, audit events, job payloads or Redis', async ()
     schedule: { every: '30d' },
     import: true,
   };
-  const wrong = await kt.api('POST', '/v1/credentials', { ...body, id: `leak-wrong-${imported.name}`, currentPassword: wrongPassword });
+  const wrong = await kt.api('POST', '/v1/credentials', {
+    ...body,
+    id: `leak-wrong-${imported.name}`,
+    currentPassword: wrongPassword,
+  });
   expect(wrong.status).toBe(422);
-  const ok = await kt.api('POST', '/v1/credentials', { ...body, id: `leak-imp-${imported.name}`, currentPassword: importPassword });
+  const ok = await kt.api('POST', '/v1/credentials', {
+    ...body,
+    id: `leak-imp-${imported.name}`,
+    currentPassword: importPassword,
+  });
   expect(ok.status).toBe(201);
 
   // A downstream that refuses the admin login: the driver's error is stored in the rotation record.
@@ -155,7 +163,8 @@ it('no secret value reaches logs, audit events, job payloads or Redis', async ()
     for (const [where, lines] of readable) {
       for (const line of lines) {
         for (const form of forms) {
-          if (line.includes(form)) throw new Error(`a secret value appears in the ${where}: ${line.slice(0, 200)}…`);
+          if (line.includes(form))
+            throw new Error(`a secret value appears in the ${where}: ${line.slice(0, 200)}…`);
         }
       }
     }

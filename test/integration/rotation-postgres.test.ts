@@ -1,4 +1,6 @@
 // End-to-end rotation against a real password-checking PostgreSQL, through the API, with workers in process.
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   canLogin,
@@ -64,8 +66,14 @@ describe('single-user on PostgreSQL', () => {
     expect(await canLogin(s1.username, s1.password)).toBe(false);
 
     const cred = await kt.api('GET', `/v1/credentials/cred-${role.name}`);
-    expect(cred.body).toMatchObject({ status: 'active', version: rotate.body.rotationId, lastOutcome: 'succeeded' });
-    const cache = (await kt.api('GET', `/v1/credentials/cred-${role.name}/secret`)).headers.get('cache-control');
+    expect(cred.body).toMatchObject({
+      status: 'active',
+      version: rotate.body.rotationId,
+      lastOutcome: 'succeeded',
+    });
+    const cache = (await kt.api('GET', `/v1/credentials/cred-${role.name}/secret`)).headers.get(
+      'cache-control',
+    );
     const maxAge = Number(/max-age=(\d+)/.exec(cache ?? '')?.[1]);
     expect(maxAge).toBeGreaterThan(29 * 86_400);
   });
@@ -136,7 +144,12 @@ describe('alternating-users on PostgreSQL', () => {
     // No window: the previous user still logs in during its grace period…
     expect(await canLogin(s1.username, s1.password)).toBe(true);
     // …and not after it.
-    await waitFor('the previous user to be revoked', async () => !(await canLogin(s1.username, s1.password)), 20_000, 250);
+    await waitFor(
+      'the previous user to be revoked',
+      async () => !(await canLogin(s1.username, s1.password)),
+      20_000,
+      250,
+    );
     expect(await canLogin(s2.username, s2.password)).toBe(true);
     const audit = await kt.api('GET', `/v1/audit?credential=${id}&action=credential.previous_revoked`);
     expect(audit.body.events).toHaveLength(1);
@@ -149,5 +162,66 @@ describe('alternating-users on PostgreSQL', () => {
     expect(s3.password).not.toBe(s1.password);
     expect(await canLogin(s3.username, s3.password)).toBe(true);
     expect(await canLogin(s2.username, s2.password)).toBe(true);
+  });
+});
+
+// The machine's own PostgreSQL on 5432 trusts every local connection: any password logs in there.
+const TRUST_PORT = Number(process.env.KEYTURN_TEST_TRUST_PG_PORT ?? 5432);
+const trustAvailable = await (async () => {
+  const client = new pg.Client({ host: '127.0.0.1', port: TRUST_PORT, user: 'postgres', password: 'x', database: 'postgres' });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await client.end().catch(() => {});
+  }
+})();
+if (!trustAvailable) console.warn(`skipping the trust-authentication test: no PostgreSQL with trust auth on 127.0.0.1:${TRUST_PORT}`);
+
+describe.skipIf(!trustAvailable)('a downstream that does not check passwords', () => {
+  it('still gets the new password set: "the pending password already works" is not trusted', async () => {
+    const trust = async <T>(fn: (c: pg.Client) => Promise<T>) => {
+      const c = new pg.Client({ host: '127.0.0.1', port: TRUST_PORT, user: 'postgres', database: 'postgres' });
+      await c.connect();
+      try {
+        return await fn(c);
+      } finally {
+        await c.end();
+      }
+    };
+    const name = `trust_${randomBytes(4).toString('hex')}`;
+    await trust((c) => c.query(`CREATE ROLE ${name} LOGIN PASSWORD 'before'`));
+    const verifier = () =>
+      trust(async (c) => (await c.query('SELECT rolpassword FROM pg_authid WHERE rolname = $1', [name])).rows[0].rolpassword);
+    try {
+      const before = await verifier();
+      const conn = `trust-${name}`.replaceAll('_', '-');
+      const registered = await kt.api('POST', '/v1/connections', {
+        id: conn,
+        type: 'postgres',
+        host: '127.0.0.1',
+        port: TRUST_PORT,
+        database: 'postgres',
+        admin: { username: 'postgres', password: 'unused-with-trust' },
+      });
+      expect(registered.status).toBe(201);
+      const created = await kt.api('POST', '/v1/credentials', {
+        id: conn,
+        connection: conn,
+        username: name,
+        strategy: 'single-user',
+        schedule: { every: '30d' },
+      });
+      const rotation = await waitForRotation(kt, created.body.rotation.id);
+      expect(rotation.status).toBe('succeeded');
+      expect(rotation.steps.find((s: { step: string }) => s.step === 'set').outcome).toBe('succeeded');
+      expect(await verifier()).not.toBe(before);
+      expect(kt.logs.some((l) => l.includes('does not check passwords'))).toBe(true);
+    } finally {
+      await trust((c) => c.query(`DROP ROLE IF EXISTS ${name}`));
+    }
   });
 });

@@ -135,7 +135,8 @@ it('a slot missed during downtime is skipped when its window has closed', async 
       const skipped = await waitFor(
         'the skipped slot',
         async () => {
-          const events = (await api.api('GET', `/v1/audit?credential=${id}&action=rotation.skipped`)).body.events;
+          const events = (await api.api('GET', `/v1/audit?credential=${id}&action=rotation.skipped`)).body
+            .events;
           return events.length >= 1 ? events : undefined;
         },
         15_000,
@@ -146,9 +147,10 @@ it('a slot missed during downtime is skipped when its window has closed', async 
       // The next slot, on time, rotates.
       await waitFor(
         'a rotation on the next slot',
-        async () => (await api.api('GET', `/v1/credentials/${id}/rotations`)).body.rotations.some(
-          (r: { status: string }) => r.status === 'succeeded',
-        ),
+        async () =>
+          (await api.api('GET', `/v1/credentials/${id}/rotations`)).body.rotations.some(
+            (r: { status: string }) => r.status === 'succeeded',
+          ),
         15_000,
         200,
       );

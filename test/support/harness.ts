@@ -11,7 +11,8 @@ import { type Component, loadConfig } from '../../src/config/config.ts';
 import { createLogger } from '../../src/logging/logger.ts';
 import { createRuntime, type Runtime } from '../../src/runtime.ts';
 
-export const REDIS_URL = process.env.KEYTURN_TEST_REDIS_URL ?? process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+export const REDIS_URL =
+  process.env.KEYTURN_TEST_REDIS_URL ?? process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 export interface TestEnv {
@@ -53,7 +54,12 @@ export interface Keyturn {
   runtime: Runtime;
   /** Every log line the in-process runtime wrote. */
   logs: string[];
-  api<T = any>(method: string, path: string, body?: unknown, headers?: Record<string, string>): Promise<ApiResponse<T>>;
+  api<T = any>(
+    method: string,
+    path: string,
+    body?: unknown,
+    headers?: Record<string, string>,
+  ): Promise<ApiResponse<T>>;
   close(): Promise<void>;
 }
 
@@ -162,7 +168,9 @@ export async function waitFor<T>(
       last = err;
     }
     if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+      throw new Error(
+        `timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`,
+      );
     }
     await new Promise((r) => setTimeout(r, intervalMs));
   }
@@ -189,7 +197,14 @@ export function pgInfo() {
 /** Tries to log in and run SELECT 1; true on success, false when the password is refused. */
 export async function canLogin(username: string, password: string, port = pgInfo().port): Promise<boolean> {
   const { host, database } = pgInfo();
-  const client = new pg.Client({ host, port, database, user: username, password, connectionTimeoutMillis: 5000 });
+  const client = new pg.Client({
+    host,
+    port,
+    database,
+    user: username,
+    password,
+    connectionTimeoutMillis: 5000,
+  });
   client.on('error', () => {});
   try {
     await client.connect();
@@ -215,7 +230,9 @@ export async function pgAdmin<T>(fn: (client: pg.Client) => Promise<T>): Promise
 }
 
 /** Creates a login role (member of a fresh group role, so memberships can be checked) with an unknown password. */
-export async function createAppRole(name = `app_${randomBytes(4).toString('hex')}`): Promise<{ name: string; group: string }> {
+export async function createAppRole(
+  name = `app_${randomBytes(4).toString('hex')}`,
+): Promise<{ name: string; group: string }> {
   const group = `${name}_grp`;
   await pgAdmin(async (c) => {
     await c.query(`CREATE ROLE ${pg.escapeIdentifier(group)} NOLOGIN`);
@@ -227,7 +244,11 @@ export async function createAppRole(name = `app_${randomBytes(4).toString('hex')
 }
 
 /** Registers the test PostgreSQL as a connection. */
-export async function registerPgConnection(kt: Keyturn, id = `pg-${randomBytes(3).toString('hex')}`, port?: number) {
+export async function registerPgConnection(
+  kt: Keyturn,
+  id = `pg-${randomBytes(3).toString('hex')}`,
+  port?: number,
+) {
   const info = pgInfo();
   const res = await kt.api('POST', '/v1/connections', {
     id,

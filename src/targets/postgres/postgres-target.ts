@@ -103,7 +103,11 @@ class PostgresSession implements TargetSession {
     } catch (err) {
       const code = sqlState(err);
       if (code && AUTH_REJECTED.has(code)) {
-        return { ok: false, reason: 'rejected', message: `PostgreSQL refused the login of "${login.username}" (${code})` };
+        return {
+          ok: false,
+          reason: 'rejected',
+          message: `PostgreSQL refused the login of "${login.username}" (${code})`,
+        };
       }
       throw classify(`logging in as "${login.username}"`, err);
     } finally {
@@ -134,11 +138,17 @@ class PostgresSession implements TargetSession {
 
   async updatePassword(username: string, password: string): Promise<void> {
     await this.#asAdmin(`setting the password of role "${username}"`, (c) =>
-      this.#inQuietTransaction(c, [`ALTER ROLE ${ident(username)} WITH LOGIN PASSWORD ${pg.escapeLiteral(password)}`]),
+      this.#inQuietTransaction(c, [
+        `ALTER ROLE ${ident(username)} WITH LOGIN PASSWORD ${pg.escapeLiteral(password)}`,
+      ]),
     );
   }
 
-  async createUser(username: string, password: string, template: UserTemplate): Promise<'created' | 'updated'> {
+  async createUser(
+    username: string,
+    password: string,
+    template: UserTemplate,
+  ): Promise<'created' | 'updated'> {
     return this.#asAdmin(`creating role "${username}" like "${template.like}"`, async (c) => {
       const alter = `ALTER ROLE ${ident(username)} WITH LOGIN PASSWORD ${pg.escapeLiteral(password)}`;
       const exists = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [username]);
@@ -155,7 +165,9 @@ class PostgresSession implements TargetSession {
       );
       const like = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [template.like]);
       if (like.rowCount !== 1) {
-        throw new TargetRefusedError(`role "${template.like}" does not exist, so "${username}" cannot copy its memberships`);
+        throw new TargetRefusedError(
+          `role "${template.like}" does not exist, so "${username}" cannot copy its memberships`,
+        );
       }
       try {
         await this.#inQuietTransaction(c, [

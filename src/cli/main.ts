@@ -1,0 +1,209 @@
+// The `keyturn` command line: everyday work against the API (KEYTURN_URL, KEYTURN_TOKEN). Operations a person
+// waits on show their progress: `keyturn rotate` prints each step as the workers complete it.
+import { readFileSync } from 'node:fs';
+import { Command, Option } from 'commander';
+import { ApiClientError, KeyturnClient } from './client.ts';
+
+interface Globals {
+  url: string;
+  token?: string;
+  json?: boolean;
+}
+
+interface RotationView {
+  id: string;
+  credentialId: string;
+  status: string;
+  step: string;
+  attempts: number;
+  maxAttempts: number;
+  steps: Array<{ step: string; outcome: string; attempt: number; at: string; note?: string }>;
+  error?: { step: string; message: string };
+  rollback?: { outcome: string; note: string };
+}
+
+function client(globals: Globals): KeyturnClient {
+  let token = globals.token ?? process.env.KEYTURN_TOKEN;
+  if (!token) {
+    // On a development machine `npm start` keeps its admin token here.
+    try {
+      token = readFileSync('.keyturn/admin-token', 'utf8').trim();
+    } catch {
+      fail('No token: set KEYTURN_TOKEN or pass --token (a development server keeps one in .keyturn/admin-token)');
+    }
+  }
+  return new KeyturnClient(globals.url, token);
+}
+
+function fail(message: string, code = 1): never {
+  process.stderr.write(`keyturn: ${message}\n`);
+  process.exit(code);
+}
+
+function print(globals: Globals, value: unknown, human: () => string): void {
+  process.stdout.write(`${globals.json ? JSON.stringify(value, null, 2) : human()}\n`);
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n');
+}
+
+const program = new Command()
+  .name('keyturn')
+  .description('Keyturn: secrets rotation for payment and banking platforms')
+  .addOption(new Option('--url <url>', 'Keyturn API address').env('KEYTURN_URL').default('http://127.0.0.1:8080'))
+  .addOption(new Option('--token <token>', 'bearer token (prefer the KEYTURN_TOKEN variable)'))
+  .option('--json', 'print JSON instead of text')
+  .showHelpAfterError();
+
+const globals = (): Globals => program.opts<Globals>();
+
+program
+  .command('status')
+  .description('readiness of the service and the state of every credential')
+  .action(async () => {
+    const g = globals();
+    const ready = await fetch(`${g.url.replace(/\/+$/, '')}/readyz`)
+      .then((r) => r.json())
+      .catch(() => ({ status: 'unreachable' }));
+    const { credentials } = await client(g).request<{ credentials: Array<Record<string, unknown>> }>('GET', '/v1/credentials');
+    const count = (pred: (c: Record<string, unknown>) => boolean) => credentials.filter(pred).length;
+    const summary = {
+      service: ready,
+      credentials: credentials.length,
+      active: count((c) => c.status === 'active'),
+      rotating: count((c) => c.status === 'rotating'),
+      failed: count((c) => c.status === 'failed'),
+      overdue: count((c) => c.overdue === true),
+    };
+    print(g, summary, () =>
+      [
+        `service     ${(ready as { status: string }).status}`,
+        `credentials ${summary.credentials} (active ${summary.active}, rotating ${summary.rotating}, failed ${summary.failed}, overdue ${summary.overdue})`,
+      ].join('\n'),
+    );
+  });
+
+const credentials = program.command('credentials').description('registered credentials');
+credentials
+  .command('list')
+  .option('--status <status>', 'pending, active, rotating or failed')
+  .option('--label <key=value>', 'only credentials with this label')
+  .option('--overdue', 'only overdue credentials')
+  .action(async (opts: { status?: string; label?: string; overdue?: boolean }) => {
+    const g = globals();
+    const q = new URLSearchParams();
+    if (opts.status) q.set('status', opts.status);
+    if (opts.label) q.set('label', opts.label);
+    if (opts.overdue) q.set('overdue', 'true');
+    const { credentials: list } = await client(g).request<{ credentials: Array<Record<string, string | null | boolean>> }>(
+      'GET',
+      `/v1/credentials${q.size ? `?${q}` : ''}`,
+    );
+    print(g, list, () =>
+      list.length === 0
+        ? 'no credentials'
+        : table([
+            ['ID', 'STRATEGY', 'STATUS', 'ROTATED', 'NEXT', 'OVERDUE'],
+            ...list.map((c) => [
+              String(c.id),
+              String(c.strategy),
+              String(c.status),
+              String(c.rotatedAt ?? '-'),
+              String(c.nextRotationAt ?? '-'),
+              c.overdue ? 'yes' : 'no',
+            ]),
+          ]),
+    );
+  });
+credentials
+  .command('get <id>')
+  .action(async (id: string) => {
+    const g = globals();
+    const c = await client(g).request<Record<string, unknown>>('GET', `/v1/credentials/${encodeURIComponent(id)}`);
+    print(g, c, () => JSON.stringify(c, null, 2));
+  });
+
+program
+  .command('rotate <credential>')
+  .description('rotate a credential now and follow its steps')
+  .option('--no-wait', 'return once the rotation is queued')
+  .option('--timeout <seconds>', 'how long to follow it', '300')
+  .action(async (id: string, opts: { wait: boolean; timeout: string }) => {
+    const g = globals();
+    const api = client(g);
+    const started = await api.request<{ rotationId: string; status: string; created: boolean }>(
+      'POST',
+      `/v1/credentials/${encodeURIComponent(id)}/rotate`,
+    );
+    if (!g.json) {
+      process.stderr.write(
+        started.created
+          ? `rotation ${started.rotationId} queued\n`
+          : `a rotation is already in flight: following ${started.rotationId}\n`,
+      );
+    }
+    if (!opts.wait) return print(g, started, () => started.rotationId);
+    const deadline = Date.now() + Number(opts.timeout) * 1000;
+    let shown = 0;
+    let rotation: RotationView;
+    for (;;) {
+      rotation = await api.request<RotationView>('GET', `/v1/rotations/${started.rotationId}`);
+      if (!g.json) {
+        for (const s of rotation.steps.slice(shown)) {
+          process.stderr.write(`  ${s.step.padEnd(8)} ${s.outcome.padEnd(9)} attempt ${s.attempt}${s.note ? `  ${s.note}` : ''}\n`);
+        }
+      }
+      shown = rotation.steps.length;
+      if (rotation.status === 'succeeded' || rotation.status === 'failed') break;
+      if (Date.now() > deadline) fail(`still ${rotation.status} at step ${rotation.step}; follow it with: keyturn rotation ${rotation.id}`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    print(g, rotation, () =>
+      rotation.status === 'succeeded'
+        ? `rotated ${id}: new version ${rotation.id} after ${rotation.attempts} attempt(s)`
+        : `rotation of ${id} failed at ${rotation.error?.step}: ${rotation.error?.message}\n${rotation.rollback?.note ?? ''}`,
+    );
+    if (rotation.status !== 'succeeded') process.exitCode = 1;
+  });
+
+program
+  .command('rotation <id>')
+  .description('one rotation with its steps')
+  .action(async (rid: string) => {
+    const g = globals();
+    const r = await client(g).request<RotationView>('GET', `/v1/rotations/${encodeURIComponent(rid)}`);
+    print(g, r, () => JSON.stringify(r, null, 2));
+  });
+
+program
+  .command('audit')
+  .description('read the audit trail, oldest first')
+  .option('--credential <id>')
+  .option('--actor <name>')
+  .option('--action <action>')
+  .option('--since <iso-time>')
+  .option('--until <iso-time>')
+  .option('--limit <n>', 'events per page', '100')
+  .action(async (opts: Record<string, string | undefined>) => {
+    const g = globals();
+    const q = new URLSearchParams();
+    for (const k of ['credential', 'actor', 'action', 'since', 'until', 'limit']) if (opts[k]) q.set(k, opts[k]!);
+    const page = await client(g).request<{ events: Array<Record<string, unknown>>; next: string | null }>(
+      'GET',
+      `/v1/audit?${q}`,
+    );
+    print(g, page, () =>
+      page.events
+        .map((e) => `${e.time}  ${String(e.actor).padEnd(12)} ${String(e.action).padEnd(26)} ${e.outcome}  ${e.credential ?? e.connection ?? ''}`)
+        .join('\n'),
+    );
+  });
+
+try {
+  await program.parseAsync();
+} catch (err) {
+  if (err instanceof ApiClientError) fail(`${err.message}${err.status ? ` (HTTP ${err.status}, ${err.code})` : ''}`);
+  throw err;
+}
