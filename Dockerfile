@@ -38,8 +38,8 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 COPY --from=prod-deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
-# The only writable app path (local secret store). Created here so a named
-# volume mounted on it inherits node:node ownership.
+# The only writable app path: development secrets when no token or key is given
+# (the local secret store itself lives, sealed, in Redis).
 RUN mkdir -p /app/.keyturn && chown node:node /app/.keyturn && chmod 0700 /app/.keyturn
 
 USER node

@@ -1,0 +1,152 @@
+// `npm run bench`: throughput and latency of the hot paths, on this machine, against real Redis and a
+// password-checking PostgreSQL cluster made for the run. Numbers go to stdout; nothing here asserts timing.
+import { randomBytes } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import { Writable } from 'node:stream';
+import pg from 'pg';
+import { loadConfig } from '../../src/config/config.ts';
+import { Envelope } from '../../src/crypto/envelope.ts';
+import { generatePassword } from '../../src/crypto/password.ts';
+import { createLogger } from '../../src/logging/logger.ts';
+import { createRuntime } from '../../src/runtime.ts';
+import { startPasswordPostgres } from '../support/postgres-cluster.ts';
+
+const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+const results: Array<[string, string]> = [];
+const record = (name: string, value: string) => {
+  results.push([name, value]);
+  process.stdout.write(`  ${name.padEnd(48)} ${value}\n`);
+};
+const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+const ms = (n: number) => `${n.toFixed(1)} ms`;
+
+function timeLoop(n: number, fn: () => void): number {
+  const t = performance.now();
+  for (let i = 0; i < n; i++) fn();
+  return (n / (performance.now() - t)) * 1000;
+}
+
+process.stdout.write(`keyturn bench on node ${process.version}\n`);
+const envelope = new Envelope(randomBytes(32));
+const sealed = envelope.encrypt('x'.repeat(200), 'bench');
+record('envelope seal (AES-256-GCM, DEK per value)', `${timeLoop(20_000, () => envelope.encrypt('x'.repeat(200), 'bench')).toFixed(0)} ops/s`);
+record('envelope open', `${timeLoop(20_000, () => envelope.decrypt(sealed, 'bench')).toFixed(0)} ops/s`);
+record('password generation (32 alphanumeric)', `${timeLoop(20_000, () => generatePassword()).toFixed(0)} ops/s`);
+
+const server = await startPasswordPostgres();
+const prefix = `kt-bench-${randomBytes(4).toString('hex')}`;
+const adminToken = randomBytes(32).toString('base64url');
+const config = loadConfig({
+  REDIS_URL,
+  KEYTURN_PREFIX: prefix,
+  KEYTURN_ADMIN_TOKEN: adminToken,
+  KEYTURN_MASTER_KEY: randomBytes(32).toString('base64'),
+  PORT: '0',
+  LOG_LEVEL: 'warn',
+  KEYTURN_ROTATION_CONCURRENCY: '4',
+});
+const runtime = await createRuntime({
+  config,
+  logger: createLogger({ level: 'warn', format: 'json', destination: new Writable({ write: (_c, _e, d) => d() }) }),
+  adminToken,
+  masterKey: config.masterKey!,
+});
+const url = (await runtime.start()) as string;
+const api = async (method: string, path: string, body?: unknown) => {
+  const res = await fetch(`${url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${adminToken}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+    ...(body ? { body: JSON.stringify(body) } : {}),
+  });
+  return (await res.json()) as any;
+};
+const admin = new pg.Client({ host: server.host, port: server.port, database: server.database, user: server.adminUser, password: server.adminPassword });
+await admin.connect();
+
+try {
+  await api('POST', '/v1/connections', {
+    id: 'bench',
+    type: 'postgres',
+    host: server.host,
+    port: server.port,
+    database: server.database,
+    admin: { username: server.adminUser, password: server.adminPassword },
+  });
+  const waitRotation = async (id: string) => {
+    for (;;) {
+      const r = await api('GET', `/v1/rotations/${id}`);
+      if (r.status === 'succeeded' || r.status === 'failed') return r;
+      await new Promise((res) => setTimeout(res, 5));
+    }
+  };
+
+  for (const strategy of ['single-user', 'alternating-users'] as const) {
+    const role = `bench_${strategy.replace('-', '_')}`;
+    await admin.query(`CREATE ROLE ${role} LOGIN PASSWORD 'x'`);
+    const created = await api('POST', '/v1/credentials', { id: role.replaceAll('_', '-'), connection: 'bench', username: role, strategy, schedule: { every: '30d' } });
+    await waitRotation(created.rotation.id);
+    const durations: number[] = [];
+    for (let i = 0; i < 30; i++) {
+      const t = performance.now();
+      const r = await api('POST', `/v1/credentials/${role.replaceAll('_', '-')}/rotate`);
+      const done = await waitRotation(r.rotationId);
+      if (done.status !== 'succeeded') throw new Error(`rotation failed: ${done.error?.message}`);
+      durations.push(performance.now() - t);
+    }
+    durations.sort((a, b) => a - b);
+    record(`rotation ${strategy}, request to succeeded (n=30)`, `p50 ${ms(pct(durations, 50))}, p95 ${ms(pct(durations, 95))}`);
+  }
+
+  // Many credentials rotating at once: the worker's concurrency and the per-credential lease at work.
+  const many = 40;
+  for (let i = 0; i < many; i++) {
+    await admin.query(`CREATE ROLE bench_many_${i} LOGIN PASSWORD 'x'`);
+    await api('POST', '/v1/credentials', { id: `many-${i}`, connection: 'bench', username: `bench_many_${i}`, strategy: 'single-user', schedule: { every: '30d' } });
+  }
+  const settle = async () => {
+    for (;;) {
+      const { credentials } = await api('GET', '/v1/credentials');
+      if (credentials.every((c: { status: string }) => c.status === 'active')) return;
+      await new Promise((res) => setTimeout(res, 20));
+    }
+  };
+  await settle();
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: many }, (_, i) => api('POST', `/v1/credentials/many-${i}/rotate`)));
+  await settle();
+  const elapsed = performance.now() - t0;
+  record(`${many} credentials rotated at once (concurrency 4)`, `${(elapsed / 1000).toFixed(2)} s, ${((many / elapsed) * 1000).toFixed(1)} rotations/s`);
+
+  // Secret reads: the path services hit.
+  const reads = 2000;
+  const concurrency = 16;
+  const latencies: number[] = [];
+  let next = 0;
+  const t1 = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < reads) {
+        next++;
+        const t = performance.now();
+        await api('GET', '/v1/credentials/many-1/secret');
+        latencies.push(performance.now() - t);
+      }
+    }),
+  );
+  const readElapsed = performance.now() - t1;
+  latencies.sort((a, b) => a - b);
+  record(`secret reads (n=${reads}, ${concurrency} in parallel)`, `${((reads / readElapsed) * 1000).toFixed(0)} req/s, p50 ${ms(pct(latencies, 50))}, p99 ${ms(pct(latencies, 99))}`);
+} finally {
+  await admin.end();
+  await runtime.close();
+  await server.stop();
+  const { Redis } = await import('ioredis');
+  const redis = new Redis(REDIS_URL);
+  let cursor = '0';
+  do {
+    const [n, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+    cursor = n;
+    if (keys.length) await redis.del(...keys);
+  } while (cursor !== '0');
+  redis.disconnect();
+}
