@@ -25,8 +25,9 @@ export const StoreSpecSchema = Type.Union([
   Type.Object(
     {
       type: Type.Literal('vault'),
-      mount: Type.String({ pattern: '^[A-Za-z0-9_.-]{1,128}$' }),
-      path: Type.String({ pattern: '^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,15}$', maxLength: 512 }),
+      // No "." or ".." segments: "../../sys/x" passed and would climb out of the mount once a Vault client joins it.
+      mount: Type.String({ pattern: '^(?!\\.\\.?$)[A-Za-z0-9_.-]{1,128}$' }),
+      path: Type.String({ pattern: '^(?!\\.\\.?(/|$))[A-Za-z0-9_.-]+(/(?!\\.\\.?(/|$))[A-Za-z0-9_.-]+){0,15}$', maxLength: 512 }),
     },
     { additionalProperties: false },
   ),

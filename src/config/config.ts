@@ -124,14 +124,11 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
   }
 
   const componentsRaw = (env.KEYTURN_COMPONENTS?.trim() || 'api,worker').split(',').map((c) => c.trim());
-  const components: Component[] = [];
-  for (const c of componentsRaw) {
-    if (c === 'api' || c === 'worker') {
-      if (!components.includes(c)) components.push(c);
-    } else problems.push(`KEYTURN_COMPONENTS lists "${c}"; allowed: api, worker (comma-separated)`);
-  }
-  if (components.length === 0 && componentsRaw.length > 0 && problems.length === 0) {
-    problems.push('KEYTURN_COMPONENTS must name at least one of api, worker');
+  const components = [...new Set(componentsRaw)].filter((c): c is Component => c === 'api' || c === 'worker');
+  if (components.length === 0 || components.length !== new Set(componentsRaw).size) {
+    problems.push(
+      `KEYTURN_COMPONENTS must list api, worker or both, comma-separated; got "${env.KEYTURN_COMPONENTS}"`,
+    );
   }
 
   const failpoints = env.KEYTURN_FAILPOINTS?.trim() ?? '';

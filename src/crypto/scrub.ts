@@ -5,19 +5,20 @@
 const MIN_SECRET_LENGTH = 4;
 
 const PATTERNS: Array<[RegExp, string]> = [
-  // scheme://user:password@host
-  [/([a-z][a-z0-9+.-]*:\/\/[^:/?#@\s]*:)[^@\s]*@/gi, '$1[redacted]@'],
+  // scheme://user:password@host (greedy to the last "@" of the run, so a password containing "@" goes whole)
+  [/([a-z][a-z0-9+.-]*:\/\/[^:/?#@\s]*:)[^\s]*@/gi, '$1[redacted]@'],
   // PASSWORD 'xyz' / PASSWORD "xyz" (SQL echoes), IDENTIFIED BY 'xyz'
   [/\b(PASSWORD|IDENTIFIED\s+BY)\s+(E?'(?:[^']|'')*'|"(?:[^"]|"")*")/gi, "$1 '[redacted]'"],
-  // password=xyz, pwd: xyz, "password":"xyz", secret=..., token=...
+  // password=xyz, DB_PASSWORD=xyz, PGPASSWORD: xyz, "access_token":"xyz", secret=…: the name may carry a
+  // prefix or suffix joined by "_" or "-", which \b alone would not see.
   [
-    /(["']?\b(?:password|passwd|pwd|secret|token|api[_-]?key|client[_-]?secret)\b["']?\s*[:=]\s*)("(?:[^"\\]|\\.)*"|'[^']*'|[^\s,;&}]+)/gi,
+    /(["']?[A-Za-z0-9_-]*(?:password|passwd|pwd|secret|token|api[_-]?key)[A-Za-z0-9_-]*["']?\s*[:=]\s*)("(?:[^"\\]|\\.)*"|'(?:[^']|'')*'|[^\s,;&}]+)/gi,
     '$1[redacted]',
   ],
-  // ACL SETUSER user >password
-  [/(\s)>(?!=)[^\s]+/g, '$1>[redacted]'],
-  // Authorization: Bearer xyz
-  [/\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+/g, '$1 [redacted]'],
+  // ACL SETUSER user >password (and at the very start of a text)
+  [/(^|\s)>(?!=)[^\s]+/g, '$1>[redacted]'],
+  // Authorization: Bearer xyz (schemes are case-insensitive)
+  [/\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+/gi, '$1 [redacted]'],
 ];
 
 /** Removes secret values and credential-shaped substrings from a text. */
@@ -47,5 +48,12 @@ export function scrubError(err: unknown, secrets: Iterable<string | undefined> =
     if (typeof code === 'string' && /^[A-Za-z0-9_.-]{1,40}$/.test(code)) out.code = code;
     return out;
   }
-  return { message: scrubText(String(err), list).slice(0, 1000) };
+  let text: string;
+  try {
+    text = String(err);
+  } catch {
+    // Object.create(null), or a toString that throws: this runs inside error handlers and must not throw.
+    text = 'an error that cannot be described';
+  }
+  return { message: scrubText(text, list).slice(0, 1000) };
 }

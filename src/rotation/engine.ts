@@ -302,7 +302,10 @@ export class RotationEngine {
     if ((await ctx.target.authenticate(login)).ok) {
       // "Already works" proves something only if the downstream checks passwords: a server with trust
       // authentication lets any password in, and skipping would leave the old password in place.
-      const canary = await ctx.target.authenticate({ username: login.username, password: generatePassword(spec.password) });
+      const canary = await ctx.target.authenticate({
+        username: login.username,
+        password: generatePassword(spec.password),
+      });
       if (!canary.ok) {
         rotation.setStarted = true;
         rotation.setDone = true;

@@ -21,12 +21,17 @@ export class Failpoints {
       .filter(Boolean)) {
       const [name, action = 'kill'] = part.split('=');
       if (!name) continue;
+      const throwing = /^throw(?::([1-9][0-9]{0,8}))?$/.exec(action);
       if (action === 'kill') this.#actions.set(name, { kind: 'kill' });
-      else if (action.startsWith('throw')) {
-        const n = Number(action.split(':')[1] ?? Number.POSITIVE_INFINITY);
-        this.#actions.set(name, { kind: 'throw', remaining: n });
-      } else
-        throw new Error(`KEYTURN_FAILPOINTS: unknown action "${action}" for ${name} (kill, throw, throw:N)`);
+      else if (throwing) {
+        const remaining = throwing[1] ? Number(throwing[1]) : Number.POSITIVE_INFINITY;
+        this.#actions.set(name, { kind: 'throw', remaining });
+      } else {
+        // A typo must not silently disable the fault a test relies on.
+        throw new Error(
+          `KEYTURN_FAILPOINTS: unknown action "${action}" for ${name} (kill, throw, throw:N with N >= 1)`,
+        );
+      }
     }
   }
 

@@ -29,7 +29,13 @@ const PARTS = [
 describe('Envelope', () => {
   it('round-trips values, including empty, unicode and long ones', () => {
     const env = new Envelope(randomBytes(32));
-    for (const value of [PLAINTEXT, '', 'pässwörd-🔑-パスワード', 'x'.repeat(100_000), '{"password":"a\\"b"}']) {
+    for (const value of [
+      PLAINTEXT,
+      '',
+      'pässwörd-🔑-パスワード',
+      'x'.repeat(100_000),
+      '{"password":"a\\"b"}',
+    ]) {
       expect(env.decrypt(env.encrypt(value, CONTEXT), CONTEXT)).toBe(value);
     }
   });
@@ -169,7 +175,7 @@ describe('Envelope', () => {
     expect(() => env.decrypt(sealed, CONTEXT)).toThrow(/format 2/);
   });
 
-  // BUG (src/crypto/envelope.ts, open(), lines 38-43): createDecipheriv is called without
+  // Regression test (found by review, fixed): createDecipheriv is called without
   // { authTagLength: 16 } and the tag length is not checked, so Node accepts a GCM tag truncated to as little as
   // 4 bytes (it only prints DeprecationWarning DEP0182). A Redis writer can cut each tag to 4 bytes and forge a
   // value with ~2^32 tries instead of 2^128. A sealed value whose tag is not 16 bytes must be refused.

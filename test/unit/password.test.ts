@@ -84,7 +84,10 @@ describe('generatePassword', () => {
       for (let i = 0; i < 500; i++) {
         const password = generatePassword({ length: 16, charset, requireEachClass: true });
         for (const cls of CLASSES[charset]) {
-          expect([...password].some((c) => cls.includes(c)), `${password} has one of ${cls}`).toBe(true);
+          expect(
+            [...password].some((c) => cls.includes(c)),
+            `${password} has one of ${cls}`,
+          ).toBe(true);
         }
       }
     },
@@ -114,10 +117,13 @@ describe('generatePassword', () => {
     expect(passwords.size).toBe(1000);
   });
 
-  it.each([15, 0, -1, 257, 1000, 16.5, Number.NaN, Number.POSITIVE_INFINITY])('rejects length %s', (length) => {
-    expect(() => generatePassword({ length, charset: 'alphanumeric' })).toThrow(RangeError);
-    expect(() => generatePassword({ length, charset: 'alphanumeric' })).toThrow(/16 to 256/);
-  });
+  it.each([15, 0, -1, 257, 1000, 16.5, Number.NaN, Number.POSITIVE_INFINITY])(
+    'rejects length %s',
+    (length) => {
+      expect(() => generatePassword({ length, charset: 'alphanumeric' })).toThrow(RangeError);
+      expect(() => generatePassword({ length, charset: 'alphanumeric' })).toThrow(/16 to 256/);
+    },
+  );
 
   it('accepts the bounds 16 and 256', () => {
     expect(generatePassword({ length: 16, charset: 'hex' })).toHaveLength(16);
@@ -159,7 +165,10 @@ describe('passwordEntropyBits', () => {
     expect(passwordEntropyBits({ length: 16, charset: 'base64url' })).toBe(96);
     expect(passwordEntropyBits({ length: 32, charset: 'alphanumeric' })).toBeCloseTo(32 * Math.log2(62), 10);
     expect(passwordEntropyBits({ length: 32, charset: 'alphanumeric' })).toBeCloseTo(190.535, 2);
-    expect(passwordEntropyBits({ length: 20, charset: 'ascii-printable' })).toBeCloseTo(20 * Math.log2(81), 10);
+    expect(passwordEntropyBits({ length: 20, charset: 'ascii-printable' })).toBeCloseTo(
+      20 * Math.log2(81),
+      10,
+    );
   });
 
   it('does not depend on requireEachClass and grows linearly with length', () => {

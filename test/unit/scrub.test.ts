@@ -33,7 +33,10 @@ describe('scrubText: known secrets', () => {
 
 describe('scrubText: credential-shaped text', () => {
   it.each([
-    ['connect postgres://app:S3cretPw9@db.internal:5432/pay failed', 'postgres://app:[redacted]@db.internal:5432/pay'],
+    [
+      'connect postgres://app:S3cretPw9@db.internal:5432/pay failed',
+      'postgres://app:[redacted]@db.internal:5432/pay',
+    ],
     ['redis://:S3cretPw9@cache:6379/0', 'redis://:[redacted]@cache:6379/0'],
     ['rediss://default:S3cretPw9@cache:6380', 'rediss://default:[redacted]@cache:6380'],
     ['POSTGRESQL://APP:S3cretPw9@HOST/db', 'POSTGRESQL://APP:[redacted]@HOST/db'],
@@ -45,7 +48,10 @@ describe('scrubText: credential-shaped text', () => {
 
   it.each([
     ["ALTER ROLE app WITH LOGIN PASSWORD 'S3cretPw9'", "ALTER ROLE app WITH LOGIN PASSWORD '[redacted]'"],
-    ["alter role app password 'S3cret''Pw9' valid until 'infinity'", "alter role app password '[redacted]' valid until 'infinity'"],
+    [
+      "alter role app password 'S3cret''Pw9' valid until 'infinity'",
+      "alter role app password '[redacted]' valid until 'infinity'",
+    ],
     ["ALTER ROLE app PASSWORD E'S3cretPw9'", "ALTER ROLE app PASSWORD '[redacted]'"],
     ['ALTER USER app PASSWORD "S3cretPw9"', "ALTER USER app PASSWORD '[redacted]'"],
     ["CREATE USER 'app'@'%' IDENTIFIED BY 'S3cretPw9'", "CREATE USER 'app'@'%' IDENTIFIED BY '[redacted]'"],
@@ -87,7 +93,10 @@ describe('scrubText: credential-shaped text', () => {
   });
 
   it.each([
-    ['Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl', 'Authorization: Bearer [redacted]'],
+    [
+      'Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl',
+      'Authorization: Bearer [redacted]',
+    ],
     ['Bearer S3cretPw9/+=-_.~ rest', 'Bearer [redacted] rest'],
     ['Authorization: Basic YXBwOlMzY3JldFB3OQ==', 'Authorization: Basic [redacted]'],
   ])('HTTP credentials: %s', (input, expected) => {
@@ -115,7 +124,7 @@ describe('scrubText: credential-shaped text', () => {
     expect(out).toBe('user app: [redacted] rejected; dsn postgres://app:[redacted]@h/db');
   });
 
-  // BUG (src/crypto/scrub.ts, line 14): the key=value pattern puts \b before the key, and "_" is a word character,
+  // Regression test (found by review, fixed): the key=value pattern puts \b before the key, and "_" is a word character,
   // so prefixed keys never match: DB_PASSWORD=…, PGPASSWORD=…, access_token=…, refresh_token=…, "access_token":"…"
   // (an OAuth token response) pass through in clear. scrubError(err) is called without known secrets in
   // api/errors.ts and api/routes/health.ts, so these patterns are the only protection there.
@@ -129,13 +138,13 @@ describe('scrubText: credential-shaped text', () => {
     expect(scrubText(input)).not.toContain(SECRET);
   });
 
-  // BUG (src/crypto/scrub.ts, line 20): the Bearer/Basic pattern has no "i" flag, but HTTP authentication schemes
+  // Regression test (found by review, fixed): the Bearer/Basic pattern has no "i" flag, but HTTP authentication schemes
   // are case-insensitive (RFC 9110 §11.1) and many clients send "bearer"; such tokens are not redacted.
   it('redacts a lowercase "bearer" token', () => {
     expect(scrubText('authorization: bearer S3cretPw9')).not.toContain(SECRET);
   });
 
-  // BUG (src/crypto/scrub.ts, line 9): the URL password is matched by [^@\s]*@, which stops at the first "@",
+  // Regression test (found by review, fixed): the URL password is matched by [^@\s]*@, which stops at the first "@",
   // so a password containing "@" (unencoded, as drivers echo it) leaks everything after that "@".
   it('redacts the whole URL password when it contains "@"', () => {
     const out = scrubText('connect postgres://app:S3c@retPw9@db:5432/pay failed');
@@ -146,7 +155,9 @@ describe('scrubText: credential-shaped text', () => {
 
 describe('scrubError', () => {
   it('keeps a safe code and scrubs the message', () => {
-    const err = Object.assign(new Error(`password authentication failed, tried ${SECRET}`), { code: '28P01' });
+    const err = Object.assign(new Error(`password authentication failed, tried ${SECRET}`), {
+      code: '28P01',
+    });
     expect(scrubError(err, [SECRET])).toEqual({
       code: '28P01',
       message: 'password authentication failed, tried [redacted]',
@@ -169,7 +180,9 @@ describe('scrubError', () => {
 
   it('drops a non-string code', () => {
     expect(scrubError(Object.assign(new Error('boom'), { code: 42 }))).toEqual({ message: 'boom' });
-    expect(scrubError(Object.assign(new Error('boom'), { code: { toString: () => 'X' } }))).toEqual({ message: 'boom' });
+    expect(scrubError(Object.assign(new Error('boom'), { code: { toString: () => 'X' } }))).toEqual({
+      message: 'boom',
+    });
   });
 
   it('keeps a code of exactly 40 safe characters', () => {
@@ -207,7 +220,9 @@ describe('scrubError', () => {
   });
 
   it('handles non-Error throws', () => {
-    expect(scrubError(`postgres://app:${SECRET}@db failed`)).toEqual({ message: 'postgres://app:[redacted]@db failed' });
+    expect(scrubError(`postgres://app:${SECRET}@db failed`)).toEqual({
+      message: 'postgres://app:[redacted]@db failed',
+    });
     expect(scrubError(`tried ${SECRET}`, [SECRET])).toEqual({ message: 'tried [redacted]' });
     expect(scrubError(42)).toEqual({ message: '42' });
     expect(scrubError(undefined)).toEqual({ message: 'undefined' });
@@ -220,7 +235,7 @@ describe('scrubError', () => {
     expect(scrubError('x'.repeat(2000)).message).toHaveLength(1000);
   });
 
-  // BUG (src/crypto/scrub.ts, line 50): String(err) throws for values without a usable toString — an object with a
+  // Regression test (found by review, fixed): String(err) throws for values without a usable toString — an object with a
   // null prototype, or one whose toString throws — so scrubError, which runs inside catch blocks and error
   // handlers (engine.ts, api/errors.ts), throws a TypeError instead of "reducing any thrown value".
   it('does not throw for a thrown value that cannot be converted to a string', () => {
