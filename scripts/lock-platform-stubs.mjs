@@ -15,7 +15,11 @@ function platformOf(name) {
   const os = ['darwin', 'win32', 'linux', 'android', 'freebsd'].find((o) => n.includes(o));
   const cpu = ['arm64', 'x64', 'arm', 'ia32'].find((c) => new RegExp(`(^|-)${c}(-|$)`).test(n));
   if (!os || !cpu) return null;
-  return { os: [os], cpu: [cpu], ...(n.endsWith('-musl') ? { libc: ['musl'] } : os === 'linux' ? { libc: ['glibc'] } : {}) };
+  return {
+    os: [os],
+    cpu: [cpu],
+    ...(n.endsWith('-musl') ? { libc: ['musl'] } : os === 'linux' ? { libc: ['glibc'] } : {}),
+  };
 }
 
 for (const [location, entry] of Object.entries(packages)) {

@@ -93,7 +93,9 @@ async function startPrivateRedis(
 export async function boot(options: { components?: Component[] } = {}): Promise<Runtime> {
   const major = Number(process.versions.node.split('.')[0]);
   if (major < 24) {
-    fail(`Node ${process.versions.node} is too old: Keyturn runs on Node 24 LTS (npm scripts use the pinned one: run it with \`npm start\`)`);
+    fail(
+      `Node ${process.versions.node} is too old: Keyturn runs on Node 24 LTS (npm scripts use the pinned one: run it with \`npm start\`)`,
+    );
   }
   let config: KeyturnConfig;
   try {

@@ -33,15 +33,22 @@ export function installAuth(app: FastifyInstance, options: { adminToken: string;
       request.principal = { name: 'admin', roles: ['admin'] };
       return;
     }
-    const reason = header === undefined ? 'no Authorization header' : match ? 'unknown token' : 'not a Bearer token';
+    const reason =
+      header === undefined ? 'no Authorization header' : match ? 'unknown token' : 'not a Bearer token';
     await options.audit
       .append({
         actor: 'anonymous',
         action: 'auth.failed',
         outcome: 'denied',
-        details: { reason, route: `${request.method} ${request.routeOptions.url ?? request.url.split('?')[0]}`, ip: request.ip },
+        details: {
+          reason,
+          route: `${request.method} ${request.routeOptions.url ?? request.url.split('?')[0]}`,
+          ip: request.ip,
+        },
       })
-      .catch((err) => request.log.error({ err }, 'could not append the audit event of a failed authentication'));
+      .catch((err) =>
+        request.log.error({ err }, 'could not append the audit event of a failed authentication'),
+      );
     reply.header('www-authenticate', 'Bearer realm="keyturn"');
     return sendError(
       reply,

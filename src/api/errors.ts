@@ -19,7 +19,13 @@ export class ApiError extends Error {
   }
 }
 
-export function sendError(reply: FastifyReply, status: number, code: string, message: string, details?: unknown) {
+export function sendError(
+  reply: FastifyReply,
+  status: number,
+  code: string,
+  message: string,
+  details?: unknown,
+) {
   return reply
     .code(status)
     .type('application/json; charset=utf-8')
@@ -61,24 +67,39 @@ export function installErrorHandling(app: FastifyInstance): void {
 
   app.setErrorHandler((error: FastifyError, request, reply) => {
     if (error.validation) {
-      const { message, details } = describeValidation(error.validationContext ?? 'request', error.validation as AjvIssue[]);
+      const { message, details } = describeValidation(
+        error.validationContext ?? 'request',
+        error.validation as AjvIssue[],
+      );
       return sendError(reply, 400, 'invalid_request', message, details);
     }
-    if (error instanceof ApiError) return sendError(reply, error.status, error.code, error.message, error.details);
+    if (error instanceof ApiError)
+      return sendError(reply, error.status, error.code, error.message, error.details);
     if (error instanceof NotFoundError) return sendError(reply, 404, 'not_found', error.message);
     if (error instanceof ConflictError) return sendError(reply, 409, 'conflict', error.message);
     if (error instanceof UnprocessableError) return sendError(reply, 422, 'unprocessable', error.message);
     if (error instanceof StoreUnavailableError) {
       request.log.error({ err: scrubError(error) }, 'secret store unavailable');
-      return sendError(reply, 503, 'store_unavailable', 'The secret store cannot be reached; try again shortly');
+      return sendError(
+        reply,
+        503,
+        'store_unavailable',
+        'The secret store cannot be reached; try again shortly',
+      );
     }
     // Fastify's own client errors: bad JSON, body too large, wrong content type, bad URL encoding…
     const status = error.statusCode ?? 500;
     if (status >= 400 && status < 500) {
-      const code = status === 413 ? 'payload_too_large' : status === 415 ? 'unsupported_media_type' : 'invalid_request';
+      const code =
+        status === 413 ? 'payload_too_large' : status === 415 ? 'unsupported_media_type' : 'invalid_request';
       return sendError(reply, status, code, scrubError(error).message);
     }
     request.log.error({ err: scrubError(error) }, 'request failed');
-    return sendError(reply, 500, 'internal', 'Keyturn failed to handle this request; the error is in its log');
+    return sendError(
+      reply,
+      500,
+      'internal',
+      'Keyturn failed to handle this request; the error is in its log',
+    );
   });
 }

@@ -48,7 +48,9 @@ export function connectionView(connection: Connection, credentials?: string[]) {
     host: connection.host,
     port: connection.port,
     database: connection.database ?? null,
-    tls: connection.tls ? { mode: connection.tls.mode, ca: connection.tls.ca ? 'set' : null } : { mode: 'disable' },
+    tls: connection.tls
+      ? { mode: connection.tls.mode, ca: connection.tls.ca ? 'set' : null }
+      : { mode: 'disable' },
     admin: { username: connection.admin.username, store: connection.adminStore },
     labels: connection.labels,
     ...(credentials ? { credentials } : {}),

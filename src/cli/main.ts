@@ -29,7 +29,9 @@ function client(globals: Globals): KeyturnClient {
     try {
       token = readFileSync('.keyturn/admin-token', 'utf8').trim();
     } catch {
-      fail('No token: set KEYTURN_TOKEN or pass --token (a development server keeps one in .keyturn/admin-token)');
+      fail(
+        'No token: set KEYTURN_TOKEN or pass --token (a development server keeps one in .keyturn/admin-token)',
+      );
     }
   }
   return new KeyturnClient(globals.url, token);
@@ -46,13 +48,22 @@ function print(globals: Globals, value: unknown, human: () => string): void {
 
 function table(rows: string[][]): string {
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n');
+  return rows
+    .map((r) =>
+      r
+        .map((c, i) => c.padEnd(widths[i] ?? 0))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
 
 const program = new Command()
   .name('keyturn')
   .description('Keyturn: secrets rotation for payment and banking platforms')
-  .addOption(new Option('--url <url>', 'Keyturn API address').env('KEYTURN_URL').default('http://127.0.0.1:8080'))
+  .addOption(
+    new Option('--url <url>', 'Keyturn API address').env('KEYTURN_URL').default('http://127.0.0.1:8080'),
+  )
   .addOption(new Option('--token <token>', 'bearer token (prefer the KEYTURN_TOKEN variable)'))
   .option('--json', 'print JSON instead of text')
   .showHelpAfterError();
@@ -67,7 +78,10 @@ program
     const ready = await fetch(`${g.url.replace(/\/+$/, '')}/readyz`)
       .then((r) => r.json())
       .catch(() => ({ status: 'unreachable' }));
-    const { credentials } = await client(g).request<{ credentials: Array<Record<string, unknown>> }>('GET', '/v1/credentials');
+    const { credentials } = await client(g).request<{ credentials: Array<Record<string, unknown>> }>(
+      'GET',
+      '/v1/credentials',
+    );
     const count = (pred: (c: Record<string, unknown>) => boolean) => credentials.filter(pred).length;
     const summary = {
       service: ready,
@@ -97,10 +111,9 @@ credentials
     if (opts.status) q.set('status', opts.status);
     if (opts.label) q.set('label', opts.label);
     if (opts.overdue) q.set('overdue', 'true');
-    const { credentials: list } = await client(g).request<{ credentials: Array<Record<string, string | null | boolean>> }>(
-      'GET',
-      `/v1/credentials${q.size ? `?${q}` : ''}`,
-    );
+    const { credentials: list } = await client(g).request<{
+      credentials: Array<Record<string, string | null | boolean>>;
+    }>('GET', `/v1/credentials${q.size ? `?${q}` : ''}`);
     print(g, list, () =>
       list.length === 0
         ? 'no credentials'
@@ -117,13 +130,14 @@ credentials
           ]),
     );
   });
-credentials
-  .command('get <id>')
-  .action(async (id: string) => {
-    const g = globals();
-    const c = await client(g).request<Record<string, unknown>>('GET', `/v1/credentials/${encodeURIComponent(id)}`);
-    print(g, c, () => JSON.stringify(c, null, 2));
-  });
+credentials.command('get <id>').action(async (id: string) => {
+  const g = globals();
+  const c = await client(g).request<Record<string, unknown>>(
+    'GET',
+    `/v1/credentials/${encodeURIComponent(id)}`,
+  );
+  print(g, c, () => JSON.stringify(c, null, 2));
+});
 
 program
   .command('rotate <credential>')
@@ -152,12 +166,17 @@ program
       rotation = await api.request<RotationView>('GET', `/v1/rotations/${started.rotationId}`);
       if (!g.json) {
         for (const s of rotation.steps.slice(shown)) {
-          process.stderr.write(`  ${s.step.padEnd(8)} ${s.outcome.padEnd(9)} attempt ${s.attempt}${s.note ? `  ${s.note}` : ''}\n`);
+          process.stderr.write(
+            `  ${s.step.padEnd(8)} ${s.outcome.padEnd(9)} attempt ${s.attempt}${s.note ? `  ${s.note}` : ''}\n`,
+          );
         }
       }
       shown = rotation.steps.length;
       if (rotation.status === 'succeeded' || rotation.status === 'failed') break;
-      if (Date.now() > deadline) fail(`still ${rotation.status} at step ${rotation.step}; follow it with: keyturn rotation ${rotation.id}`);
+      if (Date.now() > deadline)
+        fail(
+          `still ${rotation.status} at step ${rotation.step}; follow it with: keyturn rotation ${rotation.id}`,
+        );
       await new Promise((r) => setTimeout(r, 500));
     }
     print(g, rotation, () =>
@@ -189,14 +208,18 @@ program
   .action(async (opts: Record<string, string | undefined>) => {
     const g = globals();
     const q = new URLSearchParams();
-    for (const k of ['credential', 'actor', 'action', 'since', 'until', 'limit']) if (opts[k]) q.set(k, opts[k]!);
+    for (const k of ['credential', 'actor', 'action', 'since', 'until', 'limit'])
+      if (opts[k]) q.set(k, opts[k]!);
     const page = await client(g).request<{ events: Array<Record<string, unknown>>; next: string | null }>(
       'GET',
       `/v1/audit?${q}`,
     );
     print(g, page, () =>
       page.events
-        .map((e) => `${e.time}  ${String(e.actor).padEnd(12)} ${String(e.action).padEnd(26)} ${e.outcome}  ${e.credential ?? e.connection ?? ''}`)
+        .map(
+          (e) =>
+            `${e.time}  ${String(e.actor).padEnd(12)} ${String(e.action).padEnd(26)} ${e.outcome}  ${e.credential ?? e.connection ?? ''}`,
+        )
         .join('\n'),
     );
   });
@@ -204,6 +227,7 @@ program
 try {
   await program.parseAsync();
 } catch (err) {
-  if (err instanceof ApiClientError) fail(`${err.message}${err.status ? ` (HTTP ${err.status}, ${err.code})` : ''}`);
+  if (err instanceof ApiClientError)
+    fail(`${err.message}${err.status ? ` (HTTP ${err.status}, ${err.code})` : ''}`);
   throw err;
 }

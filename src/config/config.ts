@@ -100,7 +100,7 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
     const decoded = /^[A-Za-z0-9+/]+={0,2}$/.test(masterKeyRaw)
       ? Buffer.from(masterKeyRaw, 'base64')
       : undefined;
-    if (!decoded || decoded.length !== 32) {
+    if (decoded?.length !== 32) {
       problems.push(
         'KEYTURN_MASTER_KEY must be the base64 encoding of exactly 32 random bytes (make one with `openssl rand -base64 32`)',
       );

@@ -4,6 +4,7 @@
 import { randomUUID } from 'node:crypto';
 import type { AuditLog } from '../audit/audit-log.ts';
 import { DEFAULT_PASSWORD_POLICY, type PasswordPolicy } from '../crypto/password.ts';
+import { openDownstream } from '../rotation/downstream.ts';
 import type { RotationEngine } from '../rotation/engine.ts';
 import type { RotationRepo } from '../rotation/rotation-repo.ts';
 import type { Rotation } from '../rotation/types.ts';
@@ -291,13 +292,7 @@ export class RegistryService {
   }
 
   async #verifyLogin(connection: Connection, username: string, password: string): Promise<void> {
-    const driver = targetDriver(connection.type);
-    if (!driver) throw new UnprocessableError(`Connection type "${connection.type}" is not supported`);
-    const admin = await this.#stores
-      .get(connection.adminStore)
-      .read(connectionAdminRef(connection), { stage: 'current' });
-    if (!admin) throw new UnprocessableError(`The admin secret of connection "${connection.id}" is missing`);
-    const session = await driver.open(connection, admin.value, { timeoutMs: this.#timeoutMs });
+    const { session } = await openDownstream(connection, this.#stores, this.#timeoutMs);
     try {
       const result = await session.authenticate({ username, password });
       if (!result.ok) {
@@ -308,7 +303,7 @@ export class RegistryService {
     } catch (err) {
       if (err instanceof UnprocessableError) throw err;
       throw new UnprocessableError(
-        `Could not check currentPassword on connection "${connection.id}": ${(err as Error).name}: the downstream did not answer`,
+        `Could not check currentPassword on connection "${connection.id}": the downstream did not answer (${(err as Error).name})`,
       );
     } finally {
       await session.close();

@@ -11,13 +11,14 @@ import { auditAppendOp } from '../audit/audit-log.ts';
 import { generatePassword } from '../crypto/password.ts';
 import { scrubError } from '../crypto/scrub.ts';
 import type { Logger } from '../logging/logger.ts';
+import { UnprocessableError } from '../registry/errors.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import type { Registry } from '../registry/registry.ts';
 import type { Connection, Credential, CredentialSpec, CredentialState } from '../registry/types.ts';
-import { connectionAdminRef, credentialSecretRef, type StoreSet } from '../stores/index.ts';
+import { credentialSecretRef, type StoreSet } from '../stores/index.ts';
 import type { SecretDocument, SecretRef, SecretStore, SecretVersion } from '../stores/types.ts';
-import { targetDriver } from '../targets/index.ts';
 import { type Login, TargetRefusedError, type TargetSession } from '../targets/types.ts';
+import { type Downstream, openDownstream } from './downstream.ts';
 import type { Failpoints } from './failpoints.ts';
 import { type FencedOp, type Lease, LeaseLostError, type LeaseManager } from './lease.ts';
 import type { RotationRepo } from './rotation-repo.ts';
@@ -66,6 +67,8 @@ interface Context {
   ref: SecretRef;
   admin: Login;
   target: TargetSession;
+  /** The driver's engine name, written into stored documents. */
+  engine: string;
   /** Every secret value this run has seen, for scrubbing. */
   secrets: Set<string>;
 }
@@ -198,24 +201,22 @@ export class RotationEngine {
   async #context(credential: Credential): Promise<Context> {
     const connection = await this.#registry.findConnection(credential.spec.connection);
     if (!connection) throw new PermanentError(`connection "${credential.spec.connection}" no longer exists`);
-    const driver = targetDriver(connection.type);
-    if (!driver) throw new PermanentError(`no target driver for connection type "${connection.type}"`);
-    const adminVersion = await this.#stores
-      .get(connection.adminStore)
-      .read(connectionAdminRef(connection), { stage: 'current' });
-    if (!adminVersion) {
-      throw new PermanentError(`the admin secret of connection "${connection.id}" is missing from its store`);
+    let downstream: Downstream;
+    try {
+      downstream = await openDownstream(connection, this.#stores, this.#settings.downstreamTimeoutMs);
+    } catch (err) {
+      if (err instanceof UnprocessableError) throw new PermanentError(err.message);
+      throw err;
     }
-    const admin = { username: adminVersion.value.username, password: adminVersion.value.password };
-    const target = await driver.open(connection, admin, { timeoutMs: this.#settings.downstreamTimeoutMs });
     return {
       credential,
       connection,
       store: this.#stores.get(credential.spec.store),
       ref: credentialSecretRef(credential.spec),
-      admin,
-      target,
-      secrets: new Set([admin.password]),
+      admin: downstream.admin,
+      target: downstream.session,
+      engine: downstream.driver.engine,
+      secrets: new Set([downstream.admin.password]),
     };
   }
 
@@ -230,7 +231,19 @@ export class RotationEngine {
       if (step === 'finish') return; // #finish committed the terminal record itself
       rotation.steps.push({ step, outcome, attempt: rotation.attempts, at: nowIso() });
       rotation.step = order[i + 1]!;
-      await this.#save(lease, rotation);
+      rotation.updatedAt = nowIso();
+      // The step's record and its audit event land together.
+      await lease.commit([
+        this.#rotations.saveOp(rotation),
+        this.#auditOp({
+          actor: rotation.actor,
+          action: 'rotation.step',
+          outcome: 'success',
+          credential: rotation.credentialId,
+          rotation: rotation.id,
+          details: { step, result: outcome, attempt: rotation.attempts },
+        }),
+      ]);
     }
   }
 
@@ -269,7 +282,7 @@ export class RotationEngine {
     const password = generatePassword(spec.password);
     ctx.secrets.add(password);
     const document: SecretDocument = {
-      engine: targetDriver(ctx.connection.type)?.engine ?? ctx.connection.type,
+      engine: ctx.engine,
       host: ctx.connection.host,
       port: ctx.connection.port,
       ...(ctx.connection.database ? { dbname: ctx.connection.database } : {}),
@@ -614,7 +627,7 @@ export class RotationEngine {
    */
   async revokePrevious(credentialId: string, versionId: string): Promise<RunResult> {
     const credential = await this.#registry.findCredential(credentialId);
-    if (!credential || credential.spec.strategy !== 'alternating-users') return { outcome: 'done' };
+    if (credential?.spec.strategy !== 'alternating-users') return { outcome: 'done' };
     if (await this.#rotations.inflightId(credentialId)) return { outcome: 'done' };
     const lease = await this.#leases.tryAcquire(credentialId, this.#settings.holder);
     if (!lease) return { outcome: 'busy' };

@@ -5,9 +5,9 @@
 // rolled back) the only honest answer is to ask the downstream, which this does with one login.
 import type { Registry } from '../registry/registry.ts';
 import type { Credential } from '../registry/types.ts';
-import { connectionAdminRef, credentialSecretRef, type StoreSet } from '../stores/index.ts';
+import { credentialSecretRef, type StoreSet } from '../stores/index.ts';
 import type { SecretVersion } from '../stores/types.ts';
-import { targetDriver } from '../targets/index.ts';
+import { openDownstream } from './downstream.ts';
 import type { RotationRepo } from './rotation-repo.ts';
 import type { Rotation } from './types.ts';
 
@@ -58,13 +58,7 @@ export class SecretReader {
 
   async #probe(credential: Credential, candidate: SecretVersion): Promise<boolean> {
     const connection = await this.#registry.getConnection(credential.spec.connection);
-    const driver = targetDriver(connection.type);
-    if (!driver) return false;
-    const admin = await this.#stores
-      .get(connection.adminStore)
-      .read(connectionAdminRef(connection), { stage: 'current' });
-    if (!admin) return false;
-    const session = await driver.open(connection, admin.value, { timeoutMs: this.#timeoutMs });
+    const { session } = await openDownstream(connection, this.#stores, this.#timeoutMs);
     try {
       const r = await session.authenticate({
         username: candidate.value.username,

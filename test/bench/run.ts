@@ -17,7 +17,8 @@ const record = (name: string, value: string) => {
   results.push([name, value]);
   process.stdout.write(`  ${name.padEnd(48)} ${value}\n`);
 };
-const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+const pct = (sorted: number[], p: number) =>
+  sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 const ms = (n: number) => `${n.toFixed(1)} ms`;
 
 function timeLoop(n: number, fn: () => void): number {
@@ -29,9 +30,15 @@ function timeLoop(n: number, fn: () => void): number {
 process.stdout.write(`keyturn bench on node ${process.version}\n`);
 const envelope = new Envelope(randomBytes(32));
 const sealed = envelope.encrypt('x'.repeat(200), 'bench');
-record('envelope seal (AES-256-GCM, DEK per value)', `${timeLoop(20_000, () => envelope.encrypt('x'.repeat(200), 'bench')).toFixed(0)} ops/s`);
+record(
+  'envelope seal (AES-256-GCM, DEK per value)',
+  `${timeLoop(20_000, () => envelope.encrypt('x'.repeat(200), 'bench')).toFixed(0)} ops/s`,
+);
 record('envelope open', `${timeLoop(20_000, () => envelope.decrypt(sealed, 'bench')).toFixed(0)} ops/s`);
-record('password generation (32 alphanumeric)', `${timeLoop(20_000, () => generatePassword()).toFixed(0)} ops/s`);
+record(
+  'password generation (32 alphanumeric)',
+  `${timeLoop(20_000, () => generatePassword()).toFixed(0)} ops/s`,
+);
 
 const server = await startPasswordPostgres();
 const prefix = `kt-bench-${randomBytes(4).toString('hex')}`;
@@ -47,7 +54,11 @@ const config = loadConfig({
 });
 const runtime = await createRuntime({
   config,
-  logger: createLogger({ level: 'warn', format: 'json', destination: new Writable({ write: (_c, _e, d) => d() }) }),
+  logger: createLogger({
+    level: 'warn',
+    format: 'json',
+    destination: new Writable({ write: (_c, _e, d) => d() }),
+  }),
   adminToken,
   masterKey: config.masterKey!,
 });
@@ -55,12 +66,21 @@ const url = (await runtime.start()) as string;
 const api = async (method: string, path: string, body?: unknown) => {
   const res = await fetch(`${url}${path}`, {
     method,
-    headers: { authorization: `Bearer ${adminToken}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+    headers: {
+      authorization: `Bearer ${adminToken}`,
+      ...(body ? { 'content-type': 'application/json' } : {}),
+    },
     ...(body ? { body: JSON.stringify(body) } : {}),
   });
   return (await res.json()) as any;
 };
-const admin = new pg.Client({ host: server.host, port: server.port, database: server.database, user: server.adminUser, password: server.adminPassword });
+const admin = new pg.Client({
+  host: server.host,
+  port: server.port,
+  database: server.database,
+  user: server.adminUser,
+  password: server.adminPassword,
+});
 await admin.connect();
 
 try {
@@ -83,7 +103,13 @@ try {
   for (const strategy of ['single-user', 'alternating-users'] as const) {
     const role = `bench_${strategy.replace('-', '_')}`;
     await admin.query(`CREATE ROLE ${role} LOGIN PASSWORD 'x'`);
-    const created = await api('POST', '/v1/credentials', { id: role.replaceAll('_', '-'), connection: 'bench', username: role, strategy, schedule: { every: '30d' } });
+    const created = await api('POST', '/v1/credentials', {
+      id: role.replaceAll('_', '-'),
+      connection: 'bench',
+      username: role,
+      strategy,
+      schedule: { every: '30d' },
+    });
     await waitRotation(created.rotation.id);
     const durations: number[] = [];
     for (let i = 0; i < 30; i++) {
@@ -94,14 +120,23 @@ try {
       durations.push(performance.now() - t);
     }
     durations.sort((a, b) => a - b);
-    record(`rotation ${strategy}, request to succeeded (n=30)`, `p50 ${ms(pct(durations, 50))}, p95 ${ms(pct(durations, 95))}`);
+    record(
+      `rotation ${strategy}, request to succeeded (n=30)`,
+      `p50 ${ms(pct(durations, 50))}, p95 ${ms(pct(durations, 95))}`,
+    );
   }
 
   // Many credentials rotating at once: the worker's concurrency and the per-credential lease at work.
   const many = 40;
   for (let i = 0; i < many; i++) {
     await admin.query(`CREATE ROLE bench_many_${i} LOGIN PASSWORD 'x'`);
-    await api('POST', '/v1/credentials', { id: `many-${i}`, connection: 'bench', username: `bench_many_${i}`, strategy: 'single-user', schedule: { every: '30d' } });
+    await api('POST', '/v1/credentials', {
+      id: `many-${i}`,
+      connection: 'bench',
+      username: `bench_many_${i}`,
+      strategy: 'single-user',
+      schedule: { every: '30d' },
+    });
   }
   const settle = async () => {
     for (;;) {
@@ -115,7 +150,10 @@ try {
   await Promise.all(Array.from({ length: many }, (_, i) => api('POST', `/v1/credentials/many-${i}/rotate`)));
   await settle();
   const elapsed = performance.now() - t0;
-  record(`${many} credentials rotated at once (concurrency 4)`, `${(elapsed / 1000).toFixed(2)} s, ${((many / elapsed) * 1000).toFixed(1)} rotations/s`);
+  record(
+    `${many} credentials rotated at once (concurrency 4)`,
+    `${(elapsed / 1000).toFixed(2)} s, ${((many / elapsed) * 1000).toFixed(1)} rotations/s`,
+  );
 
   // Secret reads: the path services hit.
   const reads = 2000;
@@ -135,7 +173,10 @@ try {
   );
   const readElapsed = performance.now() - t1;
   latencies.sort((a, b) => a - b);
-  record(`secret reads (n=${reads}, ${concurrency} in parallel)`, `${((reads / readElapsed) * 1000).toFixed(0)} req/s, p50 ${ms(pct(latencies, 50))}, p99 ${ms(pct(latencies, 99))}`);
+  record(
+    `secret reads (n=${reads}, ${concurrency} in parallel)`,
+    `${((reads / readElapsed) * 1000).toFixed(0)} req/s, p50 ${ms(pct(latencies, 50))}, p99 ${ms(pct(latencies, 99))}`,
+  );
 } finally {
   await admin.end();
   await runtime.close();

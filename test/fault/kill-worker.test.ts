@@ -5,10 +5,9 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   canLogin,
-  createAppRole,
   dropPrefix,
+  importCredential,
   type Keyturn,
-  pgAdmin,
   registerPgConnection,
   spawnWorker,
   startKeyturn,
@@ -33,24 +32,8 @@ afterAll(async () => {
   await dropPrefix(env.prefix);
 });
 
-/** A credential imported with a known password, so that "the old password" is known to the test. */
-async function importedCredential(strategy: 'single-user' | 'alternating-users') {
-  const role = await createAppRole();
-  const password = randomBytes(18).toString('base64url');
-  await pgAdmin((c) => c.query(`ALTER ROLE "${role.name}" PASSWORD '${password}'`));
-  const id = `kill-${role.name}`;
-  const res = await kt.api('POST', '/v1/credentials', {
-    id,
-    connection,
-    username: role.name,
-    strategy,
-    schedule: { every: '30d' },
-    import: true,
-    currentPassword: password,
-  });
-  expect(res.status).toBe(201);
-  return { id, role, password };
-}
+const importedCredential = (strategy: 'single-user' | 'alternating-users') =>
+  importCredential(kt, connection, { strategy, idPrefix: 'kill' });
 
 async function secretWorks(id: string): Promise<{ username: string; password: string }> {
   const res = await kt.api('GET', `/v1/credentials/${id}/secret`);

@@ -1,13 +1,11 @@
 // I3: at most one rotation per credential, across processes. Twenty rotate requests arrive at once through two
 // independent Keyturn runtimes (separate Redis connections, as two API processes would have).
-import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import {
   canLogin,
-  createAppRole,
   dropPrefix,
+  importCredential,
   type Keyturn,
-  pgAdmin,
   registerPgConnection,
   startKeyturn,
   testEnv,
@@ -29,20 +27,7 @@ afterAll(async () => {
 
 it('20 concurrent rotate requests start exactly one rotation', async () => {
   const connection = await registerPgConnection(a);
-  const role = await createAppRole();
-  const password = randomBytes(18).toString('base64url');
-  await pgAdmin((c) => c.query(`ALTER ROLE "${role.name}" PASSWORD '${password}'`));
-  const id = `conc-${role.name}`;
-  const created = await a.api('POST', '/v1/credentials', {
-    id,
-    connection,
-    username: role.name,
-    strategy: 'single-user',
-    schedule: { every: '30d' },
-    import: true,
-    currentPassword: password,
-  });
-  expect(created.status).toBe(201);
+  const { id, role, password } = await importCredential(a, connection, { idPrefix: 'conc' });
 
   const responses = await Promise.all(
     Array.from({ length: 20 }, (_, i) => (i % 2 ? a : b).api('POST', `/v1/credentials/${id}/rotate`)),

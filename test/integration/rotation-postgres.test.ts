@@ -168,7 +168,13 @@ describe('alternating-users on PostgreSQL', () => {
 // The machine's own PostgreSQL on 5432 trusts every local connection: any password logs in there.
 const TRUST_PORT = Number(process.env.KEYTURN_TEST_TRUST_PG_PORT ?? 5432);
 const trustAvailable = await (async () => {
-  const client = new pg.Client({ host: '127.0.0.1', port: TRUST_PORT, user: 'postgres', password: 'x', database: 'postgres' });
+  const client = new pg.Client({
+    host: '127.0.0.1',
+    port: TRUST_PORT,
+    user: 'postgres',
+    password: 'x',
+    database: 'postgres',
+  });
   client.on('error', () => {});
   try {
     await client.connect();
@@ -179,12 +185,20 @@ const trustAvailable = await (async () => {
     await client.end().catch(() => {});
   }
 })();
-if (!trustAvailable) console.warn(`skipping the trust-authentication test: no PostgreSQL with trust auth on 127.0.0.1:${TRUST_PORT}`);
+if (!trustAvailable)
+  console.warn(
+    `skipping the trust-authentication test: no PostgreSQL with trust auth on 127.0.0.1:${TRUST_PORT}`,
+  );
 
 describe.skipIf(!trustAvailable)('a downstream that does not check passwords', () => {
   it('still gets the new password set: "the pending password already works" is not trusted', async () => {
     const trust = async <T>(fn: (c: pg.Client) => Promise<T>) => {
-      const c = new pg.Client({ host: '127.0.0.1', port: TRUST_PORT, user: 'postgres', database: 'postgres' });
+      const c = new pg.Client({
+        host: '127.0.0.1',
+        port: TRUST_PORT,
+        user: 'postgres',
+        database: 'postgres',
+      });
       await c.connect();
       try {
         return await fn(c);
@@ -195,7 +209,10 @@ describe.skipIf(!trustAvailable)('a downstream that does not check passwords', (
     const name = `trust_${randomBytes(4).toString('hex')}`;
     await trust((c) => c.query(`CREATE ROLE ${name} LOGIN PASSWORD 'before'`));
     const verifier = () =>
-      trust(async (c) => (await c.query('SELECT rolpassword FROM pg_authid WHERE rolname = $1', [name])).rows[0].rolpassword);
+      trust(
+        async (c) =>
+          (await c.query('SELECT rolpassword FROM pg_authid WHERE rolname = $1', [name])).rows[0].rolpassword,
+      );
     try {
       const before = await verifier();
       const conn = `trust-${name}`.replaceAll('_', '-');

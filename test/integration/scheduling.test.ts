@@ -7,6 +7,7 @@ import {
   canLogin,
   createAppRole,
   dropPrefix,
+  importCredential,
   type Keyturn,
   pgAdmin,
   registerPgConnection,
@@ -29,24 +30,8 @@ afterAll(async () => {
   await dropPrefix(env.prefix);
 });
 
-async function imported(schedule: object, extra: object = {}) {
-  const role = await createAppRole();
-  const password = randomBytes(18).toString('base64url');
-  await pgAdmin((c) => c.query(`ALTER ROLE "${role.name}" PASSWORD '${password}'`));
-  const id = `sched-${role.name}`;
-  const res = await kt.api('POST', '/v1/credentials', {
-    id,
-    connection,
-    username: role.name,
-    strategy: 'single-user',
-    schedule,
-    import: true,
-    currentPassword: password,
-    ...extra,
-  });
-  expect(res.status).toBe(201);
-  return { id, role, password };
-}
+const imported = (schedule: object, extra: object = {}) =>
+  importCredential(kt, connection, { schedule, extra, idPrefix: 'sched' });
 
 const scheduled = async (id: string) =>
   (await kt.api('GET', `/v1/credentials/${id}/rotations`)).body.rotations.filter(

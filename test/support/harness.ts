@@ -276,3 +276,37 @@ export async function dropPrefix(prefix: string): Promise<void> {
     redis.disconnect();
   }
 }
+
+/**
+ * Registers a credential for a fresh role with `import: true` and a password the test knows, so that "the old
+ * password" can be checked after a rotation. No rotation runs at registration.
+ */
+export async function importCredential(
+  kt: Keyturn,
+  connection: string,
+  options: {
+    strategy?: 'single-user' | 'alternating-users';
+    schedule?: object;
+    idPrefix?: string;
+    extra?: object;
+  } = {},
+): Promise<{ id: string; role: { name: string; group: string }; password: string }> {
+  const role = await createAppRole();
+  const password = randomBytes(18).toString('base64url');
+  await pgAdmin((c) =>
+    c.query(`ALTER ROLE ${pg.escapeIdentifier(role.name)} PASSWORD ${pg.escapeLiteral(password)}`),
+  );
+  const id = `${options.idPrefix ?? 'imp'}-${role.name}`;
+  const res = await kt.api('POST', '/v1/credentials', {
+    id,
+    connection,
+    username: role.name,
+    strategy: options.strategy ?? 'single-user',
+    schedule: options.schedule ?? { every: '30d' },
+    import: true,
+    currentPassword: password,
+    ...options.extra,
+  });
+  if (res.status !== 201) throw new Error(`importing ${id} failed: ${res.status} ${res.text}`);
+  return { id, role, password };
+}

@@ -5,10 +5,17 @@ import { CreateConnectionBody, IdParams, PatchConnectionBody } from '../schemas.
 import { connectionView } from '../views.ts';
 
 export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, { ctx }) => {
-  app.post<{ Body: CreateConnectionBody }>('/v1/connections', { schema: { body: CreateConnectionBody } }, async (request, reply) => {
-    const connection = await ctx.service.createConnection(request.body, actorOf(request));
-    return reply.code(201).header('location', `/v1/connections/${connection.id}`).send(connectionView(connection, []));
-  });
+  app.post<{ Body: CreateConnectionBody }>(
+    '/v1/connections',
+    { schema: { body: CreateConnectionBody } },
+    async (request, reply) => {
+      const connection = await ctx.service.createConnection(request.body, actorOf(request));
+      return reply
+        .code(201)
+        .header('location', `/v1/connections/${connection.id}`)
+        .send(connectionView(connection, []));
+    },
+  );
 
   app.get('/v1/connections', async () => ({
     connections: (await ctx.registry.listConnections()).map((c) => connectionView(c)),
@@ -23,13 +30,21 @@ export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
     '/v1/connections/:id',
     { schema: { params: IdParams, body: PatchConnectionBody } },
     async (request) => {
-      const connection = await ctx.service.updateConnection(request.params.id, request.body, actorOf(request));
+      const connection = await ctx.service.updateConnection(
+        request.params.id,
+        request.body,
+        actorOf(request),
+      );
       return connectionView(connection, await ctx.registry.connectionUsers(connection.id));
     },
   );
 
-  app.delete<{ Params: IdParams }>('/v1/connections/:id', { schema: { params: IdParams } }, async (request, reply) => {
-    await ctx.service.deleteConnection(request.params.id, actorOf(request));
-    return reply.code(204).send();
-  });
+  app.delete<{ Params: IdParams }>(
+    '/v1/connections/:id',
+    { schema: { params: IdParams } },
+    async (request, reply) => {
+      await ctx.service.deleteConnection(request.params.id, actorOf(request));
+      return reply.code(204).send();
+    },
+  );
 };

@@ -1,8 +1,9 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { NotFoundError } from '../../registry/errors.ts';
+import { parseDuration } from '../../scheduling/schedule.ts';
 import { actorOf } from '../auth.ts';
-import { ApiError } from '../errors.ts';
 import type { ApiContext } from '../context.ts';
+import { ApiError } from '../errors.ts';
 import {
   CreateCredentialBody,
   IdParams,
@@ -13,13 +14,38 @@ import {
 } from '../schemas.ts';
 import { credentialView, isOverdue } from '../views.ts';
 
-const rotationSummary = (r: { id: string; status: string; step: string }) => ({ id: r.id, status: r.status, step: r.step });
+/** A duration parseDuration refuses (over 3650 days) is a 400 naming its field. */
+function checkDurations(body: { schedule?: object; gracePeriod?: string | null }): void {
+  // The service parses gracePeriod and schedule.every outside its checks: "4000d" there was a RangeError, a 500.
+  const schedule = (body.schedule ?? {}) as Record<string, unknown>;
+  const fields: [string, unknown][] = [
+    ['body.schedule.every', schedule.every],
+    ['body.schedule.window', schedule.window],
+    ['body.schedule.jitter', schedule.jitter],
+    ['body.gracePeriod', body.gracePeriod],
+  ];
+  for (const [field, text] of fields) {
+    if (typeof text !== 'string') continue;
+    try {
+      parseDuration(text);
+    } catch (err) {
+      throw new ApiError(400, 'invalid_request', `${field}: ${(err as Error).message}`);
+    }
+  }
+}
+
+const rotationSummary = (r: { id: string; status: string; step: string }) => ({
+  id: r.id,
+  status: r.status,
+  step: r.step,
+});
 
 export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, { ctx }) => {
   app.post<{ Body: CreateCredentialBody }>(
     '/v1/credentials',
     { schema: { body: CreateCredentialBody } },
     async (request, reply) => {
+      checkDurations(request.body);
       const { credential, rotation } = await ctx.service.createCredential(request.body, actorOf(request));
       return reply
         .code(201)
@@ -54,13 +80,22 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
   app.patch<{ Params: IdParams; Body: PatchCredentialBody }>(
     '/v1/credentials/:id',
     { schema: { params: IdParams, body: PatchCredentialBody } },
-    async (request) => credentialView(await ctx.service.updateCredential(request.params.id, request.body, actorOf(request))),
+    async (request) => {
+      checkDurations(request.body);
+      return credentialView(
+        await ctx.service.updateCredential(request.params.id, request.body, actorOf(request)),
+      );
+    },
   );
 
-  app.delete<{ Params: IdParams }>('/v1/credentials/:id', { schema: { params: IdParams } }, async (request, reply) => {
-    await ctx.service.deleteCredential(request.params.id, actorOf(request));
-    return reply.code(204).send();
-  });
+  app.delete<{ Params: IdParams }>(
+    '/v1/credentials/:id',
+    { schema: { params: IdParams } },
+    async (request, reply) => {
+      await ctx.service.deleteCredential(request.params.id, actorOf(request));
+      return reply.code(204).send();
+    },
+  );
 
   app.post<{ Params: IdParams }>(
     '/v1/credentials/:id/rotate',
@@ -68,7 +103,11 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
     async (request, reply) => {
       // No body is expected; an empty JSON object is tolerated for clients that always send one.
       const body = request.body as unknown;
-      if (body !== undefined && body !== null && (typeof body !== 'object' || Array.isArray(body) || Object.keys(body).length > 0)) {
+      if (
+        body !== undefined &&
+        body !== null &&
+        (typeof body !== 'object' || Array.isArray(body) || Object.keys(body).length > 0)
+      ) {
         throw new ApiError(400, 'invalid_request', 'body must be empty or {}: rotate takes no parameters');
       }
       const result = await ctx.engine.request(request.params.id, 'manual', actorOf(request));
@@ -96,39 +135,51 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
     },
   );
 
-  app.get<{ Params: { id: string } }>('/v1/rotations/:id', { schema: { params: UuidParams } }, async (request) => {
-    const rotation = await ctx.rotations.find(request.params.id);
-    if (!rotation) throw new NotFoundError(`Rotation "${request.params.id}" does not exist`);
-    return rotation;
-  });
+  app.get<{ Params: { id: string } }>(
+    '/v1/rotations/:id',
+    { schema: { params: UuidParams } },
+    async (request) => {
+      const rotation = await ctx.rotations.find(request.params.id);
+      if (!rotation) throw new NotFoundError(`Rotation "${request.params.id}" does not exist`);
+      return rotation;
+    },
+  );
 
-  app.get<{ Params: IdParams }>('/v1/credentials/:id/secret', { schema: { params: IdParams } }, async (request, reply) => {
-    const credential = await ctx.registry.getCredential(request.params.id);
-    const working = await ctx.secrets.read(credential);
-    const actor = actorOf(request);
-    if (!working) {
-      await ctx.audit.append({ actor, action: 'secret.read', outcome: 'failure', credential: credential.spec.id, details: { reason: 'no version yet' } });
-      return reply.code(409).send({
-        error: {
-          code: 'no_secret_yet',
-          message: `Credential "${credential.spec.id}" has no working version yet: its first rotation has not finished (see GET /v1/credentials/${credential.spec.id})`,
-        },
+  app.get<{ Params: IdParams }>(
+    '/v1/credentials/:id/secret',
+    { schema: { params: IdParams } },
+    async (request, reply) => {
+      const credential = await ctx.registry.getCredential(request.params.id);
+      const working = await ctx.secrets.read(credential);
+      const actor = actorOf(request);
+      if (!working) {
+        await ctx.audit.append({
+          actor,
+          action: 'secret.read',
+          outcome: 'failure',
+          credential: credential.spec.id,
+          details: { reason: 'no version yet' },
+        });
+        return reply.code(409).send({
+          error: {
+            code: 'no_secret_yet',
+            message: `Credential "${credential.spec.id}" has no working version yet: its first rotation has not finished (see GET /v1/credentials/${credential.spec.id})`,
+          },
+        });
+      }
+      const connection = await ctx.registry.getConnection(credential.spec.connection);
+      await ctx.audit.append({
+        actor,
+        action: 'secret.read',
+        outcome: 'success',
+        credential: credential.spec.id,
+        details: { version: working.version.versionId },
       });
-    }
-    const connection = await ctx.registry.getConnection(credential.spec.connection);
-    await ctx.audit.append({
-      actor,
-      action: 'secret.read',
-      outcome: 'success',
-      credential: credential.spec.id,
-      details: { version: working.version.versionId },
-    });
-    const next = credential.state.nextRotationAt ? Date.parse(credential.state.nextRotationAt) : undefined;
-    const maxAge = working.rotating || next === undefined ? 0 : Math.max(0, Math.floor((next - Date.now()) / 1000));
-    const { value } = working.version;
-    return reply
-      .header('cache-control', `private, max-age=${maxAge}`)
-      .send({
+      const next = credential.state.nextRotationAt ? Date.parse(credential.state.nextRotationAt) : undefined;
+      const maxAge =
+        working.rotating || next === undefined ? 0 : Math.max(0, Math.floor((next - Date.now()) / 1000));
+      const { value } = working.version;
+      return reply.header('cache-control', `private, max-age=${maxAge}`).send({
         username: value.username,
         password: value.password,
         version: working.version.versionId,
@@ -138,5 +189,6 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
         port: connection.port,
         database: connection.database ?? null,
       });
-  });
+    },
+  );
 };
