@@ -7,7 +7,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from '../logging/logger.ts';
 import { installAuth } from './auth.ts';
 import type { ApiContext } from './context.ts';
-import { installErrorHandling } from './errors.ts';
+import { frameworkError, installErrorHandling } from './errors.ts';
 import { auditRoutes } from './routes/audit.ts';
 import { connectionRoutes } from './routes/connections.ts';
 import { credentialRoutes } from './routes/credentials.ts';
@@ -43,6 +43,17 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     // Behind a load balancer set trustProxy in a later release; for now the socket address is the client.
     trustProxy: false,
     routerOptions: { maxParamLength: 256, ignoreTrailingSlash: true },
+    frameworkErrors: frameworkError,
+  });
+  // JSON only: a text/plain body is an unsupported media type (415), not a string to validate.
+  app.removeContentTypeParser('text/plain');
+  // Routes without query parameters refuse any, like every schema refuses unknown fields.
+  app.addHook('onRoute', (route) => {
+    if (route.schema?.querystring || route.config?.public) return;
+    route.schema = {
+      ...route.schema,
+      querystring: { type: 'object', properties: {}, additionalProperties: false },
+    };
   });
 
   const strict = makeAjv(false);

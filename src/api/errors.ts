@@ -39,9 +39,14 @@ interface AjvIssue {
   params: Record<string, unknown>;
 }
 
-/** "body.admin.port must be integer" style messages, one per problem. */
+/**
+ * "body.admin.port must be integer" style messages, one per field. A union (anyOf) reports every branch's
+ * failure; those are folded into one message per field, and alternatives of constants into "must be one of".
+ */
 function describeValidation(context: string, issues: AjvIssue[]): { message: string; details: unknown[] } {
-  const details = issues.map((issue) => {
+  const relevant = issues.length > 1 ? issues.filter((i) => i.keyword !== 'anyOf') : issues;
+  const byField = new Map<string, { messages: string[]; allowed: unknown[] }>();
+  for (const issue of relevant) {
     const path = issue.instancePath.split('/').filter(Boolean).join('.');
     let field = path ? `${context}.${path}` : context;
     let message = issue.message ?? 'is invalid';
@@ -51,13 +56,37 @@ function describeValidation(context: string, issues: AjvIssue[]): { message: str
     } else if (issue.keyword === 'required') {
       field = `${field}.${String(issue.params.missingProperty)}`;
       message = 'is required';
-    } else if (issue.keyword === 'enum') {
-      message = `must be one of ${(issue.params.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
     }
-    return { field, message };
-  });
+    const entry = byField.get(field) ?? { messages: [], allowed: [] };
+    if (issue.keyword === 'const') entry.allowed.push(issue.params.allowedValue);
+    else if (issue.keyword === 'enum') entry.allowed.push(...(issue.params.allowedValues as unknown[]));
+    else if (!entry.messages.includes(message)) entry.messages.push(message);
+    byField.set(field, entry);
+  }
+  const details = [...byField].map(([field, { messages, allowed }]) => ({
+    field,
+    message: allowed.length
+      ? `must be one of ${[...new Set(allowed)].map((v) => JSON.stringify(v)).join(', ')}`
+      : messages.join(', or '),
+  }));
   const message = details.map((d) => `${d.field} ${d.message}`).join('; ');
   return { message, details };
+}
+
+/**
+ * Errors Fastify raises before routing (bad percent-encoding, an over-long path parameter) skip the error
+ * handler; this answers them in the same shape.
+ */
+export function frameworkError(error: FastifyError, _request: unknown, reply: FastifyReply) {
+  if (error.code === 'FST_ERR_BAD_URL') {
+    return sendError(reply, 400, 'invalid_request', 'path is not valid percent-encoding');
+  }
+  if (error.code === 'FST_ERR_MAX_PARAM_LENGTH') {
+    return sendError(reply, 414, 'uri_too_long', 'path parameter is longer than 256 characters');
+  }
+  const status =
+    error.statusCode && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 400;
+  return sendError(reply, status, 'invalid_request', scrubError(error).message);
 }
 
 export function installErrorHandling(app: FastifyInstance): void {
@@ -90,8 +119,16 @@ export function installErrorHandling(app: FastifyInstance): void {
     // Fastify's own client errors: bad JSON, body too large, wrong content type, bad URL encoding…
     const status = error.statusCode ?? 500;
     if (status >= 400 && status < 500) {
-      const code =
-        status === 413 ? 'payload_too_large' : status === 415 ? 'unsupported_media_type' : 'invalid_request';
+      if (status === 415) {
+        const type = String(request.headers['content-type'] ?? 'none').slice(0, 100);
+        return sendError(
+          reply,
+          415,
+          'unsupported_media_type',
+          `body content-type "${type}" is not supported: send application/json`,
+        );
+      }
+      const code = status === 413 ? 'payload_too_large' : 'invalid_request';
       return sendError(reply, status, code, scrubError(error).message);
     }
     request.log.error({ err: scrubError(error) }, 'request failed');

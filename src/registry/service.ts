@@ -204,12 +204,15 @@ export class RegistryService {
     if (spec.gracePeriod !== undefined && spec.strategy !== 'alternating-users') {
       problems.push('gracePeriod applies only to strategy "alternating-users"');
     }
-    if (
-      spec.gracePeriod &&
-      'every' in spec.schedule &&
-      parseDuration(spec.gracePeriod) > parseDuration(spec.schedule.every)
-    ) {
-      problems.push('gracePeriod must not be longer than the rotation interval (schedule.every)');
+    if (spec.gracePeriod !== undefined) {
+      try {
+        const grace = parseDuration(spec.gracePeriod);
+        if (problems.length === 0 && 'every' in spec.schedule && grace > parseDuration(spec.schedule.every)) {
+          problems.push('gracePeriod must not be longer than the rotation interval (schedule.every)');
+        }
+      } catch (err) {
+        problems.push(`gracePeriod: ${(err as Error).message}`);
+      }
     }
     if (problems.length > 0) throw new UnprocessableError(problems.join('; '));
   }
@@ -283,7 +286,14 @@ export class RegistryService {
       connection: spec.connection,
       details: { strategy: spec.strategy, imported: Boolean(input.import) },
     });
-    await this.#queues.upsertSchedule(spec, now);
+    try {
+      await this.#queues.upsertSchedule(spec, now);
+    } catch (err) {
+      // A credential without its scheduler would silently never rotate: take the registration back.
+      await this.#registry.deleteCredential(spec).catch(() => {});
+      if (input.import) await store.remove(credentialSecretRef(spec)).catch(() => {});
+      throw err;
+    }
     if (input.import) return { credential: { spec, state } };
     // The service owns the credential from now on: the first rotation replaces whatever password it had.
     const requested = await this.#engine.request(spec.id, 'register', actor);
