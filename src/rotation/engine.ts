@@ -140,6 +140,7 @@ export class RotationEngine {
       steps: [],
       createdAt: now,
       updatedAt: now,
+      ...(options.delayMs ? { notBefore: new Date(Date.parse(now) + options.delayMs).toISOString() } : {}),
     };
     const result = await this.#rotations.create(rotation);
     if (result.outcome === 'missing') return null;
@@ -225,9 +226,9 @@ export class RotationEngine {
     for (let i = order.indexOf(rotation.step); i < order.length; i++) {
       const step = order[i]!;
       rotation.step = step;
-      this.#failpoints.hit(`before-${step}`);
+      await this.#failpoints.hit(`before-${step}`);
       const outcome = await this.#runStep(step, lease, rotation, ctx);
-      this.#failpoints.hit(`after-${step}`);
+      await this.#failpoints.hit(`after-${step}`);
       if (step === 'finish') return; // #finish committed the terminal record itself
       rotation.steps.push({ step, outcome, attempt: rotation.attempts, at: nowIso() });
       rotation.step = order[i + 1]!;
@@ -291,7 +292,7 @@ export class RotationEngine {
     };
     await ctx.store.putPending(ctx.ref, rotation.id, document);
     rotation.username = username;
-    this.#failpoints.hit('create-after-store-write');
+    await this.#failpoints.hit('create-after-store-write');
     return 'succeeded';
   }
 
@@ -340,7 +341,7 @@ export class RotationEngine {
     } else {
       await ctx.target.updatePassword(login.username, login.password);
     }
-    this.#failpoints.hit('set-after-downstream');
+    await this.#failpoints.hit('set-after-downstream');
     rotation.setDone = true;
     return 'succeeded';
   }
@@ -363,7 +364,7 @@ export class RotationEngine {
   /** Step 4: pending becomes current, the state and audit event land together, the schedule is re-armed. */
   async #finish(lease: Lease, rotation: Rotation, ctx: Context): Promise<'succeeded'> {
     const { previousVersionId } = await ctx.store.promote(ctx.ref, rotation.id);
-    this.#failpoints.hit('finish-after-promote');
+    await this.#failpoints.hit('finish-after-promote');
     const pending = await ctx.store.read(ctx.ref, { versionId: rotation.id });
     const now = new Date();
     rotation.steps.push({
@@ -509,7 +510,7 @@ export class RotationEngine {
     let ctx = given;
     let note: string;
     try {
-      this.#failpoints.hit('rollback-before-restore');
+      await this.#failpoints.hit('rollback-before-restore');
       if (!rotation.setStarted) {
         const store = this.#stores.get(credential.spec.store);
         await store.discardPending(credentialSecretRef(credential.spec), rotation.id);

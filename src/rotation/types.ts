@@ -44,6 +44,8 @@ export interface Rotation {
   error?: RotationError;
   rollback?: { outcome: 'done' | 'pending'; note: string; at: string };
   createdAt: string;
+  /** A scheduled rotation with jitter waits until then before its first step. */
+  notBefore?: string;
   updatedAt: string;
   startedAt?: string;
   finishedAt?: string;

@@ -194,3 +194,27 @@ describe('failures', () => {
     await worker.kill();
   });
 });
+
+describe('graceful shutdown', () => {
+  it('SIGTERM during a step lets the step finish: the rotation completes and the worker exits cleanly', async () => {
+    const { id, role, password } = await importedCredential('single-user');
+    const worker = spawnWorker(env, { KEYTURN_FAILPOINTS: 'before-test=sleep:2500' });
+    workers.push(worker);
+    const rotate = await kt.api('POST', `/v1/credentials/${id}/rotate`);
+    await waitFor(
+      'the rotation to reach its (slow) test step',
+      async () => (await kt.api('GET', `/v1/rotations/${rotate.body.rotationId}`)).body.step === 'test',
+      30_000,
+      50,
+    );
+    worker.child.kill('SIGTERM');
+    expect(await worker.exited).toBe(0);
+    const rotation = (await kt.api('GET', `/v1/rotations/${rotate.body.rotationId}`)).body;
+    expect(rotation.status).toBe('succeeded');
+    expect(rotation.attempts).toBe(1);
+    expect(worker.output.some((l) => l.includes('shutting down'))).toBe(true);
+    const secret = await secretWorks(id);
+    expect(secret.password).not.toBe(password);
+    expect(await canLogin(role.name, password)).toBe(false);
+  });
+});

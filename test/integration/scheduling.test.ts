@@ -59,6 +59,34 @@ it('an {"every": "3s"} schedule rotates on its own at least twice within 10 seco
   await kt.api('DELETE', `/v1/credentials/${id}`).catch(() => {});
 });
 
+it('jitter delays each scheduled rotation by a random amount up to the jitter', async () => {
+  const { id } = await imported({ every: '1s', jitter: '2s' });
+  const rotations = await waitFor(
+    'three scheduled rotations',
+    async () => {
+      const done = (await scheduled(id)).filter((r: { status: string }) => r.status === 'succeeded');
+      return done.length >= 3 ? done : undefined;
+    },
+    20_000,
+    200,
+  );
+  const delays = rotations.map((r: { createdAt: string; notBefore?: string; startedAt: string }) => {
+    const delay = r.notBefore ? Date.parse(r.notBefore) - Date.parse(r.createdAt) : 0;
+    // The first step does not start before the jittered time.
+    if (r.notBefore) expect(Date.parse(r.startedAt)).toBeGreaterThanOrEqual(Date.parse(r.notBefore) - 50);
+    return delay;
+  });
+  for (const d of delays) expect(d).toBeLessThanOrEqual(2000);
+  // Three draws from 0…2000 ms are not all zero unless jitter is ignored (chance 1 in 8·10^9).
+  expect(delays.some((d: number) => d > 0)).toBe(true);
+  await waitFor(
+    'deletion',
+    async () => (await kt.api('DELETE', `/v1/credentials/${id}`)).status === 204,
+    10_000,
+    50,
+  );
+});
+
 it('a changed schedule takes effect at once, and a deleted credential leaves no scheduler behind', async () => {
   const { id } = await imported({ every: '30d' });
   const before = await kt.api('GET', `/v1/credentials/${id}`);

@@ -6,11 +6,11 @@ import { FailpointError, Failpoints } from '../../src/rotation/failpoints.ts';
 const MODULE_URL = new URL('../../src/rotation/failpoints.ts', import.meta.url).href;
 
 /** How many of `times` hits of `name` throw a FailpointError. */
-function throwsOf(fp: Failpoints, name: string, times: number): number {
+async function throwsOf(fp: Failpoints, name: string, times: number): Promise<number> {
   let n = 0;
   for (let i = 0; i < times; i++) {
     try {
-      fp.hit(name);
+      await fp.hit(name);
     } catch (err) {
       expect(err).toBeInstanceOf(FailpointError);
       n++;
@@ -20,29 +20,29 @@ function throwsOf(fp: Failpoints, name: string, times: number): number {
 }
 
 describe('Failpoints', () => {
-  it('is disabled and does nothing for an empty spec', () => {
+  it('is disabled and does nothing for an empty spec', async () => {
     for (const spec of ['', ' ', ',', ' , ']) {
       const fp = new Failpoints(spec);
       expect(fp.enabled).toBe(false);
-      expect(() => fp.hit('after-set')).not.toThrow();
+      await expect(fp.hit('after-set')).resolves.toBeUndefined();
     }
   });
 
-  it('throw:N throws the first N hits, then lets the step through', () => {
+  it('throw:N throws the first N hits, then lets the step through', async () => {
     const fp = new Failpoints('before-test=throw:3');
     expect(fp.enabled).toBe(true);
     for (let i = 0; i < 3; i++) {
-      expect(() => fp.hit('before-test')).toThrow(FailpointError);
+      await expect(fp.hit('before-test')).rejects.toThrow(FailpointError);
     }
-    expect(() => fp.hit('before-test')).not.toThrow();
-    expect(() => fp.hit('before-test')).not.toThrow();
+    await expect(fp.hit('before-test')).resolves.toBeUndefined();
+    await expect(fp.hit('before-test')).resolves.toBeUndefined();
   });
 
-  it('the error names the failpoint', () => {
+  it('the error names the failpoint', async () => {
     const fp = new Failpoints('after-set=throw:1');
     let error: unknown;
     try {
-      fp.hit('after-set');
+      await fp.hit('after-set');
     } catch (err) {
       error = err;
     }
@@ -51,22 +51,29 @@ describe('Failpoints', () => {
     expect((error as Error).message).toBe('failpoint after-set fired');
   });
 
-  it('plain "throw" throws every time', () => {
-    expect(throwsOf(new Failpoints('after-set=throw'), 'after-set', 50)).toBe(50);
+  it('sleep:MS delays the step and then lets it through', async () => {
+    const fp = new Failpoints('before-test=sleep:200');
+    const started = performance.now();
+    await expect(fp.hit('before-test')).resolves.toBeUndefined();
+    expect(performance.now() - started).toBeGreaterThanOrEqual(190);
   });
 
-  it('counts each failpoint separately and ignores names it was not given', () => {
+  it('plain "throw" throws every time', async () => {
+    expect(await throwsOf(new Failpoints('after-set=throw'), 'after-set', 50)).toBe(50);
+  });
+
+  it('counts each failpoint separately and ignores names it was not given', async () => {
     const fp = new Failpoints(' a=throw:1 , b=throw:2 ');
-    expect(() => fp.hit('c')).not.toThrow();
-    expect(() => fp.hit('after-set')).not.toThrow();
-    expect(throwsOf(fp, 'b', 5)).toBe(2);
-    expect(throwsOf(fp, 'a', 5)).toBe(1);
+    await expect(fp.hit('c')).resolves.toBeUndefined();
+    await expect(fp.hit('after-set')).resolves.toBeUndefined();
+    expect(await throwsOf(fp, 'b', 5)).toBe(2);
+    expect(await throwsOf(fp, 'a', 5)).toBe(1);
   });
 
-  it('a separate instance has its own counter', () => {
+  it('a separate instance has its own counter', async () => {
     const first = new Failpoints('a=throw:2');
-    expect(throwsOf(first, 'a', 5)).toBe(2);
-    expect(throwsOf(new Failpoints('a=throw:2'), 'a', 5)).toBe(2);
+    expect(await throwsOf(first, 'a', 5)).toBe(2);
+    expect(await throwsOf(new Failpoints('a=throw:2'), 'a', 5)).toBe(2);
   });
 
   it.each(['a=explode', 'a=KILL', 'a=abort', 'a=kill:3', 'a=b=c'])(
@@ -76,9 +83,9 @@ describe('Failpoints', () => {
     },
   );
 
-  it('the rejection names the action and the failpoint', () => {
+  it('the rejection names the action and the failpoint', async () => {
     expect(() => new Failpoints('ok=throw:1,after-set=explode')).toThrow(
-      'KEYTURN_FAILPOINTS: unknown action "explode" for after-set (kill, throw, throw:N with N >= 1)',
+      'KEYTURN_FAILPOINTS: unknown action "explode" for after-set (kill, throw, throw:N with N >= 1, sleep:MS)',
     );
   });
 
@@ -120,9 +127,9 @@ describe('Failpoints', () => {
         const { Failpoints } = await import(${JSON.stringify(MODULE_URL)});
         const fp = new Failpoints('after-set=kill');
         if (!fp.enabled) throw new Error('not enabled');
-        fp.hit('before-set');
+        await fp.hit('before-set');
         process.stdout.write('reached after-set\\n');
-        fp.hit('after-set');
+        await fp.hit('after-set');
         process.stdout.write('survived\\n');
       `);
       expect(result.stderr).toBe('');
@@ -135,7 +142,7 @@ describe('Failpoints', () => {
     it('a name without an action means kill', async () => {
       const result = await runChild(`
         const { Failpoints } = await import(${JSON.stringify(MODULE_URL)});
-        new Failpoints('after-set').hit('after-set');
+        await new Failpoints('after-set').hit('after-set');
         process.stdout.write('survived\\n');
       `);
       expect(result.stdout).not.toContain('survived');
@@ -145,7 +152,7 @@ describe('Failpoints', () => {
     it('control: the same child exits normally when the failpoint is not configured to kill', async () => {
       const result = await runChild(`
         const { Failpoints } = await import(${JSON.stringify(MODULE_URL)});
-        new Failpoints('other=kill').hit('after-set');
+        await new Failpoints('other=kill').hit('after-set');
         process.stdout.write('survived\\n');
       `);
       expect(result.stderr).toBe('');
