@@ -28,8 +28,6 @@ export interface RuntimeOptions {
   adminToken: string;
   /** Resolved key-encryption key of the local store. */
   masterKey: Buffer;
-  /** How often the reconciler runs; tests shorten it. */
-  reconcileEveryMs?: number;
 }
 
 export interface Runtime {
@@ -82,7 +80,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     backoffMs: config.rotation.backoffMs,
     lockMs: config.rotation.leaseMs,
     concurrency: config.rotation.concurrency,
-    reconcileEveryMs: options.reconcileEveryMs ?? 30_000,
+    reconcileEveryMs: config.rotation.reconcileIntervalMs,
   };
   const queues = new Queues(queueRedis, queueSettings);
   engine.hooks = queues;

@@ -29,6 +29,8 @@ export interface KeyturnConfig {
     leaseMs: number;
     /** Timeout of every downstream connection and statement. */
     downstreamTimeoutMs: number;
+    /** How often the reconciler repairs what a crash left half-done. */
+    reconcileIntervalMs: number;
   };
   /** Test-only fault injection (see rotation/failpoints.ts); empty in production. */
   failpoints: string;
@@ -154,6 +156,7 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
       concurrency: int('KEYTURN_ROTATION_CONCURRENCY', 4, 1, 256),
       leaseMs: int('KEYTURN_ROTATION_LEASE_MS', 30_000, 1000, 600_000),
       downstreamTimeoutMs: int('KEYTURN_DOWNSTREAM_TIMEOUT_MS', 10_000, 100, 300_000),
+      reconcileIntervalMs: int('KEYTURN_RECONCILE_INTERVAL_MS', 30_000, 500, 3_600_000),
     },
     failpoints,
     maxBodyBytes: int('KEYTURN_MAX_BODY_BYTES', 64 * 1024, 1024, 16 * 1024 * 1024),

@@ -63,6 +63,8 @@ export interface CredentialState {
   nextRotationAt?: string;
   lastRotationId?: string;
   lastOutcome?: 'succeeded' | 'failed' | 'skipped';
+  /** Store version id of the previous secret (alternating-users: the user in its grace period). */
+  previousVersion?: string;
   /** When the previous user's password was replaced after its grace period. */
   previousRevokedAt?: string;
   /** Consecutive failed rotations. */

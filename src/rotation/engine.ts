@@ -30,11 +30,7 @@ export interface RotationHooks {
   enqueueRotation(rotationId: string, delayMs?: number): Promise<void>;
   enqueueRollback(rotationId: string): Promise<void>;
   /** After a successful rotation: re-arm the schedule, plan the grace-period revocation. */
-  afterSuccess(
-    credential: Credential,
-    rotation: Rotation,
-    previousVersionId: string | undefined,
-  ): Promise<void>;
+  afterSuccess(credential: Credential, rotation: Rotation): Promise<void>;
   /** Next scheduled rotation time, for the credential's state. */
   nextRotationAt(spec: CredentialSpec, from: Date): Date | undefined;
 }
@@ -65,7 +61,6 @@ interface Context {
   connection: Connection;
   store: SecretStore;
   ref: SecretRef;
-  admin: Login;
   target: TargetSession;
   /** The driver's engine name, written into stored documents. */
   engine: string;
@@ -214,7 +209,6 @@ export class RotationEngine {
       connection,
       store: this.#stores.get(credential.spec.store),
       ref: credentialSecretRef(credential.spec),
-      admin: downstream.admin,
       target: downstream.session,
       engine: downstream.driver.engine,
       secrets: new Set([downstream.admin.password]),
@@ -363,8 +357,11 @@ export class RotationEngine {
 
   /** Step 4: pending becomes current, the state and audit event land together, the schedule is re-armed. */
   async #finish(lease: Lease, rotation: Rotation, ctx: Context): Promise<'succeeded'> {
-    const { previousVersionId } = await ctx.store.promote(ctx.ref, rotation.id);
+    await ctx.store.promote(ctx.ref, rotation.id);
     await this.#failpoints.hit('finish-after-promote');
+    // From the labels, not from promote's answer: a resumed finish finds the promotion already done.
+    const labels = (await ctx.store.describe(ctx.ref)) ?? {};
+    const previousVersionId = Object.keys(labels).find((v) => labels[v]?.includes('previous'));
     const pending = await ctx.store.read(ctx.ref, { versionId: rotation.id });
     const now = new Date();
     rotation.steps.push({
@@ -389,7 +386,9 @@ export class RotationEngine {
       lastOutcome: 'succeeded',
       failures: 0,
       ...(next ? { nextRotationAt: next.toISOString() } : {}),
+      ...(previousVersionId ? { previousVersion: previousVersionId } : {}),
     };
+    if (!previousVersionId) delete state.previousVersion;
     delete state.previousRevokedAt;
     if (!next) delete state.nextRotationAt;
     await lease.commit([
@@ -412,13 +411,14 @@ export class RotationEngine {
       { rotation: rotation.id, credential: fresh.spec.id, attempts: rotation.attempts },
       'rotation succeeded',
     );
+    await this.#failpoints.hit('finish-after-commit');
     // After the commit: a crash here leaves a finished rotation whose schedule the reconciler re-arms.
     await this.#hooks()
-      .afterSuccess({ spec: fresh.spec, state }, rotation, previousVersionId)
+      .afterSuccess({ spec: fresh.spec, state }, rotation)
       .catch((err) =>
         this.#log.error(
           { credential: fresh.spec.id, err: scrubError(err, ctx.secrets) },
-          'rotation succeeded but re-arming its schedule failed; the reconciler will retry',
+          'rotation succeeded but re-arming its schedule or planning its grace revocation failed; the reconciler repairs both',
         ),
       );
     return 'succeeded';

@@ -86,29 +86,35 @@ export class Queues implements RotationHooks {
     });
   }
 
-  async afterSuccess(
-    credential: Credential,
-    _rotation: Rotation,
-    previousVersionId: string | undefined,
-  ): Promise<void> {
+  async afterSuccess(credential: Credential, _rotation: Rotation): Promise<void> {
     const { spec, state } = credential;
     // `every` counts from the last rotation, so a rotate-now moves the next slot (as Vault and AWS do).
-    if ('every' in spec.schedule)
+    if ('every' in spec.schedule) {
       await this.upsertSchedule(spec, state.rotatedAt ? new Date(state.rotatedAt) : new Date());
-    if (spec.strategy === 'alternating-users' && spec.gracePeriod && previousVersionId) {
-      await this.rotations.add(
-        'revoke-previous',
-        { credentialId: spec.id, versionId: previousVersionId } satisfies RevokeData,
-        {
-          jobId: `revoke-${spec.id}-${previousVersionId}`,
-          delay: parseDuration(spec.gracePeriod),
-          attempts: 50,
-          backoff: { type: 'custom' },
-          removeOnComplete: true,
-          removeOnFail: 100,
-        },
-      );
     }
+    await this.planGraceRevocation(credential);
+  }
+
+  /**
+   * alternating-users with a grace period: plans the revocation of the previous user at rotatedAt + grace (at
+   * once if that has passed). The job id makes planning twice harmless; the revocation itself re-checks.
+   */
+  async planGraceRevocation({ spec, state }: Credential): Promise<void> {
+    if (spec.strategy !== 'alternating-users' || !spec.gracePeriod || !state.previousVersion) return;
+    if (state.previousRevokedAt || !state.rotatedAt) return;
+    const due = Date.parse(state.rotatedAt) + parseDuration(spec.gracePeriod);
+    await this.rotations.add(
+      'revoke-previous',
+      { credentialId: spec.id, versionId: state.previousVersion } satisfies RevokeData,
+      {
+        jobId: `revoke-${spec.id}-${state.previousVersion}`,
+        delay: Math.max(0, due - Date.now()),
+        attempts: 50,
+        backoff: { type: 'custom' },
+        removeOnComplete: true,
+        removeOnFail: 100,
+      },
+    );
   }
 
   nextRotationAt(spec: CredentialSpec, from: Date): Date | undefined {
@@ -272,7 +278,7 @@ export class QueueWorkers {
 
   /**
    * Repairs what a crash between two writes can leave: a rotation with no job (the process died after creating
-   * it), a finished rotation still listed as active, a credential without its scheduler.
+   * it), a credential without its scheduler, a grace period that ended without its revocation.
    */
   async reconcile(): Promise<void> {
     const { rotations, queues, registry } = this.deps;
@@ -287,10 +293,19 @@ export class QueueWorkers {
         else await queues.enqueueRotation(id);
       }
     }
+    const now = Date.now();
     for (const credential of await registry.listCredentials()) {
-      if (!(await queues.hasSchedule(credential.spec.id))) {
-        const last = credential.state.rotatedAt ? new Date(credential.state.rotatedAt) : new Date();
-        await queues.upsertSchedule(credential.spec, last);
+      const { spec, state } = credential;
+      if (!(await queues.hasSchedule(spec.id))) {
+        await queues.upsertSchedule(spec, state.rotatedAt ? new Date(state.rotatedAt) : new Date());
+      }
+      // A grace period that ended without its revocation (the process died between finish and planning it).
+      const graceOver =
+        spec.gracePeriod &&
+        state.rotatedAt &&
+        Date.parse(state.rotatedAt) + parseDuration(spec.gracePeriod) < now;
+      if (graceOver && state.previousVersion && !state.previousRevokedAt) {
+        await queues.planGraceRevocation(credential);
       }
     }
   }

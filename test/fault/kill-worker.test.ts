@@ -218,3 +218,35 @@ describe('graceful shutdown', () => {
     expect(await canLogin(role.name, password)).toBe(false);
   });
 });
+
+describe('grace period across crashes', () => {
+  it.each([
+    ['finish-after-promote', 'the resumed finish plans it'],
+    ['finish-after-commit', 'the reconciler plans it'],
+  ])('killed at %s, the previous user is still revoked after its grace period (%s)', async (point) => {
+    const { id, role, password } = await importCredential(kt, connection, {
+      strategy: 'alternating-users',
+      idPrefix: 'grace',
+      extra: { gracePeriod: '2s' },
+    });
+    const doomed = spawnWorker(env, { KEYTURN_FAILPOINTS: `${point}=kill` });
+    workers.push(doomed);
+    const rotate = await kt.api('POST', `/v1/credentials/${id}/rotate`);
+    expect(await doomed.exited).toBe('SIGKILL');
+    const rescuer = spawnWorker(env, { KEYTURN_RECONCILE_INTERVAL_MS: '1000' });
+    workers.push(rescuer);
+    expect((await waitForRotation(kt, rotate.body.rotationId)).status).toBe('succeeded');
+    const current = await secretWorks(id);
+    expect(current.username).toBe(`${role.name}_clone`);
+    // The imported user is the previous one: it works until the grace period ends, then not.
+    await waitFor(
+      'the previous user to be revoked',
+      async () => !(await canLogin(role.name, password)),
+      30_000,
+      250,
+    );
+    const cred = await kt.api('GET', `/v1/credentials/${id}`);
+    expect(cred.body.status).toBe('active');
+    await rescuer.kill();
+  });
+});

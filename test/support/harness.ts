@@ -73,7 +73,7 @@ export interface ApiResponse<T> {
 /** Starts Keyturn in this process: API only by default (workers run as child processes), or both. */
 export async function startKeyturn(
   env: TestEnv,
-  options: { components?: Component[]; reconcileEveryMs?: number } = {},
+  options: { components?: Component[] } = {},
 ): Promise<Keyturn> {
   const config = loadConfig({ ...env.env, KEYTURN_COMPONENTS: (options.components ?? ['api']).join(',') });
   const logs: string[] = [];
@@ -89,7 +89,6 @@ export async function startKeyturn(
     logger,
     adminToken: env.adminToken,
     masterKey: Buffer.from(env.masterKey, 'base64'),
-    ...(options.reconcileEveryMs ? { reconcileEveryMs: options.reconcileEveryMs } : {}),
   });
   const url = (await runtime.start()) as string;
   return {
