@@ -221,7 +221,7 @@ export class RotationEngine {
       const step = order[i]!;
       rotation.step = step;
       await this.#failpoints.hit(`before-${step}`);
-      const outcome = await this.#runStep(step, lease, rotation, ctx);
+      const outcome = await this.#bounded(step, this.#runStep(step, lease, rotation, ctx));
       await this.#failpoints.hit(`after-${step}`);
       if (step === 'finish') return; // #finish committed the terminal record itself
       rotation.steps.push({ step, outcome, attempt: rotation.attempts, at: nowIso() });
@@ -670,6 +670,30 @@ export class RotationEngine {
   }
 
   // Helpers
+
+  /**
+   * A step that hangs (a downstream that accepts the connection and never answers) must not hold the rotation
+   * forever: past a generous bound it counts as a failed attempt. Each downstream call has its own timeout
+   * already; this is the net under them.
+   */
+  async #bounded<T>(step: RotationStep, work: Promise<T>): Promise<T> {
+    const limitMs = this.#settings.downstreamTimeoutMs * 6;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new Error(`step ${step} did not finish within ${limitMs} ms; the downstream may be hanging`),
+          ),
+        limitMs,
+      );
+    });
+    try {
+      return await Promise.race([work, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
 
   async #save(lease: Lease, rotation: Rotation): Promise<void> {
     rotation.updatedAt = nowIso();

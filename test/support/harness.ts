@@ -177,14 +177,24 @@ export async function waitFor<T>(
 
 /** Waits until a rotation reaches a terminal status and returns it. */
 export async function waitForRotation(kt: Keyturn, rotationId: string, timeoutMs = 60_000): Promise<any> {
-  return waitFor(
-    `rotation ${rotationId} to end`,
-    async () => {
-      const r = await kt.api('GET', `/v1/rotations/${rotationId}`);
-      return r.status === 200 && ['succeeded', 'failed'].includes(r.body.status) ? r.body : undefined;
-    },
-    timeoutMs,
-  );
+  let last: any;
+  try {
+    return await waitFor(
+      `rotation ${rotationId} to end`,
+      async () => {
+        const r = await kt.api('GET', `/v1/rotations/${rotationId}`);
+        last = r.body;
+        return r.status === 200 && ['succeeded', 'failed'].includes(r.body.status) ? r.body : undefined;
+      },
+      timeoutMs,
+    );
+  } catch (err) {
+    // Say where it stood, so that a hang can be diagnosed from the test output alone.
+    const at = last
+      ? `${last.status} at step ${last.step}, attempt ${last.attempts}, error ${last.error?.message}`
+      : 'never read';
+    throw new Error(`${(err as Error).message} (last seen: ${at})`);
+  }
 }
 
 // PostgreSQL

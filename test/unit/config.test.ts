@@ -34,6 +34,7 @@ describe('loadConfig defaults', () => {
       concurrency: 4,
       leaseMs: 30_000,
       downstreamTimeoutMs: 10_000,
+      reconcileIntervalMs: 30_000,
     });
   });
 
@@ -78,6 +79,7 @@ describe('loadConfig reads valid values', () => {
       KEYTURN_ROTATION_CONCURRENCY: '256',
       KEYTURN_ROTATION_LEASE_MS: '1000',
       KEYTURN_DOWNSTREAM_TIMEOUT_MS: '300000',
+      KEYTURN_RECONCILE_INTERVAL_MS: '500',
       KEYTURN_MAX_BODY_BYTES: '1024',
       KEYTURN_FAILPOINTS: 'after-set=kill',
     });
@@ -98,6 +100,7 @@ describe('loadConfig reads valid values', () => {
       concurrency: 256,
       leaseMs: 1000,
       downstreamTimeoutMs: 300_000,
+      reconcileIntervalMs: 500,
     });
     expect(config.maxBodyBytes).toBe(1024);
     expect(config.failpoints).toBe('after-set=kill');

@@ -58,6 +58,22 @@ function classify(action: string, err: unknown): Error {
 
 const ident = (name: string): string => pg.escapeIdentifier(name);
 
+/**
+ * Closes a client without ever waiting forever: pg's end() waits for the socket's "end" event, which a half-open
+ * connection may never send.
+ */
+async function close(client: pg.Client, timeoutMs: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const ended = client.end().catch(() => {});
+  const timedOut = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), Math.min(timeoutMs, 5000));
+  });
+  if ((await Promise.race([ended, timedOut])) === 'timeout') {
+    (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+  }
+  clearTimeout(timer);
+}
+
 class PostgresSession implements TargetSession {
   readonly #connection: Connection;
   readonly #admin: Login;
@@ -90,7 +106,7 @@ class PostgresSession implements TargetSession {
     } catch (err) {
       throw classify(action, err);
     } finally {
-      await client.end().catch(() => {});
+      await close(client, this.#timeoutMs);
     }
   }
 
@@ -111,7 +127,7 @@ class PostgresSession implements TargetSession {
       }
       throw classify(`logging in as "${login.username}"`, err);
     } finally {
-      await client.end().catch(() => {});
+      await close(client, this.#timeoutMs);
     }
   }
 
