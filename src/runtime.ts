@@ -18,8 +18,10 @@ import { LeaseManager } from './rotation/lease.ts';
 import { RotationRepo } from './rotation/rotation-repo.ts';
 import { SecretReader } from './rotation/secret-reader.ts';
 import { Queues, QueueWorkers } from './scheduling/queues.ts';
+import { AwsStore } from './stores/aws-store.ts';
 import { StoreSet } from './stores/index.ts';
 import { LocalStore } from './stores/local-store.ts';
+import { VaultStore } from './stores/vault-store.ts';
 
 export interface RuntimeOptions {
   config: KeyturnConfig;
@@ -58,6 +60,9 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   const registry = new Registry(redis, keys);
   const audit = new AuditLog(redis, keys);
   const stores = new StoreSet().add(new LocalStore(redis, keys, new Envelope(options.masterKey)));
+  const timeoutMs = config.rotation.downstreamTimeoutMs;
+  if (config.vault) stores.add(new VaultStore({ ...config.vault, timeoutMs }, logger));
+  if (config.aws) stores.add(new AwsStore({ ...config.aws, timeoutMs }));
   const rotations = new RotationRepo(redis, keys);
   const failpoints = new Failpoints(config.failpoints);
   if (failpoints.enabled) logger.warn({ failpoints: config.failpoints }, 'test failpoints are enabled');

@@ -32,6 +32,18 @@ export interface KeyturnConfig {
     /** How often the reconciler repairs what a crash left half-done. */
     reconcileIntervalMs: number;
   };
+  /** HashiCorp Vault (KV v2) store, when VAULT_ADDR is set. */
+  vault:
+    | {
+        address: string;
+        token?: string;
+        appRole?: { roleId: string; secretId: string; mount: string };
+        namespace?: string;
+        pendingPrefix: string;
+      }
+    | undefined;
+  /** AWS Secrets Manager store, when any AWS region or endpoint variable is set (or KEYTURN_AWS=on). */
+  aws: { region?: string; endpoint?: string; maxAttempts: number } | undefined;
   /** Test-only fault injection (see rotation/failpoints.ts); empty in production. */
   failpoints: string;
   maxBodyBytes: number;
@@ -133,6 +145,52 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
     );
   }
 
+  let vault: KeyturnConfig['vault'];
+  const vaultAddress = env.VAULT_ADDR?.trim();
+  if (vaultAddress) {
+    try {
+      const u = new URL(vaultAddress);
+      if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error('scheme');
+    } catch {
+      problems.push('VAULT_ADDR must be an http(s) URL such as https://vault.example.com:8200');
+    }
+    const token = env.VAULT_TOKEN?.trim() || undefined;
+    const roleId = env.VAULT_ROLE_ID?.trim();
+    const secretId = env.VAULT_SECRET_ID?.trim();
+    if (!token && !(roleId && secretId)) {
+      problems.push(
+        'VAULT_ADDR is set but neither VAULT_TOKEN nor VAULT_ROLE_ID with VAULT_SECRET_ID (AppRole) is',
+      );
+    }
+    if (Boolean(roleId) !== Boolean(secretId))
+      problems.push('VAULT_ROLE_ID and VAULT_SECRET_ID go together (AppRole)');
+    const pendingPrefix = env.KEYTURN_VAULT_PENDING_PREFIX?.trim() || 'keyturn-pending';
+    if (!/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/.test(pendingPrefix)) {
+      problems.push('KEYTURN_VAULT_PENDING_PREFIX must be a KV path such as "keyturn-pending"');
+    }
+    vault = {
+      address: vaultAddress,
+      ...(token ? { token } : {}),
+      ...(roleId && secretId
+        ? { appRole: { roleId, secretId, mount: env.VAULT_APPROLE_MOUNT?.trim() || 'approle' } }
+        : {}),
+      ...(env.VAULT_NAMESPACE?.trim() ? { namespace: env.VAULT_NAMESPACE.trim() } : {}),
+      pendingPrefix,
+    };
+  }
+
+  let aws: KeyturnConfig['aws'];
+  const awsRegion = env.AWS_REGION?.trim() || env.AWS_DEFAULT_REGION?.trim() || undefined;
+  const awsEndpoint =
+    env.AWS_ENDPOINT_URL_SECRETS_MANAGER?.trim() || env.AWS_ENDPOINT_URL?.trim() || undefined;
+  if (awsRegion || awsEndpoint || env.AWS_PROFILE || env.KEYTURN_AWS === 'on') {
+    aws = {
+      ...(awsRegion ? { region: awsRegion } : {}),
+      ...(awsEndpoint ? { endpoint: awsEndpoint } : {}),
+      maxAttempts: int('KEYTURN_AWS_MAX_ATTEMPTS', 5, 1, 20),
+    };
+  }
+
   const failpoints = env.KEYTURN_FAILPOINTS?.trim() ?? '';
   if (failpoints && production) {
     problems.push('KEYTURN_FAILPOINTS is a test facility and is refused when NODE_ENV=production');
@@ -158,6 +216,8 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
       downstreamTimeoutMs: int('KEYTURN_DOWNSTREAM_TIMEOUT_MS', 10_000, 100, 300_000),
       reconcileIntervalMs: int('KEYTURN_RECONCILE_INTERVAL_MS', 30_000, 500, 3_600_000),
     },
+    vault,
+    aws,
     failpoints,
     maxBodyBytes: int('KEYTURN_MAX_BODY_BYTES', 64 * 1024, 1024, 16 * 1024 * 1024),
   };

@@ -68,8 +68,6 @@ export interface CredentialPatch {
   labels?: Record<string, string>;
 }
 
-const IMPORT_VERSION = 'import';
-
 export class RegistryService {
   readonly #registry: Registry;
   readonly #stores: StoreSet;
@@ -251,8 +249,10 @@ export class RegistryService {
     let state: CredentialState = { status: 'pending', failures: 0 };
     if (input.import && input.currentPassword) {
       await this.#verifyLogin(connection, input.username, input.currentPassword);
+      // A version id like a rotation's: a valid AWS ClientRequestToken (32-64 characters).
+      const importVersion = `import-${randomUUID()}`;
       const driver = targetDriver(connection.type);
-      await store.putCurrent(credentialSecretRef(spec), IMPORT_VERSION, {
+      await store.putCurrent(credentialSecretRef(spec), importVersion, {
         engine: driver?.engine ?? connection.type,
         host: connection.host,
         port: connection.port,
@@ -262,7 +262,7 @@ export class RegistryService {
       });
       state = {
         status: 'active',
-        version: IMPORT_VERSION,
+        version: importVersion,
         activeUsername: input.username,
         rotatedAt: now.toISOString(),
         nextRotationAt: this.#queues.nextRotationAt(spec, now)?.toISOString(),

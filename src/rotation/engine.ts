@@ -16,7 +16,13 @@ import type { RedisKeys } from '../registry/keys.ts';
 import type { Registry } from '../registry/registry.ts';
 import type { Connection, Credential, CredentialSpec, CredentialState } from '../registry/types.ts';
 import { credentialSecretRef, type StoreSet } from '../stores/index.ts';
-import type { SecretDocument, SecretRef, SecretStore, SecretVersion } from '../stores/types.ts';
+import {
+  type SecretDocument,
+  type SecretRef,
+  type SecretStore,
+  type SecretVersion,
+  StoreRefusedError,
+} from '../stores/types.ts';
 import { type Login, TargetRefusedError, type TargetSession } from '../targets/types.ts';
 import { type Downstream, openDownstream } from './downstream.ts';
 import type { Failpoints } from './failpoints.ts';
@@ -283,6 +289,10 @@ export class RotationEngine {
       ...(ctx.connection.database ? { dbname: ctx.connection.database } : {}),
       username,
       password,
+      // The AWS multi-user templates name the admin secret that can change the other user.
+      ...(spec.strategy === 'alternating-users' && ctx.connection.adminStore.type === 'aws'
+        ? { masterarn: ctx.connection.adminStore.secretId }
+        : {}),
     };
     await ctx.store.putPending(ctx.ref, rotation.id, document);
     rotation.username = username;
@@ -434,7 +444,8 @@ export class RotationEngine {
     err: unknown,
   ): Promise<RunResult> {
     const scrubbed = scrubError(err, ctx?.secrets ?? []);
-    const permanent = err instanceof PermanentError || err instanceof TargetRefusedError;
+    const permanent =
+      err instanceof PermanentError || err instanceof TargetRefusedError || err instanceof StoreRefusedError;
     rotation.error = { step: rotation.step, ...scrubbed, at: nowIso() };
     rotation.steps.push({
       step: rotation.step,

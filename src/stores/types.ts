@@ -42,6 +42,14 @@ export class StoreUnavailableError extends Error {
   }
 }
 
+/** The store refused the operation (a policy or permission): retrying will not help; someone must grant it. */
+export class StoreRefusedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StoreRefusedError';
+  }
+}
+
 export class StoreConflictError extends Error {
   constructor(message: string) {
     super(message);

@@ -1,0 +1,461 @@
+// HashiCorp Vault, KV version 2, on node-vault.
+//
+// Services read the secret's own path (<mount>/data/<path>) directly, so its latest version must always be a
+// working credential: the pending secret is kept where they do not look, at a sibling path under Keyturn's
+// prefix (<mount>/data/<pendingPrefix>/<path>), and the main path is written only when a rotation finishes.
+// Which KV versions are current and previous is recorded in the main path's custom_metadata
+// (keyturn_current / keyturn_previous = "<kv version>:<Keyturn version id>"), which writes no version.
+// Every data write carries check-and-set (options.cas), so two writers can never silently overwrite each other;
+// a cas conflict is re-read and retried, and a promote that finds its value already written adopts it instead of
+// writing it twice.
+import { setTimeout as sleep } from 'node:timers/promises';
+import vaultFactory from 'node-vault';
+import type { Logger } from '../logging/logger.ts';
+import {
+  type SecretDocument,
+  type SecretRef,
+  type SecretStore,
+  type SecretVersion,
+  type Stage,
+  StoreConflictError,
+  StoreRefusedError,
+  StoreUnavailableError,
+  type VersionSelector,
+} from './types.ts';
+
+export interface VaultSettings {
+  address: string;
+  token?: string;
+  appRole?: { roleId: string; secretId: string; mount: string };
+  namespace?: string;
+  /** Folder under each mount where pending secrets wait. */
+  pendingPrefix: string;
+  timeoutMs: number;
+}
+
+type VaultClient = ReturnType<typeof vaultFactory>;
+interface VaultApiError {
+  message: string;
+  response?: { statusCode: number; body?: { errors?: string[] } };
+}
+interface KvRead {
+  data: Record<string, unknown> | null;
+  metadata: { version: number; created_time: string; deletion_time: string; destroyed: boolean };
+}
+interface KvMetadata {
+  current_version: number;
+  oldest_version: number;
+  custom_metadata: Record<string, string> | null;
+  versions: Record<string, { created_time: string; deletion_time: string; destroyed: boolean }>;
+}
+interface PendingData {
+  version: string;
+  secret: SecretDocument;
+}
+
+const CURRENT = 'keyturn_current';
+const PREVIOUS = 'keyturn_previous';
+const CAS_RETRIES = 5;
+
+const statusOf = (err: unknown): number | undefined => (err as VaultApiError).response?.statusCode;
+
+function parseMarker(marker: string | undefined): { kv: number; id: string } | undefined {
+  const m = marker ? /^(\d+):(.+)$/.exec(marker) : null;
+  return m ? { kv: Number(m[1]), id: m[2]! } : undefined;
+}
+
+function sameDocument(a: unknown, b: SecretDocument): boolean {
+  if (!a || typeof a !== 'object') return false;
+  const x = a as Record<string, unknown>;
+  return Object.entries(b).every(([k, v]) => x[k] === v) && Object.keys(x).length === Object.keys(b).length;
+}
+
+export class VaultStore implements SecretStore {
+  readonly type = 'vault' as const;
+  readonly #settings: VaultSettings;
+  readonly #log: Logger;
+  readonly #client: VaultClient;
+  #renewal: NodeJS.Timeout | undefined;
+  #login: Promise<void> | undefined;
+
+  constructor(settings: VaultSettings, logger: Logger) {
+    this.#settings = settings;
+    this.#log = logger.child({ component: 'vault-store' });
+    this.#client = vaultFactory({
+      apiVersion: 'v1',
+      endpoint: settings.address,
+      ...(settings.token ? { token: settings.token } : {}),
+      ...(settings.namespace ? { namespace: settings.namespace } : {}),
+      requestOptions: { timeout: settings.timeoutMs },
+    });
+  }
+
+  // Authentication
+
+  /** Logs in (AppRole) or checks the token, and plans its renewal. Called before the first request. */
+  async #ensureAuth(force = false): Promise<void> {
+    if (this.#login && !force) return this.#login;
+    this.#login = this.#authenticate().catch((err) => {
+      this.#login = undefined;
+      throw err;
+    });
+    return this.#login;
+  }
+
+  async #authenticate(): Promise<void> {
+    const { appRole } = this.#settings;
+    let ttl: number;
+    let renewable: boolean;
+    if (appRole) {
+      const res = await this.#raw('logging in with AppRole', () =>
+        this.#client.request({
+          path: `/auth/${appRole.mount}/login`,
+          method: 'POST',
+          json: { role_id: appRole.roleId, secret_id: appRole.secretId },
+        }),
+      );
+      this.#client.token = res.auth.client_token;
+      ttl = Number(res.auth.lease_duration ?? 0);
+      renewable = Boolean(res.auth.renewable);
+    } else {
+      const res = await this.#raw('looking up the Vault token', () => this.#client.tokenLookupSelf());
+      ttl = Number(res.data.ttl ?? 0);
+      renewable = Boolean(res.data.renewable);
+    }
+    this.#planRenewal(ttl, renewable);
+  }
+
+  /** Renews at two thirds of the TTL; when renewal fails, logs in again (AppRole) or reports the expiry ahead. */
+  #planRenewal(ttlSeconds: number, renewable: boolean): void {
+    clearTimeout(this.#renewal);
+    if (ttlSeconds <= 0) return; // a token that does not expire
+    this.#renewal = setTimeout(
+      () => {
+        const renew = renewable
+          ? this.#raw('renewing the Vault token', () => this.#client.tokenRenewSelf()).then((res) =>
+              this.#planRenewal(Number(res.auth.lease_duration ?? 0), Boolean(res.auth.renewable)),
+            )
+          : Promise.reject(new Error('the token is not renewable'));
+        renew.catch((err) => {
+          if (this.#settings.appRole) {
+            this.#ensureAuth(true).catch((e) =>
+              this.#log.error({ err: { message: e.message } }, 'Vault re-login failed'),
+            );
+          } else {
+            this.#log.error(
+              { err: { message: (err as Error).message } },
+              'the Vault token could not be renewed and will expire: give Keyturn a renewable token or AppRole',
+            );
+          }
+        });
+      },
+      Math.max(1000, (ttlSeconds * 1000 * 2) / 3),
+    );
+    this.#renewal.unref();
+  }
+
+  /** One Vault call with error mapping; a token Vault no longer knows is replaced once by logging in again. */
+  async #call<T>(action: string, fn: () => Promise<T>): Promise<T> {
+    await this.#ensureAuth();
+    try {
+      return await this.#raw(action, fn);
+    } catch (err) {
+      if (err instanceof StoreRefusedError && this.#settings.appRole) {
+        await this.#ensureAuth(true);
+        return this.#raw(action, fn);
+      }
+      throw err;
+    }
+  }
+
+  async #raw<T>(action: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      const status = statusOf(err);
+      const detail = ((err as VaultApiError).response?.body?.errors ?? [])
+        .join('; ')
+        .replace(/\s+/g, ' ')
+        .trim();
+      if (status === 403) {
+        throw new StoreRefusedError(
+          `Vault denied ${action} (403 permission denied): the token's policy must allow it (see the README's Vault policy)`,
+        );
+      }
+      if (status === 503 || status === 429 || status === 500 || status === 502 || status === undefined) {
+        const why =
+          status === 503
+            ? 'Vault is sealed or unavailable'
+            : status
+              ? `Vault answered ${status}`
+              : 'Vault did not answer';
+        throw new StoreUnavailableError(
+          `${why} while ${action}${detail ? ` (${detail})` : ''}; the rotation resumes when it is back`,
+          {
+            cause: err,
+          },
+        );
+      }
+      if (status === 400 && /check-and-set/.test(detail))
+        throw new StoreConflictError(`Vault check-and-set conflict while ${action}`);
+      throw Object.assign(new Error(`Vault refused ${action} (${status}${detail ? `: ${detail}` : ''})`), {
+        status,
+      });
+    }
+  }
+
+  // Paths
+
+  #paths(ref: SecretRef) {
+    if (ref.spec.type !== 'vault') throw new Error(`VaultStore given a ${ref.spec.type} reference`);
+    const { mount, path } = ref.spec;
+    return {
+      data: `${mount}/data/${path}`,
+      metadata: `${mount}/metadata/${path}`,
+      pendingData: `${mount}/data/${this.#settings.pendingPrefix}/${path}`,
+      pendingMetadata: `${mount}/metadata/${this.#settings.pendingPrefix}/${path}`,
+      where: `${mount}/${path}`,
+    };
+  }
+
+  async #get<T>(action: string, path: string): Promise<T | null> {
+    try {
+      return await this.#call(action, () => this.#client.read(path));
+    } catch (err) {
+      // 404: no such key or version (a soft-deleted or destroyed version also answers 404).
+      if ((err as { status?: number }).status === 404) return null;
+      throw err;
+    }
+  }
+
+  async #metadata(ref: SecretRef): Promise<KvMetadata | null> {
+    const p = this.#paths(ref);
+    const res = await this.#get<{ data: KvMetadata }>(`reading the metadata of ${p.where}`, p.metadata);
+    return res?.data ?? null;
+  }
+
+  async #pending(ref: SecretRef): Promise<{ value: PendingData; kv: number; createdAt: string } | null> {
+    const p = this.#paths(ref);
+    const res = await this.#get<{ data: KvRead }>(`reading the pending secret of ${p.where}`, p.pendingData);
+    if (!res?.data?.data) return null;
+    return {
+      value: res.data.data as unknown as PendingData,
+      kv: res.data.metadata.version,
+      createdAt: res.data.metadata.created_time,
+    };
+  }
+
+  async #readKv(ref: SecretRef, kv: number): Promise<{ value: SecretDocument; createdAt: string } | null> {
+    const p = this.#paths(ref);
+    const res = await this.#get<{ data: KvRead }>(
+      `reading version ${kv} of ${p.where}`,
+      `${p.data}?version=${kv}`,
+    );
+    if (!res?.data?.data) return null;
+    return { value: res.data.data as unknown as SecretDocument, createdAt: res.data.metadata.created_time };
+  }
+
+  /** Current and previous markers; a secret Keyturn never wrote has its latest version as current. */
+  #markers(meta: KvMetadata | null) {
+    const custom = meta?.custom_metadata ?? {};
+    const current =
+      parseMarker(custom[CURRENT]) ??
+      (meta && meta.current_version > 0
+        ? { kv: meta.current_version, id: `vault-v${meta.current_version}` }
+        : undefined);
+    return { current, previous: parseMarker(custom[PREVIOUS]) };
+  }
+
+  // SecretStore
+
+  async describe(ref: SecretRef): Promise<Record<string, Stage[]> | null> {
+    const [meta, pending] = await Promise.all([this.#metadata(ref), this.#pending(ref)]);
+    if (!meta && !pending) return null;
+    const out: Record<string, Stage[]> = {};
+    const add = (id: string, stage: Stage) => {
+      out[id] = [...(out[id] ?? []), stage];
+    };
+    const { current, previous } = this.#markers(meta);
+    if (current) add(current.id, 'current');
+    if (previous) add(previous.id, 'previous');
+    if (pending && pending.value.version !== current?.id) add(pending.value.version, 'pending');
+    return out;
+  }
+
+  async read(ref: SecretRef, selector: VersionSelector): Promise<SecretVersion | null> {
+    const meta = await this.#metadata(ref);
+    const { current, previous } = this.#markers(meta);
+    const wanted = 'stage' in selector ? selector.stage : undefined;
+    const id = 'versionId' in selector ? selector.versionId : undefined;
+    const fromKv = async (marker: { kv: number; id: string }, stages: Stage[]) => {
+      const found = await this.#readKv(ref, marker.kv);
+      return found ? { versionId: marker.id, stages, createdAt: found.createdAt, value: found.value } : null;
+    };
+    if (current && (wanted === 'current' || id === current.id)) return fromKv(current, ['current']);
+    if (previous && (wanted === 'previous' || id === previous.id)) return fromKv(previous, ['previous']);
+    if (wanted === 'pending' || id !== undefined) {
+      const pending = await this.#pending(ref);
+      if (
+        pending &&
+        (wanted === 'pending' || pending.value.version === id) &&
+        pending.value.version !== current?.id
+      ) {
+        return {
+          versionId: pending.value.version,
+          stages: ['pending'],
+          createdAt: pending.createdAt,
+          value: pending.value.secret,
+        };
+      }
+    }
+    return null;
+  }
+
+  async putPending(ref: SecretRef, token: string, value: SecretDocument): Promise<{ created: boolean }> {
+    const p = this.#paths(ref);
+    for (let attempt = 0; attempt < CAS_RETRIES; attempt++) {
+      const [pending, meta] = await Promise.all([this.#pending(ref), this.#metadata(ref)]);
+      if (pending?.value.version === token || this.#markers(meta).current?.id === token)
+        return { created: false };
+      // The pending path's own version counter; a leftover from another rotation is simply overwritten.
+      const pendingMeta = await this.#get<{ data: KvMetadata }>(
+        `reading ${p.pendingMetadata}`,
+        p.pendingMetadata,
+      );
+      const cas = pendingMeta?.data.current_version ?? 0;
+      try {
+        await this.#call(`writing the pending secret of ${p.where}`, () =>
+          this.#client.write(p.pendingData, {
+            options: { cas },
+            data: { version: token, secret: value } satisfies PendingData,
+          }),
+        );
+        return { created: true };
+      } catch (err) {
+        if (!(err instanceof StoreConflictError)) throw err;
+        await sleep(20 * (attempt + 1));
+      }
+    }
+    throw new StoreConflictError(
+      `Vault kept changing ${p.pendingData} under Keyturn; another writer is active`,
+    );
+  }
+
+  async promote(ref: SecretRef, token: string): Promise<{ promoted: boolean; previousVersionId?: string }> {
+    const p = this.#paths(ref);
+    for (let attempt = 0; attempt < CAS_RETRIES; attempt++) {
+      const [meta, pending] = await Promise.all([this.#metadata(ref), this.#pending(ref)]);
+      const { current } = this.#markers(meta);
+      if (current?.id === token) {
+        if (pending?.value.version === token) await this.#deletePending(ref);
+        return { promoted: false };
+      }
+      if (!pending || pending.value.version !== token) {
+        throw new StoreConflictError(`NOVERSION: no pending version ${token} at ${p.where}`);
+      }
+      try {
+        const kv = await this.#writeMain(ref, meta, pending.value.secret);
+        await this.#mark(ref, meta, { kv, id: token }, current);
+        await this.#deletePending(ref);
+        return current ? { promoted: true, previousVersionId: current.id } : { promoted: true };
+      } catch (err) {
+        if (!(err instanceof StoreConflictError)) throw err;
+        await sleep(20 * (attempt + 1));
+      }
+    }
+    throw new StoreConflictError(`Vault kept changing ${p.where} under Keyturn; another writer is active`);
+  }
+
+  /**
+   * Writes the value as the main path's next version, with check-and-set. If the latest version already holds
+   * exactly this value (a promote that died after writing it), adopts it: never a doubled version.
+   */
+  async #writeMain(ref: SecretRef, meta: KvMetadata | null, value: SecretDocument): Promise<number> {
+    const p = this.#paths(ref);
+    const latest = meta?.current_version ?? 0;
+    if (latest > 0) {
+      const existing = await this.#readKv(ref, latest);
+      if (existing && sameDocument(existing.value, value)) return latest;
+    }
+    const res = await this.#call(`writing ${p.where}`, () =>
+      this.#client.write(p.data, { options: { cas: latest }, data: value }),
+    );
+    return Number(res.data.version);
+  }
+
+  async #mark(
+    ref: SecretRef,
+    meta: KvMetadata | null,
+    current: { kv: number; id: string },
+    previous: { kv: number; id: string } | undefined,
+  ): Promise<void> {
+    const p = this.#paths(ref);
+    // custom_metadata is replaced whole: keep what the team set there.
+    const custom: Record<string, string> = {
+      ...(meta?.custom_metadata ?? {}),
+      [CURRENT]: `${current.kv}:${current.id}`,
+    };
+    if (previous) custom[PREVIOUS] = `${previous.kv}:${previous.id}`;
+    else delete custom[PREVIOUS];
+    await this.#call(`recording the current version of ${p.where} in its custom_metadata`, () =>
+      this.#client.write(p.metadata, { custom_metadata: custom }),
+    );
+  }
+
+  async #deletePending(ref: SecretRef): Promise<void> {
+    const p = this.#paths(ref);
+    try {
+      await this.#call(`removing the pending secret of ${p.where}`, () =>
+        this.#client.delete(p.pendingMetadata),
+      );
+    } catch (err) {
+      if ((err as { status?: number }).status !== 404) throw err;
+    }
+  }
+
+  async discardPending(ref: SecretRef, token: string): Promise<void> {
+    const pending = await this.#pending(ref);
+    if (pending?.value.version === token) await this.#deletePending(ref);
+  }
+
+  async putCurrent(ref: SecretRef, token: string, value: SecretDocument): Promise<void> {
+    for (let attempt = 0; attempt < CAS_RETRIES; attempt++) {
+      const meta = await this.#metadata(ref);
+      const { current } = this.#markers(meta);
+      if (current?.id === token) return;
+      try {
+        const kv = await this.#writeMain(ref, meta, value);
+        await this.#mark(ref, meta, { kv, id: token }, current);
+        return;
+      } catch (err) {
+        if (!(err instanceof StoreConflictError)) throw err;
+        await sleep(20 * (attempt + 1));
+      }
+    }
+    throw new StoreConflictError(
+      `Vault kept changing ${this.#paths(ref).where} under Keyturn; another writer is active`,
+    );
+  }
+
+  async remove(ref: SecretRef): Promise<void> {
+    const p = this.#paths(ref);
+    for (const path of [p.metadata, p.pendingMetadata]) {
+      try {
+        await this.#call(`removing ${path}`, () => this.#client.delete(path));
+      } catch (err) {
+        if ((err as { status?: number }).status !== 404) throw err;
+      }
+    }
+  }
+
+  async ping(): Promise<void> {
+    // node-vault resolves sys/health with the body even on 429 and 503.
+    const health = await this.#raw('checking Vault health', () => this.#client.health({ standbyok: true }));
+    if (health?.sealed) throw new StoreUnavailableError('Vault is sealed');
+    await this.#ensureAuth();
+  }
+
+  async close(): Promise<void> {
+    clearTimeout(this.#renewal);
+  }
+}
