@@ -140,11 +140,13 @@ export class AwsStore implements SecretStore {
   /** VersionIdsToStages, or null when the secret does not exist. */
   async #stages(ref: SecretRef): Promise<Record<string, string[]> | null> {
     try {
-      const res = await this.#send<{ VersionIdsToStages?: Record<string, string[]> }>(
+      const res = await this.#send<{ VersionIdsToStages?: Record<string, string[]>; DeletedDate?: Date }>(
         ref,
         'describing',
         new DescribeSecretCommand({ SecretId: this.#secretId(ref) }),
       );
+      // A secret scheduled for deletion is gone for every purpose of a rotation.
+      if (res.DeletedDate) return null;
       return res.VersionIdsToStages ?? {};
     } catch (err) {
       if (nameOf(err) === 'ResourceNotFoundException') return null;
@@ -172,8 +174,10 @@ export class AwsStore implements SecretStore {
     try {
       res = await this.#send(ref, 'reading', new GetSecretValueCommand(input));
     } catch (err) {
-      // Unknown secret or version, or a version without a value (RotateSecret's empty AWSPENDING placeholder).
+      // Unknown secret or version, or a version without a value (RotateSecret's empty AWSPENDING placeholder),
+      // or a secret scheduled for deletion.
       if (nameOf(err) === 'ResourceNotFoundException') return null;
+      if (nameOf(err) === 'InvalidRequestException' && /delet/i.test((err as Error).message)) return null;
       throw err;
     }
     if (!res.SecretString || !res.VersionId) return null;
@@ -246,16 +250,27 @@ export class AwsStore implements SecretStore {
       if (labels.includes('AWSPENDING')) await this.#removeLabel(ref, 'AWSPENDING', token);
       return { promoted: false };
     }
-    await this.#send(
-      ref,
-      'making the new version current in',
-      new UpdateSecretVersionStageCommand({
-        SecretId: this.#secretId(ref),
-        VersionStage: 'AWSCURRENT',
-        MoveToVersionId: token,
-        ...(current ? { RemoveFromVersionId: current } : {}),
-      }),
-    );
+    try {
+      await this.#send(
+        ref,
+        'making the new version current in',
+        new UpdateSecretVersionStageCommand({
+          SecretId: this.#secretId(ref),
+          VersionStage: 'AWSCURRENT',
+          MoveToVersionId: token,
+          ...(current ? { RemoveFromVersionId: current } : {}),
+        }),
+      );
+    } catch (err) {
+      // Another worker moved the label between our DescribeSecret and this call: fine if it moved it here.
+      if (nameOf(err) !== 'InvalidParameterException') throw err;
+      const now = (await this.#stages(ref)) ?? {};
+      if (!now[token]?.includes('AWSCURRENT')) {
+        throw new StoreConflictError(`AWSCURRENT of ${this.#secretId(ref)} moved under Keyturn; will re-read and retry`);
+      }
+      if (now[token]?.includes('AWSPENDING')) await this.#removeLabel(ref, 'AWSPENDING', token);
+      return { promoted: false };
+    }
     if (labels.includes('AWSPENDING')) await this.#removeLabel(ref, 'AWSPENDING', token);
     return current ? { promoted: true, previousVersionId: current } : { promoted: true };
   }

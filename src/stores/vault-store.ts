@@ -315,14 +315,11 @@ export class VaultStore implements SecretStore {
     const p = this.#paths(ref);
     for (let attempt = 0; attempt < CAS_RETRIES; attempt++) {
       const [pending, meta] = await Promise.all([this.#pending(ref), this.#metadata(ref)]);
-      if (pending?.value.version === token || this.#markers(meta).current?.id === token)
-        return { created: false };
-      // The pending path's own version counter; a leftover from another rotation is simply overwritten.
-      const pendingMeta = await this.#get<{ data: KvMetadata }>(
-        `reading ${p.pendingMetadata}`,
-        p.pendingMetadata,
-      );
-      const cas = pendingMeta?.data.current_version ?? 0;
+      if (pending?.value.version === token || this.#markers(meta).current?.id === token) return { created: false };
+      // Check-and-set against the version this very read saw: if another writer puts its pending secret in
+      // between, ours is refused and the next turn finds theirs. A leftover of another rotation is replaced.
+      // (The pending key is removed whole when a rotation ends, so an absent one is at version 0.)
+      const cas = pending?.kv ?? 0;
       try {
         await this.#call(`writing the pending secret of ${p.where}`, () =>
           this.#client.write(p.pendingData, {
@@ -367,8 +364,9 @@ export class VaultStore implements SecretStore {
   }
 
   /**
-   * Writes the value as the main path's next version, with check-and-set. If the latest version already holds
-   * exactly this value (a promote that died after writing it), adopts it: never a doubled version.
+   * Writes the value as the main path's next version. Check-and-set names the version Keyturn made current, so a
+   * version written by anyone else since is a conflict, not something to overwrite. If the latest version already
+   * holds exactly this value (a promote that died after writing it), it is adopted: never a doubled version.
    */
   async #writeMain(ref: SecretRef, meta: KvMetadata | null, value: SecretDocument): Promise<number> {
     const p = this.#paths(ref);
@@ -376,6 +374,12 @@ export class VaultStore implements SecretStore {
     if (latest > 0) {
       const existing = await this.#readKv(ref, latest);
       if (existing && sameDocument(existing.value, value)) return latest;
+    }
+    const expected = this.#markers(meta).current?.kv ?? latest;
+    if (latest !== expected) {
+      throw new StoreRefusedError(
+        `the secret at ${p.where} was changed outside Keyturn: KV version ${latest} was written after version ${expected}, which Keyturn made current. Find out who wrote it, then import the credential again`,
+      );
     }
     const res = await this.#call(`writing ${p.where}`, () =>
       this.#client.write(p.data, { options: { cas: latest }, data: value }),
