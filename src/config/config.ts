@@ -43,7 +43,15 @@ export interface KeyturnConfig {
       }
     | undefined;
   /** AWS Secrets Manager store, when any AWS region or endpoint variable is set (or KEYTURN_AWS=on). */
-  aws: { region?: string; endpoint?: string; maxAttempts: number } | undefined;
+  aws:
+    | {
+        region?: string;
+        endpoint?: string;
+        maxAttempts: number;
+        /** Static keys when given in the environment; otherwise the SDK's chain (profiles, roles) decides. */
+        credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+      }
+    | undefined;
   /** Test-only fault injection (see rotation/failpoints.ts); empty in production. */
   failpoints: string;
   maxBodyBytes: number;
@@ -184,10 +192,16 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
   const awsEndpoint =
     env.AWS_ENDPOINT_URL_SECRETS_MANAGER?.trim() || env.AWS_ENDPOINT_URL?.trim() || undefined;
   if (awsRegion || awsEndpoint || env.AWS_PROFILE || env.KEYTURN_AWS === 'on') {
+    const accessKeyId = env.AWS_ACCESS_KEY_ID?.trim();
+    const secretAccessKey = env.AWS_SECRET_ACCESS_KEY?.trim();
+    const sessionToken = env.AWS_SESSION_TOKEN?.trim();
     aws = {
       ...(awsRegion ? { region: awsRegion } : {}),
       ...(awsEndpoint ? { endpoint: awsEndpoint } : {}),
       maxAttempts: int('KEYTURN_AWS_MAX_ATTEMPTS', 5, 1, 20),
+      ...(accessKeyId && secretAccessKey
+        ? { credentials: { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) } }
+        : {}),
     };
   }
 

@@ -60,6 +60,7 @@ const TRANSIENT = new Set([
   'TimeoutError',
 ]);
 const REFUSED = new Set([
+  'CredentialsProviderError',
   'AccessDeniedException',
   'UnrecognizedClientException',
   'InvalidSignatureException',

@@ -455,7 +455,10 @@ export class VaultStore implements SecretStore {
   async ping(): Promise<void> {
     // node-vault resolves sys/health with the body even on 429 and 503.
     const health = await this.#raw('checking Vault health', () => this.#client.health({ standbyok: true }));
-    if (health?.sealed) throw new StoreUnavailableError('Vault is sealed');
+    // node-vault resolves sys/health whatever the status: only an explicit unsealed, initialized answer is ready.
+    if (health?.sealed !== false || health?.initialized !== true) {
+      throw new StoreUnavailableError(health?.sealed ? 'Vault is sealed' : 'Vault did not report itself healthy');
+    }
     await this.#ensureAuth();
   }
 

@@ -50,13 +50,14 @@ describe.each([vaultEmulatorBackend, awsEmulatorBackend])('secret home: $name', 
   let kt: Keyturn;
   let env: ReturnType<typeof testEnv>;
   let connection: string;
+  let adminStore: StoreSpec;
 
   beforeAll(async () => {
     backend = await factory.start();
     env = testEnv(backend.env);
     kt = await startKeyturn(env, { components: ['api', 'worker'] });
     const info = pgInfo();
-    const adminStore = backend.spec();
+    adminStore = backend.spec();
     connection = `pg-${factory.name.split(' ')[0]!.toLowerCase()}`;
     const res = await kt.api('POST', '/v1/connections', {
       id: connection,
@@ -111,6 +112,10 @@ describe.each([vaultEmulatorBackend, awsEmulatorBackend])('secret home: $name', 
         dbname: info.database,
         username: api.username,
         password: api.password,
+        // The AWS multi-user templates' field: the admin secret, kept in AWS here.
+        ...(strategy === 'alternating-users' && adminStore.type === 'aws'
+          ? { masterarn: adminStore.secretId }
+          : {}),
       });
       expect(api.version).toBe(rotate.body.rotationId);
       expect(await canLogin(api.username, api.password)).toBe(true);
@@ -156,7 +161,11 @@ describe.each([vaultEmulatorBackend, awsEmulatorBackend])('secret home: $name', 
       });
     }
     expect(await readDirectly(backend, store)).toEqual(before);
-    if (versionsBefore !== undefined) expect(await backend.versionsWritten?.(ref)).toBe(versionsBefore);
+    // Vault keeps the pending secret outside the main path, so the main path has no new version at all. AWS
+    // keeps the failed pending version, unlabelled (deprecated), as its own rotations do.
+    if (versionsBefore !== undefined && store.type === 'vault') {
+      expect(await backend.versionsWritten?.(ref)).toBe(versionsBefore);
+    }
     expect(await canLogin(String(before.username), String(before.password))).toBe(true);
     await waitFor('nothing pending in the store', async () => {
       const described = await kt.runtime.ctx.stores.get(store).describe(ref);
