@@ -267,7 +267,9 @@ export class AwsStore implements SecretStore {
       if (nameOf(err) !== 'InvalidParameterException') throw err;
       const now = (await this.#stages(ref)) ?? {};
       if (!now[token]?.includes('AWSCURRENT')) {
-        throw new StoreConflictError(`AWSCURRENT of ${this.#secretId(ref)} moved under Keyturn; will re-read and retry`);
+        throw new StoreConflictError(
+          `AWSCURRENT of ${this.#secretId(ref)} moved under Keyturn; will re-read and retry`,
+        );
       }
       if (now[token]?.includes('AWSPENDING')) await this.#removeLabel(ref, 'AWSPENDING', token);
       return { promoted: false };

@@ -315,7 +315,8 @@ export class VaultStore implements SecretStore {
     const p = this.#paths(ref);
     for (let attempt = 0; attempt < CAS_RETRIES; attempt++) {
       const [pending, meta] = await Promise.all([this.#pending(ref), this.#metadata(ref)]);
-      if (pending?.value.version === token || this.#markers(meta).current?.id === token) return { created: false };
+      if (pending?.value.version === token || this.#markers(meta).current?.id === token)
+        return { created: false };
       // Check-and-set against the version this very read saw: if another writer puts its pending secret in
       // between, ours is refused and the next turn finds theirs. A leftover of another rotation is replaced.
       // (The pending key is removed whole when a rotation ends, so an absent one is at version 0.)
@@ -457,7 +458,9 @@ export class VaultStore implements SecretStore {
     const health = await this.#raw('checking Vault health', () => this.#client.health({ standbyok: true }));
     // node-vault resolves sys/health whatever the status: only an explicit unsealed, initialized answer is ready.
     if (health?.sealed !== false || health?.initialized !== true) {
-      throw new StoreUnavailableError(health?.sealed ? 'Vault is sealed' : 'Vault did not report itself healthy');
+      throw new StoreUnavailableError(
+        health?.sealed ? 'Vault is sealed' : 'Vault did not report itself healthy',
+      );
     }
     await this.#ensureAuth();
   }
