@@ -156,6 +156,90 @@ describe('Vault faults', () => {
   });
 });
 
+describe('Vault store: tokens, namespaces, max_versions', () => {
+  let emu: VaultEmulator;
+  beforeAll(async () => {
+    emu = await startVaultEmulator();
+  });
+  afterAll(async () => emu?.close());
+
+  const doc = (password: string) => ({ engine: 'postgres', host: 'h', port: 5432, username: 'u', password });
+  const ref = (): { spec: StoreSpec; name: string } => ({
+    spec: { type: 'vault', mount: 'secret', path: `misc/${unique()}` },
+    name: 'unused',
+  });
+
+  it('renews a short-lived token before it expires', async () => {
+    const token = emu.createToken({ ttlSeconds: 2, renewable: true });
+    const store = new VaultStore(
+      { address: emu.url, token, pendingPrefix: 'keyturn-pending', timeoutMs: 5000 },
+      quietLogger(),
+    );
+    try {
+      const r = ref();
+      await store.putCurrent(r, 'import-renewal-000000000000000000000000', doc('renewal-password-1'));
+      // Past the original TTL: without renewal the token would be gone.
+      await new Promise((resolve) => setTimeout(resolve, 3500));
+      expect((await store.read(r, { stage: 'current' }))?.value.password).toBe('renewal-password-1');
+      expect(emu.requests.some((q) => q.path === 'auth/token/renew-self')).toBe(true);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('sends the namespace, and data in one namespace is invisible from another', async () => {
+    const inNs = new VaultStore(
+      {
+        address: emu.url,
+        token: emu.rootToken,
+        namespace: 'team-a',
+        pendingPrefix: 'keyturn-pending',
+        timeoutMs: 5000,
+      },
+      quietLogger(),
+    );
+    const root = new VaultStore(
+      { address: emu.url, token: emu.rootToken, pendingPrefix: 'keyturn-pending', timeoutMs: 5000 },
+      quietLogger(),
+    );
+    try {
+      const r = ref();
+      await inNs.putCurrent(r, 'import-namespace-0000000000000000000000', doc('namespace-password'));
+      expect((await inNs.read(r, { stage: 'current' }))?.value.password).toBe('namespace-password');
+      expect(await root.read(r, { stage: 'current' })).toBeNull();
+      expect(emu.requests.some((q) => q.namespace === 'team-a')).toBe(true);
+    } finally {
+      await inNs.close();
+      await root.close();
+    }
+  });
+
+  it('respects max_versions: with one version kept, previous is gone but current always reads', async () => {
+    const store = new VaultStore(
+      { address: emu.url, token: emu.rootToken, pendingPrefix: 'keyturn-pending', timeoutMs: 5000 },
+      quietLogger(),
+    );
+    try {
+      const r = ref();
+      const path = (r.spec as { path: string }).path;
+      const set = await fetch(`${emu.url}/v1/secret/metadata/${path}`, {
+        method: 'POST',
+        headers: { 'x-vault-token': emu.rootToken, 'content-type': 'application/json' },
+        body: JSON.stringify({ max_versions: 1 }),
+      });
+      expect(set.status).toBe(204);
+      await store.putCurrent(r, 'import-maxversions-00000000000000000000', doc('max-versions-pw-0'));
+      const t1 = '00000000-0000-4000-8000-000000000001';
+      await store.putPending(r, t1, doc('max-versions-pw-1'));
+      await store.promote(r, t1);
+      expect((await store.read(r, { stage: 'current' }))?.value.password).toBe('max-versions-pw-1');
+      expect(await store.read(r, { stage: 'previous' })).toBeNull();
+    } finally {
+      await store.close();
+    }
+  });
+});
+
 describe('AWS Secrets Manager faults', () => {
   let emu: AwsSecretsManagerEmulator;
   let kt: Keyturn;
