@@ -1,7 +1,7 @@
 // The whole Redis key layout in one place (docs/architecture.md explains each). Every key starts with the
-// configured prefix, so several Keyturn installations can share one Redis, and a test can use its own prefix.
-// Keys of one credential share the `{cred:<id>}`-free plain layout on purpose: Lua scripts that touch several of
-// them run on a single Redis or a Sentinel set-up; for Redis Cluster the ids would go in hash tags.
+// configured prefix, so several Keyturn installations, or test runs, can share one Redis. Lua scripts that touch
+// several keys of one credential assume a single Redis or a Sentinel set-up; Redis Cluster would need the
+// credential id in a hash tag.
 
 export class RedisKeys {
   readonly prefix: string;

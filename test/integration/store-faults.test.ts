@@ -164,6 +164,11 @@ describe('Vault store: tokens, namespaces, max_versions', () => {
   afterAll(async () => emu?.close());
 
   const doc = (password: string) => ({ engine: 'postgres', host: 'h', port: 5432, username: 'u', password });
+  const vaultStore = (options: { token: string; namespace?: string }) =>
+    new VaultStore(
+      { address: emu.url, pendingPrefix: 'keyturn-pending', timeoutMs: 5000, ...options },
+      quietLogger(),
+    );
   const ref = (): { spec: StoreSpec; name: string } => ({
     spec: { type: 'vault', mount: 'secret', path: `misc/${unique()}` },
     name: 'unused',
@@ -171,10 +176,7 @@ describe('Vault store: tokens, namespaces, max_versions', () => {
 
   it('renews a short-lived token before it expires', async () => {
     const token = emu.createToken({ ttlSeconds: 2, renewable: true });
-    const store = new VaultStore(
-      { address: emu.url, token, pendingPrefix: 'keyturn-pending', timeoutMs: 5000 },
-      quietLogger(),
-    );
+    const store = vaultStore({ token });
     try {
       const r = ref();
       await store.putCurrent(r, 'import-renewal-000000000000000000000000', doc('renewal-password-1'));
@@ -188,20 +190,8 @@ describe('Vault store: tokens, namespaces, max_versions', () => {
   });
 
   it('sends the namespace, and data in one namespace is invisible from another', async () => {
-    const inNs = new VaultStore(
-      {
-        address: emu.url,
-        token: emu.rootToken,
-        namespace: 'team-a',
-        pendingPrefix: 'keyturn-pending',
-        timeoutMs: 5000,
-      },
-      quietLogger(),
-    );
-    const root = new VaultStore(
-      { address: emu.url, token: emu.rootToken, pendingPrefix: 'keyturn-pending', timeoutMs: 5000 },
-      quietLogger(),
-    );
+    const inNs = vaultStore({ token: emu.rootToken, namespace: 'team-a' });
+    const root = vaultStore({ token: emu.rootToken });
     try {
       const r = ref();
       await inNs.putCurrent(r, 'import-namespace-0000000000000000000000', doc('namespace-password'));
@@ -215,10 +205,7 @@ describe('Vault store: tokens, namespaces, max_versions', () => {
   });
 
   it('respects max_versions: with one version kept, previous is gone but current always reads', async () => {
-    const store = new VaultStore(
-      { address: emu.url, token: emu.rootToken, pendingPrefix: 'keyturn-pending', timeoutMs: 5000 },
-      quietLogger(),
-    );
+    const store = vaultStore({ token: emu.rootToken });
     try {
       const r = ref();
       const path = (r.spec as { path: string }).path;
