@@ -246,20 +246,35 @@ export class RegistryService {
     this.#checkCredential(spec);
     const store = this.#stores.get(spec.store);
 
-    let state: CredentialState = { status: 'pending', failures: 0 };
     if (input.import && input.currentPassword) {
       await this.#verifyLogin(connection, input.username, input.currentPassword);
+    }
+    // The registry entry first: its creation is the check that the id is free, and nothing may be written to
+    // the store under an id that belongs to another credential.
+    try {
+      await this.#registry.createCredential(spec, { status: 'pending', failures: 0 });
+    } catch (err) {
+      // NotFound here means the connection vanished between the two reads.
+      if (err instanceof NotFoundError) throw new UnprocessableError(err.message);
+      throw err;
+    }
+    let state: CredentialState = { status: 'pending', failures: 0 };
+    if (input.import && input.currentPassword) {
       // A version id like a rotation's: a valid AWS ClientRequestToken (32-64 characters).
       const importVersion = `import-${randomUUID()}`;
-      const driver = targetDriver(connection.type);
-      await store.putCurrent(credentialSecretRef(spec), importVersion, {
-        engine: driver?.engine ?? connection.type,
-        host: connection.host,
-        port: connection.port,
-        ...(connection.database ? { dbname: connection.database } : {}),
-        username: input.username,
-        password: input.currentPassword,
-      });
+      try {
+        await store.putCurrent(credentialSecretRef(spec), importVersion, {
+          engine: targetDriver(connection.type)?.engine ?? connection.type,
+          host: connection.host,
+          port: connection.port,
+          ...(connection.database ? { dbname: connection.database } : {}),
+          username: input.username,
+          password: input.currentPassword,
+        });
+      } catch (err) {
+        await this.#registry.deleteCredential(spec).catch(() => {});
+        throw err;
+      }
       state = {
         status: 'active',
         version: importVersion,
@@ -268,15 +283,7 @@ export class RegistryService {
         nextRotationAt: this.#queues.nextRotationAt(spec, now)?.toISOString(),
         failures: 0,
       };
-    }
-    try {
-      await this.#registry.createCredential(spec, state);
-    } catch (err) {
-      // NotFound here means the connection vanished between the two reads.
-      if (err instanceof NotFoundError) throw new UnprocessableError(err.message);
-      if (input.import && !(err instanceof ConflictError))
-        await store.remove(credentialSecretRef(spec)).catch(() => {});
-      throw err;
+      await this.#registry.saveCredentialState(spec.id, state);
     }
     await this.#audit.append({
       actor,

@@ -106,6 +106,31 @@ describe('single-user on PostgreSQL', () => {
     expect(ok.body.rotation).toBeNull();
     expect(ok.body.version).toMatch(/^import-[0-9a-f-]{36}$/);
     expect((await readSecret(`imp-${role.name}`)).password).toBe('imported-password-123');
+    // Importing again under the same id is a conflict, and leaves the existing credential's secret alone.
+    const again = await kt.api('POST', '/v1/credentials', {
+      id: `imp-${role.name}`,
+      connection,
+      username: role.name,
+      strategy: 'single-user',
+      schedule: { every: '30d' },
+      import: true,
+      currentPassword: 'imported-password-123',
+    });
+    expect(again.status).toBe(409);
+    const { pgAdmin: admin } = await import('../support/harness.ts');
+    await admin((c) => c.query(`ALTER ROLE "${role.name}" PASSWORD 'another-password-456'`));
+    const other = await kt.api('POST', '/v1/credentials', {
+      id: `imp-${role.name}`,
+      connection,
+      username: role.name,
+      strategy: 'single-user',
+      schedule: { every: '30d' },
+      import: true,
+      currentPassword: 'another-password-456',
+    });
+    expect(other.status).toBe(409);
+    const kept = await readSecret(`imp-${role.name}`);
+    expect(kept.password).toBe('imported-password-123');
   });
 });
 
