@@ -309,6 +309,13 @@ export class RotationEngine {
       );
     }
     ctx.secrets.add(pending.value.password);
+    // The AWS templates' guard, for every store: a version that is neither pending nor current was taken over by
+    // someone else (another rotator moved the label); acting on it could set a password no reader will get.
+    if (!pending.stages.includes('pending') && !pending.stages.includes('current')) {
+      throw new PermanentError(
+        `version ${rotation.id} is no longer pending in the ${ctx.store.type} store: another process moved its label`,
+      );
+    }
     return pending;
   }
 
@@ -524,8 +531,15 @@ export class RotationEngine {
       await this.#failpoints.hit('rollback-before-restore');
       if (!rotation.setStarted) {
         const store = this.#stores.get(credential.spec.store);
-        await store.discardPending(credentialSecretRef(credential.spec), rotation.id);
-        note = 'nothing had been changed downstream; the pending version was dropped';
+        try {
+          await store.discardPending(credentialSecretRef(credential.spec), rotation.id);
+          note = 'nothing had been changed downstream; the pending version was dropped';
+        } catch (err) {
+          // The downstream never saw the pending secret, so I2 holds whatever the store keeps; a store that
+          // refuses the clean-up must not hold the rotation open forever.
+          if (!(err instanceof StoreRefusedError)) throw err;
+          note = `nothing had been changed downstream; the store refused to drop the pending version (${err.message})`;
+        }
       } else {
         ctx ??= await this.#context(credential);
         note = await this.#restoreDownstream(rotation, ctx);
@@ -611,8 +625,7 @@ export class RotationEngine {
         await ctx.target.updatePassword(login.username, login.password);
       const check = await ctx.target.authenticate(login);
       if (!check.ok) throw new Error(`the restored password does not log in: ${check.message}`);
-      await ctx.store.discardPending(ctx.ref, rotation.id);
-      return 'the current password was put back downstream and the pending version dropped';
+      return `the current password was put back downstream${await this.#dropPending(ctx, rotation)}`;
     }
     // alternating-users: the rotation changed the inactive user. Put back its previous password while that
     // user is still in its grace period, otherwise give it an unknown random one.
@@ -624,10 +637,21 @@ export class RotationEngine {
     } else if (await ctx.target.userExists(username)) {
       await ctx.target.updatePassword(username, generatePassword(spec.password));
     }
-    await ctx.store.discardPending(ctx.ref, rotation.id);
+    const dropped = await this.#dropPending(ctx, rotation);
     return graceOpen
-      ? `user "${username}" got its previous password back and the pending version was dropped`
-      : `user "${username}" got an unknown random password and the pending version was dropped`;
+      ? `user "${username}" got its previous password back${dropped}`
+      : `user "${username}" got an unknown random password${dropped}`;
+  }
+
+  /** Drops the pending version once the downstream no longer holds it; a store that refuses is reported, not fatal. */
+  async #dropPending(ctx: Context, rotation: Rotation): Promise<string> {
+    try {
+      await ctx.store.discardPending(ctx.ref, rotation.id);
+      return ' and the pending version dropped';
+    } catch (err) {
+      if (!(err instanceof StoreRefusedError)) throw err;
+      return `; the store refused to drop the pending version (${err.message})`;
+    }
   }
 
   // Grace period

@@ -141,13 +141,20 @@ export class AwsStore implements SecretStore {
   /** VersionIdsToStages, or null when the secret does not exist. */
   async #stages(ref: SecretRef): Promise<Record<string, string[]> | null> {
     try {
-      const res = await this.#send<{ VersionIdsToStages?: Record<string, string[]>; DeletedDate?: Date }>(
-        ref,
-        'describing',
-        new DescribeSecretCommand({ SecretId: this.#secretId(ref) }),
-      );
+      const res = await this.#send<{
+        VersionIdsToStages?: Record<string, string[]>;
+        DeletedDate?: Date;
+        RotationEnabled?: boolean;
+        RotationLambdaARN?: string;
+      }>(ref, 'describing', new DescribeSecretCommand({ SecretId: this.#secretId(ref) }));
       // A secret scheduled for deletion is gone for every purpose of a rotation.
       if (res.DeletedDate) return null;
+      // Two rotators on one secret would move each other's labels: refuse while AWS's own rotation is on.
+      if (res.RotationEnabled) {
+        throw new StoreRefusedError(
+          `secret ${this.#secretId(ref)} has AWS rotation enabled (${res.RotationLambdaARN ?? 'a rotation function'}): turn it off (CancelRotateSecret) so that Keyturn alone rotates it`,
+        );
+      }
       return res.VersionIdsToStages ?? {};
     } catch (err) {
       if (nameOf(err) === 'ResourceNotFoundException') return null;

@@ -1,5 +1,6 @@
 // Faults of the remote stores during real rotations: each ends in a retry that succeeds or in a clear failure
 // that leaves the credential on its working version, and never in a lost or doubled version.
+import { RotateSecretCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { StoreSpec } from '../../src/registry/types.ts';
 import { VaultStore } from '../../src/stores/vault-store.ts';
@@ -287,6 +288,36 @@ describe('AWS Secrets Manager faults', () => {
         .flat()
         .sort(),
     ).toEqual(['current', 'previous']);
+  });
+
+  it('a secret with AWS rotation enabled is refused: two rotators would fight over its labels', async () => {
+    const store = awsSpec();
+    const { id, role, password } = await importCredential(kt, connection, {
+      idPrefix: 'arot',
+      extra: { store },
+    });
+    const client = new SecretsManagerClient({
+      endpoint: emu.endpoint,
+      region: emu.region,
+      credentials: emu.credentials,
+    });
+    try {
+      await client.send(
+        new RotateSecretCommand({
+          SecretId: (store as { secretId: string }).secretId,
+          RotationLambdaARN: 'arn:aws:lambda:eu-west-1:123456789012:function:rotate-payments',
+          RotateImmediately: false,
+        }),
+      );
+    } finally {
+      client.destroy();
+    }
+    const rotate = await kt.api('POST', `/v1/credentials/${id}/rotate`);
+    const rotation = await waitForRotation(kt, rotate.body.rotationId);
+    expect(rotation.status).toBe('failed');
+    expect(rotation.attempts).toBe(1);
+    expect(rotation.error.message).toMatch(/AWS rotation enabled .*rotate-payments/);
+    expect(await canLogin(role.name, password)).toBe(true);
   });
 
   it('a secret that keeps answering ResourceNotFoundException is a clear failure; the old password still works', async () => {
