@@ -23,7 +23,7 @@ import {
   type SecretVersion,
   StoreRefusedError,
 } from '../stores/types.ts';
-import { type Login, TargetRefusedError, type TargetSession } from '../targets/types.ts';
+import { TargetRefusedError, type TargetSession } from '../targets/types.ts';
 import { type Downstream, openDownstream } from './downstream.ts';
 import type { Failpoints } from './failpoints.ts';
 import { type FencedOp, type Lease, LeaseLostError, type LeaseManager } from './lease.ts';
