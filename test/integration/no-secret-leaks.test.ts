@@ -4,6 +4,8 @@
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { startAwsSecretsManagerEmulator } from '../emulators/aws-secrets-manager.ts';
+import { startVaultEmulator } from '../emulators/vault.ts';
 import {
   createAppRole,
   dropPrefix,
@@ -20,7 +22,18 @@ import {
   waitForRotation,
 } from '../support/harness.ts';
 
-const env = testEnv({ LOG_LEVEL: 'trace' });
+// The secrets also live in Vault and AWS (emulators) for some credentials: their access tokens are secrets too.
+const vault = await startVaultEmulator();
+const aws = await startAwsSecretsManagerEmulator();
+const env = testEnv({
+  LOG_LEVEL: 'trace',
+  VAULT_ADDR: vault.url,
+  VAULT_TOKEN: vault.rootToken,
+  AWS_ENDPOINT_URL: aws.endpoint,
+  AWS_REGION: aws.region,
+  AWS_ACCESS_KEY_ID: aws.credentials.accessKeyId,
+  AWS_SECRET_ACCESS_KEY: aws.credentials.secretAccessKey,
+});
 let kt: Keyturn;
 let monitor: Redis;
 const commands: string[] = [];
@@ -38,28 +51,45 @@ beforeAll(async () => {
 afterAll(async () => {
   await worker?.kill();
   await kt?.close();
+  await Promise.all([vault.close(), aws.close()]);
   monitor?.disconnect();
   await dropPrefix(env.prefix);
 });
 
 it('no secret value reaches logs, audit events, job payloads or Redis', async () => {
-  const secrets = new Set<string>([pgInfo().adminPassword]);
+  const secrets = new Set<string>([
+    pgInfo().adminPassword,
+    env.adminToken,
+    env.masterKey,
+    vault.rootToken,
+    aws.credentials.secretAccessKey,
+  ]);
   const connection = await registerPgConnection(kt);
 
-  // Rotations of both strategies, with secret reads after each.
+  // Rotations of both strategies, with secret reads after each; and one credential kept in each remote store.
   const single = await createAppRole();
   const alt = await createAppRole();
-  for (const [id, role, strategy] of [
-    [`leak-single-${single.name}`, single, 'single-user'],
-    [`leak-alt-${alt.name}`, alt, 'alternating-users'],
+  const inVault = await createAppRole();
+  const inAws = await createAppRole();
+  for (const [id, role, strategy, store] of [
+    [`leak-single-${single.name}`, single, 'single-user', undefined],
+    [`leak-alt-${alt.name}`, alt, 'alternating-users', undefined],
+    [
+      `leak-vault-${inVault.name}`,
+      inVault,
+      'single-user',
+      { type: 'vault', mount: 'secret', path: `leak/${inVault.name}` },
+    ],
+    [`leak-aws-${inAws.name}`, inAws, 'alternating-users', { type: 'aws', secretId: `leak/${inAws.name}` }],
   ] as const) {
     const created = await kt.api('POST', '/v1/credentials', {
       id,
       connection,
       username: role.name,
+      ...(store ? { store } : {}),
       strategy,
       schedule: { cron: '0 3 * * 1', timezone: 'Europe/London' },
-      ...(strategy === 'alternating-users' ? { gracePeriod: '1s' } : {}),
+      ...(strategy === 'alternating-users' && !store ? { gracePeriod: '1s' } : {}),
     });
     expect(created.status).toBe(201);
     expect((await waitForRotation(kt, created.body.rotation.id)).status).toBe('succeeded');
