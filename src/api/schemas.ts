@@ -59,6 +59,13 @@ const TlsSchema = Type.Object(
 
 const Password = Type.String({ minLength: 1, maxLength: 1024 });
 
+// Target-specific settings; each target's driver says which it knows (targets/*/ validateOptions).
+const ConnectionOptions = Type.Record(
+  Type.String({ pattern: '^[A-Za-z][A-Za-z0-9]{0,62}$' }),
+  Type.Union([Type.String({ maxLength: 1024 }), Type.Number(), Type.Boolean()]),
+  { maxProperties: 16 },
+);
+
 export const CreateConnectionBody = Type.Object(
   {
     id: Id,
@@ -75,6 +82,7 @@ export const CreateConnectionBody = Type.Object(
       },
       { additionalProperties: false },
     ),
+    options: Type.Optional(ConnectionOptions),
     labels: Type.Optional(Labels),
   },
   { additionalProperties: false },
@@ -96,6 +104,7 @@ export const PatchConnectionBody = Type.Object(
         { additionalProperties: false, minProperties: 1 },
       ),
     ),
+    options: Type.Optional(ConnectionOptions),
     labels: Type.Optional(Labels),
   },
   { additionalProperties: false, minProperties: 1 },

@@ -52,6 +52,7 @@ export function connectionView(connection: Connection, credentials?: string[]) {
       ? { mode: connection.tls.mode, ca: connection.tls.ca ? 'set' : null }
       : { mode: 'disable' },
     admin: { username: connection.admin.username, store: connection.adminStore },
+    options: connection.options ?? {},
     labels: connection.labels,
     ...(credentials ? { credentials } : {}),
     createdAt: connection.createdAt,

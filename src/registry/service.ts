@@ -12,7 +12,7 @@ import type { Queues } from '../scheduling/queues.ts';
 import { parseDuration, validateSchedule } from '../scheduling/schedule.ts';
 import { connectionAdminRef, credentialSecretRef, type StoreSet } from '../stores/index.ts';
 import type { SecretDocument } from '../stores/types.ts';
-import { targetDriver } from '../targets/index.ts';
+import { TARGET_DRIVERS, targetDriver } from '../targets/index.ts';
 import { ConflictError, NotFoundError, UnprocessableError } from './errors.ts';
 import type { Registry } from './registry.ts';
 import type {
@@ -33,6 +33,7 @@ export interface ConnectionInput {
   database?: string;
   tls?: TlsSpec;
   admin: { username: string; password: string; store?: StoreSpec };
+  options?: Record<string, string | number | boolean>;
   labels?: Record<string, string>;
 }
 
@@ -42,6 +43,7 @@ export interface ConnectionPatch {
   database?: string;
   tls?: TlsSpec;
   admin?: { username?: string; password?: string };
+  options?: Record<string, string | number | boolean>;
   labels?: Record<string, string>;
 }
 
@@ -100,8 +102,16 @@ export class RegistryService {
   async createConnection(input: ConnectionInput, actor: string): Promise<Connection> {
     const driver = targetDriver(input.type);
     if (!driver) {
-      throw new UnprocessableError(`Connection type "${input.type}" is not supported (supported: postgres)`);
+      throw new UnprocessableError(
+        `Connection type "${input.type}" is not supported (supported: ${Object.keys(TARGET_DRIVERS).join(', ')})`,
+      );
     }
+    const optionProblems = input.options ? (driver.validateOptions?.(input.options) ?? []) : [];
+    if (input.options && !driver.validateOptions && Object.keys(input.options).length > 0) {
+      optionProblems.push(`connections of type "${input.type}" take no options`);
+    }
+    if (optionProblems.length > 0)
+      throw new UnprocessableError(optionProblems.map((p) => `options: ${p}`).join('; '));
     const adminStore = input.admin.store ?? { type: 'local' as const };
     const store = this.#stores.get(adminStore);
     const now = new Date().toISOString();
@@ -112,6 +122,7 @@ export class RegistryService {
       port: input.port ?? driver.defaultPort,
       ...(input.database ? { database: input.database } : {}),
       ...(input.tls ? { tls: input.tls } : {}),
+      ...(input.options ? { options: input.options } : {}),
       admin: { username: input.admin.username },
       adminStore,
       labels: input.labels ?? {},
@@ -159,9 +170,16 @@ export class RegistryService {
       ...(patch.database ? { database: patch.database } : {}),
       ...(patch.tls ? { tls: patch.tls } : {}),
       ...(patch.labels ? { labels: patch.labels } : {}),
+      ...(patch.options ? { options: patch.options } : {}),
       admin: { username: patch.admin?.username ?? connection.admin.username },
       updatedAt: new Date().toISOString(),
     };
+    if (patch.options) {
+      const problems = targetDriver(connection.type)?.validateOptions?.(patch.options) ?? [
+        `connections of type "${connection.type}" take no options`,
+      ];
+      if (problems.length > 0) throw new UnprocessableError(problems.map((p) => `options: ${p}`).join('; '));
+    }
     const store = this.#stores.get(connection.adminStore);
     const ref = connectionAdminRef(connection);
     if (patch.admin) {

@@ -22,6 +22,8 @@ export interface Connection {
   database?: string;
   tls?: TlsSpec;
   admin: { username: string };
+  /** Target-specific settings, checked by the target's driver (e.g. the MySQL account host, a webhook's paths). */
+  options?: Record<string, string | number | boolean>;
   /** Where the admin password lives. */
   adminStore: StoreSpec;
   labels: Record<string, string>;

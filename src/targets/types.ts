@@ -61,6 +61,8 @@ export interface TargetDriver {
   /** The `engine` field written into the store document (AWS template layout). */
   readonly engine: string;
   readonly defaultPort: number;
+  /** Problems with a connection's `options` for this target, each naming the option; empty when valid. */
+  validateOptions?(options: Record<string, string | number | boolean>): string[];
   /** Initialize: opens a session with the connection's admin login. */
   open(connection: Connection, admin: Login, options: { timeoutMs: number }): Promise<TargetSession>;
 }
