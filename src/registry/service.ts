@@ -215,10 +215,13 @@ export class RegistryService {
 
   // Credentials
 
-  #checkCredential(spec: CredentialSpec): void {
+  #checkCredential(spec: CredentialSpec, connection: Connection): void {
     const problems = validateSchedule(spec.schedule);
-    if (spec.gracePeriod !== undefined && spec.strategy !== 'alternating-users') {
-      problems.push('gracePeriod applies only to strategy "alternating-users"');
+    const dual = targetDriver(connection.type)?.dualPassword === true;
+    if (spec.gracePeriod !== undefined && spec.strategy !== 'alternating-users' && !dual) {
+      problems.push(
+        `gracePeriod applies to strategy "alternating-users", or to "single-user" on a downstream that holds two passwords per user (not ${connection.type})`,
+      );
     }
     if (spec.gracePeriod !== undefined) {
       try {
@@ -261,7 +264,7 @@ export class RegistryService {
       createdAt: now.toISOString(),
       updatedAt: now.toISOString(),
     };
-    this.#checkCredential(spec);
+    this.#checkCredential(spec, connection);
     const store = this.#stores.get(spec.store);
 
     if (input.import && input.currentPassword) {
@@ -358,7 +361,7 @@ export class RegistryService {
     else if (patch.maxAgeDays !== undefined) updated.maxAgeDays = patch.maxAgeDays;
     if (patch.gracePeriod === null) delete updated.gracePeriod;
     else if (patch.gracePeriod !== undefined) updated.gracePeriod = patch.gracePeriod;
-    this.#checkCredential(updated);
+    this.#checkCredential(updated, await this.#registry.getConnection(spec.connection));
     await this.#registry.saveCredentialSpec(updated);
     const credential = await this.#registry.getCredential(id);
     if (patch.schedule) {

@@ -347,8 +347,14 @@ export class RotationEngine {
       rotation.setStarted = true;
       await this.#save(lease, rotation);
     }
+    const current = spec.strategy === 'single-user' ? await ctx.store.read(ctx.ref, { stage: 'current' }) : null;
     if (spec.strategy === 'alternating-users' && login.username !== spec.username) {
       await ctx.target.createUser(login.username, login.password, { like: spec.username });
+    } else if (ctx.target.setPasswords && current && current.value.username === login.username) {
+      // A dual-password downstream: the old password keeps working next to the new one (no window); any older
+      // one goes. The grace period, or else the next rotation, removes the old one.
+      ctx.secrets.add(current.value.password);
+      await ctx.target.setPasswords(login.username, { keep: current.value.password, password: login.password });
     } else {
       await ctx.target.updatePassword(login.username, login.password);
     }
@@ -621,8 +627,14 @@ export class RotationEngine {
       }
       ctx.secrets.add(current.value.password);
       const login = { username: current.value.username, password: current.value.password };
-      if (!(await ctx.target.authenticate(login)).ok)
+      // On a dual-password downstream the old password may still work next to the pending one: take the
+      // pending one away explicitly, so that nothing the store is about to forget still logs in.
+      if (ctx.target.removePassword && pending && pending.value.username === login.username) {
+        await ctx.target.removePassword(login.username, pending.value.password);
+      }
+      if (!(await ctx.target.authenticate(login)).ok) {
         await ctx.target.updatePassword(login.username, login.password);
+      }
       const check = await ctx.target.authenticate(login);
       if (!check.ok) throw new Error(`the restored password does not log in: ${check.message}`);
       return `the current password was put back downstream${await this.#dropPending(ctx, rotation)}`;
@@ -657,13 +669,14 @@ export class RotationEngine {
   // Grace period
 
   /**
-   * Ends the grace period of alternating-users: the previous user's password is replaced by an unknown
-   * random one, so a leaked or cached old secret stops working. Skipped when the version is no longer the
-   * previous one, or when a rotation is in flight (it changes that very user, and its rollback revokes).
+   * Ends a grace period, so that a leaked or cached old secret stops working: for alternating-users the previous
+   * user's password is replaced by an unknown random one; for single-user on a dual-password downstream the old
+   * password is removed. Skipped when the version is no longer the previous one, or when a rotation is in flight
+   * (it changes that very user, and its rollback revokes).
    */
   async revokePrevious(credentialId: string, versionId: string): Promise<RunResult> {
     const credential = await this.#registry.findCredential(credentialId);
-    if (credential?.spec.strategy !== 'alternating-users') return { outcome: 'done' };
+    if (!credential?.spec.gracePeriod) return { outcome: 'done' };
     if (await this.#rotations.inflightId(credentialId)) return { outcome: 'done' };
     const lease = await this.#leases.tryAcquire(credentialId, this.#settings.holder);
     if (!lease) return { outcome: 'busy' };
@@ -675,8 +688,17 @@ export class RotationEngine {
         return { outcome: 'done' };
       }
       const current = await ctx.store.read(ctx.ref, { stage: 'current' });
-      if (!current || current.value.username === previous.value.username) return { outcome: 'done' };
-      await ctx.target.updatePassword(previous.value.username, generatePassword(credential.spec.password));
+      if (!current) return { outcome: 'done' };
+      ctx.secrets.add(previous.value.password);
+      if (current.value.username !== previous.value.username) {
+        // alternating-users: the previous user gets an unknown password.
+        await ctx.target.updatePassword(previous.value.username, generatePassword(credential.spec.password));
+      } else if (ctx.target.removePassword) {
+        // single-user on a dual-password downstream: the old password of the same user goes.
+        await ctx.target.removePassword(previous.value.username, previous.value.password);
+      } else {
+        return { outcome: 'done' };
+      }
       const state: CredentialState = { ...credential.state, previousRevokedAt: nowIso() };
       await lease.commit([
         ['HSET', this.#keys.credential(credentialId), 'state', JSON.stringify(state)],

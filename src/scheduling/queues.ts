@@ -96,11 +96,11 @@ export class Queues implements RotationHooks {
   }
 
   /**
-   * alternating-users with a grace period: plans the revocation of the previous user at rotatedAt + grace (at
+   * A credential with a grace period: plans the revocation of the previous secret at rotatedAt + grace (at
    * once if that has passed). The job id makes planning twice harmless; the revocation itself re-checks.
    */
   async planGraceRevocation({ spec, state }: Credential): Promise<void> {
-    if (spec.strategy !== 'alternating-users' || !spec.gracePeriod || !state.previousVersion) return;
+    if (!spec.gracePeriod || !state.previousVersion) return;
     if (state.previousRevokedAt || !state.rotatedAt) return;
     const due = Date.parse(state.rotatedAt) + parseDuration(spec.gracePeriod);
     await this.rotations.add(

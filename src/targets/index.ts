@@ -1,10 +1,14 @@
 // The map of downstream drivers by connection type. Adding a downstream means adding its folder and one line
 // here; the engine, the API and the stores stay as they are.
 import { postgresTarget } from './postgres/postgres-target.ts';
+import { redisTarget } from './redis/redis-target.ts';
 import type { TargetDriver } from './types.ts';
+import { webhookTarget } from './webhook/webhook-target.ts';
 
 export const TARGET_DRIVERS: Readonly<Record<string, TargetDriver>> = {
   [postgresTarget.type]: postgresTarget,
+  [webhookTarget.type]: webhookTarget,
+  [redisTarget.type]: redisTarget,
 };
 
 export function targetDriver(type: string): TargetDriver | undefined {

@@ -51,6 +51,13 @@ export interface TargetSession {
   updatePassword(username: string, password: string): Promise<void>;
   /** DeleteUser. */
   deleteUser(username: string): Promise<void>;
+  /**
+   * Dual-password targets only (the driver's `dualPassword`): leaves the user with exactly two passwords, `keep`
+   * and `password`, so that connections using either work while clients move over. Idempotent.
+   */
+  setPasswords?(username: string, passwords: { keep: string; password: string }): Promise<void>;
+  /** Dual-password targets only: removes one password of the user, if it still has it. Idempotent. */
+  removePassword?(username: string, password: string): Promise<void>;
   /** Close: releases connections. */
   close(): Promise<void>;
 }
@@ -61,6 +68,11 @@ export interface TargetDriver {
   /** The `engine` field written into the store document (AWS template layout). */
   readonly engine: string;
   readonly defaultPort: number;
+  /**
+   * The downstream lets a user hold two passwords (Redis ACL, MySQL 8). single-user then overlaps the old and the
+   * new password instead of having a window, and `gracePeriod` says when the old one is removed.
+   */
+  readonly dualPassword?: boolean;
   /** Problems with a connection's `options` for this target, each naming the option; empty when valid. */
   validateOptions?(options: Record<string, string | number | boolean>): string[];
   /** Initialize: opens a session with the connection's admin login. */

@@ -1,0 +1,274 @@
+// Redis ACL users, on ioredis. Redis lets a user hold several passwords, so single-user rotation overlaps: the
+// new password is added next to the old one (ACL SETUSER u resetpass >old >new) and the old one is removed when
+// the grace period ends (<old), or by the next rotation. Permissions are never touched by a password change
+// (resetpass only clears passwords); a clone for alternating-users gets the original's rules exactly, copied
+// from ACL LIST with the password hashes left out. Where Redis keeps its users in an ACL file, every change is
+// followed by ACL SAVE, so that a restart does not bring the old passwords back.
+import { Redis, type RedisOptions } from 'ioredis';
+import { scrubText } from '../../crypto/scrub.ts';
+import type { Connection } from '../../registry/types.ts';
+import {
+  type AuthOutcome,
+  type Login,
+  type TargetDriver,
+  TargetRefusedError,
+  type TargetSession,
+  TargetUnavailableError,
+  type UserTemplate,
+} from '../types.ts';
+
+// Redis error replies that mean "these credentials were refused".
+const AUTH_REJECTED = /^(WRONGPASS|NOAUTH|NOPERM)/;
+
+function clientOptions(connection: Connection, login: Login, timeoutMs: number): RedisOptions {
+  const tls = connection.tls?.mode ?? 'disable';
+  return {
+    host: connection.host,
+    port: connection.port,
+    username: login.username,
+    password: login.password,
+    connectTimeout: timeoutMs,
+    commandTimeout: timeoutMs,
+    lazyConnect: true,
+    // One attempt: the engine's retries and backoff decide what happens next.
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+    enableOfflineQueue: false,
+    ...(tls === 'disable'
+      ? {}
+      : {
+          tls:
+            tls === 'require'
+              ? { rejectUnauthorized: false }
+              : { ...(connection.tls?.ca ? { ca: connection.tls.ca } : {}) },
+        }),
+  };
+}
+
+/** Splits an ACL LIST rule string into rules, keeping a selector "(…)" whole. */
+export function splitRules(text: string): string[] {
+  const rules: string[] = [];
+  let depth = 0;
+  let current = '';
+  for (const ch of text) {
+    if (ch === ' ' && depth === 0) {
+      if (current) rules.push(current);
+      current = '';
+      continue;
+    }
+    if (ch === '(') depth++;
+    if (ch === ')') depth = Math.max(0, depth - 1);
+    current += ch;
+  }
+  if (current) rules.push(current);
+  return rules;
+}
+
+/** The rules of one user from ACL LIST, without its name and without anything about passwords. */
+export function permissionRules(aclListLine: string): string[] {
+  const [, , ...rules] = splitRules(aclListLine);
+  return rules.filter(
+    (r) => !r.startsWith('#') && !r.startsWith('>') && !r.startsWith('<') && r !== 'nopass',
+  );
+}
+
+class RedisSession implements TargetSession {
+  readonly #connection: Connection;
+  readonly #admin: Login;
+  readonly #timeoutMs: number;
+  #client: Redis | undefined;
+  #aclFile: boolean | undefined;
+
+  constructor(connection: Connection, admin: Login, timeoutMs: number) {
+    this.#connection = connection;
+    this.#admin = admin;
+    this.#timeoutMs = timeoutMs;
+  }
+
+  #fail(action: string, err: unknown, secrets: string[] = []): Error {
+    if (err instanceof TargetRefusedError || err instanceof TargetUnavailableError) return err;
+    // Redis echoes the failing ACL modifier (">password") in its error: scrub before it goes anywhere.
+    const message = scrubText(`${action}: ${(err as Error)?.message ?? String(err)}`, [
+      ...secrets,
+      this.#admin.password,
+    ]);
+    const code = (err as { code?: string }).code;
+    if (/^(ERR|NOPERM|WRONGPASS|NOAUTH)/.test((err as Error)?.message ?? ''))
+      return new TargetRefusedError(message, code);
+    return new TargetUnavailableError(message, code, { cause: err });
+  }
+
+  async #adminClient(): Promise<Redis> {
+    if (this.#client) return this.#client;
+    const client = new Redis(clientOptions(this.#connection, this.#admin, this.#timeoutMs));
+    client.on('error', () => {});
+    try {
+      await client.connect();
+    } catch (err) {
+      client.disconnect();
+      const where = `${this.#connection.host}:${this.#connection.port}`;
+      throw this.#fail(`logging in to Redis ${where} as admin "${this.#admin.username}"`, err);
+    }
+    this.#client = client;
+    return client;
+  }
+
+  async #acl(action: string, secrets: string[], ...args: string[]): Promise<unknown> {
+    const client = await this.#adminClient();
+    try {
+      return await client.call('ACL', ...args);
+    } catch (err) {
+      throw this.#fail(action, err, secrets);
+    }
+  }
+
+  /** ACL SAVE where Redis keeps its users in an ACL file; elsewhere the users live in memory (and redis.conf). */
+  async #persist(): Promise<void> {
+    if (this.#aclFile === undefined) {
+      const client = await this.#adminClient();
+      // CONFIG may be renamed or denied to the admin; without it, ACL SAVE answers for itself.
+      const reply = (await client.call('CONFIG', 'GET', 'aclfile').catch(() => null)) as string[] | null;
+      this.#aclFile = reply ? Boolean(reply[1]) : true;
+    }
+    if (!this.#aclFile) return;
+    try {
+      await this.#acl('saving the ACL file', [], 'SAVE');
+    } catch (err) {
+      // "This Redis instance is not configured to use an ACL file": nothing to persist.
+      if (/not configured to use an ACL file/i.test((err as Error).message)) this.#aclFile = false;
+      else throw err;
+    }
+  }
+
+  async authenticate(login: Login): Promise<AuthOutcome> {
+    // AUTH is sent as a command of its own: given to the constructor, a refusal surfaces only as a closed
+    // connection, indistinguishable from a network failure.
+    const {
+      username: _u,
+      password: _p,
+      ...options
+    } = clientOptions(this.#connection, login, this.#timeoutMs);
+    // No ready check either: its INFO would be refused before AUTH.
+    const client = new Redis({ ...options, enableReadyCheck: false });
+    client.on('error', () => {});
+    try {
+      await client.connect();
+      await client.call('AUTH', login.username, login.password);
+      await client.ping();
+      return { ok: true };
+    } catch (err) {
+      const message = (err as Error)?.message ?? '';
+      if (AUTH_REJECTED.test(message)) {
+        return { ok: false, reason: 'rejected', message: `Redis refused the login of "${login.username}"` };
+      }
+      throw this.#fail(`logging in to Redis as "${login.username}"`, err, [login.password]);
+    } finally {
+      client.disconnect();
+    }
+  }
+
+  async userExists(username: string): Promise<boolean> {
+    return (await this.#acl(`looking up ACL user "${username}"`, [], 'GETUSER', username)) !== null;
+  }
+
+  async #requireUser(username: string): Promise<void> {
+    if (!(await this.userExists(username))) {
+      throw new TargetRefusedError(
+        `Redis has no ACL user "${username}": create it (with its permissions) first`,
+      );
+    }
+  }
+
+  async updatePassword(username: string, password: string): Promise<void> {
+    await this.#requireUser(username);
+    // SETUSER would create a missing user; the check above keeps a typo from making an empty one.
+    await this.#acl(
+      `setting the password of ACL user "${username}"`,
+      [password],
+      'SETUSER',
+      username,
+      'resetpass',
+      `>${password}`,
+    );
+    await this.#persist();
+  }
+
+  async setPasswords(username: string, passwords: { keep: string; password: string }): Promise<void> {
+    await this.#requireUser(username);
+    await this.#acl(
+      `setting the passwords of ACL user "${username}"`,
+      [passwords.keep, passwords.password],
+      'SETUSER',
+      username,
+      'resetpass',
+      `>${passwords.keep}`,
+      `>${passwords.password}`,
+    );
+    await this.#persist();
+  }
+
+  async removePassword(username: string, password: string): Promise<void> {
+    try {
+      await this.#acl(
+        `removing a password of ACL user "${username}"`,
+        [password],
+        'SETUSER',
+        username,
+        `<${password}`,
+      );
+    } catch (err) {
+      // Already gone (an earlier attempt, or a rotation that replaced the list): nothing to do.
+      if (!/no such password|password.*not found/i.test((err as Error).message)) throw err;
+    }
+    await this.#persist();
+  }
+
+  async createUser(
+    username: string,
+    password: string,
+    template: UserTemplate,
+  ): Promise<'created' | 'updated'> {
+    if (await this.userExists(username)) {
+      await this.updatePassword(username, password);
+      return 'updated';
+    }
+    const list = (await this.#acl('listing ACL users', [], 'LIST')) as string[];
+    const line = list.find((l) => splitRules(l)[1] === template.like);
+    if (!line) {
+      throw new TargetRefusedError(
+        `Redis has no ACL user "${template.like}", so "${username}" cannot copy its rules`,
+      );
+    }
+    await this.#acl(
+      `creating ACL user "${username}" like "${template.like}"`,
+      [password],
+      'SETUSER',
+      username,
+      // A new user starts with nothing (no "reset", which would add flags the original may not have).
+      ...permissionRules(line),
+      `>${password}`,
+    );
+    await this.#persist();
+    return 'created';
+  }
+
+  async deleteUser(username: string): Promise<void> {
+    await this.#acl(`deleting ACL user "${username}"`, [], 'DELUSER', username);
+    await this.#persist();
+  }
+
+  async close(): Promise<void> {
+    this.#client?.disconnect();
+    this.#client = undefined;
+  }
+}
+
+export const redisTarget: TargetDriver = {
+  type: 'redis',
+  engine: 'redis',
+  defaultPort: 6379,
+  dualPassword: true,
+  async open(connection, admin, options) {
+    return new RedisSession(connection, admin, options.timeoutMs);
+  },
+};
