@@ -8,6 +8,7 @@ import { permissionRules, splitRules } from '../../src/targets/redis/redis-targe
 import {
   dropPrefix,
   type Keyturn,
+  spawnWorker,
   startKeyturn,
   testEnv,
   waitFor,
