@@ -2,7 +2,6 @@
 // revocation, secret reads) every log line, audit event, job payload, Redis command and Redis value is captured,
 // and no secret value appears in any of them.
 import { randomBytes } from 'node:crypto';
-import { Redis } from 'ioredis';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { startAwsSecretsManagerEmulator } from '../emulators/aws-secrets-manager.ts';
 import { startVaultEmulator } from '../emulators/vault.ts';
@@ -12,7 +11,6 @@ import {
   type Keyturn,
   pgAdmin,
   pgInfo,
-  REDIS_URL,
   registerPgConnection,
   spawnWorker,
   startKeyturn,
@@ -21,6 +19,7 @@ import {
   waitFor,
   waitForRotation,
 } from '../support/harness.ts';
+import { assertNoSecrets, monitorRedis, redisValues } from '../support/leaks.ts';
 
 // The secrets also live in Vault and AWS (emulators) for some credentials: their access tokens are secrets too.
 const vault = await startVaultEmulator();
@@ -35,16 +34,11 @@ const env = testEnv({
   AWS_SECRET_ACCESS_KEY: aws.credentials.secretAccessKey,
 });
 let kt: Keyturn;
-let monitor: Redis;
-const commands: string[] = [];
+let monitor: Awaited<ReturnType<typeof monitorRedis>>;
 let worker: WorkerProcess;
 
 beforeAll(async () => {
-  monitor = new Redis(REDIS_URL);
-  const m = await monitor.monitor();
-  m.on('monitor', (_time: string, args: string[]) => {
-    if (args.some((a) => a.includes(env.prefix))) commands.push(args.join(' '));
-  });
+  monitor = await monitorRedis(env.prefix);
   kt = await startKeyturn(env, { components: ['api'] });
   worker = spawnWorker(env);
 });
@@ -52,7 +46,7 @@ afterAll(async () => {
   await worker?.kill();
   await kt?.close();
   await Promise.all([vault.close(), aws.close()]);
-  monitor?.disconnect();
+  monitor?.stop();
   await dropPrefix(env.prefix);
 });
 
@@ -156,47 +150,20 @@ it('no secret value reaches logs, audit events, job payloads or Redis', async ()
   // Collect everything written.
   const audit = await kt.api('GET', '/v1/audit?limit=1000');
   expect(audit.body.events.length).toBeGreaterThan(20);
-  const redis = new Redis(REDIS_URL);
-  const values: string[] = [];
-  let cursor = '0';
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', `${env.prefix}:*`, 'COUNT', 1000);
-    cursor = next;
-    for (const key of keys) {
-      const type = await redis.type(key);
-      if (type === 'string') values.push((await redis.get(key)) ?? '');
-      else if (type === 'hash') values.push(JSON.stringify(await redis.hgetall(key)));
-      else if (type === 'list') values.push(JSON.stringify(await redis.lrange(key, 0, -1)));
-      else if (type === 'set') values.push(JSON.stringify(await redis.smembers(key)));
-      else if (type === 'zset') values.push(JSON.stringify(await redis.zrange(key, 0, -1)));
-      else if (type === 'stream') values.push(JSON.stringify(await redis.xrange(key, '-', '+')));
-    }
-  } while (cursor !== '0');
-  redis.disconnect();
+  const values = await redisValues(env.prefix);
   const readable = [
     ['API log', kt.logs],
     ['worker log', worker.output],
     ['audit events', [JSON.stringify(audit.body.events)]],
-    ['Redis commands (job payloads included)', commands],
+    ['Redis commands (job payloads included)', monitor.commands],
     ['Redis values', values],
     ['rotation records', [JSON.stringify(failed)]],
   ] as const;
   // The capture must have seen real traffic, or the check below proves nothing.
   expect(kt.logs.length).toBeGreaterThan(20);
   expect(worker.output.length).toBeGreaterThan(5);
-  expect(commands.some((c) => c.includes('rotate-'))).toBe(true);
+  expect(monitor.commands.some((c) => c.includes('rotate-'))).toBe(true);
   expect(values.length).toBeGreaterThan(10);
 
-  for (const secret of secrets) {
-    expect(secret.length).toBeGreaterThanOrEqual(16);
-    const forms = [secret, Buffer.from(secret).toString('base64'), encodeURIComponent(secret)];
-    for (const [where, lines] of readable) {
-      for (const line of lines) {
-        for (const form of forms) {
-          if (line.includes(form))
-            throw new Error(`a secret value appears in the ${where}: ${line.slice(0, 200)}…`);
-        }
-      }
-    }
-  }
+  assertNoSecrets(secrets, readable);
 });

@@ -20,13 +20,12 @@ import {
 // Redis error replies that mean "these credentials were refused".
 const AUTH_REJECTED = /^(WRONGPASS|NOAUTH|NOPERM)/;
 
-function clientOptions(connection: Connection, login: Login, timeoutMs: number): RedisOptions {
+/** Connection options without credentials: every login is an explicit AUTH (see #unauthenticated). */
+function clientOptions(connection: Connection, timeoutMs: number): RedisOptions {
   const tls = connection.tls?.mode ?? 'disable';
   return {
     host: connection.host,
     port: connection.port,
-    username: login.username,
-    password: login.password,
     connectTimeout: timeoutMs,
     commandTimeout: timeoutMs,
     lazyConnect: true,
@@ -100,16 +99,35 @@ class RedisSession implements TargetSession {
 
   async #adminClient(): Promise<Redis> {
     if (this.#client) return this.#client;
-    const client = new Redis(clientOptions(this.#connection, this.#admin, this.#timeoutMs));
-    client.on('error', () => {});
+    const client = this.#unauthenticated();
+    const where = `${this.#connection.host}:${this.#connection.port}`;
     try {
       await client.connect();
+      await client.call('AUTH', this.#admin.username, this.#admin.password);
     } catch (err) {
       client.disconnect();
-      const where = `${this.#connection.host}:${this.#connection.port}`;
+      if (AUTH_REJECTED.test((err as Error)?.message ?? '')) {
+        throw new TargetRefusedError(
+          `Redis ${where} refused the admin login of "${this.#admin.username}": check the connection's admin secret`,
+        );
+      }
       throw this.#fail(`logging in to Redis ${where} as admin "${this.#admin.username}"`, err);
     }
     this.#client = client;
+    return client;
+  }
+
+  /**
+   * A client that has not logged in yet. AUTH is then sent as a command of its own: given to the constructor, a
+   * refusal surfaces only as a closed connection, indistinguishable from a network failure. No ready check
+   * either: its INFO would be refused before AUTH.
+   */
+  #unauthenticated(): Redis {
+    const client = new Redis({
+      ...clientOptions(this.#connection, this.#timeoutMs),
+      enableReadyCheck: false,
+    });
+    client.on('error', () => {});
     return client;
   }
 
@@ -141,16 +159,7 @@ class RedisSession implements TargetSession {
   }
 
   async authenticate(login: Login): Promise<AuthOutcome> {
-    // AUTH is sent as a command of its own: given to the constructor, a refusal surfaces only as a closed
-    // connection, indistinguishable from a network failure.
-    const {
-      username: _u,
-      password: _p,
-      ...options
-    } = clientOptions(this.#connection, login, this.#timeoutMs);
-    // No ready check either: its INFO would be refused before AUTH.
-    const client = new Redis({ ...options, enableReadyCheck: false });
-    client.on('error', () => {});
+    const client = this.#unauthenticated();
     try {
       await client.connect();
       await client.call('AUTH', login.username, login.password);

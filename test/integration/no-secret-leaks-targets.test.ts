@@ -1,0 +1,118 @@
+// I5 for every downstream target beyond PostgreSQL: rotations of both strategies, secret reads, an import, a
+// refused import and a failing connection (wrong admin secret), with every log line, audit event, Redis command
+// and Redis value captured; no password, admin secret or signing key appears in any of it.
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  dropPrefix,
+  type Keyturn,
+  spawnWorker,
+  startKeyturn,
+  testEnv,
+  type WorkerProcess,
+  waitForRotation,
+} from '../support/harness.ts';
+import { assertNoSecrets, monitorRedis, redisValues } from '../support/leaks.ts';
+import { TARGET_FIXTURES, type TargetFixture } from '../support/targets.ts';
+
+const plan = await Promise.all(
+  TARGET_FIXTURES.map(async (f) => ({ fixture: f, skip: await f.skipReason() })),
+);
+for (const { fixture, skip } of plan)
+  if (skip) console.warn(`skipping the leak test on ${fixture.name}: ${skip}`);
+
+for (const { fixture, skip } of plan) {
+  describe.skipIf(Boolean(skip))(`no secret leaks with a ${fixture.name} downstream`, () => {
+    const env = testEnv({ LOG_LEVEL: 'trace' });
+    let kt: Keyturn;
+    let worker: WorkerProcess;
+    let target: Awaited<ReturnType<TargetFixture['start']>>;
+    let monitor: Awaited<ReturnType<typeof monitorRedis>>;
+
+    beforeAll(async () => {
+      monitor = await monitorRedis(env.prefix);
+      target = await fixture.start();
+      kt = await startKeyturn(env, { components: ['api'] });
+      worker = spawnWorker(env);
+    });
+    afterAll(async () => {
+      await worker?.kill();
+      await kt?.close();
+      await target?.stop();
+      monitor?.stop();
+      await dropPrefix(env.prefix);
+    });
+
+    it('writes no secret anywhere', async () => {
+      const secrets = new Set<string>([...target.secrets, env.adminToken, env.masterKey]);
+      const good = await kt.api('POST', '/v1/connections', { id: 'good', ...target.connection });
+      expect(good.status).toBe(201);
+      // The same downstream with a wrong admin secret: its rotations fail, and the driver's errors are stored.
+      const wrongAdmin = randomBytes(24).toString('base64url');
+      secrets.add(wrongAdmin);
+      const admin = target.connection.admin as { username: string };
+      const bad = await kt.api('POST', '/v1/connections', {
+        id: 'bad',
+        ...target.connection,
+        admin: { username: admin.username, password: wrongAdmin },
+      });
+      expect(bad.status).toBe(201);
+
+      for (const strategy of ['single-user', 'alternating-users'] as const) {
+        const user = await target.createUser();
+        secrets.add(user.password);
+        const id = `leak-${strategy}-${user.username}`.replaceAll('_', '-');
+        const created = await kt.api('POST', '/v1/credentials', {
+          id,
+          connection: 'good',
+          username: user.username,
+          strategy,
+          schedule: { every: '30d' },
+          import: true,
+          currentPassword: user.password,
+        });
+        expect(created.status).toBe(201);
+        for (let i = 0; i < 2; i++) {
+          const rotate = await kt.api('POST', `/v1/credentials/${id}/rotate`);
+          expect((await waitForRotation(kt, rotate.body.rotationId)).status).toBe('succeeded');
+          secrets.add((await kt.api('GET', `/v1/credentials/${id}/secret`)).body.password);
+        }
+      }
+      const refused = await target.createUser();
+      const wrongPassword = randomBytes(18).toString('base64url');
+      secrets.add(refused.password).add(wrongPassword);
+      const wrongImport = await kt.api('POST', '/v1/credentials', {
+        id: 'leak-wrong-import',
+        connection: 'good',
+        username: refused.username,
+        strategy: 'single-user',
+        schedule: { every: '30d' },
+        import: true,
+        currentPassword: wrongPassword,
+      });
+      expect(wrongImport.status).toBe(422);
+      const failing = await kt.api('POST', '/v1/credentials', {
+        id: 'leak-failing',
+        connection: 'bad',
+        username: refused.username,
+        strategy: 'single-user',
+        schedule: { every: '30d' },
+      });
+      const failed = await waitForRotation(kt, failing.body.rotation.id);
+      expect(failed.status).toBe('failed');
+
+      const audit = await kt.api('GET', '/v1/audit?limit=1000');
+      const values = await redisValues(env.prefix);
+      expect(kt.logs.length).toBeGreaterThan(10);
+      expect(monitor.commands.length).toBeGreaterThan(10);
+      assertNoSecrets(secrets, [
+        ['API log', kt.logs],
+        ['worker log', worker.output],
+        ['audit events', [JSON.stringify(audit.body.events)]],
+        ['Redis commands (job payloads included)', monitor.commands],
+        ['Redis values', values],
+        ['API answers', [wrongImport.text, JSON.stringify(failed)]],
+      ]);
+    });
+  });
+}
