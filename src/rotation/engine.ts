@@ -347,14 +347,18 @@ export class RotationEngine {
       rotation.setStarted = true;
       await this.#save(lease, rotation);
     }
-    const current = spec.strategy === 'single-user' ? await ctx.store.read(ctx.ref, { stage: 'current' }) : null;
+    const current =
+      spec.strategy === 'single-user' ? await ctx.store.read(ctx.ref, { stage: 'current' }) : null;
     if (spec.strategy === 'alternating-users' && login.username !== spec.username) {
       await ctx.target.createUser(login.username, login.password, { like: spec.username });
     } else if (ctx.target.setPasswords && current && current.value.username === login.username) {
       // A dual-password downstream: the old password keeps working next to the new one (no window); any older
       // one goes. The grace period, or else the next rotation, removes the old one.
       ctx.secrets.add(current.value.password);
-      await ctx.target.setPasswords(login.username, { keep: current.value.password, password: login.password });
+      await ctx.target.setPasswords(login.username, {
+        keep: current.value.password,
+        password: login.password,
+      });
     } else {
       await ctx.target.updatePassword(login.username, login.password);
     }

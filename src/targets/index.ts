@@ -1,5 +1,6 @@
 // The map of downstream drivers by connection type. Adding a downstream means adding its folder and one line
 // here; the engine, the API and the stores stay as they are.
+import { mysqlTarget } from './mysql/mysql-target.ts';
 import { postgresTarget } from './postgres/postgres-target.ts';
 import { redisTarget } from './redis/redis-target.ts';
 import type { TargetDriver } from './types.ts';
@@ -7,6 +8,7 @@ import { webhookTarget } from './webhook/webhook-target.ts';
 
 export const TARGET_DRIVERS: Readonly<Record<string, TargetDriver>> = {
   [postgresTarget.type]: postgresTarget,
+  [mysqlTarget.type]: mysqlTarget,
   [webhookTarget.type]: webhookTarget,
   [redisTarget.type]: redisTarget,
 };

@@ -1,6 +1,7 @@
 // Downstream targets other than PostgreSQL, as fixtures the target-generic tests (SIGKILL, secret leaks) run
 // against: each starts or reaches its server, registers as a connection body, makes users and checks logins.
 import { randomBytes, scryptSync, timingSafeEqual } from 'node:crypto';
+import mysql from 'mysql2/promise';
 import { startRedisAclServer } from './redis-acl-server.ts';
 import { startWebhookServer } from './webhook-server.ts';
 
@@ -96,4 +97,94 @@ const webhook: TargetFixture = {
   },
 };
 
-export const TARGET_FIXTURES: TargetFixture[] = [redisAcl, webhook];
+/** The machine's MariaDB/MySQL (KEYTURN_TEST_MYSQL_URL, else root with no password on 127.0.0.1:3306). */
+const mysqlServer = (() => {
+  const raw = process.env.KEYTURN_TEST_MYSQL_URL;
+  if (!raw) return { host: '127.0.0.1', port: 3306, user: 'root', password: '' };
+  const url = new URL(raw);
+  return {
+    host: url.hostname,
+    port: Number(url.port || 3306),
+    user: decodeURIComponent(url.username || 'root'),
+    password: decodeURIComponent(url.password),
+  };
+})();
+
+async function asMysqlRoot<T>(fn: (c: mysql.Connection) => Promise<T>): Promise<T> {
+  const c = await mysql.createConnection({ ...mysqlServer, connectTimeout: 3000 });
+  try {
+    return await fn(c);
+  } finally {
+    await c.end();
+  }
+}
+
+const mariadb: TargetFixture = {
+  name: 'MySQL/MariaDB',
+  async skipReason() {
+    return asMysqlRoot((c) => c.query('SELECT 1')).then(
+      () => undefined,
+      (err: Error) => `cannot use MySQL at ${mysqlServer.host}:${mysqlServer.port}: ${err.message}`,
+    );
+  },
+  async start() {
+    const admin = {
+      name: `kt_fx_admin_${randomBytes(4).toString('hex')}`,
+      password: randomBytes(18).toString('base64url'),
+    };
+    const users: string[] = [];
+    await asMysqlRoot(async (c) => {
+      await c.query('CREATE DATABASE IF NOT EXISTS keyturn_test');
+      await c.query('CREATE USER ?@? IDENTIFIED BY ?', [admin.name, '%', admin.password]);
+      await c.query('GRANT ALL PRIVILEGES ON *.* TO ?@? WITH GRANT OPTION', [admin.name, '%']);
+    });
+    return {
+      connection: {
+        type: 'mysql',
+        host: mysqlServer.host,
+        port: mysqlServer.port,
+        database: 'keyturn_test',
+        admin: { username: admin.name, password: admin.password },
+      },
+      dualPassword: false,
+      async createUser() {
+        const username = `kt_fx_${randomBytes(4).toString('hex')}`;
+        const password = randomBytes(18).toString('base64url');
+        users.push(username, `${username}_clone`);
+        await asMysqlRoot(async (c) => {
+          await c.query('CREATE USER ?@? IDENTIFIED BY ?', [username, '%', password]);
+          await c.query('GRANT SELECT ON keyturn_test.* TO ?@?', [username, '%']);
+        });
+        return { username, password };
+      },
+      async canLogin(username, password) {
+        let c: mysql.Connection | undefined;
+        try {
+          c = await mysql.createConnection({
+            ...mysqlServer,
+            user: username,
+            password,
+            database: 'keyturn_test',
+          });
+          await c.query('SELECT 1');
+          return true;
+        } catch (err) {
+          // 1698: MariaDB's answer, now and then, for an account that does not exist.
+          const errno = (err as { errno?: number }).errno;
+          if (errno === 1045 || errno === 1698) return false;
+          throw err;
+        } finally {
+          await c?.end().catch(() => {});
+        }
+      },
+      secrets: [admin.password],
+      async stop() {
+        await asMysqlRoot(async (c) => {
+          for (const user of [...users, admin.name]) await c.query('DROP USER IF EXISTS ?@?', [user, '%']);
+        });
+      },
+    };
+  },
+};
+
+export const TARGET_FIXTURES: TargetFixture[] = [redisAcl, webhook, mariadb];

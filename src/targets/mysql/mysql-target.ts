@@ -1,0 +1,450 @@
+// MySQL / MariaDB target on mysql2. Accounts are `user`@`accountHost` (connection option, default '%').
+//
+// Strategies: MariaDB has no dual passwords, so `single-user` has SPEC's brief window (new connections made with
+// the old password fail between set and the readers picking up the new version; connections already open are
+// not affected) and `alternating-users` has none. MySQL 8's ALTER USER … RETAIN CURRENT PASSWORD overlap is not
+// used yet: it needs a Target capability ("keeps the previous password") that the engine does not have yet.
+//
+// Passwords travel only in ALTER USER / CREATE USER … IDENTIFIED BY, quoted by mysql2's client-side escaping
+// (each admin session first drops NO_BACKSLASH_ESCAPES from its sql_mode, which that escaping relies on) and
+// never logged by Keyturn. mysql2 copies the formatted statement, password included, into its errors' `sql`
+// property and into its `mysql2:query` diagnostics channel: errors are rebuilt here from errno and message only
+// (never `err.sql`, never the raw error as a cause), and no tracing subscriber may be attached to mysql2 in a
+// Keyturn process. The server's general log could still record the statement, so password statements first try
+// `SET SESSION sql_log_off = 1` (needs SUPER; without it the statement still runs). The binary log is left on on
+// purpose: account changes must reach the replicas.
+//
+// ALTER USER … IDENTIFIED BY resets the account's authentication to the default password plugin: on MariaDB an
+// account `IDENTIFIED VIA unix_socket OR mysql_native_password` loses its unix_socket alternative.
+import mysql from 'mysql2/promise';
+import type { Connection } from '../../registry/types.ts';
+import {
+  type AuthOutcome,
+  type Login,
+  type TargetDriver,
+  TargetRefusedError,
+  type TargetSession,
+  TargetUnavailableError,
+  type UserTemplate,
+} from '../types.ts';
+
+type MysqlConnection = mysql.Connection;
+
+const DEFAULT_ACCOUNT_HOST = '%';
+const ACCOUNT_HOST_PATTERN = /^[A-Za-z0-9.\-_%:]{1,255}$/;
+
+// Server errors at login that mean "these credentials were refused" (the account answers, the login does not work).
+// 1698 is not only for empty passwords: for an account that does not exist, MariaDB fakes an authentication
+// exchange (so that logins cannot tell which accounts exist) and answers 1698 instead of 1045 about one time in
+// seven.
+const AUTH_REJECTED: Record<number, string> = {
+  1044: 'no access to the database',
+  1045: 'access denied',
+  1698: 'access denied',
+  1820: 'password expired',
+  1862: 'password expired',
+  3118: 'account locked', // MySQL
+  3955: 'account blocked after failed logins', // MySQL
+  4151: 'account locked', // MariaDB
+};
+
+// Server errors that refuse the statement itself (privileges, unknown accounts or objects, bad names, password
+// policy): retrying will not help. Together with the SQLSTATE classes below; everything else (connection limits,
+// lost connections, timeouts, read-only during a failover, deadlocks) is "unavailable" and retried.
+const REFUSED_ERRNOS = new Set([
+  1044, 1045, 1049, 1064, 1130, 1131, 1132, 1133, 1141, 1142, 1143, 1146, 1211, 1227, 1396, 1410, 1449, 1470,
+  1698, 1819, 1820, 1862, 3118, 3955, 4151,
+]);
+const REFUSED_SQLSTATE_CLASSES = new Set(['42', '28', '3D']);
+
+interface MysqlError {
+  code?: unknown;
+  errno?: unknown;
+  sqlState?: unknown;
+  message?: unknown;
+}
+
+function serverErrno(err: unknown): number | undefined {
+  const e = err as MysqlError | null;
+  // Server errors carry the server's errno (before the handshake, without a SQLSTATE); Node's network errors carry
+  // a negative one (ECONNREFUSED → -111).
+  return typeof e?.errno === 'number' && e.errno > 0 ? e.errno : undefined;
+}
+
+/**
+ * A code for the target error. mysql2 names server errors after MySQL's list, which gives MariaDB-only errnos the
+ * wrong name (MariaDB's 4151 "account is locked" is MySQL's ER_BULK_PARSER_INCOMPLETE_ESCAPE_SEQUENCE): names are
+ * kept only in the range both servers share.
+ */
+function errorCode(err: unknown): string | undefined {
+  const e = err as MysqlError | null;
+  const errno = serverErrno(err);
+  if (errno !== undefined) {
+    return errno < 1900 && typeof e?.code === 'string' ? e.code : `MYSQL_ERRNO_${errno}`;
+  }
+  return typeof e?.code === 'string' ? e.code : undefined;
+}
+
+/** The driver's message without any of `secrets` (mysql2 never puts the password there; a server echo could). */
+function describe(err: unknown, secrets: string[]): string {
+  const errno = serverErrno(err);
+  // A syntax error quotes the statement near the error, which for password statements is the password.
+  if (errno === 1064 && secrets.length > 0) return 'the server could not parse the statement (1064)';
+  let text = err instanceof Error ? err.message : String((err as MysqlError | null)?.message ?? err);
+  for (const secret of secrets) {
+    if (!secret) continue;
+    const escaped = mysql.escape(secret).slice(1, -1);
+    text = text.split(secret).join('[redacted]').split(escaped).join('[redacted]');
+  }
+  return errno !== undefined ? `${text} (${errno})` : text;
+}
+
+/** Turns a driver error into a target error whose message names the failing action, never the password. */
+function classify(action: string, err: unknown, secrets: string[] = []): Error {
+  if (err instanceof TargetRefusedError || err instanceof TargetUnavailableError) return err;
+  const errno = serverErrno(err);
+  const sqlState = (err as MysqlError | null)?.sqlState;
+  const code = errorCode(err);
+  const message = `${action}: ${describe(err, secrets)}`;
+  if (
+    errno !== undefined &&
+    (REFUSED_ERRNOS.has(errno) ||
+      (typeof sqlState === 'string' && REFUSED_SQLSTATE_CLASSES.has(sqlState.slice(0, 2))))
+  ) {
+    return new TargetRefusedError(message, code);
+  }
+  // Never the raw error as the cause: a query error carries the formatted statement in `sql`.
+  const carriesStatement = typeof err === 'object' && err !== null && 'sql' in err;
+  return new TargetUnavailableError(message, code, carriesStatement ? {} : { cause: err });
+}
+
+function accountHostOf(connection: Connection): string {
+  const host = connection.options?.accountHost;
+  return typeof host === 'string' ? host : DEFAULT_ACCOUNT_HOST;
+}
+
+function connectionOptions(
+  connection: Connection,
+  login: Login,
+  timeoutMs: number,
+  withDatabase: boolean,
+): mysql.ConnectionOptions {
+  const tls = connection.tls?.mode ?? 'disable';
+  return {
+    host: connection.host,
+    port: connection.port,
+    user: login.username,
+    password: login.password,
+    ...(withDatabase && connection.database ? { database: connection.database } : {}),
+    connectTimeout: timeoutMs,
+    multipleStatements: false,
+    connectAttributes: { program_name: 'keyturn' },
+    ...(tls === 'disable'
+      ? {}
+      : tls === 'require'
+        ? { ssl: { rejectUnauthorized: false } }
+        : {
+            ssl: {
+              rejectUnauthorized: true,
+              verifyIdentity: true,
+              ...(connection.tls?.ca ? { ca: connection.tls.ca } : {}),
+            },
+          }),
+  };
+}
+
+/** Closes a connection without ever waiting forever: end() waits for the server's answer to COM_QUIT. */
+async function close(conn: MysqlConnection, timeoutMs: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const ended = conn.end().then(
+    () => 'ended' as const,
+    () => 'failed' as const,
+  );
+  const timedOut = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), Math.min(timeoutMs, 5000));
+  });
+  if ((await Promise.race([ended, timedOut])) !== 'ended') conn.destroy();
+  clearTimeout(timer);
+}
+
+const quoteBacktick = (s: string): string => `\`${s.replaceAll('`', '``')}\``;
+const quoteSingle = (s: string): string => `'${s.replaceAll('\\', '\\\\').replaceAll("'", "\\'")}'`;
+
+// Tokens of a SHOW GRANTS line: blanks, quoted strings and identifiers (with their escapes), other runs.
+const TOKEN_QUOTED = /'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*"|`(?:[^`]|``)*`/g;
+const TOKEN = /\s+|'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*"|`(?:[^`]|``)*`|[^\s'"`]+/gy;
+
+/** Drops `IDENTIFIED BY PASSWORD '…'` / `IDENTIFIED VIA … USING '…'` from the part of a line after the grantee. */
+function withoutAuthentication(tail: string): string {
+  const tokens = tail.match(TOKEN) ?? [];
+  if (tokens.join('') !== tail) throw new Error('unbalanced quotes');
+  const kept: string[] = [];
+  let skipping = false;
+  for (const token of tokens) {
+    const word = token.toUpperCase();
+    if (word === 'IDENTIFIED') skipping = true;
+    else if (skipping && (word === 'REQUIRE' || word === 'WITH')) skipping = false;
+    if (!skipping) kept.push(token);
+  }
+  const out = kept.join('').replace(/\s+/g, ' ').trim();
+  // Whatever the server printed, a password or its hash is never copied to another account.
+  if (/\b(PASSWORD|IDENTIFIED|USING)\b/i.test(out.replace(TOKEN_QUOTED, ''))) {
+    throw new Error('an authentication clause remains');
+  }
+  return out;
+}
+
+/**
+ * Rewrites one line of SHOW GRANTS FOR `from` so that it applies to `to` (an escaped grantee), or null when there
+ * is nothing to copy (the bare `GRANT USAGE ON *.*`). MariaDB prints `GRANT … TO \`u\`@\`h\` [IDENTIFIED BY
+ * PASSWORD '*hash'] [REQUIRE …] [WITH …]`, role grants `GRANT \`r\` TO \`u\`@\`h\``, and `SET DEFAULT ROLE \`r\`
+ * FOR \`u\`@\`h\``; older servers quote with single quotes; MySQL 8 with partial revokes prints `REVOKE … FROM`.
+ * Exported for unit tests.
+ */
+export function rewriteGrant(line: string, from: { user: string; host: string }, to: string): string | null {
+  const text = line.trim();
+  if (!/^(GRANT|REVOKE|SET\s+DEFAULT\s+ROLE)\s/i.test(text)) {
+    throw new Error(`unexpected statement "${text.split(/\s/, 1)[0]}"`);
+  }
+  for (const grantee of [
+    `${quoteBacktick(from.user)}@${quoteBacktick(from.host)}`,
+    `${quoteSingle(from.user)}@${quoteSingle(from.host)}`,
+  ]) {
+    for (let at = text.lastIndexOf(grantee); at > 0; at = text.lastIndexOf(grantee, at - 1)) {
+      const head = text.slice(0, at);
+      const rest = text.slice(at + grantee.length);
+      if (!/\s(TO|FROM|FOR)\s+$/i.test(head) || !/^(\s|$)/.test(rest)) continue;
+      const tail = withoutAuthentication(rest);
+      if (/^GRANT\s+USAGE\s+ON\s+\*\.\*\s+TO\s+$/i.test(head) && tail === '') return null;
+      return `${head}${to}${tail ? ` ${tail}` : ''}`;
+    }
+  }
+  throw new Error('the grantee is not where it was expected');
+}
+
+function validateAccountHost(value: unknown): string | undefined {
+  if (typeof value !== 'string') return 'accountHost must be a string';
+  if (!ACCOUNT_HOST_PATTERN.test(value)) {
+    return 'accountHost must be a MySQL host pattern: 1-255 letters, digits, ".", "-", "_", "%" or ":"';
+  }
+  return undefined;
+}
+
+class MysqlSession implements TargetSession {
+  readonly #connection: Connection;
+  readonly #admin: Login;
+  readonly #timeoutMs: number;
+  readonly #host: string;
+
+  constructor(connection: Connection, admin: Login, timeoutMs: number) {
+    this.#connection = connection;
+    this.#admin = admin;
+    this.#timeoutMs = timeoutMs;
+    this.#host = accountHostOf(connection);
+  }
+
+  #account(username: string): string {
+    return `"${username}"@"${this.#host}"`;
+  }
+
+  async #connect(login: Login, withDatabase: boolean): Promise<MysqlConnection> {
+    const conn = await mysql.createConnection(
+      connectionOptions(this.#connection, login, this.#timeoutMs, withDatabase),
+    );
+    // A fatal error while no query is pending (server restart) must not crash the process.
+    conn.on('error', () => {});
+    return conn;
+  }
+
+  async #query(conn: MysqlConnection, sql: string, values?: unknown[]): Promise<unknown[][]> {
+    const [rows] = await conn.query({ sql, timeout: this.#timeoutMs, rowsAsArray: true }, values);
+    return Array.isArray(rows) ? (rows as unknown[][]) : [];
+  }
+
+  /** Runs `fn` on a fresh connection logged in as admin; short-lived connections keep no state across steps. */
+  async #asAdmin<T>(
+    action: string,
+    fn: (conn: MysqlConnection) => Promise<T>,
+    options: { secrets?: string[]; quiet?: boolean } = {},
+  ): Promise<T> {
+    let conn: MysqlConnection;
+    try {
+      conn = await this.#connect(this.#admin, false);
+    } catch (err) {
+      const where = `${this.#connection.host}:${this.#connection.port}`;
+      throw classify(`${action}: logging in to ${where} as admin "${this.#admin.username}" failed`, err);
+    }
+    try {
+      // mysql2 escapes with backslashes, which NO_BACKSLASH_ESCAPES would turn into literal characters.
+      const [mode] = (await this.#query(conn, 'SELECT @@SESSION.sql_mode'))[0] ?? [];
+      if (typeof mode === 'string' && /NO_BACKSLASH_ESCAPES/i.test(mode)) {
+        const modes = mode.split(',').filter((m) => m.toUpperCase() !== 'NO_BACKSLASH_ESCAPES');
+        await this.#query(conn, 'SET SESSION sql_mode = ?', [modes.join(',')]);
+      }
+      if (options.quiet) await this.#query(conn, 'SET SESSION sql_log_off = 1').catch(() => {});
+      return await fn(conn);
+    } catch (err) {
+      throw classify(action, err, options.secrets);
+    } finally {
+      await close(conn, this.#timeoutMs);
+    }
+  }
+
+  async authenticate(login: Login): Promise<AuthOutcome> {
+    let conn: MysqlConnection | undefined;
+    try {
+      conn = await this.#connect(login, true);
+      await this.#query(conn, 'SELECT 1');
+      return { ok: true };
+    } catch (err) {
+      const errno = serverErrno(err);
+      // SQLSTATE 28000 is "invalid authorization specification", whatever errno a server version gives it.
+      const why =
+        errno === undefined
+          ? undefined
+          : (AUTH_REJECTED[errno] ??
+            ((err as MysqlError).sqlState === '28000' ? 'authorization refused' : undefined));
+      if (errno !== undefined && why) {
+        return {
+          ok: false,
+          reason: 'rejected',
+          message: `MySQL refused the login of "${login.username}": ${why} (${errno})`,
+        };
+      }
+      throw classify(`logging in as "${login.username}"`, err, [login.password]);
+    } finally {
+      if (conn) await close(conn, this.#timeoutMs);
+    }
+  }
+
+  async #exists(conn: MysqlConnection, username: string): Promise<boolean> {
+    const rows = await this.#query(conn, 'SELECT 1 FROM mysql.user WHERE User = ? AND Host = ?', [
+      username,
+      this.#host,
+    ]);
+    return rows.length > 0;
+  }
+
+  async userExists(username: string): Promise<boolean> {
+    return this.#asAdmin(`looking up account ${this.#account(username)}`, (c) => this.#exists(c, username));
+  }
+
+  async #setPassword(conn: MysqlConnection, username: string, password: string): Promise<void> {
+    await this.#query(conn, 'ALTER USER ?@? IDENTIFIED BY ?', [username, this.#host, password]);
+  }
+
+  async updatePassword(username: string, password: string): Promise<void> {
+    await this.#asAdmin(
+      `setting the password of account ${this.#account(username)}`,
+      (c) => this.#setPassword(c, username, password),
+      { secrets: [password], quiet: true },
+    );
+  }
+
+  /** The statements that give `to` the grants, roles and default role of `like`, password clauses removed. */
+  async #grantsOf(conn: MysqlConnection, like: string, to: string): Promise<string[]> {
+    const rows = await this.#query(conn, 'SHOW GRANTS FOR ?@?', [like, this.#host]);
+    const statements: string[] = [];
+    for (const [line] of rows) {
+      let statement: string | null;
+      try {
+        statement = rewriteGrant(String(line), { user: like, host: this.#host }, to);
+      } catch (err) {
+        // The line itself may hold a password hash: only its first word goes into the message.
+        throw new TargetRefusedError(
+          `SHOW GRANTS FOR ${this.#account(like)} printed a line Keyturn cannot copy ("${String(line).trim().split(/\s/, 1)[0]} …": ${(err as Error).message})`,
+        );
+      }
+      if (statement) statements.push(statement);
+    }
+    // MySQL 8 keeps default roles out of SHOW GRANTS (MariaDB prints SET DEFAULT ROLE, handled above).
+    const [version] = (await this.#query(conn, 'SELECT VERSION()'))[0] ?? [];
+    if (!/mariadb/i.test(String(version))) {
+      const roles = await this.#query(
+        conn,
+        'SELECT DEFAULT_ROLE_USER, DEFAULT_ROLE_HOST FROM mysql.default_roles WHERE USER = ? AND HOST = ?',
+        [like, this.#host],
+      );
+      if (roles.length > 0) {
+        const list = roles.map(([u, h]) => `${mysql.escape(String(u))}@${mysql.escape(String(h))}`);
+        statements.push(`SET DEFAULT ROLE ${list.join(', ')} TO ${to}`);
+      }
+    }
+    return statements;
+  }
+
+  async createUser(
+    username: string,
+    password: string,
+    template: UserTemplate,
+  ): Promise<'created' | 'updated'> {
+    const action = `creating account ${this.#account(username)} like ${this.#account(template.like)}`;
+    return this.#asAdmin(
+      action,
+      async (c) => {
+        if (await this.#exists(c, username)) {
+          await this.#setPassword(c, username, password);
+          return 'updated';
+        }
+        if (!(await this.#exists(c, template.like))) {
+          throw new TargetRefusedError(
+            `account ${this.#account(template.like)} does not exist, so ${this.#account(username)} cannot copy its grants`,
+          );
+        }
+        // Read and rewrite every grant before creating anything: a line that cannot be copied leaves no account.
+        const grants = await this.#grantsOf(c, template.like, mysql.format('?@?', [username, this.#host]));
+        try {
+          await this.#query(c, 'CREATE USER ?@? IDENTIFIED BY ?', [username, this.#host, password]);
+        } catch (err) {
+          // Another worker created it between the look-up and CREATE USER (ER_CANNOT_USER): set its password.
+          if (serverErrno(err) !== 1396 || !(await this.#exists(c, username))) throw err;
+          await this.#setPassword(c, username, password);
+          return 'updated';
+        }
+        for (const grant of grants) {
+          try {
+            await this.#query(c, grant);
+          } catch (err) {
+            // A half-granted account would be taken for a finished one by the next attempt ("exists → set the
+            // password"): take it back so that the retry starts over.
+            await this.#query(c, 'DROP USER IF EXISTS ?@?', [username, this.#host]).catch(() => {});
+            throw classify(`${action}: copying "${grant}"`, err);
+          }
+        }
+        return 'created';
+      },
+      { secrets: [password], quiet: true },
+    );
+  }
+
+  async deleteUser(username: string): Promise<void> {
+    await this.#asAdmin(`dropping account ${this.#account(username)}`, async (c) => {
+      await this.#query(c, 'DROP USER IF EXISTS ?@?', [username, this.#host]);
+    });
+  }
+
+  async close(): Promise<void> {
+    // Every call uses its own short-lived connection: nothing to release.
+  }
+}
+
+export const mysqlTarget: TargetDriver = {
+  type: 'mysql',
+  engine: 'mysql',
+  defaultPort: 3306,
+  validateOptions(options) {
+    const problems: string[] = [];
+    for (const [name, value] of Object.entries(options)) {
+      if (name === 'accountHost') {
+        const problem = validateAccountHost(value);
+        if (problem) problems.push(problem);
+      } else {
+        problems.push(`unknown option "${name}" (MySQL connections take: accountHost)`);
+      }
+    }
+    return problems;
+  },
+  async open(connection, admin, options) {
+    return new MysqlSession(connection, admin, options.timeoutMs);
+  },
+};
