@@ -443,10 +443,10 @@ const connectionCases: Case[] = [
     name: 'an unsupported type',
     method: 'POST',
     path: '/v1/connections',
-    body: { ...validConnection, type: 'mysql' },
+    body: { ...validConnection, type: 'oracle' },
     status: 422,
     code: 'unprocessable',
-    field: 'mysql',
+    field: 'oracle',
   },
   {
     name: 'a store this Keyturn has not configured',
@@ -1321,7 +1321,7 @@ const validHost = fc.constantFrom('127.0.0.1', 'localhost');
 const validConnectionBody = fc.record(
   {
     id: fc.constantFrom(...POOL, CONN),
-    type: fc.constantFrom('postgres', 'postgres', 'mysql'),
+    type: fc.constantFrom('postgres', 'postgres', 'oracle'),
     host: validHost,
     port: fc.integer({ min: 1, max: 65_535 }),
     database: fc.stringMatching(/^[a-z_]{1,20}$/),
