@@ -13,29 +13,12 @@ import {
   waitFor,
   waitForRotation,
 } from '../support/harness.ts';
+import { asMysqlRoot, MYSQL_SERVER, mysqlCanLogin } from '../support/mysql.ts';
 
 const DATABASE = 'keyturn_test';
 
-const server = (() => {
-  const raw = process.env.KEYTURN_TEST_MYSQL_URL;
-  if (!raw) return { host: '127.0.0.1', port: 3306, user: 'root', password: '' };
-  const url = new URL(raw);
-  return {
-    host: url.hostname,
-    port: Number(url.port || 3306),
-    user: decodeURIComponent(url.username || 'root'),
-    password: decodeURIComponent(url.password),
-  };
-})();
-
-async function asRoot<T>(fn: (c: mysql.Connection) => Promise<T>): Promise<T> {
-  const c = await mysql.createConnection({ ...server, connectTimeout: 3000 });
-  try {
-    return await fn(c);
-  } finally {
-    await c.end();
-  }
-}
+const server = MYSQL_SERVER;
+const asRoot = asMysqlRoot;
 
 const unavailable = await asRoot(async (c) => {
   await c.query('SELECT 1');
@@ -67,31 +50,7 @@ async function createAppUser(options: { role?: string } = {}): Promise<{ name: s
   return { name, password };
 }
 
-/**
- * Logs in (to keyturn_test) and runs SELECT 1: true on success, false when the server refuses the password (1045,
- * or 1698, which MariaDB answers now and then for an account that does not exist).
- */
-async function canLogin(user: string, password: string): Promise<boolean> {
-  let c: mysql.Connection | undefined;
-  try {
-    c = await mysql.createConnection({
-      host: server.host,
-      port: server.port,
-      user,
-      password,
-      database: DATABASE,
-      connectTimeout: 5000,
-    });
-    await c.query('SELECT 1');
-    return true;
-  } catch (err) {
-    const errno = (err as { errno?: number }).errno;
-    if (errno === 1045 || errno === 1698) return false;
-    throw err;
-  } finally {
-    await c?.end().catch(() => {});
-  }
-}
+const canLogin = (user: string, password: string) => mysqlCanLogin(user, password, DATABASE);
 
 async function grantsOf(user: string): Promise<string[]> {
   return asRoot(async (c) => {

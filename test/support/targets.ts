@@ -1,7 +1,7 @@
 // Downstream targets other than PostgreSQL, as fixtures the target-generic tests (SIGKILL, secret leaks) run
 // against: each starts or reaches its server, registers as a connection body, makes users and checks logins.
 import { randomBytes, scryptSync, timingSafeEqual } from 'node:crypto';
-import mysql from 'mysql2/promise';
+import { asMysqlRoot, MYSQL_SERVER, mysqlCanLogin } from './mysql.ts';
 import { startRedisAclServer } from './redis-acl-server.ts';
 import { startWebhookServer } from './webhook-server.ts';
 
@@ -97,34 +97,12 @@ const webhook: TargetFixture = {
   },
 };
 
-/** The machine's MariaDB/MySQL (KEYTURN_TEST_MYSQL_URL, else root with no password on 127.0.0.1:3306). */
-const mysqlServer = (() => {
-  const raw = process.env.KEYTURN_TEST_MYSQL_URL;
-  if (!raw) return { host: '127.0.0.1', port: 3306, user: 'root', password: '' };
-  const url = new URL(raw);
-  return {
-    host: url.hostname,
-    port: Number(url.port || 3306),
-    user: decodeURIComponent(url.username || 'root'),
-    password: decodeURIComponent(url.password),
-  };
-})();
-
-async function asMysqlRoot<T>(fn: (c: mysql.Connection) => Promise<T>): Promise<T> {
-  const c = await mysql.createConnection({ ...mysqlServer, connectTimeout: 3000 });
-  try {
-    return await fn(c);
-  } finally {
-    await c.end();
-  }
-}
-
 const mariadb: TargetFixture = {
   name: 'MySQL/MariaDB',
   async skipReason() {
     return asMysqlRoot((c) => c.query('SELECT 1')).then(
       () => undefined,
-      (err: Error) => `cannot use MySQL at ${mysqlServer.host}:${mysqlServer.port}: ${err.message}`,
+      (err: Error) => `cannot use MySQL at ${MYSQL_SERVER.host}:${MYSQL_SERVER.port}: ${err.message}`,
     );
   },
   async start() {
@@ -141,8 +119,8 @@ const mariadb: TargetFixture = {
     return {
       connection: {
         type: 'mysql',
-        host: mysqlServer.host,
-        port: mysqlServer.port,
+        host: MYSQL_SERVER.host,
+        port: MYSQL_SERVER.port,
         database: 'keyturn_test',
         admin: { username: admin.name, password: admin.password },
       },
@@ -157,26 +135,7 @@ const mariadb: TargetFixture = {
         });
         return { username, password };
       },
-      async canLogin(username, password) {
-        let c: mysql.Connection | undefined;
-        try {
-          c = await mysql.createConnection({
-            ...mysqlServer,
-            user: username,
-            password,
-            database: 'keyturn_test',
-          });
-          await c.query('SELECT 1');
-          return true;
-        } catch (err) {
-          // 1698: MariaDB's answer, now and then, for an account that does not exist.
-          const errno = (err as { errno?: number }).errno;
-          if (errno === 1045 || errno === 1698) return false;
-          throw err;
-        } finally {
-          await c?.end().catch(() => {});
-        }
-      },
+      canLogin: (username, password) => mysqlCanLogin(username, password, 'keyturn_test'),
       secrets: [admin.password],
       async stop() {
         await asMysqlRoot(async (c) => {
