@@ -1,7 +1,7 @@
 // The audit stream: one Redis Stream entry per event, appended by the API and the workers. An event names who
 // (actor), what (action), on what (credential, connection, rotation), with what outcome, and when; it never
 // carries a secret value: `details` takes only scalars, and every call site passes ids and scrubbed messages.
-import type { ChainableCommander, Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import type { RedisKeys } from '../registry/keys.ts';
 
 export type AuditOutcome = 'success' | 'failure' | 'denied';
@@ -52,11 +52,6 @@ export class AuditLog {
   async append(event: AuditEventInput): Promise<string> {
     const id = await this.#redis.xadd(this.#key, '*', 'e', encode(event, new Date().toISOString()));
     return id as string;
-  }
-
-  /** Queues the append on a MULTI/pipeline, so that it lands atomically with the state change it records. */
-  appendIn(multi: ChainableCommander, event: AuditEventInput): void {
-    multi.xadd(this.#key, '*', 'e', encode(event, new Date().toISOString()));
   }
 
   /** Reads events oldest first; `next` is the cursor for the following page, or null at the end. */

@@ -1,7 +1,7 @@
 // Connections and credentials in Redis. A credential is a hash of two JSON fields: `spec` (written by the API
 // when a team registers or changes it) and `state` (written by the rotation engine). Keeping them apart means
 // a PATCH of the schedule and a rotation finishing at the same moment never overwrite each other.
-import type { ChainableCommander, Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { ConflictError, NotFoundError } from './errors.ts';
 import type { RedisKeys } from './keys.ts';
 import type { Connection, Credential, CredentialSpec, CredentialState } from './types.ts';
@@ -161,11 +161,6 @@ export class Registry {
       JSON.stringify(spec),
     );
     if (r !== 1) throw new NotFoundError(`Credential "${spec.id}" does not exist`);
-  }
-
-  /** Queues a state write on a transaction, so that it lands with the rotation record and audit event. */
-  saveCredentialStateIn(multi: ChainableCommander, id: string, state: CredentialState): void {
-    multi.hset(this.keys.credential(id), 'state', JSON.stringify(state));
   }
 
   async saveCredentialState(id: string, state: CredentialState): Promise<void> {

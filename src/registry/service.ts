@@ -10,7 +10,7 @@ import type { RotationRepo } from '../rotation/rotation-repo.ts';
 import type { Rotation } from '../rotation/types.ts';
 import type { Queues } from '../scheduling/queues.ts';
 import { parseDuration, validateSchedule } from '../scheduling/schedule.ts';
-import { connectionAdminRef, credentialSecretRef, type StoreSet } from '../stores/index.ts';
+import { connectionAdminRef, credentialSecretRef, type StoreSet, secretDocument } from '../stores/index.ts';
 import type { SecretDocument } from '../stores/types.ts';
 import { TARGET_DRIVERS, targetDriver } from '../targets/index.ts';
 import { ConflictError, NotFoundError, UnprocessableError } from './errors.ts';
@@ -24,6 +24,9 @@ import type {
   StoreSpec,
   TlsSpec,
 } from './types.ts';
+
+/** The `engine` field of stored secrets: the target driver's name for itself. */
+const engineOf = (connection: Connection): string => targetDriver(connection.type)?.engine ?? connection.type;
 
 export interface ConnectionInput {
   id: string;
@@ -151,14 +154,10 @@ export class RegistryService {
   }
 
   #adminDocument(connection: Connection, password: string): SecretDocument {
-    return {
-      engine: targetDriver(connection.type)?.engine ?? connection.type,
-      host: connection.host,
-      port: connection.port,
-      ...(connection.database ? { dbname: connection.database } : {}),
+    return secretDocument(connection, engineOf(connection), {
       username: connection.admin.username,
       password,
-    };
+    });
   }
 
   async updateConnection(id: string, patch: ConnectionPatch, actor: string): Promise<Connection> {
@@ -284,14 +283,14 @@ export class RegistryService {
       // A version id like a rotation's: a valid AWS ClientRequestToken (32-64 characters).
       const importVersion = `import-${randomUUID()}`;
       try {
-        await store.putCurrent(credentialSecretRef(spec), importVersion, {
-          engine: targetDriver(connection.type)?.engine ?? connection.type,
-          host: connection.host,
-          port: connection.port,
-          ...(connection.database ? { dbname: connection.database } : {}),
-          username: input.username,
-          password: input.currentPassword,
-        });
+        await store.putCurrent(
+          credentialSecretRef(spec),
+          importVersion,
+          secretDocument(connection, engineOf(connection), {
+            username: input.username,
+            password: input.currentPassword,
+          }),
+        );
       } catch (err) {
         await this.#registry.deleteCredential(spec).catch(() => {});
         throw err;

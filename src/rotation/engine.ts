@@ -15,7 +15,7 @@ import { UnprocessableError } from '../registry/errors.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import type { Registry } from '../registry/registry.ts';
 import type { Connection, Credential, CredentialSpec, CredentialState } from '../registry/types.ts';
-import { credentialSecretRef, type StoreSet } from '../stores/index.ts';
+import { credentialSecretRef, type StoreSet, secretDocument } from '../stores/index.ts';
 import {
   type SecretDocument,
   type SecretRef,
@@ -283,12 +283,7 @@ export class RotationEngine {
     const password = generatePassword(spec.password);
     ctx.secrets.add(password);
     const document: SecretDocument = {
-      engine: ctx.engine,
-      host: ctx.connection.host,
-      port: ctx.connection.port,
-      ...(ctx.connection.database ? { dbname: ctx.connection.database } : {}),
-      username,
-      password,
+      ...secretDocument(ctx.connection, ctx.engine, { username, password }),
       // The AWS multi-user templates name the admin secret that can change the other user.
       ...(spec.strategy === 'alternating-users' && ctx.connection.adminStore.type === 'aws'
         ? { masterarn: ctx.connection.adminStore.secretId }
@@ -347,11 +342,14 @@ export class RotationEngine {
       rotation.setStarted = true;
       await this.#save(lease, rotation);
     }
+    // Only a dual-password downstream needs the current version here (to keep it next to the new one).
     const current =
-      spec.strategy === 'single-user' ? await ctx.store.read(ctx.ref, { stage: 'current' }) : null;
+      spec.strategy === 'single-user' && ctx.target.setPasswords
+        ? await ctx.store.read(ctx.ref, { stage: 'current' })
+        : null;
     if (spec.strategy === 'alternating-users' && login.username !== spec.username) {
       await ctx.target.createUser(login.username, login.password, { like: spec.username });
-    } else if (ctx.target.setPasswords && current && current.value.username === login.username) {
+    } else if (ctx.target.setPasswords && current?.value.username === login.username) {
       // A dual-password downstream: the old password keeps working next to the new one (no window); any older
       // one goes. The grace period, or else the next rotation, removes the old one.
       ctx.secrets.add(current.value.password);
@@ -389,7 +387,6 @@ export class RotationEngine {
     // From the labels, not from promote's answer: a resumed finish finds the promotion already done.
     const labels = (await ctx.store.describe(ctx.ref)) ?? {};
     const previousVersionId = Object.keys(labels).find((v) => labels[v]?.includes('previous'));
-    const pending = await ctx.store.read(ctx.ref, { versionId: rotation.id });
     const now = new Date();
     rotation.steps.push({
       step: 'finish',
@@ -407,17 +404,17 @@ export class RotationEngine {
       ...fresh.state,
       status: 'active',
       version: rotation.id,
-      activeUsername: pending?.value.username ?? rotation.username ?? fresh.spec.username,
+      // Set by create on every path (and saved with its step), so no store read is needed for it here.
+      activeUsername: rotation.username ?? fresh.spec.username,
       rotatedAt: now.toISOString(),
       lastRotationId: rotation.id,
       lastOutcome: 'succeeded',
       failures: 0,
-      ...(next ? { nextRotationAt: next.toISOString() } : {}),
-      ...(previousVersionId ? { previousVersion: previousVersionId } : {}),
+      // Undefined fields vanish in JSON: no next slot, no previous version, no revocation yet.
+      nextRotationAt: next?.toISOString(),
+      previousVersion: previousVersionId,
+      previousRevokedAt: undefined,
     };
-    if (!previousVersionId) delete state.previousVersion;
-    delete state.previousRevokedAt;
-    if (!next) delete state.nextRotationAt;
     await lease.commit([
       ...this.#rotations.endOps(rotation),
       ['HSET', this.#keys.credential(fresh.spec.id), 'state', JSON.stringify(state)],

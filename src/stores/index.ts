@@ -1,7 +1,7 @@
 // The map of secret stores by type, and how a credential or connection names its secret in one.
 import { UnprocessableError } from '../registry/errors.ts';
 import type { Connection, CredentialSpec, StoreSpec } from '../registry/types.ts';
-import type { SecretRef, SecretStore } from './types.ts';
+import type { SecretDocument, SecretRef, SecretStore } from './types.ts';
 
 export class StoreSet {
   readonly #stores = new Map<StoreSpec['type'], SecretStore>();
@@ -40,4 +40,20 @@ export function credentialSecretRef(spec: Pick<CredentialSpec, 'id' | 'store'>):
 
 export function connectionAdminRef(connection: Pick<Connection, 'id' | 'adminStore'>): SecretRef {
   return { spec: connection.adminStore, name: `conn/${connection.id}/admin` };
+}
+
+/** A secret in the layout of the AWS rotation templates, for a login on a connection. */
+export function secretDocument(
+  connection: Pick<Connection, 'host' | 'port' | 'database'>,
+  engine: string,
+  login: { username: string; password: string },
+): SecretDocument {
+  return {
+    engine,
+    host: connection.host,
+    port: connection.port,
+    ...(connection.database ? { dbname: connection.database } : {}),
+    username: login.username,
+    password: login.password,
+  };
 }

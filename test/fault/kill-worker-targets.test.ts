@@ -10,7 +10,7 @@ import {
   type WorkerProcess,
   waitForRotation,
 } from '../support/harness.ts';
-import { TARGET_FIXTURES, type TargetFixture } from '../support/targets.ts';
+import { importTargetUser, TARGET_FIXTURES, type TargetFixture } from '../support/targets.ts';
 
 const POINTS = ['after-create', 'after-set', 'after-test', 'after-finish'];
 
@@ -43,17 +43,7 @@ for (const { fixture, skip } of plan) {
     describe.each(['single-user', 'alternating-users'] as const)('%s', (strategy) => {
       it.each(POINTS)('killed at %s', async (point) => {
         const user = await target.createUser();
-        const id = `kill-${user.username}`.replaceAll('_', '-');
-        const created = await kt.api('POST', '/v1/credentials', {
-          id,
-          connection: 'downstream',
-          username: user.username,
-          strategy,
-          schedule: { every: '30d' },
-          import: true,
-          currentPassword: user.password,
-        });
-        expect(created.status).toBe(201);
+        const id = await importTargetUser(kt, 'downstream', user, strategy, 'kill');
         const doomed = spawnWorker(env, { KEYTURN_FAILPOINTS: `${point}=kill` });
         workers.push(doomed);
         const rotate = await kt.api('POST', `/v1/credentials/${id}/rotate`);

@@ -13,7 +13,7 @@ import {
   waitForRotation,
 } from '../support/harness.ts';
 import { assertNoSecrets, monitorRedis, redisValues } from '../support/leaks.ts';
-import { TARGET_FIXTURES, type TargetFixture } from '../support/targets.ts';
+import { importTargetUser, TARGET_FIXTURES, type TargetFixture } from '../support/targets.ts';
 
 const plan = await Promise.all(
   TARGET_FIXTURES.map(async (f) => ({ fixture: f, skip: await f.skipReason() })),
@@ -61,17 +61,7 @@ for (const { fixture, skip } of plan) {
       for (const strategy of ['single-user', 'alternating-users'] as const) {
         const user = await target.createUser();
         secrets.add(user.password);
-        const id = `leak-${strategy}-${user.username}`.replaceAll('_', '-');
-        const created = await kt.api('POST', '/v1/credentials', {
-          id,
-          connection: 'good',
-          username: user.username,
-          strategy,
-          schedule: { every: '30d' },
-          import: true,
-          currentPassword: user.password,
-        });
-        expect(created.status).toBe(201);
+        const id = await importTargetUser(kt, 'good', user, strategy, `leak-${strategy}`);
         for (let i = 0; i < 2; i++) {
           const rotate = await kt.api('POST', `/v1/credentials/${id}/rotate`);
           expect((await waitForRotation(kt, rotate.body.rotationId)).status).toBe('succeeded');

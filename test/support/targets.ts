@@ -1,6 +1,7 @@
 // Downstream targets other than PostgreSQL, as fixtures the target-generic tests (SIGKILL, secret leaks) run
 // against: each starts or reaches its server, registers as a connection body, makes users and checks logins.
 import { randomBytes, scryptSync, timingSafeEqual } from 'node:crypto';
+import type { Keyturn } from './harness.ts';
 import { asMysqlRoot, MYSQL_SERVER, mysqlCanLogin } from './mysql.ts';
 import { startRedisAclServer } from './redis-acl-server.ts';
 import { startWebhookServer } from './webhook-server.ts';
@@ -147,3 +148,25 @@ const mariadb: TargetFixture = {
 };
 
 export const TARGET_FIXTURES: TargetFixture[] = [redisAcl, webhook, mariadb];
+
+/** Registers a target's user as an imported credential (no rotation at registration); returns its id. */
+export async function importTargetUser(
+  kt: Keyturn,
+  connection: string,
+  user: { username: string; password: string },
+  strategy: 'single-user' | 'alternating-users',
+  idPrefix: string,
+): Promise<string> {
+  const id = `${idPrefix}-${user.username}`.replaceAll('_', '-');
+  const created = await kt.api('POST', '/v1/credentials', {
+    id,
+    connection,
+    username: user.username,
+    strategy,
+    schedule: { every: '30d' },
+    import: true,
+    currentPassword: user.password,
+  });
+  if (created.status !== 201) throw new Error(`importing ${id} failed: ${created.status} ${created.text}`);
+  return id;
+}
