@@ -39,6 +39,14 @@ export interface UserTemplate {
   like: string;
 }
 
+/** A short-lived user made for one caller (a lease): the access of an existing user, until a given time. */
+export interface LeaseUserSpec {
+  /** The credential's user whose access the lease user gets (PostgreSQL: membership; MySQL: grants; Redis: rules). */
+  of: string;
+  /** When the lease ends. Downstreams that can enforce it themselves (PostgreSQL's VALID UNTIL) are told. */
+  expiresAt: Date;
+}
+
 /** One open session with a downstream, made with the connection's admin login. */
 export interface TargetSession {
   /** Connects as `login` and runs a harmless query (SELECT 1, PING…). Throws TargetUnavailableError. */
@@ -58,6 +66,18 @@ export interface TargetSession {
   setPasswords?(username: string, passwords: { keep: string; password: string }): Promise<void>;
   /** Dual-password targets only: removes one password of the user, if it still has it. Idempotent. */
   removePassword?(username: string, password: string): Promise<void>;
+  /**
+   * Lease targets only (the driver's `leases`): creates the short-lived user `username` with the access of
+   * `spec.of`. Idempotent: an existing user of that name gets `password` and the expiry again.
+   */
+  createLeaseUser?(username: string, password: string, spec: LeaseUserSpec): Promise<void>;
+  /** Lease targets only: moves a lease user's expiry (renewal), where the downstream enforces one. */
+  extendLeaseUser?(username: string, expiresAt: Date): Promise<void>;
+  /**
+   * Lease targets only: drops a lease user and ends its open sessions; whatever it owns goes to `of`, never
+   * deleted. Idempotent: a missing user is fine.
+   */
+  dropLeaseUser?(username: string, spec: { of: string }): Promise<void>;
   /** Close: releases connections. */
   close(): Promise<void>;
 }
@@ -73,6 +93,8 @@ export interface TargetDriver {
    * new password instead of having a window, and `gracePeriod` says when the old one is removed.
    */
   readonly dualPassword?: boolean;
+  /** The downstream can make short-lived users for leases: its sessions implement the lease verbs. */
+  readonly leases?: boolean;
   /** Problems with a connection's `options` for this target, each naming the option; empty when valid. */
   validateOptions?(options: Record<string, string | number | boolean>): string[];
   /** Initialize: opens a session with the connection's admin login. */
