@@ -5,6 +5,7 @@ import pg from 'pg';
 import type { Connection } from '../../registry/types.ts';
 import {
   type AuthOutcome,
+  type LeaseUserSpec,
   type Login,
   type TargetDriver,
   TargetRefusedError,
@@ -57,6 +58,14 @@ function classify(action: string, err: unknown): Error {
 }
 
 const ident = (name: string): string => pg.escapeIdentifier(name);
+
+/** A VALID UNTIL literal: the instant in ISO 8601 UTC, which PostgreSQL reads as a timestamptz. */
+function validUntil(expiresAt: Date): string {
+  if (!(expiresAt instanceof Date) || Number.isNaN(expiresAt.getTime())) {
+    throw new TargetRefusedError(`a lease needs a valid expiry time, got ${String(expiresAt)}`);
+  }
+  return pg.escapeLiteral(expiresAt.toISOString());
+}
 
 /**
  * Closes a client without ever waiting forever: pg's end() waits for the socket's "end" event, which a half-open
@@ -206,6 +215,124 @@ class PostgresSession implements TargetSession {
     });
   }
 
+  // Lease users. A lease user is a LOGIN role that is a member of the credential's role (`of`), so that it gets
+  // that role's privileges through INHERIT, with VALID UNTIL set to the lease's end. PostgreSQL itself refuses
+  // password logins after VALID UNTIL: a second line of defence next to Keyturn's revocation (the revocation job
+  // and the sweep drop the role), in case those are late or down. VALID UNTIL neither ends sessions that are
+  // already open nor applies to non-password authentication (trust, peer, cert): dropLeaseUser does that part.
+
+  async createLeaseUser(username: string, password: string, spec: LeaseUserSpec): Promise<void> {
+    const { of } = spec;
+    await this.#asAdmin(`creating lease role "${username}" of "${of}"`, async (c) => {
+      if (username === of) {
+        throw new TargetRefusedError(`lease role "${username}" cannot be the credential's own role "${of}"`);
+      }
+      const until = validUntil(spec.expiresAt);
+      const parent = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [of]);
+      if (parent.rowCount !== 1) {
+        throw new TargetRefusedError(
+          `role "${of}" does not exist, so lease role "${username}" cannot be made a member of it`,
+        );
+      }
+      // An existing role of that name (a retry, or a CREATE that raced ours): password, expiry and membership again.
+      const again = [
+        `ALTER ROLE ${ident(username)} WITH LOGIN INHERIT PASSWORD ${pg.escapeLiteral(password)} VALID UNTIL ${until}`,
+        `GRANT ${ident(of)} TO ${ident(username)}`,
+      ];
+      const exists = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [username]);
+      if (exists.rowCount === 1) {
+        await this.#inQuietTransaction(c, again);
+        return;
+      }
+      try {
+        await this.#inQuietTransaction(c, [
+          `CREATE ROLE ${ident(username)} WITH LOGIN INHERIT PASSWORD ${pg.escapeLiteral(password)} VALID UNTIL ${until} IN ROLE ${ident(of)}`,
+        ]);
+      } catch (err) {
+        if (sqlState(err) !== '42710') throw err;
+        await this.#inQuietTransaction(c, again);
+      }
+    });
+  }
+
+  async extendLeaseUser(username: string, expiresAt: Date): Promise<void> {
+    await this.#asAdmin(`extending lease role "${username}"`, async (c) => {
+      const until = validUntil(expiresAt);
+      try {
+        await c.query(`ALTER ROLE ${ident(username)} VALID UNTIL ${until}`);
+      } catch (err) {
+        if (sqlState(err) !== '42704') throw err;
+        throw new TargetRefusedError(
+          `lease role "${username}" does not exist (dropped already?), so its lease cannot be extended`,
+          '42704',
+        );
+      }
+    });
+  }
+
+  async dropLeaseUser(username: string, spec: { of: string }): Promise<void> {
+    const { of } = spec;
+    await this.#asAdmin(`dropping lease role "${username}"`, async (c) => {
+      if (username === of) {
+        throw new TargetRefusedError(
+          `lease role "${username}" is the credential's own role: not dropping it`,
+        );
+      }
+      // NOLOGIN first, so that no new session starts while the open ones are ended.
+      try {
+        await c.query(`ALTER ROLE ${ident(username)} NOLOGIN`);
+      } catch (err) {
+        if (sqlState(err) === '42704') return; // gone already (an earlier attempt): nothing to do
+        throw err;
+      }
+      try {
+        await c.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [
+          username,
+        ]);
+      } catch (err) {
+        if (sqlState(err) !== '42501') throw err;
+        throw new TargetRefusedError(
+          `lease role "${username}" is NOLOGIN now, but its open sessions could not be ended: the admin ` +
+            `"${this.#admin.username}" may not terminate them (grant it pg_signal_backend), then revoke again`,
+          '42501',
+        );
+      }
+      try {
+        await c.query(`DROP ROLE IF EXISTS ${ident(username)}`);
+        return;
+      } catch (err) {
+        if (sqlState(err) !== '2BP01') throw err;
+      }
+      // It owns objects or holds privileges (dependent_objects_still_exist). Its objects go to the credential's
+      // role, never deleted; DROP OWNED then only revokes the privileges granted to it, since it owns nothing
+      // here any more. Both act on this database only, and are committed together before the drop is retried.
+      try {
+        await c.query('BEGIN');
+        await c.query(`REASSIGN OWNED BY ${ident(username)} TO ${ident(of)}`);
+        await c.query(`DROP OWNED BY ${ident(username)}`);
+        await c.query('COMMIT');
+      } catch (err) {
+        await c.query('ROLLBACK').catch(() => {});
+        throw err;
+      }
+      try {
+        await c.query(`DROP ROLE IF EXISTS ${ident(username)}`);
+      } catch (err) {
+        if (sqlState(err) !== '2BP01') throw err;
+        // What is left is in other databases of the cluster, which this connection cannot reach.
+        const detail = (err as { detail?: unknown }).detail;
+        const where = typeof detail === 'string' ? ` (${detail.replaceAll('\n', '; ')})` : '';
+        throw new TargetRefusedError(
+          `lease role "${username}" cannot be dropped: it still owns objects or holds privileges in other ` +
+            `databases of the cluster${where}. It can no longer log in and its sessions are ended. In each of ` +
+            `those databases run REASSIGN OWNED BY ${ident(username)} TO ${ident(of)}; DROP OWNED BY ` +
+            `${ident(username)}; then revoke the lease again`,
+          '2BP01',
+        );
+      }
+    });
+  }
+
   async close(): Promise<void> {
     // Every call uses its own short-lived client: nothing to release.
   }
@@ -215,6 +342,7 @@ export const postgresTarget: TargetDriver = {
   type: 'postgres',
   engine: 'postgres',
   defaultPort: 5432,
+  leases: true,
   async open(connection, admin, options) {
     return new PostgresSession(connection, admin, options.timeoutMs);
   },

@@ -266,6 +266,61 @@ class RedisSession implements TargetSession {
     await this.#persist();
   }
 
+  // Lease users. Redis has no expiry for ACL users: a lease user stays valid until Keyturn drops it, which the
+  // revocation job (at the lease's end) and the sweep (for any it missed) do.
+
+  async createLeaseUser(username: string, password: string, spec: { of: string }): Promise<void> {
+    const { of } = spec;
+    if (username === of) {
+      throw new TargetRefusedError(`lease user "${username}" cannot be the credential's own user "${of}"`);
+    }
+    const list = (await this.#acl('listing ACL users', [], 'LIST')) as string[];
+    const line = list.find((l) => splitRules(l)[1] === of);
+    if (!line) {
+      throw new TargetRefusedError(
+        `Redis has no ACL user "${of}", so lease user "${username}" cannot copy its rules`,
+      );
+    }
+    const existing = list.find((l) => splitRules(l)[1] === username);
+    // An existing user (a retry) gets its permissions cleared first, so that it ends up with exactly the rules of
+    // `of` again. Not "reset": that adds the sanitize-payload flag, which `of` may not have. clearselectors only
+    // where there are selectors to clear (Redis 7; older versions do not know the rule).
+    const clear = existing
+      ? [
+          'resetkeys',
+          'resetchannels',
+          '-@all',
+          ...(splitRules(existing).some((r) => r.startsWith('(')) ? ['clearselectors'] : []),
+        ]
+      : [];
+    await this.#acl(
+      `creating lease user "${username}" of "${of}"`,
+      [password],
+      'SETUSER',
+      username,
+      ...clear,
+      ...permissionRules(line),
+      'on',
+      'resetpass',
+      `>${password}`,
+    );
+    await this.#persist();
+  }
+
+  async extendLeaseUser(_username: string, _expiresAt: Date): Promise<void> {
+    // Nothing to do: Redis has no expiry to move; the lease's end lives in Keyturn, whose revocation job drops
+    // the user when it comes.
+  }
+
+  async dropLeaseUser(username: string, spec: { of: string }): Promise<void> {
+    if (username === spec.of) {
+      throw new TargetRefusedError(`lease user "${username}" is the credential's own user: not deleting it`);
+    }
+    // DELUSER also disconnects every client logged in as the user; it answers 0 for a user that is gone already.
+    await this.#acl(`deleting lease user "${username}"`, [], 'DELUSER', username);
+    await this.#persist();
+  }
+
   async close(): Promise<void> {
     this.#client?.disconnect();
     this.#client = undefined;
@@ -277,6 +332,7 @@ export const redisTarget: TargetDriver = {
   engine: 'redis',
   defaultPort: 6379,
   dualPassword: true,
+  leases: true,
   async open(connection, admin, options) {
     return new RedisSession(connection, admin, options.timeoutMs);
   },
