@@ -13,6 +13,7 @@ import { parseDuration, validateSchedule } from '../scheduling/schedule.ts';
 import { connectionAdminRef, credentialSecretRef, type StoreSet, secretDocument } from '../stores/index.ts';
 import type { SecretDocument } from '../stores/types.ts';
 import { TARGET_DRIVERS, targetDriver } from '../targets/index.ts';
+import { TargetRefusedError, type TargetSession } from '../targets/types.ts';
 import { ConflictError, NotFoundError, UnprocessableError } from './errors.ts';
 import type { Registry } from './registry.ts';
 import type {
@@ -214,7 +215,15 @@ export class RegistryService {
 
   // Credentials
 
-  #checkCredential(spec: CredentialSpec, connection: Connection): void {
+  /**
+   * The spec's own problems, then, with `askDownstream`, whether a single-user `gracePeriod` can be honoured: on a
+   * driver whose dual passwords depend on the server (MySQL), a session with that server must have setPasswords.
+   */
+  async #checkCredential(
+    spec: CredentialSpec,
+    connection: Connection,
+    options: { askDownstream: boolean },
+  ): Promise<void> {
     const problems = validateSchedule(spec.schedule);
     const dual = targetDriver(connection.type)?.dualPassword === true;
     if (spec.gracePeriod !== undefined && spec.strategy !== 'alternating-users' && !dual) {
@@ -233,6 +242,38 @@ export class RegistryService {
       }
     }
     if (problems.length > 0) throw new UnprocessableError(problems.join('; '));
+    if (options.askDownstream && dual && spec.strategy === 'single-user' && spec.gracePeriod !== undefined) {
+      await this.#requireTwoPasswords(connection);
+    }
+  }
+
+  /** Refuses (422) unless a session with the connection's downstream can hold two passwords per user. */
+  async #requireTwoPasswords(connection: Connection): Promise<void> {
+    let session: TargetSession;
+    try {
+      ({ session } = await openDownstream(connection, this.#stores, this.#timeoutMs));
+    } catch (err) {
+      if (err instanceof UnprocessableError) throw err;
+      const why =
+        err instanceof TargetRefusedError
+          ? "the downstream refused the admin login; check the connection's admin secret, then retry"
+          : `the downstream did not answer (${(err as Error).name}); retry`;
+      throw new UnprocessableError(
+        `gracePeriod on "single-user" needs a server that holds two passwords per user, and connection "${connection.id}" could not be checked: ${why}`,
+      );
+    }
+    try {
+      if (!session.setPasswords) {
+        // The server's version where the session tells it (MySQL), never anything from the admin secret.
+        const version = (session as { serverVersion?: unknown }).serverVersion;
+        const server = typeof version === 'string' ? version.replace(/[^\w.+~-]/g, '').slice(0, 80) : '';
+        throw new UnprocessableError(
+          `gracePeriod on "single-user" needs a server that holds two passwords per user (MySQL 8.0.14+ or Redis); connection "${connection.id}" ${server ? `is ${server}` : 'does not'}`,
+        );
+      }
+    } finally {
+      await session.close().catch(() => {});
+    }
   }
 
   async createCredential(
@@ -263,7 +304,7 @@ export class RegistryService {
       createdAt: now.toISOString(),
       updatedAt: now.toISOString(),
     };
-    this.#checkCredential(spec, connection);
+    await this.#checkCredential(spec, connection, { askDownstream: true });
     const store = this.#stores.get(spec.store);
 
     if (input.import && input.currentPassword) {
@@ -360,7 +401,11 @@ export class RegistryService {
     else if (patch.maxAgeDays !== undefined) updated.maxAgeDays = patch.maxAgeDays;
     if (patch.gracePeriod === null) delete updated.gracePeriod;
     else if (patch.gracePeriod !== undefined) updated.gracePeriod = patch.gracePeriod;
-    this.#checkCredential(updated, await this.#registry.getConnection(spec.connection));
+    // The downstream is asked only when the patch sets a grace period: a schedule or label change must not
+    // depend on the server answering at that moment.
+    await this.#checkCredential(updated, await this.#registry.getConnection(spec.connection), {
+      askDownstream: typeof patch.gracePeriod === 'string',
+    });
     await this.#registry.saveCredentialSpec(updated);
     const credential = await this.#registry.getCredential(id);
     if (patch.schedule) {

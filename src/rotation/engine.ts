@@ -631,7 +631,10 @@ export class RotationEngine {
       // On a dual-password downstream the old password may still work next to the pending one: take the
       // pending one away explicitly, so that nothing the store is about to forget still logs in.
       if (ctx.target.removePassword && pending && pending.value.username === login.username) {
-        await ctx.target.removePassword(login.username, pending.value.password);
+        await ctx.target.removePassword(login.username, {
+          remove: pending.value.password,
+          keep: current.value.password,
+        });
       }
       if (!(await ctx.target.authenticate(login)).ok) {
         await ctx.target.updatePassword(login.username, login.password);
@@ -696,7 +699,10 @@ export class RotationEngine {
         await ctx.target.updatePassword(previous.value.username, generatePassword(credential.spec.password));
       } else if (ctx.target.removePassword) {
         // single-user on a dual-password downstream: the old password of the same user goes.
-        await ctx.target.removePassword(previous.value.username, previous.value.password);
+        await ctx.target.removePassword(previous.value.username, {
+          remove: previous.value.password,
+          keep: current.value.password,
+        });
       } else {
         return { outcome: 'done' };
       }

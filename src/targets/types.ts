@@ -64,8 +64,12 @@ export interface TargetSession {
    * and `password`, so that connections using either work while clients move over. Idempotent.
    */
   setPasswords?(username: string, passwords: { keep: string; password: string }): Promise<void>;
-  /** Dual-password targets only: removes one password of the user, if it still has it. Idempotent. */
-  removePassword?(username: string, password: string): Promise<void>;
+  /**
+   * Dual-password targets only: leaves the user with only `keep`; removes `remove` if it still has it.
+   * Idempotent. `keep` never stops working meanwhile. Both are given because some downstreams cannot remove a
+   * password by its value (MySQL drops only the secondary one, so it first makes `keep` the primary).
+   */
+  removePassword?(username: string, passwords: { remove: string; keep: string }): Promise<void>;
   /**
    * Lease targets only (the driver's `leases`): creates the short-lived user `username` with the access of
    * `spec.of`. Idempotent: an existing user of that name gets `password` and the expiry again.
@@ -89,8 +93,10 @@ export interface TargetDriver {
   readonly engine: string;
   readonly defaultPort: number;
   /**
-   * The downstream lets a user hold two passwords (Redis ACL, MySQL 8). single-user then overlaps the old and the
-   * new password instead of having a window, and `gracePeriod` says when the old one is removed.
+   * The downstream can let a user hold two passwords (Redis ACL: always; MySQL: depending on the server, 8.0.14+
+   * yes, MariaDB no). A session that can says so by having setPasswords and removePassword: single-user then
+   * overlaps the old and the new password instead of having a window, and `gracePeriod` says when the old one is
+   * removed. Without them (false, or a session of a server that cannot), single-user has a window.
    */
   readonly dualPassword?: boolean;
   /** The downstream can make short-lived users for leases: its sessions implement the lease verbs. */

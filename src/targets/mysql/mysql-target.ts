@@ -1,9 +1,12 @@
 // MySQL / MariaDB target on mysql2. Accounts are `user`@`accountHost` (connection option, default '%').
 //
-// Strategies: MariaDB has no dual passwords, so `single-user` has SPEC's brief window (new connections made with
-// the old password fail between set and the readers picking up the new version; connections already open are
-// not affected) and `alternating-users` has none. MySQL 8's ALTER USER … RETAIN CURRENT PASSWORD overlap is not
-// used yet: it needs a Target capability ("keeps the previous password") that the engine does not have yet.
+// Strategies: what `single-user` does depends on the server, which `open` asks (SELECT VERSION(), remembered per
+// host:port for a minute). MySQL 8.0.14+ lets an account hold two passwords: its sessions implement setPasswords
+// and removePassword (ALTER USER … RETAIN CURRENT PASSWORD / DISCARD OLD PASSWORD), so single-user overlaps the
+// old and the new password and `gracePeriod` says when the old one goes. MariaDB and older MySQL hold one
+// password per account: their sessions have neither verb, and single-user has SPEC's brief window (new
+// connections made with the old password fail between set and the readers picking up the new version;
+// connections already open are not affected). `alternating-users` has no window on either.
 //
 // Passwords travel only in ALTER USER / CREATE USER … IDENTIFIED BY, quoted by mysql2's client-side escaping
 // (each admin session first drops NO_BACKSLASH_ESCAPES from its sql_mode, which that escaping relies on) and
@@ -16,10 +19,17 @@
 //
 // ALTER USER … IDENTIFIED BY resets the account's authentication to the default password plugin: on MariaDB an
 // account `IDENTIFIED VIA unix_socket OR mysql_native_password` loses its unix_socket alternative.
+//
+// Leases: a lease user is an account with the grants, roles and default role of the credential's user. Neither
+// server can expire an account at a given time, so Keyturn's revocation job and sweep drop it; dropping it also
+// ends its open sessions, for which the admin needs PROCESS (to see other accounts' sessions: without it the
+// process list shows only its own, and a lease user's open sessions would outlive the account until they
+// disconnect) and CONNECTION_ADMIN or SUPER (MySQL) / CONNECTION ADMIN or SUPER (MariaDB) to kill them.
 import mysql from 'mysql2/promise';
 import type { Connection } from '../../registry/types.ts';
 import {
   type AuthOutcome,
+  type LeaseUserSpec,
   type Login,
   type TargetDriver,
   TargetRefusedError,
@@ -52,8 +62,8 @@ const AUTH_REJECTED: Record<number, string> = {
 // policy): retrying will not help. Together with the SQLSTATE classes below; everything else (connection limits,
 // lost connections, timeouts, read-only during a failover, deadlocks) is "unavailable" and retried.
 const REFUSED_ERRNOS = new Set([
-  1044, 1045, 1049, 1064, 1130, 1131, 1132, 1133, 1141, 1142, 1143, 1146, 1211, 1227, 1396, 1410, 1449, 1470,
-  1698, 1819, 1820, 1862, 3118, 3955, 4151,
+  1044, 1045, 1049, 1064, 1095, 1130, 1131, 1132, 1133, 1141, 1142, 1143, 1146, 1211, 1227, 1396, 1410, 1449,
+  1470, 1698, 1819, 1820, 1862, 3118, 3955, 4151,
 ]);
 const REFUSED_SQLSTATE_CLASSES = new Set(['42', '28', '3D']);
 
@@ -230,21 +240,60 @@ function validateAccountHost(value: unknown): string | undefined {
   return undefined;
 }
 
+/**
+ * Whether a server whose `SELECT VERSION()` answers `version` lets an account hold two passwords (ALTER USER
+ * … RETAIN CURRENT PASSWORD): MySQL from 8.0.14 on. MariaDB, whose VERSION() says so ("10.11.6-MariaDB-0+deb12u1"),
+ * never does, whatever its number; neither does an answer that does not start with a version number.
+ */
+export function supportsDualPasswords(version: string): boolean {
+  if (/mariadb/i.test(version)) return false;
+  const match = /^(\d+)\.(\d+)(?:\.(\d+))?/.exec(version.trim());
+  if (!match) return false;
+  const [major, minor, patch] = [Number(match[1]), Number(match[2]), Number(match[3] ?? 0)];
+  if (major !== 8) return major > 8;
+  return minor > 0 || patch >= 14;
+}
+
+/** How long a server's VERSION() is remembered: each rotation step opens a session, and each asks. */
+const VERSION_TTL_MS = 60_000;
+/** VERSION() by host:port, with when it was asked. */
+const serverVersions = new Map<string, { version: string; at: number }>();
+
 class MysqlSession implements TargetSession {
   readonly #connection: Connection;
   readonly #admin: Login;
   readonly #timeoutMs: number;
-  readonly #host: string;
+  protected readonly accountHost: string;
+  /** The server's VERSION(), e.g. "8.4.3" or "10.11.6-MariaDB-0+deb12u1" (the registry names it when refusing). */
+  readonly serverVersion: string;
 
-  constructor(connection: Connection, admin: Login, timeoutMs: number) {
+  constructor(connection: Connection, admin: Login, timeoutMs: number, serverVersion: string) {
     this.#connection = connection;
     this.#admin = admin;
     this.#timeoutMs = timeoutMs;
-    this.#host = accountHostOf(connection);
+    this.accountHost = accountHostOf(connection);
+    this.serverVersion = serverVersion;
   }
 
-  #account(username: string): string {
-    return `"${username}"@"${this.#host}"`;
+  /**
+   * The server's VERSION(), asked with the admin login at most once a minute per host:port. Throws the
+   * classified error when the server cannot be asked (TargetUnavailableError: the caller retries).
+   */
+  static async versionOf(connection: Connection, admin: Login, timeoutMs: number): Promise<string> {
+    const key = `${connection.host}:${connection.port}`;
+    const known = serverVersions.get(key);
+    if (known && Date.now() - known.at < VERSION_TTL_MS) return known.version;
+    const probe = new MysqlSession(connection, admin, timeoutMs, '');
+    const version = await probe.asAdmin('asking the server its version', async (c) => {
+      const [value] = (await probe.query(c, 'SELECT VERSION()'))[0] ?? [];
+      return String(value ?? '');
+    });
+    serverVersions.set(key, { version, at: Date.now() });
+    return version;
+  }
+
+  protected account(username: string): string {
+    return `"${username}"@"${this.accountHost}"`;
   }
 
   async #connect(login: Login, withDatabase: boolean): Promise<MysqlConnection> {
@@ -256,13 +305,13 @@ class MysqlSession implements TargetSession {
     return conn;
   }
 
-  async #query(conn: MysqlConnection, sql: string, values?: unknown[]): Promise<unknown[][]> {
+  protected async query(conn: MysqlConnection, sql: string, values?: unknown[]): Promise<unknown[][]> {
     const [rows] = await conn.query({ sql, timeout: this.#timeoutMs, rowsAsArray: true }, values);
     return Array.isArray(rows) ? (rows as unknown[][]) : [];
   }
 
   /** Runs `fn` on a fresh connection logged in as admin; short-lived connections keep no state across steps. */
-  async #asAdmin<T>(
+  protected async asAdmin<T>(
     action: string,
     fn: (conn: MysqlConnection) => Promise<T>,
     options: { secrets?: string[]; quiet?: boolean } = {},
@@ -276,12 +325,12 @@ class MysqlSession implements TargetSession {
     }
     try {
       // mysql2 escapes with backslashes, which NO_BACKSLASH_ESCAPES would turn into literal characters.
-      const [mode] = (await this.#query(conn, 'SELECT @@SESSION.sql_mode'))[0] ?? [];
+      const [mode] = (await this.query(conn, 'SELECT @@SESSION.sql_mode'))[0] ?? [];
       if (typeof mode === 'string' && /NO_BACKSLASH_ESCAPES/i.test(mode)) {
         const modes = mode.split(',').filter((m) => m.toUpperCase() !== 'NO_BACKSLASH_ESCAPES');
-        await this.#query(conn, 'SET SESSION sql_mode = ?', [modes.join(',')]);
+        await this.query(conn, 'SET SESSION sql_mode = ?', [modes.join(',')]);
       }
-      if (options.quiet) await this.#query(conn, 'SET SESSION sql_log_off = 1').catch(() => {});
+      if (options.quiet) await this.query(conn, 'SET SESSION sql_log_off = 1').catch(() => {});
       return await fn(conn);
     } catch (err) {
       throw classify(action, err, options.secrets);
@@ -294,7 +343,7 @@ class MysqlSession implements TargetSession {
     let conn: MysqlConnection | undefined;
     try {
       conn = await this.#connect(login, true);
-      await this.#query(conn, 'SELECT 1');
+      await this.query(conn, 'SELECT 1');
       return { ok: true };
     } catch (err) {
       const errno = serverErrno(err);
@@ -318,24 +367,24 @@ class MysqlSession implements TargetSession {
   }
 
   async #exists(conn: MysqlConnection, username: string): Promise<boolean> {
-    const rows = await this.#query(conn, 'SELECT 1 FROM mysql.user WHERE User = ? AND Host = ?', [
+    const rows = await this.query(conn, 'SELECT 1 FROM mysql.user WHERE User = ? AND Host = ?', [
       username,
-      this.#host,
+      this.accountHost,
     ]);
     return rows.length > 0;
   }
 
   async userExists(username: string): Promise<boolean> {
-    return this.#asAdmin(`looking up account ${this.#account(username)}`, (c) => this.#exists(c, username));
+    return this.asAdmin(`looking up account ${this.account(username)}`, (c) => this.#exists(c, username));
   }
 
   async #setPassword(conn: MysqlConnection, username: string, password: string): Promise<void> {
-    await this.#query(conn, 'ALTER USER ?@? IDENTIFIED BY ?', [username, this.#host, password]);
+    await this.query(conn, 'ALTER USER ?@? IDENTIFIED BY ?', [username, this.accountHost, password]);
   }
 
   async updatePassword(username: string, password: string): Promise<void> {
-    await this.#asAdmin(
-      `setting the password of account ${this.#account(username)}`,
+    await this.asAdmin(
+      `setting the password of account ${this.account(username)}`,
       (c) => this.#setPassword(c, username, password),
       { secrets: [password], quiet: true },
     );
@@ -343,27 +392,27 @@ class MysqlSession implements TargetSession {
 
   /** The statements that give `to` the grants, roles and default role of `like`, password clauses removed. */
   async #grantsOf(conn: MysqlConnection, like: string, to: string): Promise<string[]> {
-    const rows = await this.#query(conn, 'SHOW GRANTS FOR ?@?', [like, this.#host]);
+    const rows = await this.query(conn, 'SHOW GRANTS FOR ?@?', [like, this.accountHost]);
     const statements: string[] = [];
     for (const [line] of rows) {
       let statement: string | null;
       try {
-        statement = rewriteGrant(String(line), { user: like, host: this.#host }, to);
+        statement = rewriteGrant(String(line), { user: like, host: this.accountHost }, to);
       } catch (err) {
         // The line itself may hold a password hash: only its first word goes into the message.
         throw new TargetRefusedError(
-          `SHOW GRANTS FOR ${this.#account(like)} printed a line Keyturn cannot copy ("${String(line).trim().split(/\s/, 1)[0]} …": ${(err as Error).message})`,
+          `SHOW GRANTS FOR ${this.account(like)} printed a line Keyturn cannot copy ("${String(line).trim().split(/\s/, 1)[0]} …": ${(err as Error).message})`,
         );
       }
       if (statement) statements.push(statement);
     }
     // MySQL 8 keeps default roles out of SHOW GRANTS (MariaDB prints SET DEFAULT ROLE, handled above).
-    const [version] = (await this.#query(conn, 'SELECT VERSION()'))[0] ?? [];
+    const [version] = (await this.query(conn, 'SELECT VERSION()'))[0] ?? [];
     if (!/mariadb/i.test(String(version))) {
-      const roles = await this.#query(
+      const roles = await this.query(
         conn,
         'SELECT DEFAULT_ROLE_USER, DEFAULT_ROLE_HOST FROM mysql.default_roles WHERE USER = ? AND HOST = ?',
-        [like, this.#host],
+        [like, this.accountHost],
       );
       if (roles.length > 0) {
         const list = roles.map(([u, h]) => `${mysql.escape(String(u))}@${mysql.escape(String(h))}`);
@@ -378,23 +427,40 @@ class MysqlSession implements TargetSession {
     password: string,
     template: UserTemplate,
   ): Promise<'created' | 'updated'> {
-    const action = `creating account ${this.#account(username)} like ${this.#account(template.like)}`;
-    return this.#asAdmin(
+    return this.#createLike(
+      `creating account ${this.account(username)} like ${this.account(template.like)}`,
+      username,
+      password,
+      template.like,
+    );
+  }
+
+  /**
+   * Creates `username` with `password` and the grants, roles and default role of `like`; an existing account
+   * only gets the password.
+   */
+  async #createLike(
+    action: string,
+    username: string,
+    password: string,
+    like: string,
+  ): Promise<'created' | 'updated'> {
+    return this.asAdmin(
       action,
       async (c) => {
         if (await this.#exists(c, username)) {
           await this.#setPassword(c, username, password);
           return 'updated';
         }
-        if (!(await this.#exists(c, template.like))) {
+        if (!(await this.#exists(c, like))) {
           throw new TargetRefusedError(
-            `account ${this.#account(template.like)} does not exist, so ${this.#account(username)} cannot copy its grants`,
+            `account ${this.account(like)} does not exist, so ${this.account(username)} cannot copy its grants`,
           );
         }
         // Read and rewrite every grant before creating anything: a line that cannot be copied leaves no account.
-        const grants = await this.#grantsOf(c, template.like, mysql.format('?@?', [username, this.#host]));
+        const grants = await this.#grantsOf(c, like, mysql.format('?@?', [username, this.accountHost]));
         try {
-          await this.#query(c, 'CREATE USER ?@? IDENTIFIED BY ?', [username, this.#host, password]);
+          await this.query(c, 'CREATE USER ?@? IDENTIFIED BY ?', [username, this.accountHost, password]);
         } catch (err) {
           // Another worker created it between the look-up and CREATE USER (ER_CANNOT_USER): set its password.
           if (serverErrno(err) !== 1396 || !(await this.#exists(c, username))) throw err;
@@ -403,11 +469,11 @@ class MysqlSession implements TargetSession {
         }
         for (const grant of grants) {
           try {
-            await this.#query(c, grant);
+            await this.query(c, grant);
           } catch (err) {
             // A half-granted account would be taken for a finished one by the next attempt ("exists → set the
             // password"): take it back so that the retry starts over.
-            await this.#query(c, 'DROP USER IF EXISTS ?@?', [username, this.#host]).catch(() => {});
+            await this.query(c, 'DROP USER IF EXISTS ?@?', [username, this.accountHost]).catch(() => {});
             throw classify(`${action}: copying "${grant}"`, err);
           }
         }
@@ -418,8 +484,80 @@ class MysqlSession implements TargetSession {
   }
 
   async deleteUser(username: string): Promise<void> {
-    await this.#asAdmin(`dropping account ${this.#account(username)}`, async (c) => {
-      await this.#query(c, 'DROP USER IF EXISTS ?@?', [username, this.#host]);
+    await this.asAdmin(`dropping account ${this.account(username)}`, async (c) => {
+      await this.query(c, 'DROP USER IF EXISTS ?@?', [username, this.accountHost]);
+    });
+  }
+
+  // Leases
+
+  /**
+   * An account `username`@accountHost with the grants, roles and default role of `spec.of`; an existing one only
+   * gets the password (a retry). `spec.expiresAt` is not used: neither MySQL nor MariaDB can end an account at a
+   * given time (PASSWORD EXPIRE only forces a password change at the next login, which a client could make), so
+   * Keyturn's lease revocation job and its sweep drop the account when the lease ends.
+   */
+  async createLeaseUser(username: string, password: string, spec: LeaseUserSpec): Promise<void> {
+    if (username === spec.of) {
+      throw new TargetRefusedError(
+        `lease account ${this.account(username)} cannot be the credential's own account`,
+      );
+    }
+    await this.#createLike(
+      `creating lease account ${this.account(username)} like ${this.account(spec.of)}`,
+      username,
+      password,
+      spec.of,
+    );
+  }
+
+  /** Nothing to do: the server holds no expiry for the account (see createLeaseUser); Keyturn's own does. */
+  async extendLeaseUser(_username: string, _expiresAt: Date): Promise<void> {}
+
+  /**
+   * Drops the lease account and ends its open sessions: DROP USER closes none (MySQL and MariaDB check passwords
+   * at login only). The account goes first, so that no new session can start between the kills and the drop;
+   * then every session of that user name is killed. A lease user's name is Keyturn's and unique, so the process
+   * list's USER (a name, without the account host) picks its sessions only. Nothing is handed to `spec.of` (it is
+   * only checked not to be `username`): MySQL accounts own no objects, only the DEFINER of routines, views,
+   * triggers and events names them; those are left as they are (MySQL 8.0.22+ refuses to drop an account named
+   * as a definer unless the admin has SET_USER_ID or SET_ANY_DEFINER: reported as refused).
+   * Idempotent: a missing account and sessions that already ended are fine.
+   */
+  async dropLeaseUser(username: string, spec: { of: string }): Promise<void> {
+    if (username === spec.of) {
+      throw new TargetRefusedError(
+        `lease account ${this.account(username)} is the credential's own account: not dropping it`,
+      );
+    }
+    const action = `dropping lease account ${this.account(username)}`;
+    await this.asAdmin(action, async (c) => {
+      try {
+        await this.query(c, 'DROP USER IF EXISTS ?@?', [username, this.accountHost]);
+      } catch (err) {
+        // ER_CANNOT_USER_REFERENCED_AS_DEFINER (MySQL 8.0.22+; MariaDB drops definers without a word).
+        if (serverErrno(err) === 4006 && !/mariadb/i.test(this.serverVersion)) {
+          throw new TargetRefusedError(
+            `${action}: it is the DEFINER of stored objects, and MySQL drops such an account only for an admin with SET_USER_ID or SET_ANY_DEFINER (4006)`,
+            'MYSQL_ERRNO_4006',
+          );
+        }
+        throw err;
+      }
+      const sessions = await this.query(
+        c,
+        'SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND ID <> CONNECTION_ID()',
+        [username],
+      );
+      for (const [id] of sessions) {
+        if (!/^\d+$/.test(String(id))) continue;
+        try {
+          await this.query(c, `KILL CONNECTION ${String(id)}`);
+        } catch (err) {
+          // ER_NO_SUCH_THREAD: that session ended in the meantime.
+          if (serverErrno(err) !== 1094) throw err;
+        }
+      }
     });
   }
 
@@ -428,10 +566,66 @@ class MysqlSession implements TargetSession {
   }
 }
 
+/**
+ * A session with MySQL 8.0.14+, where an account holds a primary and a secondary password: the dual-password
+ * verbs. MySQL can change the primary (IDENTIFIED BY, leaving the secondary as it is), move the primary to the
+ * secondary (RETAIN CURRENT PASSWORD, replacing the secondary) or drop the secondary (DISCARD OLD PASSWORD), but
+ * never drop one password by its value: each verb therefore first makes the password that must go on working
+ * the primary, which it can do without that password ever stopping working.
+ */
+class MysqlDualPasswordSession extends MysqlSession {
+  /**
+   * Leaves `username` with exactly {password (primary), keep (secondary)}. When both already log in there is
+   * nothing to do (a retry: MySQL holds at most two passwords, so these are the two); the new password is tried
+   * first, so that a first attempt costs one failed login.
+   */
+  async setPasswords(username: string, passwords: { keep: string; password: string }): Promise<void> {
+    const { keep, password } = passwords;
+    if (
+      (await this.authenticate({ username, password })).ok &&
+      (await this.authenticate({ username, password: keep })).ok
+    ) {
+      return;
+    }
+    await this.asAdmin(
+      `setting the passwords of account ${this.account(username)}`,
+      async (c) => {
+        // `keep` becomes the primary: it works throughout, as the primary or as the secondary left alone.
+        await this.query(c, 'ALTER USER ?@? IDENTIFIED BY ?', [username, this.accountHost, keep]);
+        // `password` becomes the primary and `keep` the secondary, replacing any older one.
+        await this.query(c, 'ALTER USER ?@? IDENTIFIED BY ? RETAIN CURRENT PASSWORD', [
+          username,
+          this.accountHost,
+          password,
+        ]);
+      },
+      { secrets: [keep, password], quiet: true },
+    );
+  }
+
+  /**
+   * Leaves `username` with only `passwords.keep`: it becomes the primary (the secondary, `remove` or another,
+   * is left as it is and `keep` works throughout), then the secondary is discarded. Idempotent.
+   */
+  async removePassword(username: string, passwords: { remove: string; keep: string }): Promise<void> {
+    await this.asAdmin(
+      `removing the old password of account ${this.account(username)}`,
+      async (c) => {
+        await this.query(c, 'ALTER USER ?@? IDENTIFIED BY ?', [username, this.accountHost, passwords.keep]);
+        await this.query(c, 'ALTER USER ?@? DISCARD OLD PASSWORD', [username, this.accountHost]);
+      },
+      { secrets: [passwords.keep, passwords.remove], quiet: true },
+    );
+  }
+}
+
 export const mysqlTarget: TargetDriver = {
   type: 'mysql',
   engine: 'mysql',
   defaultPort: 3306,
+  // Depending on the server: sessions with MySQL 8.0.14+ have setPasswords/removePassword, others do not.
+  dualPassword: true,
+  leases: true,
   validateOptions(options) {
     const problems: string[] = [];
     for (const [name, value] of Object.entries(options)) {
@@ -445,6 +639,9 @@ export const mysqlTarget: TargetDriver = {
     return problems;
   },
   async open(connection, admin, options) {
-    return new MysqlSession(connection, admin, options.timeoutMs);
+    const version = await MysqlSession.versionOf(connection, admin, options.timeoutMs);
+    return supportsDualPasswords(version)
+      ? new MysqlDualPasswordSession(connection, admin, options.timeoutMs, version)
+      : new MysqlSession(connection, admin, options.timeoutMs, version);
   },
 };

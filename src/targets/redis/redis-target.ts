@@ -216,14 +216,14 @@ class RedisSession implements TargetSession {
     await this.#persist();
   }
 
-  async removePassword(username: string, password: string): Promise<void> {
+  async removePassword(username: string, passwords: { remove: string; keep: string }): Promise<void> {
     try {
       await this.#acl(
         `removing a password of ACL user "${username}"`,
-        [password],
+        [passwords.remove],
         'SETUSER',
         username,
-        `<${password}`,
+        `<${passwords.remove}`,
       );
     } catch (err) {
       // Already gone (an earlier attempt, or a rotation that replaced the list): nothing to do.

@@ -1,0 +1,232 @@
+// The MySQL target's lease verbs against the machine's real MySQL/MariaDB (test/support/mysql.ts: root with an
+// empty password on 127.0.0.1:3306, or KEYTURN_TEST_MYSQL_URL), through the driver itself: a lease account gets
+// exactly the template's grants, roles and default role, logs in and reads what the template may read; dropping
+// it ends its open sessions and its logins; every verb may be repeated. Skipped, with the reason printed, when
+// the server cannot be reached.
+import { randomBytes } from 'node:crypto';
+import mysql from 'mysql2/promise';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Connection } from '../../src/registry/types.ts';
+import { mysqlTarget } from '../../src/targets/mysql/mysql-target.ts';
+import { TargetRefusedError, type TargetSession } from '../../src/targets/types.ts';
+import { asMysqlRoot, MYSQL_SERVER, mysqlCanLogin } from '../support/mysql.ts';
+
+const DATABASE = 'keyturn_test';
+const hex = (n: number) => randomBytes(n).toString('hex');
+const run = hex(3);
+const TABLE = `kt_lease_${run}`;
+const template = { name: `kt_tpl_${run}`, password: randomBytes(18).toString('base64url') };
+const role = `kt_lease_role_${run}`;
+const accounts: string[] = [template.name];
+
+const unavailable = await asMysqlRoot(async (c) => {
+  await c.query('SELECT 1');
+  return undefined;
+}).catch(
+  (err: Error) =>
+    `cannot use MySQL at ${MYSQL_SERVER.host}:${MYSQL_SERVER.port} as "${MYSQL_SERVER.user}": ${err.message}`,
+);
+if (unavailable) console.warn(`skipping the MySQL lease-user tests: ${unavailable}`);
+
+const canLogin = (user: string, password: string) => mysqlCanLogin(user, password, DATABASE);
+
+/** SHOW GRANTS of an account, with its name replaced by USER and any password hash left out (MariaDB prints it). */
+async function grantsOf(user: string): Promise<string[]> {
+  const lines = await asMysqlRoot(async (c) => {
+    const [rows] = await c.query({ sql: 'SHOW GRANTS FOR ?@?', rowsAsArray: true }, [user, '%']);
+    return (rows as string[][]).map(([line]) => String(line));
+  });
+  return lines
+    .map((line) =>
+      line
+        .replaceAll(`\`${user}\``, '`USER`')
+        .replaceAll(`'${user}'`, "'USER'")
+        .replace(/ IDENTIFIED (BY PASSWORD|VIA|WITH) .*$/, ''),
+    )
+    .sort();
+}
+
+function leaseName(): string {
+  const name = `kt_lease_${run}_${hex(3)}`;
+  accounts.push(name);
+  return name;
+}
+
+const expiresAt = () => new Date(Date.now() + 3600_000);
+
+let session: TargetSession;
+
+describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
+  beforeAll(async () => {
+    await asMysqlRoot(async (c) => {
+      await c.query(`CREATE DATABASE IF NOT EXISTS \`${DATABASE}\``);
+      await c.query(`CREATE TABLE \`${DATABASE}\`.\`${TABLE}\` (id INT PRIMARY KEY, label VARCHAR(20))`);
+      await c.query(`INSERT INTO \`${DATABASE}\`.\`${TABLE}\` VALUES (1, 'one'), (2, 'two')`);
+      await c.query(`CREATE ROLE \`${role}\``);
+      await c.query(`GRANT INSERT ON \`${DATABASE}\`.\`${TABLE}\` TO \`${role}\``);
+      await c.query('CREATE USER ?@? IDENTIFIED BY ?', [template.name, '%', template.password]);
+      await c.query(`GRANT SELECT ON \`${DATABASE}\`.\`${TABLE}\` TO ?@?`, [template.name, '%']);
+      await c.query(`GRANT \`${role}\` TO ?@?`, [template.name, '%']);
+      await c.query(`SET DEFAULT ROLE \`${role}\` FOR ?@?`, [template.name, '%']);
+    });
+    const connection: Connection = {
+      id: `mysql-lease-${run}`,
+      type: 'mysql',
+      host: MYSQL_SERVER.host,
+      port: MYSQL_SERVER.port,
+      database: DATABASE,
+      options: { accountHost: '%' },
+      admin: { username: MYSQL_SERVER.user },
+      adminStore: { type: 'local' },
+      labels: {},
+      createdAt: new Date().toISOString(),
+      updatedAt: new Date().toISOString(),
+    };
+    session = await mysqlTarget.open(
+      connection,
+      { username: MYSQL_SERVER.user, password: MYSQL_SERVER.password },
+      { timeoutMs: 5000 },
+    );
+  });
+
+  afterAll(async () => {
+    await session?.close();
+    await asMysqlRoot(async (c) => {
+      for (const account of accounts) await c.query('DROP USER IF EXISTS ?@?', [account, '%']);
+      await c.query(`DROP ROLE IF EXISTS \`${role}\``);
+      await c.query(`DROP TABLE IF EXISTS \`${DATABASE}\`.\`${TABLE}\``);
+    });
+  });
+
+  it('the driver makes lease users', () => {
+    expect(mysqlTarget.leases).toBe(true);
+    expect(typeof session.createLeaseUser).toBe('function');
+    expect(typeof session.extendLeaseUser).toBe('function');
+    expect(typeof session.dropLeaseUser).toBe('function');
+  });
+
+  it("creates an account with exactly the template's grants, which logs in and reads the table", async () => {
+    const lease = leaseName();
+    const password = randomBytes(18).toString('base64url');
+    await session.createLeaseUser!(lease, password, { of: template.name, expiresAt: expiresAt() });
+
+    expect(await grantsOf(lease)).toEqual(await grantsOf(template.name));
+    const asLease = await mysql.createConnection({
+      host: MYSQL_SERVER.host,
+      port: MYSQL_SERVER.port,
+      user: lease,
+      password,
+      database: DATABASE,
+    });
+    try {
+      const [rows] = await asLease.query({
+        sql: `SELECT id, label FROM \`${TABLE}\` ORDER BY id`,
+        rowsAsArray: true,
+      });
+      expect(rows).toEqual([
+        [1, 'one'],
+        [2, 'two'],
+      ]);
+      // The default role came along, and with it the role's INSERT.
+      const [current] = await asLease.query({ sql: 'SELECT CURRENT_ROLE()', rowsAsArray: true });
+      expect(current).toEqual([[role]]);
+      // Nothing more than the template: no UPDATE.
+      await expect(asLease.query(`UPDATE \`${TABLE}\` SET label = 'x'`)).rejects.toMatchObject({
+        errno: 1142,
+      });
+    } finally {
+      await asLease.end();
+    }
+    // The lease account's password is its own, never the template's.
+    expect(await canLogin(lease, template.password)).toBe(false);
+    expect(await canLogin(template.name, template.password)).toBe(true);
+  });
+
+  it('createLeaseUser twice is fine: the existing account gets the password, and keeps its grants', async () => {
+    const lease = leaseName();
+    const first = randomBytes(18).toString('base64url');
+    await session.createLeaseUser!(lease, first, { of: template.name, expiresAt: expiresAt() });
+    await session.createLeaseUser!(lease, first, { of: template.name, expiresAt: expiresAt() });
+    expect(await canLogin(lease, first)).toBe(true);
+    const second = randomBytes(18).toString('base64url');
+    await session.createLeaseUser!(lease, second, { of: template.name, expiresAt: expiresAt() });
+    expect(await canLogin(lease, second)).toBe(true);
+    expect(await canLogin(lease, first)).toBe(false);
+    expect(await grantsOf(lease)).toEqual(await grantsOf(template.name));
+  });
+
+  it('extendLeaseUser has nothing to do and does not fail', async () => {
+    const lease = leaseName();
+    const password = randomBytes(18).toString('base64url');
+    await session.createLeaseUser!(lease, password, { of: template.name, expiresAt: expiresAt() });
+    await session.extendLeaseUser!(lease, new Date(Date.now() + 7200_000));
+    expect(await canLogin(lease, password)).toBe(true);
+  });
+
+  it('dropLeaseUser ends the open sessions and the logins; again is fine', async () => {
+    const lease = leaseName();
+    const password = randomBytes(18).toString('base64url');
+    await session.createLeaseUser!(lease, password, { of: template.name, expiresAt: expiresAt() });
+    const open = await Promise.all(
+      [0, 1].map(() =>
+        mysql.createConnection({
+          host: MYSQL_SERVER.host,
+          port: MYSQL_SERVER.port,
+          user: lease,
+          password,
+          database: DATABASE,
+        }),
+      ),
+    );
+    for (const c of open) c.on('error', () => {});
+    try {
+      for (const c of open) await expect(c.query(`SELECT COUNT(*) FROM \`${TABLE}\``)).resolves.toBeTruthy();
+      await session.dropLeaseUser!(lease, { of: template.name });
+
+      for (const c of open) await expect(c.query('SELECT 1')).rejects.toThrow();
+      expect(await canLogin(lease, password)).toBe(false);
+      const left = await asMysqlRoot(async (c) => {
+        const [rows] = await c.query({
+          sql: 'SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ? AND COMMAND <> ?',
+          rowsAsArray: true,
+          values: [lease, 'Killed'],
+        });
+        const [exists] = await c.query({
+          sql: 'SELECT COUNT(*) FROM mysql.user WHERE User = ?',
+          rowsAsArray: true,
+          values: [lease],
+        });
+        return {
+          sessions: Number((rows as number[][])[0]![0]),
+          accounts: Number((exists as number[][])[0]![0]),
+        };
+      });
+      expect(left).toEqual({ sessions: 0, accounts: 0 });
+
+      await session.dropLeaseUser!(lease, { of: template.name });
+      await session.dropLeaseUser!(`kt_never_${run}`, { of: template.name });
+    } finally {
+      for (const c of open) c.destroy();
+    }
+    // The template is untouched.
+    expect(await canLogin(template.name, template.password)).toBe(true);
+  });
+
+  it("refuses to make or drop the credential's own account as a lease user", async () => {
+    await expect(
+      session.createLeaseUser!(template.name, 'x'.repeat(24), { of: template.name, expiresAt: expiresAt() }),
+    ).rejects.toBeInstanceOf(TargetRefusedError);
+    await expect(session.dropLeaseUser!(template.name, { of: template.name })).rejects.toBeInstanceOf(
+      TargetRefusedError,
+    );
+    expect(await canLogin(template.name, template.password)).toBe(true);
+  });
+
+  it('refuses a lease of an account that does not exist, and leaves nothing behind', async () => {
+    const lease = leaseName();
+    await expect(
+      session.createLeaseUser!(lease, 'y'.repeat(24), { of: `kt_missing_${run}`, expiresAt: expiresAt() }),
+    ).rejects.toBeInstanceOf(TargetRefusedError);
+    expect(await session.userExists(lease)).toBe(false);
+  });
+});
