@@ -8,6 +8,8 @@ import type { ApiContext } from './api/context.ts';
 import { AuditLog } from './audit/audit-log.ts';
 import type { KeyturnConfig } from './config/config.ts';
 import { Envelope } from './crypto/envelope.ts';
+import { LeaseRepo } from './leases/lease-repo.ts';
+import { LeaseService } from './leases/lease-service.ts';
 import type { Logger } from './logging/logger.ts';
 import { RedisKeys } from './registry/keys.ts';
 import { Registry } from './registry/registry.ts';
@@ -86,9 +88,26 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     lockMs: config.rotation.leaseMs,
     concurrency: config.rotation.concurrency,
     reconcileEveryMs: config.rotation.reconcileIntervalMs,
+    leaseSweepEveryMs: config.leases.sweepIntervalMs,
+    leaseConcurrency: config.leases.concurrency,
   };
   const queues = new Queues(queueRedis, queueSettings);
   engine.hooks = queues;
+  const leases = new LeaseService({
+    registry,
+    repo: new LeaseRepo(redis, keys),
+    stores,
+    audit,
+    logger,
+    settings: {
+      defaultTtlMs: config.leases.defaultTtlMs,
+      maxTtlMs: config.leases.maxTtlMs,
+      concurrency: config.leases.concurrency,
+      retentionMs: config.leases.retentionMs,
+      downstreamTimeoutMs: config.rotation.downstreamTimeoutMs,
+    },
+  });
+  leases.planner = queues;
   const secrets = new SecretReader({
     registry,
     rotations,
@@ -102,9 +121,10 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     engine,
     rotations,
     audit,
+    leases,
     downstreamTimeoutMs: config.rotation.downstreamTimeoutMs,
   });
-  const ctx: ApiContext = { redis, registry, service, engine, rotations, secrets, stores, audit };
+  const ctx: ApiContext = { redis, registry, service, engine, rotations, secrets, stores, audit, leases };
 
   const runsApi = config.components.includes('api');
   const workers = config.components.includes('worker')
@@ -116,6 +136,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
         registry,
         rotations,
         audit,
+        leases,
         logger,
       })
     : undefined;

@@ -1,4 +1,5 @@
-// The Fastify application: one plugin per concern (errors, auth, health, connections, credentials, audit).
+// The Fastify application: one plugin per concern (errors, auth, health, connections, credentials, leases,
+// audit).
 // Bodies are validated strictly (no type coercion, unknown fields refused); query strings and path parameters
 // are coerced from text, since that is all a URL can carry.
 import Ajv from 'ajv';
@@ -12,6 +13,7 @@ import { auditRoutes } from './routes/audit.ts';
 import { connectionRoutes } from './routes/connections.ts';
 import { credentialRoutes } from './routes/credentials.ts';
 import { healthRoutes } from './routes/health.ts';
+import { leaseRoutes } from './routes/leases.ts';
 
 export interface AppOptions {
   ctx: ApiContext;
@@ -78,6 +80,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   if (options.routes !== 'health') {
     await app.register(connectionRoutes, { ctx });
     await app.register(credentialRoutes, { ctx });
+    await app.register(leaseRoutes, { ctx });
     await app.register(auditRoutes, { ctx });
   }
   return app;

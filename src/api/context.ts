@@ -1,6 +1,7 @@
 // What route plugins get from the runtime.
 import type { Redis } from 'ioredis';
 import type { AuditLog } from '../audit/audit-log.ts';
+import type { LeaseService } from '../leases/lease-service.ts';
 import type { Registry } from '../registry/registry.ts';
 import type { RegistryService } from '../registry/service.ts';
 import type { RotationEngine } from '../rotation/engine.ts';
@@ -17,4 +18,5 @@ export interface ApiContext {
   secrets: SecretReader;
   stores: StoreSet;
   audit: AuditLog;
+  leases: LeaseService;
 }

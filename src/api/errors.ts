@@ -3,7 +3,7 @@
 // the internals (the scrubbed cause goes to the log).
 import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify';
 import { scrubError } from '../crypto/scrub.ts';
-import { ConflictError, NotFoundError, UnprocessableError } from '../registry/errors.ts';
+import { ConflictError, NotFoundError, UnavailableError, UnprocessableError } from '../registry/errors.ts';
 import { StoreUnavailableError } from '../stores/types.ts';
 
 export class ApiError extends Error {
@@ -107,6 +107,9 @@ export function installErrorHandling(app: FastifyInstance): void {
     if (error instanceof NotFoundError) return sendError(reply, 404, 'not_found', error.message);
     if (error instanceof ConflictError) return sendError(reply, 409, 'conflict', error.message);
     if (error instanceof UnprocessableError) return sendError(reply, 422, 'unprocessable', error.message);
+    if (error instanceof UnavailableError) {
+      return sendError(reply, 503, 'unavailable', error.message);
+    }
     if (error instanceof StoreUnavailableError) {
       request.log.error({ err: scrubError(error) }, 'secret store unavailable');
       return sendError(

@@ -221,3 +221,20 @@ export const AuditQuerySchema = Type.Object(
   { additionalProperties: false },
 );
 export type AuditQuerySchema = Static<typeof AuditQuerySchema>;
+
+/** A lease's TTL: a duration ("15m", "1h") or a number of seconds. */
+const Ttl = Type.Union([Duration, Type.Integer({ minimum: 1, maximum: 315_360_000 })], {
+  description: 'A duration such as "15m" or "1h", or a number of seconds',
+});
+
+export const CreateLeaseBody = Type.Object({ ttl: Type.Optional(Ttl) }, { additionalProperties: false });
+export type CreateLeaseBody = Static<typeof CreateLeaseBody>;
+
+export const RenewLeaseBody = Type.Object({ ttl: Type.Optional(Ttl) }, { additionalProperties: false });
+export type RenewLeaseBody = Static<typeof RenewLeaseBody>;
+
+export const LeasesQuery = Type.Object(
+  { limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })) },
+  { additionalProperties: false },
+);
+export type LeasesQuery = Static<typeof LeasesQuery>;

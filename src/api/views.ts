@@ -1,4 +1,5 @@
 // What the API returns for registry objects: never a secret, always the fields a person needs to act.
+import type { Lease } from '../leases/types.ts';
 import type { Connection, Credential } from '../registry/types.ts';
 
 const DAY_MS = 86_400_000;
@@ -57,5 +58,26 @@ export function connectionView(connection: Connection, credentials?: string[]) {
     ...(credentials ? { credentials } : {}),
     createdAt: connection.createdAt,
     updatedAt: connection.updatedAt,
+  };
+}
+
+export function leaseView(lease: Lease) {
+  return {
+    id: lease.id,
+    credential: lease.credential,
+    connection: lease.connection,
+    username: lease.username,
+    status: lease.status,
+    createdBy: lease.createdBy,
+    createdAt: lease.createdAt,
+    expiresAt: lease.expiresAt,
+    maxExpiresAt: lease.maxExpiresAt,
+    ttl: lease.ttlSeconds,
+    renewals: lease.renewals,
+    renewedAt: lease.renewedAt ?? null,
+    revokeReason: lease.revokeReason ?? null,
+    revokedAt: lease.revokedAt ?? null,
+    revokeAttempts: lease.revokeAttempts ?? 0,
+    lastError: lease.lastError ?? null,
   };
 }

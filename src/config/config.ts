@@ -2,6 +2,7 @@
 // message per bad variable, so that an operator fixes everything in one pass. Nothing secret is ever echoed:
 // for secret variables the message names the variable and the rule, never the value.
 import { Buffer } from 'node:buffer';
+import { parseDuration } from '../scheduling/schedule.ts';
 
 export type Component = 'api' | 'worker';
 
@@ -31,6 +32,19 @@ export interface KeyturnConfig {
     downstreamTimeoutMs: number;
     /** How often the reconciler repairs what a crash left half-done. */
     reconcileIntervalMs: number;
+  };
+  /** Short-lived credentials (POST /v1/credentials/:id/leases). */
+  leases: {
+    /** TTL of a lease whose request names none. */
+    defaultTtlMs: number;
+    /** How long a lease may live, renewals included, counted from its creation. */
+    maxTtlMs: number;
+    /** How often the sweep revokes leases whose revocation was missed: the most an expired user outlives its lease. */
+    sweepIntervalMs: number;
+    /** Lease users made or dropped at once per connection by one process (each needs downstream connections). */
+    concurrency: number;
+    /** How long a revoked lease's record stays readable (GET /v1/leases/:id). */
+    retentionMs: number;
   };
   /** HashiCorp Vault (KV v2) store, when VAULT_ADDR is set. */
   vault:
@@ -205,6 +219,28 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
     };
   }
 
+  const duration = (name: string, fallback: string, minMs: number): number => {
+    const raw = env[name]?.trim() || fallback;
+    try {
+      const ms = parseDuration(raw);
+      if (ms >= minMs) return ms;
+      problems.push(`${name} must be at least ${minMs / 1000}s, got "${raw}"`);
+    } catch (err) {
+      problems.push(`${name}: ${(err as Error).message}`);
+    }
+    return parseDuration(fallback);
+  };
+  const leases: KeyturnConfig['leases'] = {
+    defaultTtlMs: duration('KEYTURN_LEASE_DEFAULT_TTL', '1h', 1000),
+    maxTtlMs: duration('KEYTURN_LEASE_MAX_TTL', '24h', 1000),
+    sweepIntervalMs: int('KEYTURN_LEASE_SWEEP_INTERVAL_MS', 60_000, 500, 3_600_000),
+    concurrency: int('KEYTURN_LEASE_CONCURRENCY', 8, 1, 128),
+    retentionMs: duration('KEYTURN_LEASE_RETENTION', '7d', 60_000),
+  };
+  if (leases.defaultTtlMs > leases.maxTtlMs) {
+    problems.push('KEYTURN_LEASE_DEFAULT_TTL must not be longer than KEYTURN_LEASE_MAX_TTL');
+  }
+
   const failpoints = env.KEYTURN_FAILPOINTS?.trim() ?? '';
   if (failpoints && production) {
     problems.push('KEYTURN_FAILPOINTS is a test facility and is refused when NODE_ENV=production');
@@ -230,6 +266,7 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
       downstreamTimeoutMs: int('KEYTURN_DOWNSTREAM_TIMEOUT_MS', 10_000, 100, 300_000),
       reconcileIntervalMs: int('KEYTURN_RECONCILE_INTERVAL_MS', 30_000, 500, 3_600_000),
     },
+    leases,
     vault,
     aws,
     failpoints,

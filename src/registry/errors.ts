@@ -18,3 +18,10 @@ export class UnprocessableError extends Error {
     this.name = 'UnprocessableError';
   }
 }
+/** A downstream or store that the request needs did not answer: the same request may work shortly. */
+export class UnavailableError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UnavailableError';
+  }
+}

@@ -48,6 +48,21 @@ export class RedisKeys {
   activeRotations(): string {
     return `${this.prefix}:rots:active`;
   }
+  /** JSON of one short-lived credential (a lease made by POST /v1/credentials/:id/leases); never its password. */
+  leaseRecord(leaseId: string): string {
+    return `${this.prefix}:lease:${leaseId}`;
+  }
+  /**
+   * Sorted set of leases not yet revoked, scored by when their user must be gone (expiry; sooner for one whose
+   * creation stalled or whose revocation was asked for): what the sweep reads.
+   */
+  leasesDue(): string {
+    return `${this.prefix}:leases:due`;
+  }
+  /** Sorted set of a credential's lease ids by creation time. */
+  credentialLeases(credentialId: string): string {
+    return `${this.prefix}:cred:${credentialId}:leases`;
+  }
   /** Local store: hash of one secret's sealed versions and its stage labels. */
   localSecret(name: string): string {
     return `${this.prefix}:secret:${name}`;

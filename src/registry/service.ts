@@ -4,6 +4,7 @@
 import { randomUUID } from 'node:crypto';
 import type { AuditLog } from '../audit/audit-log.ts';
 import { DEFAULT_PASSWORD_POLICY, type PasswordPolicy } from '../crypto/password.ts';
+import type { LeaseService } from '../leases/lease-service.ts';
 import { openDownstream } from '../rotation/downstream.ts';
 import type { RotationEngine } from '../rotation/engine.ts';
 import type { RotationRepo } from '../rotation/rotation-repo.ts';
@@ -81,6 +82,7 @@ export class RegistryService {
   readonly #engine: RotationEngine;
   readonly #rotations: RotationRepo;
   readonly #audit: AuditLog;
+  readonly #leases: LeaseService;
   readonly #timeoutMs: number;
 
   constructor(deps: {
@@ -90,6 +92,7 @@ export class RegistryService {
     engine: RotationEngine;
     rotations: RotationRepo;
     audit: AuditLog;
+    leases: LeaseService;
     downstreamTimeoutMs: number;
   }) {
     this.#registry = deps.registry;
@@ -98,6 +101,7 @@ export class RegistryService {
     this.#engine = deps.engine;
     this.#rotations = deps.rotations;
     this.#audit = deps.audit;
+    this.#leases = deps.leases;
     this.#timeoutMs = deps.downstreamTimeoutMs;
   }
 
@@ -265,7 +269,7 @@ export class RegistryService {
     try {
       if (!session.setPasswords) {
         // The server's version where the session tells it (MySQL), never anything from the admin secret.
-        const version = (session as { serverVersion?: unknown }).serverVersion;
+        const version = session.serverVersion;
         const server = typeof version === 'string' ? version.replace(/[^\w.+~-]/g, '').slice(0, 80) : '';
         throw new UnprocessableError(
           `gracePeriod on "single-user" needs a server that holds two passwords per user (MySQL 8.0.14+ or Redis); connection "${connection.id}" ${server ? `is ${server}` : 'does not'}`,
@@ -436,6 +440,8 @@ export class RegistryService {
         `Credential "${id}" has rotation ${inflight} in flight; delete it once GET /v1/rotations/${inflight} shows it ended`,
       );
     }
+    // A lease user outliving its credential would be access nobody tracks: they go first, or the delete waits.
+    await this.#leases.revokeAllOf(id, actor);
     await this.#queues.removeSchedule(id);
     await this.#registry.deleteCredential(spec);
     // The local store is Keyturn's own: its copy goes with the credential. A secret in Vault or AWS belongs to

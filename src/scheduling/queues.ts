@@ -3,6 +3,8 @@
 //   schedule   light jobs: `tick` (made by one job scheduler per credential) asks the engine for a rotation;
 //              `reconcile` (its own scheduler) repairs what a crash may have left half-done.
 //   rotations  downstream work: `rotate`, `rollback`, `revoke-previous`.
+//   leases     `revoke-lease`, planned at issue for the lease's expiry; the schedule queue's `lease-sweep` (its
+//              own scheduler) catches any revocation that was missed.
 //
 // Every job carries ids only (I5): a rotation id, a credential id, a version id. Rotation jobs are retried
 // with capped exponential backoff; a job that finds the credential's lease taken is put back, not failed.
@@ -11,6 +13,7 @@ import { DelayedError, type Job, Queue, type RedisConnection, Worker } from 'bul
 import type { Redis } from 'ioredis';
 import type { AuditLog } from '../audit/audit-log.ts';
 import { scrubError } from '../crypto/scrub.ts';
+import type { LeaseRevocationPlanner, LeaseService } from '../leases/lease-service.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { Registry } from '../registry/registry.ts';
 import type { Credential, CredentialSpec } from '../registry/types.ts';
@@ -21,6 +24,7 @@ import { nextRun, parseDuration } from './schedule.ts';
 
 export const SCHEDULE_QUEUE = 'schedule';
 export const ROTATION_QUEUE = 'rotations';
+export const LEASE_QUEUE = 'leases';
 
 export interface QueueSettings {
   prefix: string;
@@ -29,11 +33,14 @@ export interface QueueSettings {
   lockMs: number;
   concurrency: number;
   reconcileEveryMs: number;
+  leaseSweepEveryMs: number;
+  leaseConcurrency: number;
 }
 
 type RotateData = { rotationId: string };
 type RevokeData = { credentialId: string; versionId: string };
 type TickData = { credentialId: string };
+type LeaseData = { leaseId: string };
 
 const MAX_BACKOFF_MS = 5 * 60_000;
 const BUSY_RETRY_MS = 1000;
@@ -48,9 +55,10 @@ export function backoffDelay(attemptsMade: number, baseMs: number): number {
 }
 
 /** The producer side: used by the API (register, change, rotate now) and by the engine's hooks. */
-export class Queues implements RotationHooks {
+export class Queues implements RotationHooks, LeaseRevocationPlanner {
   readonly schedule: Queue;
   readonly rotations: Queue;
+  readonly leases: Queue;
   readonly #settings: QueueSettings;
 
   constructor(connection: Redis, settings: QueueSettings) {
@@ -58,6 +66,21 @@ export class Queues implements RotationHooks {
     const opts = { connection: connection as unknown as RedisConnection, prefix: settings.prefix };
     this.schedule = new Queue(SCHEDULE_QUEUE, opts as never);
     this.rotations = new Queue(ROTATION_QUEUE, opts as never);
+    this.leases = new Queue(LEASE_QUEUE, opts as never);
+  }
+
+  // LeaseRevocationPlanner
+
+  async planLeaseRevocation(leaseId: string, at: Date): Promise<void> {
+    await this.leases.add('revoke-lease', { leaseId } satisfies LeaseData, {
+      jobId: `revoke-lease-${leaseId}`,
+      delay: Math.max(0, at.getTime() - Date.now()),
+      // A downstream that stays away keeps the lease `revoking`; after these attempts the sweep goes on trying.
+      attempts: 20,
+      backoff: { type: 'custom' },
+      removeOnComplete: true,
+      removeOnFail: 100,
+    });
   }
 
   // RotationHooks
@@ -153,7 +176,7 @@ export class Queues implements RotationHooks {
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.schedule.close(), this.rotations.close()]);
+    await Promise.all([this.schedule.close(), this.rotations.close(), this.leases.close()]);
   }
 }
 
@@ -169,6 +192,7 @@ export class QueueWorkers {
     registry: Registry;
     rotations: RotationRepo;
     audit: AuditLog;
+    leases: LeaseService;
     logger: Logger;
   };
 
@@ -196,7 +220,11 @@ export class QueueWorkers {
       ...common,
       concurrency: 1,
     } as never);
-    for (const w of [rotationWorker, scheduleWorker]) {
+    const leaseWorker = new Worker(LEASE_QUEUE, (job, token) => this.#leaseJob(job, token), {
+      ...common,
+      concurrency: settings.leaseConcurrency,
+    } as never);
+    for (const w of [rotationWorker, scheduleWorker, leaseWorker]) {
       w.on('error', (err) => this.#log.error({ err: scrubError(err) }, 'queue worker error'));
       this.#workers.push(w);
     }
@@ -205,7 +233,43 @@ export class QueueWorkers {
       { every: settings.reconcileEveryMs },
       { name: 'reconcile', data: {}, opts: { removeOnComplete: true, removeOnFail: 10 } },
     );
+    await this.deps.queues.schedule.upsertJobScheduler(
+      'lease-sweep',
+      { every: settings.leaseSweepEveryMs },
+      { name: 'lease-sweep', data: {}, opts: { removeOnComplete: true, removeOnFail: 10 } },
+    );
     await Promise.all(this.#workers.map((w) => w.waitUntilReady()));
+    // A worker that starts after downtime revokes what expired meanwhile at once, not one interval later.
+    void this.#sweepLeases();
+  }
+
+  async #sweepLeases(): Promise<void> {
+    try {
+      await this.deps.leases.sweep();
+    } catch (err) {
+      this.#log.error({ err: scrubError(err) }, 'lease sweep failed; the next one retries');
+    }
+  }
+
+  async #leaseJob(job: Job, token: string | undefined): Promise<void> {
+    if (job.name !== 'revoke-lease') {
+      this.#log.warn({ job: job.name }, 'unknown lease job; dropped');
+      return;
+    }
+    const result = await this.deps.leases.revoke(
+      (job.data as LeaseData).leaseId,
+      'expired',
+      'keyturn',
+      'job',
+    );
+    if (result.outcome === 'not-due') {
+      // Renewed (or still being created): wait for the new end without spending an attempt.
+      await job.moveToDelayed(result.dueAt.getTime(), token);
+      throw new DelayedError();
+    }
+    if (result.outcome === 'failed') {
+      throw new Error(`lease ${result.lease.id} revocation failed (${result.error.message}); retrying`);
+    }
   }
 
   async #rotationJob(job: Job, token: string | undefined): Promise<void> {
@@ -244,6 +308,7 @@ export class QueueWorkers {
   async #scheduleJob(job: Job): Promise<void> {
     if (job.name === 'tick') return this.#tick(job);
     if (job.name === 'reconcile') return this.reconcile();
+    if (job.name === 'lease-sweep') return this.#sweepLeases();
   }
 
   async #tick(job: Job): Promise<void> {

@@ -49,6 +49,8 @@ export interface LeaseUserSpec {
 
 /** One open session with a downstream, made with the connection's admin login. */
 export interface TargetSession {
+  /** What the server says it is (e.g. "10.11.6-MariaDB"), where the driver asked: for messages only. */
+  readonly serverVersion?: string;
   /** Connects as `login` and runs a harmless query (SELECT 1, PING…). Throws TargetUnavailableError. */
   authenticate(login: Login): Promise<AuthOutcome>;
   /** Whether a user exists. */

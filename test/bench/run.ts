@@ -177,6 +177,38 @@ try {
     `secret reads (n=${reads}, ${concurrency} in parallel)`,
     `${((reads / readElapsed) * 1000).toFixed(0)} req/s, p50 ${ms(pct(latencies, 50))}, p99 ${ms(pct(latencies, 99))}`,
   );
+
+  // Leases: one at a time (latency of issue, which makes a role and logs in with it), then a burst of 200.
+  const leaseLatencies: number[] = [];
+  for (let i = 0; i < 50; i++) {
+    const t = performance.now();
+    const lease = await api('POST', '/v1/credentials/many-2/leases', { ttl: '10m' });
+    if (!lease.password) throw new Error(`lease failed: ${JSON.stringify(lease)}`);
+    leaseLatencies.push(performance.now() - t);
+  }
+  leaseLatencies.sort((a, b) => a - b);
+  record(
+    'lease issue, one at a time (n=50)',
+    `p50 ${ms(pct(leaseLatencies, 50))}, p95 ${ms(pct(leaseLatencies, 95))}`,
+  );
+  const burst = 200;
+  const t2 = performance.now();
+  const issued = await Promise.all(
+    Array.from({ length: burst }, () => api('POST', '/v1/credentials/many-3/leases', { ttl: '10m' })),
+  );
+  const burstElapsed = performance.now() - t2;
+  if (issued.some((l) => !l.password)) throw new Error('a lease of the burst failed');
+  record(
+    `${burst} leases asked for at once (concurrency ${config.leases.concurrency})`,
+    `${(burstElapsed / 1000).toFixed(2)} s, ${((burst / burstElapsed) * 1000).toFixed(0)} leases/s`,
+  );
+  const t3 = performance.now();
+  await Promise.all(issued.map((l) => api('DELETE', `/v1/leases/${l.id}`)));
+  const revokeElapsed = performance.now() - t3;
+  record(
+    `${burst} leases revoked at once (DELETE)`,
+    `${(revokeElapsed / 1000).toFixed(2)} s, ${((burst / revokeElapsed) * 1000).toFixed(0)} revocations/s`,
+  );
 } finally {
   await admin.end();
   await runtime.close();
