@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { ApiClientError, KeyturnClient } from './client.ts';
+import { addTokenCommands } from './token.ts';
 
 interface Globals {
   url: string;
@@ -223,6 +224,9 @@ program
         .join('\n'),
     );
   });
+
+// Offline: make a token and its entry for the tokens file, or hash one made elsewhere.
+addTokenCommands(program);
 
 try {
   await program.parseAsync();
