@@ -74,10 +74,24 @@ function describeValidation(context: string, issues: AjvIssue[]): { message: str
 }
 
 /**
+ * The security headers of every answer (hardening.ts sets them with helmet). Listed here for the answers that no
+ * hook sees: framework errors below, and helmet's fallback.
+ */
+export const SECURITY_HEADERS: Readonly<Record<string, string>> = {
+  'content-security-policy': "default-src 'none';frame-ancestors 'none'",
+  'x-content-type-options': 'nosniff',
+  'x-frame-options': 'DENY',
+  'referrer-policy': 'no-referrer',
+  'strict-transport-security': 'max-age=31536000; includeSubDomains',
+  'cache-control': 'no-store',
+};
+
+/**
  * Errors Fastify raises before routing (bad percent-encoding, an over-long path parameter) skip the error
- * handler; this answers them in the same shape.
+ * handler and every hook; this answers them in the same shape, with the same security headers.
  */
 export function frameworkError(error: FastifyError, _request: unknown, reply: FastifyReply) {
+  reply.headers(SECURITY_HEADERS);
   if (error.code === 'FST_ERR_BAD_URL') {
     return sendError(reply, 400, 'invalid_request', 'path is not valid percent-encoding');
   }

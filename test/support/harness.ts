@@ -44,6 +44,8 @@ export function testEnv(overrides: Record<string, string> = {}): TestEnv {
       LOG_LEVEL: 'info',
       LOG_FORMAT: 'json',
       PORT: '0',
+      // Tests poll and fire thousands of requests as the admin; hardening.test.ts sets its own limit.
+      KEYTURN_RATE_LIMIT_MAX: '1000000',
       ...overrides,
     },
   };
