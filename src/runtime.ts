@@ -5,7 +5,11 @@ import type { FastifyInstance } from 'fastify';
 import { Redis } from 'ioredis';
 import { buildApp } from './api/app.ts';
 import type { ApiContext } from './api/context.ts';
+import { httpsOptions } from './api/hardening.ts';
 import { AuditLog } from './audit/audit-log.ts';
+import { Authenticator } from './auth/authenticator.ts';
+import { JwtAuthenticator } from './auth/jwt.ts';
+import { loadTokensFile } from './auth/tokens-file.ts';
 import type { KeyturnConfig } from './config/config.ts';
 import { Envelope } from './crypto/envelope.ts';
 import { LeaseRepo } from './leases/lease-repo.ts';
@@ -46,6 +50,14 @@ export interface Runtime {
 
 export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   const { config, logger } = options;
+  // Read once at start, before anything connects: a bad file stops the start with every problem listed. A changed
+  // file takes effect at the next restart (a rolling restart in Kubernetes).
+  const tokens =
+    config.tokensFile && config.components.includes('api')
+      ? await loadTokensFile(config.tokensFile)
+      : undefined;
+  // TLS files are read before anything connects too: an unreadable or mismatched file stops the start.
+  const https = httpsOptions(config.tls);
   // Commands fail fast when Redis is away, so that an API call answers 503 instead of hanging; BullMQ's
   // connection must retry forever (its blocking reads would otherwise throw).
   const redis = new Redis(config.redisUrl, {
@@ -144,8 +156,15 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   const app = await buildApp({
     ctx,
     logger,
-    adminToken: options.adminToken,
+    authenticator: new Authenticator({
+      adminToken: options.adminToken,
+      ...(tokens ? { tokens } : {}),
+      ...(tokens?.jwt.length ? { jwt: new JwtAuthenticator(tokens.jwt) } : {}),
+    }),
     maxBodyBytes: config.maxBodyBytes,
+    ...(https ? { https } : {}),
+    rateLimit: config.rateLimit,
+    corsOrigins: config.corsOrigins,
     routes: runsApi ? 'all' : 'health',
   });
 

@@ -2,13 +2,16 @@
 // audit).
 // Bodies are validated strictly (no type coercion, unknown fields refused); query strings and path parameters
 // are coerced from text, since that is all a URL can carry.
+import type { ServerOptions } from 'node:https';
 import Ajv from 'ajv';
 import addFormats from 'ajv-formats';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import type { Authenticator } from '../auth/authenticator.ts';
 import type { Logger } from '../logging/logger.ts';
-import { installAuth } from './auth.ts';
+import { installAuthentication, installAuthGate, installAuthorization } from './auth.ts';
 import type { ApiContext } from './context.ts';
 import { frameworkError, installErrorHandling } from './errors.ts';
+import { type HardeningOptions, installHardening } from './hardening.ts';
 import { auditRoutes } from './routes/audit.ts';
 import { connectionRoutes } from './routes/connections.ts';
 import { credentialRoutes } from './routes/credentials.ts';
@@ -18,8 +21,13 @@ import { leaseRoutes } from './routes/leases.ts';
 export interface AppOptions {
   ctx: ApiContext;
   logger: Logger;
-  adminToken: string;
+  /** Turns what a request presents (bearer token, client certificate) into a principal. */
+  authenticator: Authenticator;
   maxBodyBytes: number;
+  /** HTTPS (and mTLS) server options (hardening.ts httpsOptions); plain HTTP when absent. */
+  https?: ServerOptions;
+  rateLimit: HardeningOptions['rateLimit'];
+  corsOrigins: HardeningOptions['corsOrigins'];
   /** 'health' serves only the probes (a worker-only process). */
   routes?: 'all' | 'health';
 }
@@ -37,7 +45,9 @@ function makeAjv(coerce: boolean) {
 }
 
 export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
+  // An HTTPS server hands the same request and response classes to the routes: one instance type for both.
   const app = Fastify({
+    ...(options.https ? { https: options.https } : {}),
     loggerInstance: options.logger.child({ component: 'api' }) as FastifyBaseLogger,
     bodyLimit: options.maxBodyBytes,
     requestTimeout: 30_000,
@@ -46,7 +56,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     trustProxy: false,
     routerOptions: { maxParamLength: 256, ignoreTrailingSlash: true },
     frameworkErrors: frameworkError,
-  });
+  }) as unknown as FastifyInstance;
   // JSON only: a text/plain body is an unsupported media type (415), not a string to validate.
   app.removeContentTypeParser('text/plain');
   // Routes without query parameters refuse any, like every schema refuses unknown fields.
@@ -65,14 +75,16 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   );
 
   installErrorHandling(app);
-  installAuth(app, { adminToken: options.adminToken, audit: options.ctx.audit });
-
-  app.addHook('onSend', async (_request, reply, payload) => {
-    reply.header('x-content-type-options', 'nosniff');
-    reply.header('x-frame-options', 'DENY');
-    reply.header('referrer-policy', 'no-referrer');
-    if (!reply.hasHeader('cache-control')) reply.header('cache-control', 'no-store');
-    return payload;
+  // Order matters: who is calling, then (hardening) the rate limit counts them, refused callers included, then the
+  // gate answers 401; authorization runs per route after validation.
+  installAuthentication(app, { authenticator: options.authenticator });
+  await installHardening(app, { rateLimit: options.rateLimit, corsOrigins: options.corsOrigins });
+  installAuthGate(app, { audit: options.ctx.audit });
+  installAuthorization(app, {
+    registry: options.ctx.registry,
+    leases: options.ctx.leases,
+    rotations: options.ctx.rotations,
+    audit: options.ctx.audit,
   });
 
   const ctx = options.ctx;

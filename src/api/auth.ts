@@ -1,64 +1,158 @@
-// Authentication for now (issue 2): one static admin token, compared in constant time through its digest.
-// Every route but the probes needs it; each failure is an audit event naming the route and client address,
-// never the presented token.
+// Who is calling (authentication) and whether they may (authorization), for every route.
+//
+//   onRequest   authenticate: a verified client certificate or a bearer token → request.principal, or the reason
+//               it was refused (kept, not answered yet, so that the rate limit counts refused callers too)
+//   onRequest   gate (after the rate limit): no principal on a non-public route → 401, audited
+//   preHandler  authorize (after validation): the route's declared `access` against the principal's roles and,
+//               for a credential's secret or a lease, the reader's bindings → 403, audited
+//
+// Deny by default: a route that declares no `access` makes the app refuse to start.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { AuditLog } from '../audit/audit-log.ts';
-import { sha256Hex, tokenMatchesDigest } from '../crypto/tokens.ts';
+import type { Authenticator } from '../auth/authenticator.ts';
+import {
+  type Access,
+  allowsAccess,
+  hasRole,
+  mayUseCredential,
+  type Principal,
+  rolesFor,
+  UNBOUND_ROLES,
+} from '../auth/principal.ts';
+import type { LeaseService } from '../leases/lease-service.ts';
+import type { Registry } from '../registry/registry.ts';
+import type { RotationRepo } from '../rotation/rotation-repo.ts';
 import { sendError } from './errors.ts';
+import { peerCertificateSubject } from './hardening.ts';
 
-export interface Principal {
-  name: string;
-  roles: string[];
-}
+export type { Principal } from '../auth/principal.ts';
 
 declare module 'fastify' {
   interface FastifyRequest {
     principal: Principal | null;
+    /** Why authentication failed, until the gate answers 401. */
+    authFailure: string | null;
   }
   interface FastifyContextConfig {
-    /** Routes open without a token (probes). */
+    /** Routes open without a token (probes). Same as access: 'public'. */
     public?: boolean;
+    /** What the route needs; every route declares it. */
+    access?: Access;
   }
 }
 
-export function installAuth(app: FastifyInstance, options: { adminToken: string; audit: AuditLog }): void {
-  const adminDigest = sha256Hex(options.adminToken);
+const isPublic = (request: FastifyRequest): boolean =>
+  request.routeOptions.config?.public === true || request.routeOptions.config?.access === 'public';
+
+const routeOf = (request: FastifyRequest): string =>
+  `${request.method} ${request.routeOptions.url ?? request.url.split('?')[0]}`;
+
+/** Step 1: who is calling. Never answers by itself. */
+export function installAuthentication(app: FastifyInstance, options: { authenticator: Authenticator }): void {
   app.decorateRequest('principal', null);
-  app.addHook('onRequest', async (request: FastifyRequest, reply) => {
-    if (request.routeOptions.config?.public) return;
-    const header = request.headers.authorization;
-    const match = typeof header === 'string' ? /^Bearer[ ]+([^\s]+)\s*$/i.exec(header) : null;
-    const presented = match?.[1];
-    if (presented && tokenMatchesDigest(presented, adminDigest)) {
-      request.principal = { name: 'admin', roles: ['admin'] };
-      return;
-    }
-    const reason =
-      header === undefined ? 'no Authorization header' : match ? 'unknown token' : 'not a Bearer token';
+  app.decorateRequest('authFailure', null);
+  app.addHook('onRequest', async (request) => {
+    if (isPublic(request)) return;
+    const outcome = await options.authenticator.authenticate({
+      authorization: request.headers.authorization,
+      certificateSubject: peerCertificateSubject(request),
+    });
+    if (outcome.ok) request.principal = outcome.principal;
+    else request.authFailure = outcome.reason;
+  });
+}
+
+/** Step 2: 401 for a non-public route without a principal; each one an audit event naming the reason. */
+export function installAuthGate(app: FastifyInstance, options: { audit: AuditLog }): void {
+  app.addHook('onRequest', async (request, reply) => {
+    if (isPublic(request) || request.principal) return;
+    const reason = request.authFailure ?? 'not authenticated';
     await options.audit
       .append({
         actor: 'anonymous',
         action: 'auth.failed',
         outcome: 'denied',
-        details: {
-          reason,
-          route: `${request.method} ${request.routeOptions.url ?? request.url.split('?')[0]}`,
-          ip: request.ip,
-        },
+        details: { reason, route: routeOf(request), ip: request.ip },
       })
       .catch((err) =>
         request.log.error({ err }, 'could not append the audit event of a failed authentication'),
       );
     reply.header('www-authenticate', 'Bearer realm="keyturn"');
+    const expired = /expired/.test(reason);
     return sendError(
       reply,
       401,
       'unauthorized',
-      header === undefined
-        ? 'This route needs "Authorization: Bearer <token>"'
-        : 'The bearer token is not valid for this Keyturn',
+      request.headers.authorization === undefined
+        ? 'This route needs "Authorization: Bearer <token>" (or a client certificate Keyturn knows)'
+        : expired
+          ? 'The bearer token has expired: ask for a new one'
+          : 'The bearer token is not valid for this Keyturn',
     );
   });
+}
+
+/** Step 3: may this principal do this? Declared per route; checked after the input is validated. */
+export function installAuthorization(
+  app: FastifyInstance,
+  options: { registry: Registry; leases: LeaseService; rotations: RotationRepo; audit: AuditLog },
+): void {
+  app.addHook('onRoute', (route) => {
+    const config = route.config as { public?: boolean; access?: Access } | undefined;
+    if (!config?.access && !config?.public) {
+      throw new Error(
+        `route ${route.method} ${route.url} declares no access: every route must (deny by default)`,
+      );
+    }
+  });
+  app.addHook('preHandler', async (request, reply) => {
+    // No route matched: the not-found handler answers 404 (after the gate, so unauthenticated callers learn nothing).
+    if (isPublic(request) || request.is404) return;
+    const principal = request.principal;
+    const access = request.routeOptions.config?.access;
+    if (!principal || !access || access === 'public') return deny(request, reply, 'no access declared');
+    if (!allowsAccess(principal, access)) {
+      return deny(
+        request,
+        reply,
+        `needs ${describe(access)}; ${principal.name} has ${principal.roles.join(', ')}`,
+      );
+    }
+    if (hasRole(principal, UNBOUND_ROLES[access])) return;
+    // A reader: the credential the route concerns must be bound to it.
+    const id = (request.params as { id?: string }).id ?? '';
+    let credentialId: string | undefined = id;
+    if (access === 'lease' || access === 'lease-revoke') {
+      credentialId = (await options.leases.find(id))?.credential;
+    } else if (access === 'rotation-view') {
+      credentialId = (await options.rotations.find(id))?.credentialId;
+    }
+    // An unknown lease or rotation is the route's 404: a random id tells nobody anything.
+    if (credentialId === undefined) return;
+    const credential = await options.registry.findCredential(credentialId);
+    if (!mayUseCredential(principal, { id: credentialId, labels: credential?.spec.labels ?? {} })) {
+      return deny(request, reply, `credential "${credentialId}" is not bound to ${principal.name}`);
+    }
+  });
+
+  async function deny(request: FastifyRequest, reply: import('fastify').FastifyReply, reason: string) {
+    const actor = request.principal?.name ?? 'anonymous';
+    await options.audit
+      .append({
+        actor,
+        action: 'auth.denied',
+        outcome: 'denied',
+        details: { reason, route: routeOf(request), ip: request.ip },
+      })
+      .catch((err) => request.log.error({ err }, 'could not append the audit event of a denied request'));
+    return sendError(reply, 403, 'forbidden', `${actor} may not ${routeOf(request)}: ${reason}`);
+  }
+}
+
+function describe(access: Exclude<Access, 'public'>): string {
+  const roles = rolesFor(access);
+  const bound = roles.includes('reader') ? ' (a reader only for credentials bound to it)' : '';
+  return `role ${roles.join(' or ')}${bound}`;
 }
 
 /** The acting principal's name for audit events. */

@@ -33,6 +33,23 @@ export interface KeyturnConfig {
     /** How often the reconciler repairs what a crash left half-done. */
     reconcileIntervalMs: number;
   };
+  /** The static-token file (SPEC): tokens, and optionally JWT issuers and client certificates, as principals. */
+  tokensFile: string | undefined;
+  /** HTTPS for the API, and client-certificate (mTLS) authentication when a client CA is given. */
+  tls:
+    | {
+        certFile: string;
+        keyFile: string;
+        /** PEM of the CA that signs client certificates: enables mTLS principals. */
+        clientCaFile?: string;
+        /** Refuse the TLS handshake of a client without a certificate (otherwise a bearer token still works). */
+        requireClientCert: boolean;
+      }
+    | undefined;
+  /** Requests per window per principal (per client address before authentication). */
+  rateLimit: { max: number; windowMs: number };
+  /** Origins allowed to call the API from a browser; empty: CORS off (no CORS headers at all). */
+  corsOrigins: string[];
   /** Short-lived credentials (POST /v1/credentials/:id/leases). */
   leases: {
     /** TTL of a lease whose request names none. */
@@ -241,6 +258,47 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
     problems.push('KEYTURN_LEASE_DEFAULT_TTL must not be longer than KEYTURN_LEASE_MAX_TTL');
   }
 
+  const tokensFile = env.KEYTURN_TOKENS_FILE?.trim() || undefined;
+  let tls: KeyturnConfig['tls'];
+  const certFile = env.KEYTURN_TLS_CERT_FILE?.trim();
+  const keyFile = env.KEYTURN_TLS_KEY_FILE?.trim();
+  const clientCaFile = env.KEYTURN_TLS_CLIENT_CA_FILE?.trim();
+  const requireRaw = env.KEYTURN_TLS_REQUIRE_CLIENT_CERT?.trim().toLowerCase();
+  if (requireRaw && !['true', 'false', '1', '0'].includes(requireRaw)) {
+    problems.push(`KEYTURN_TLS_REQUIRE_CLIENT_CERT must be true or false, got "${requireRaw}"`);
+  }
+  const requireClientCert = requireRaw === 'true' || requireRaw === '1';
+  if (Boolean(certFile) !== Boolean(keyFile)) {
+    problems.push('KEYTURN_TLS_CERT_FILE and KEYTURN_TLS_KEY_FILE go together (HTTPS needs both)');
+  } else if (certFile && keyFile) {
+    tls = { certFile, keyFile, ...(clientCaFile ? { clientCaFile } : {}), requireClientCert };
+  }
+  if (!tls && (clientCaFile || requireClientCert)) {
+    problems.push(
+      'KEYTURN_TLS_CLIENT_CA_FILE and KEYTURN_TLS_REQUIRE_CLIENT_CERT need HTTPS (KEYTURN_TLS_CERT_FILE and KEYTURN_TLS_KEY_FILE)',
+    );
+  }
+  if (requireClientCert && !clientCaFile) {
+    problems.push(
+      'KEYTURN_TLS_REQUIRE_CLIENT_CERT needs KEYTURN_TLS_CLIENT_CA_FILE, the CA that signs client certificates',
+    );
+  }
+  const rateLimit = {
+    max: int('KEYTURN_RATE_LIMIT_MAX', 600, 1, 1_000_000),
+    windowMs: int('KEYTURN_RATE_LIMIT_WINDOW_MS', 60_000, 1000, 3_600_000),
+  };
+  const corsOrigins = (env.KEYTURN_CORS_ORIGINS?.trim() ?? '')
+    .split(',')
+    .map((o) => o.trim())
+    .filter(Boolean);
+  for (const origin of corsOrigins) {
+    if (!/^https?:\/\/[A-Za-z0-9.-]+(:\d{1,5})?$/.test(origin)) {
+      problems.push(
+        `KEYTURN_CORS_ORIGINS must list origins such as https://console.example.com, got "${origin}"`,
+      );
+    }
+  }
+
   const failpoints = env.KEYTURN_FAILPOINTS?.trim() ?? '';
   if (failpoints && production) {
     problems.push('KEYTURN_FAILPOINTS is a test facility and is refused when NODE_ENV=production');
@@ -266,6 +324,10 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
       downstreamTimeoutMs: int('KEYTURN_DOWNSTREAM_TIMEOUT_MS', 10_000, 100, 300_000),
       reconcileIntervalMs: int('KEYTURN_RECONCILE_INTERVAL_MS', 30_000, 500, 3_600_000),
     },
+    tokensFile,
+    tls,
+    rateLimit,
+    corsOrigins,
     leases,
     vault,
     aws,

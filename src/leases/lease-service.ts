@@ -254,6 +254,10 @@ export class LeaseService {
     throw new UnavailableError(`${what}: the downstream did not answer (${scrubbed.message}); retry`);
   }
 
+  async find(id: string): Promise<Lease | null> {
+    return this.#repo.find(id);
+  }
+
   async get(id: string): Promise<Lease> {
     const lease = await this.#repo.find(id);
     if (!lease)

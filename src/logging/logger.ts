@@ -14,6 +14,17 @@ const SECRET_FIELDS = [
   'cookie',
   'apiKey',
   'privateKey',
+  'signingKey',
+  'secret_id',
+  'client_token',
+  'sessionToken',
+  'secretAccessKey',
+  'clientSecret',
+  'accessToken',
+  'refreshToken',
+  'idToken',
+  'jwt',
+  'tlsKey',
 ];
 
 /** Paths for pino's redact option: the field itself and the same field one and two levels down. */
@@ -24,6 +35,8 @@ export const REDACT_PATHS: string[] = [
   'req.headers.authorization',
   'req.headers["x-vault-token"]',
   'req.headers.cookie',
+  'req.headers["x-keyturn-signature"]',
+  'req.headers["proxy-authorization"]',
 ];
 
 export interface LoggerSettings {

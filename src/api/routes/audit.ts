@@ -6,7 +6,7 @@ import { AuditQuerySchema } from '../schemas.ts';
 export const auditRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, { ctx }) => {
   app.get<{ Querystring: AuditQuerySchema }>(
     '/v1/audit',
-    { schema: { querystring: AuditQuerySchema } },
+    { schema: { querystring: AuditQuerySchema }, config: { access: 'audit' } },
     async (request) => {
       const q = request.query;
       const since = q.since ? new Date(q.since) : undefined;

@@ -7,7 +7,7 @@ import { connectionView } from '../views.ts';
 export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, { ctx }) => {
   app.post<{ Body: CreateConnectionBody }>(
     '/v1/connections',
-    { schema: { body: CreateConnectionBody } },
+    { schema: { body: CreateConnectionBody }, config: { access: 'manage' } },
     async (request, reply) => {
       const connection = await ctx.service.createConnection(request.body, actorOf(request));
       return reply
@@ -17,18 +17,22 @@ export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
     },
   );
 
-  app.get('/v1/connections', async () => ({
+  app.get('/v1/connections', { config: { access: 'view' } }, async () => ({
     connections: (await ctx.registry.listConnections()).map((c) => connectionView(c)),
   }));
 
-  app.get<{ Params: IdParams }>('/v1/connections/:id', { schema: { params: IdParams } }, async (request) => {
-    const connection = await ctx.registry.getConnection(request.params.id);
-    return connectionView(connection, await ctx.registry.connectionUsers(connection.id));
-  });
+  app.get<{ Params: IdParams }>(
+    '/v1/connections/:id',
+    { schema: { params: IdParams }, config: { access: 'view' } },
+    async (request) => {
+      const connection = await ctx.registry.getConnection(request.params.id);
+      return connectionView(connection, await ctx.registry.connectionUsers(connection.id));
+    },
+  );
 
   app.patch<{ Params: IdParams; Body: PatchConnectionBody }>(
     '/v1/connections/:id',
-    { schema: { params: IdParams, body: PatchConnectionBody } },
+    { schema: { params: IdParams, body: PatchConnectionBody }, config: { access: 'manage' } },
     async (request) => {
       const connection = await ctx.service.updateConnection(
         request.params.id,
@@ -41,7 +45,7 @@ export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
 
   app.delete<{ Params: IdParams }>(
     '/v1/connections/:id',
-    { schema: { params: IdParams } },
+    { schema: { params: IdParams }, config: { access: 'manage' } },
     async (request, reply) => {
       await ctx.service.deleteConnection(request.params.id, actorOf(request));
       return reply.code(204).send();

@@ -43,7 +43,7 @@ const rotationSummary = (r: { id: string; status: string; step: string }) => ({
 export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, { ctx }) => {
   app.post<{ Body: CreateCredentialBody }>(
     '/v1/credentials',
-    { schema: { body: CreateCredentialBody } },
+    { schema: { body: CreateCredentialBody }, config: { access: 'manage' } },
     async (request, reply) => {
       checkDurations(request.body);
       const { credential, rotation } = await ctx.service.createCredential(request.body, actorOf(request));
@@ -56,7 +56,7 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
 
   app.get<{ Querystring: ListCredentialsQuery }>(
     '/v1/credentials',
-    { schema: { querystring: ListCredentialsQuery } },
+    { schema: { querystring: ListCredentialsQuery }, config: { access: 'view' } },
     async (request) => {
       const { label, status, overdue } = request.query;
       const [labelKey, labelValue] = label ? label.split(/[:=](.*)/s) : [];
@@ -71,15 +71,19 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
     },
   );
 
-  app.get<{ Params: IdParams }>('/v1/credentials/:id', { schema: { params: IdParams } }, async (request) => {
-    const credential = await ctx.registry.getCredential(request.params.id);
-    const inflight = await ctx.rotations.inflight(credential.spec.id);
-    return { ...credentialView(credential), rotation: inflight ? rotationSummary(inflight) : null };
-  });
+  app.get<{ Params: IdParams }>(
+    '/v1/credentials/:id',
+    { schema: { params: IdParams }, config: { access: 'credential-view' } },
+    async (request) => {
+      const credential = await ctx.registry.getCredential(request.params.id);
+      const inflight = await ctx.rotations.inflight(credential.spec.id);
+      return { ...credentialView(credential), rotation: inflight ? rotationSummary(inflight) : null };
+    },
+  );
 
   app.patch<{ Params: IdParams; Body: PatchCredentialBody }>(
     '/v1/credentials/:id',
-    { schema: { params: IdParams, body: PatchCredentialBody } },
+    { schema: { params: IdParams, body: PatchCredentialBody }, config: { access: 'manage' } },
     async (request) => {
       checkDurations(request.body);
       return credentialView(
@@ -90,7 +94,7 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
 
   app.delete<{ Params: IdParams }>(
     '/v1/credentials/:id',
-    { schema: { params: IdParams } },
+    { schema: { params: IdParams }, config: { access: 'manage' } },
     async (request, reply) => {
       await ctx.service.deleteCredential(request.params.id, actorOf(request));
       return reply.code(204).send();
@@ -99,7 +103,7 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
 
   app.post<{ Params: IdParams }>(
     '/v1/credentials/:id/rotate',
-    { schema: { params: IdParams } },
+    { schema: { params: IdParams }, config: { access: 'manage' } },
     async (request, reply) => {
       // No body is expected; an empty JSON object is tolerated for clients that always send one.
       const body = request.body as unknown;
@@ -122,7 +126,7 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
 
   app.get<{ Params: IdParams; Querystring: { limit?: number; before?: number } }>(
     '/v1/credentials/:id/rotations',
-    { schema: { params: IdParams, querystring: RotationsQuery } },
+    { schema: { params: IdParams, querystring: RotationsQuery }, config: { access: 'credential-view' } },
     async (request) => {
       await ctx.registry.getCredential(request.params.id);
       const limit = request.query.limit ?? 50;
@@ -137,7 +141,7 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
 
   app.get<{ Params: { id: string } }>(
     '/v1/rotations/:id',
-    { schema: { params: UuidParams } },
+    { schema: { params: UuidParams }, config: { access: 'rotation-view' } },
     async (request) => {
       const rotation = await ctx.rotations.find(request.params.id);
       if (!rotation) throw new NotFoundError(`Rotation "${request.params.id}" does not exist`);
@@ -147,7 +151,7 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
 
   app.get<{ Params: IdParams }>(
     '/v1/credentials/:id/secret',
-    { schema: { params: IdParams } },
+    { schema: { params: IdParams }, config: { access: 'credential-secret' } },
     async (request, reply) => {
       const credential = await ctx.registry.getCredential(request.params.id);
       const working = await ctx.secrets.read(credential);

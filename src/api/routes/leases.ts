@@ -31,7 +31,11 @@ const location = (lease: Lease) => `/v1/leases/${lease.id}`;
 export const leaseRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, { ctx }) => {
   app.post<{ Params: IdParams; Body: CreateLeaseBody }>(
     '/v1/credentials/:id/leases',
-    { schema: { params: IdParams, body: CreateLeaseBody }, preValidation: emptyBodyIsObject },
+    {
+      schema: { params: IdParams, body: CreateLeaseBody },
+      config: { access: 'credential-secret' },
+      preValidation: emptyBodyIsObject,
+    },
     async (request, reply) => {
       const { lease, password, connection } = await ctx.leases.issue(
         request.params.id,
@@ -53,20 +57,26 @@ export const leaseRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, 
 
   app.get<{ Params: IdParams; Querystring: LeasesQuery }>(
     '/v1/credentials/:id/leases',
-    { schema: { params: IdParams, querystring: LeasesQuery } },
+    { schema: { params: IdParams, querystring: LeasesQuery }, config: { access: 'credential-secret' } },
     async (request) => {
       const leases = await ctx.leases.list(request.params.id, request.query.limit ?? 100);
       return { leases: leases.map(leaseView) };
     },
   );
 
-  app.get<{ Params: { id: string } }>('/v1/leases/:id', { schema: { params: UuidParams } }, async (request) =>
-    leaseView(await ctx.leases.get(request.params.id)),
+  app.get<{ Params: { id: string } }>(
+    '/v1/leases/:id',
+    { schema: { params: UuidParams }, config: { access: 'lease' } },
+    async (request) => leaseView(await ctx.leases.get(request.params.id)),
   );
 
   app.post<{ Params: { id: string }; Body: RenewLeaseBody }>(
     '/v1/leases/:id/renew',
-    { schema: { params: UuidParams, body: RenewLeaseBody }, preValidation: emptyBodyIsObject },
+    {
+      schema: { params: UuidParams, body: RenewLeaseBody },
+      config: { access: 'lease' },
+      preValidation: emptyBodyIsObject,
+    },
     async (request) => {
       const { lease, capped } = await ctx.leases.renew(
         request.params.id,
@@ -79,7 +89,7 @@ export const leaseRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, 
 
   app.delete<{ Params: { id: string } }>(
     '/v1/leases/:id',
-    { schema: { params: UuidParams } },
+    { schema: { params: UuidParams }, config: { access: 'lease-revoke' } },
     async (request, reply) => {
       await ctx.leases.get(request.params.id);
       const result = await ctx.leases.revoke(request.params.id, 'requested', actorOf(request), 'api');

@@ -1,0 +1,412 @@
+// The authorization matrix: every route × every principal (admin token, tokens-file operator, auditor and readers
+// bound by id, glob and label, a JWT reader) gets through or gets 403, as SPEC's roles say; no token, a wrong or
+// expired token and JWTs with a wrong issuer, audience, algorithm, signature or expiry get 401 everywhere. A reader
+// bound to one credential cannot read another's secret, lease or rotation; operators and auditors never receive a
+// secret value. Denials and secret reads are audit events naming the principal.
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { exportJWK, generateKeyPair, type JWK, SignJWT } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sha256Hex } from '../../src/crypto/tokens.ts';
+import {
+  dropPrefix,
+  importCredential,
+  type Keyturn,
+  registerPgConnection,
+  startKeyturn,
+  testEnv,
+} from '../support/harness.ts';
+
+type Who =
+  | 'admin'
+  | 'operator'
+  | 'auditor'
+  | 'readerA'
+  | 'readerGlob'
+  | 'readerLabel'
+  | 'readerB'
+  | 'jwtReaderA';
+const EVERYONE: Who[] = [
+  'admin',
+  'operator',
+  'auditor',
+  'readerA',
+  'readerGlob',
+  'readerLabel',
+  'readerB',
+  'jwtReaderA',
+];
+const READERS_OF_A: Who[] = ['readerA', 'readerGlob', 'readerLabel', 'jwtReaderA'];
+
+const tokens = Object.fromEntries(EVERYONE.map((w) => [w, randomBytes(32).toString('base64url')])) as Record<
+  Who,
+  string
+>;
+type SigningKey = Awaited<ReturnType<typeof generateKeyPair>>['privateKey'];
+const expiredToken = randomBytes(32).toString('base64url');
+let dir: string;
+let jwks: Server;
+let issuer: string;
+let signingKey: SigningKey;
+let otherKey: SigningKey;
+let rs512Key: SigningKey;
+let env: ReturnType<typeof testEnv>;
+let kt: Keyturn;
+let credA = '';
+let credB = '';
+let rotationA = '';
+let leaseA = '';
+let leaseB = '';
+
+async function jwt(
+  claims: Record<string, unknown>,
+  options: { key?: SigningKey; alg?: string; kid?: string; iss?: string; aud?: string; exp?: number } = {},
+): Promise<string> {
+  const now = Math.floor(Date.now() / 1000);
+  return new SignJWT(claims)
+    .setProtectedHeader({ alg: options.alg ?? 'RS256', kid: options.kid ?? 'k1' })
+    .setIssuer(options.iss ?? issuer)
+    .setAudience(options.aud ?? 'keyturn')
+    .setIssuedAt(now)
+    .setExpirationTime(options.exp ?? now + 300)
+    .sign(options.key ?? signingKey);
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'kt-authz-'));
+  ({ privateKey: signingKey } = await generateKeyPair('RS256', { extractable: true }).then(async (kp) => {
+    publicJwk = { ...(await exportJWK(kp.publicKey)), kid: 'k1', alg: 'RS256', use: 'sig' };
+    return kp;
+  }));
+  ({ privateKey: otherKey } = await generateKeyPair('RS256'));
+  ({ privateKey: rs512Key } = await generateKeyPair('RS512', { extractable: true }).then(async (kp) => {
+    rs512Jwk = { ...(await exportJWK(kp.publicKey)), kid: 'k512', alg: 'RS512', use: 'sig' };
+    return kp;
+  }));
+  jwks = createServer((req, res) => {
+    res.setHeader('content-type', 'application/json');
+    if (req.url === '/.well-known/openid-configuration') {
+      res.end(JSON.stringify({ issuer, jwks_uri: `${issuer}/jwks` }));
+    } else if (req.url === '/jwks') {
+      res.end(JSON.stringify({ keys: [publicJwk, rs512Jwk] }));
+    } else {
+      res.statusCode = 404;
+      res.end('{}');
+    }
+  });
+  await new Promise<void>((done) => jwks.listen(0, '127.0.0.1', done));
+  issuer = `http://127.0.0.1:${(jwks.address() as AddressInfo).port}`;
+
+  // Admin first, to make the credentials the matrix needs (their ids are only known once imported).
+  const boot = testEnv();
+  env = boot;
+  const file = join(dir, 'tokens.yaml');
+  const writeTokens = (a: string, b: string) =>
+    writeFile(
+      file,
+      [
+        'tokens:',
+        `  - {name: ops, sha256: ${sha256Hex(tokens.operator)}, roles: [operator]}`,
+        `  - {name: audit-team, sha256: ${sha256Hex(tokens.auditor)}, roles: [auditor]}`,
+        `  - {name: reader-a, sha256: ${sha256Hex(tokens.readerA)}, roles: [reader], credentials: [${a}]}`,
+        `  - {name: reader-glob, sha256: ${sha256Hex(tokens.readerGlob)}, roles: [reader], credentials: ["pay-*"]}`,
+        `  - {name: reader-label, sha256: ${sha256Hex(tokens.readerLabel)}, roles: [reader], labels: {team: payments}}`,
+        `  - {name: reader-b, sha256: ${sha256Hex(tokens.readerB)}, roles: [reader], credentials: [${b}]}`,
+        `  - {name: old-ci, sha256: ${sha256Hex(expiredToken)}, roles: [operator], expiresAt: 2020-01-01T00:00:00Z}`,
+        'jwt:',
+        `  - issuer: ${issuer}`,
+        '    audience: keyturn',
+        '    algorithms: [RS256]',
+        '    clockSkewSeconds: 5',
+        '    rules:',
+        '      - match: {sub: "system:serviceaccount:payments:*"}',
+        '        roles: [reader]',
+        `        credentials: [${a}]`,
+        '',
+      ].join('\n'),
+    );
+  await writeTokens('placeholder-a', 'placeholder-b');
+  env = testEnv({ KEYTURN_TOKENS_FILE: file });
+  let admin = await startKeyturn(env, { components: ['api'] });
+  const connection = await registerPgConnection(admin);
+  credA = (
+    await importCredential(admin, connection, { idPrefix: 'pay', extra: { labels: { team: 'payments' } } })
+  ).id;
+  credB = (
+    await importCredential(admin, connection, { idPrefix: 'other', extra: { labels: { team: 'other' } } })
+  ).id;
+  await admin.close();
+  // The same Redis prefix, now with readers bound to the real ids.
+  await writeTokens(credA, credB);
+  admin = await startKeyturn(env, { components: ['api'] });
+  kt = admin;
+  rotationA = (await kt.api('POST', `/v1/credentials/${credA}/rotate`)).body.rotationId;
+  leaseA = (await kt.api('POST', `/v1/credentials/${credA}/leases`, { ttl: '10m' })).body.id;
+  leaseB = (await kt.api('POST', `/v1/credentials/${credB}/leases`, { ttl: '10m' })).body.id;
+  expect(rotationA && leaseA && leaseB).toBeTruthy();
+});
+let publicJwk: JWK;
+let rs512Jwk: JWK;
+
+afterAll(async () => {
+  await kt?.close();
+  await new Promise((done) => jwks?.close(done));
+  if (dir) await rm(dir, { recursive: true, force: true });
+  if (env) await dropPrefix(env.prefix);
+});
+
+async function bearer(who: Who): Promise<string> {
+  if (who === 'admin') return env.adminToken;
+  if (who === 'jwtReaderA') return jwt({ sub: 'system:serviceaccount:payments:api' });
+  return tokens[who];
+}
+
+async function call(who: Who | string, method: string, path: string, body?: unknown) {
+  const token = EVERYONE.includes(who as Who) ? await bearer(who as Who) : who;
+  return kt.api(method, path, body, { authorization: `Bearer ${token}` });
+}
+
+interface Row {
+  route: string;
+  method: string;
+  path: () => string;
+  body?: () => unknown;
+  allowed: Who[];
+  /** The answer carries a secret value (only an allowed principal may ever see one). */
+  secret?: boolean;
+}
+
+let n = 0;
+const MANAGE: Who[] = ['admin', 'operator'];
+const VIEW: Who[] = ['admin', 'operator', 'auditor'];
+const ROWS: Row[] = [
+  {
+    route: 'POST /v1/connections',
+    method: 'POST',
+    path: () => '/v1/connections',
+    body: () => ({
+      id: `authz-${++n}`,
+      type: 'postgres',
+      host: '127.0.0.1',
+      port: 1,
+      admin: { username: 'a', password: 'not-real-password' },
+    }),
+    allowed: MANAGE,
+  },
+  { route: 'GET /v1/connections', method: 'GET', path: () => '/v1/connections', allowed: VIEW },
+  { route: 'GET /v1/connections/:id', method: 'GET', path: () => '/v1/connections/authz-1', allowed: VIEW },
+  {
+    route: 'PATCH /v1/connections/:id',
+    method: 'PATCH',
+    path: () => '/v1/connections/authz-1',
+    body: () => ({ labels: { touched: 'yes' } }),
+    allowed: MANAGE,
+  },
+  {
+    route: 'DELETE /v1/connections/:id',
+    method: 'DELETE',
+    path: () => '/v1/connections/nope',
+    allowed: MANAGE,
+  },
+  {
+    route: 'POST /v1/credentials',
+    method: 'POST',
+    path: () => '/v1/credentials',
+    body: () => ({
+      id: `authz-cred-${++n}`,
+      connection: 'authz-1',
+      username: 'someone',
+      strategy: 'single-user',
+      schedule: { every: '30d' },
+    }),
+    allowed: MANAGE,
+  },
+  { route: 'GET /v1/credentials', method: 'GET', path: () => '/v1/credentials', allowed: VIEW },
+  {
+    route: 'GET /v1/credentials/:id (A)',
+    method: 'GET',
+    path: () => `/v1/credentials/${credA}`,
+    allowed: [...VIEW, ...READERS_OF_A],
+  },
+  {
+    route: 'GET /v1/credentials/:id (B)',
+    method: 'GET',
+    path: () => `/v1/credentials/${credB}`,
+    allowed: [...VIEW, 'readerB'],
+  },
+  {
+    route: 'PATCH /v1/credentials/:id',
+    method: 'PATCH',
+    path: () => `/v1/credentials/${credA}`,
+    body: () => ({ maxAgeDays: 90 }),
+    allowed: MANAGE,
+  },
+  {
+    route: 'DELETE /v1/credentials/:id',
+    method: 'DELETE',
+    path: () => '/v1/credentials/nope',
+    allowed: MANAGE,
+  },
+  {
+    route: 'POST /v1/credentials/:id/rotate',
+    method: 'POST',
+    path: () => '/v1/credentials/nope/rotate',
+    allowed: MANAGE,
+  },
+  {
+    route: 'GET /v1/credentials/:id/rotations',
+    method: 'GET',
+    path: () => `/v1/credentials/${credA}/rotations`,
+    allowed: [...VIEW, ...READERS_OF_A],
+  },
+  {
+    route: 'GET /v1/rotations/:id',
+    method: 'GET',
+    path: () => `/v1/rotations/${rotationA}`,
+    allowed: [...VIEW, ...READERS_OF_A],
+  },
+  {
+    route: 'GET /v1/credentials/:id/secret (A)',
+    method: 'GET',
+    path: () => `/v1/credentials/${credA}/secret`,
+    allowed: ['admin', ...READERS_OF_A],
+    secret: true,
+  },
+  {
+    route: 'GET /v1/credentials/:id/secret (B)',
+    method: 'GET',
+    path: () => `/v1/credentials/${credB}/secret`,
+    allowed: ['admin', 'readerB'],
+    secret: true,
+  },
+  {
+    route: 'POST /v1/credentials/:id/leases',
+    method: 'POST',
+    path: () => `/v1/credentials/${credA}/leases`,
+    body: () => ({ ttl: '1m' }),
+    allowed: ['admin', ...READERS_OF_A],
+    secret: true,
+  },
+  {
+    route: 'GET /v1/credentials/:id/leases',
+    method: 'GET',
+    path: () => `/v1/credentials/${credB}/leases`,
+    allowed: ['admin', 'readerB'],
+  },
+  {
+    route: 'GET /v1/leases/:id',
+    method: 'GET',
+    path: () => `/v1/leases/${leaseA}`,
+    allowed: ['admin', ...READERS_OF_A],
+  },
+  {
+    route: 'POST /v1/leases/:id/renew',
+    method: 'POST',
+    path: () => `/v1/leases/${leaseB}/renew`,
+    body: () => ({}),
+    allowed: ['admin', 'readerB'],
+  },
+  {
+    route: 'DELETE /v1/leases/:id',
+    method: 'DELETE',
+    path: () => `/v1/leases/${leaseB}`,
+    allowed: ['admin', 'operator', 'readerB'],
+  },
+  { route: 'GET /v1/audit', method: 'GET', path: () => '/v1/audit?limit=5', allowed: ['admin', 'auditor'] },
+];
+
+describe('authorization matrix', () => {
+  for (const row of ROWS) {
+    it(`${row.route}: ${row.allowed.join(', ')} get through; everyone else 403`, async () => {
+      const got: string[] = [];
+      const want: string[] = [];
+      for (const who of EVERYONE) {
+        const res = await call(who, row.method, row.path(), row.body?.());
+        const allowed = row.allowed.includes(who);
+        got.push(`${who}: ${res.status === 403 ? 'denied' : res.status === 401 ? '401' : 'through'}`);
+        want.push(`${who}: ${allowed ? 'through' : 'denied'}`);
+        if (allowed) expect(res.status, `${who} ${res.text}`).toBeLessThan(500);
+        else expect(res.body.error.code).toBe('forbidden');
+        if (row.secret && !allowed) expect(res.text).not.toMatch(/password/);
+        if (row.secret && allowed && res.status < 300) expect(res.body.password).toBeTruthy();
+      }
+      expect(got).toEqual(want);
+    });
+  }
+
+  it('probes need no token', async () => {
+    for (const path of ['/healthz', '/readyz']) {
+      const res = await kt.api('GET', path, undefined, { authorization: '' });
+      expect(res.status).toBe(200);
+    }
+  });
+});
+
+describe('authentication failures are 401 on every route', () => {
+  const cases: Array<[string, () => Promise<string | null>]> = [
+    ['no token', async () => null],
+    ['an unknown token', async () => randomBytes(32).toString('base64url')],
+    ['an expired static token', async () => expiredToken],
+    [
+      'a JWT from another issuer',
+      () => jwt({ sub: 'system:serviceaccount:payments:api' }, { iss: 'http://127.0.0.1:1' }),
+    ],
+    [
+      'a JWT for another audience',
+      () => jwt({ sub: 'system:serviceaccount:payments:api' }, { aud: 'vault' }),
+    ],
+    [
+      'a JWT with an algorithm not allowed (RS512)',
+      () => jwt({ sub: 'system:serviceaccount:payments:api' }, { key: rs512Key, alg: 'RS512', kid: 'k512' }),
+    ],
+    [
+      'a JWT signed by another key',
+      () => jwt({ sub: 'system:serviceaccount:payments:api' }, { key: otherKey }),
+    ],
+    [
+      'an expired JWT',
+      () => jwt({ sub: 'system:serviceaccount:payments:api' }, { exp: Math.floor(Date.now() / 1000) - 3600 }),
+    ],
+    ['a JWT no rule maps to a role', () => jwt({ sub: 'system:serviceaccount:other:api' })],
+    [
+      'an unsigned JWT (alg none)',
+      async () => {
+        const enc = (o: object) => Buffer.from(JSON.stringify(o)).toString('base64url');
+        const now = Math.floor(Date.now() / 1000);
+        return `${enc({ alg: 'none' })}.${enc({ iss: issuer, aud: 'keyturn', sub: 'system:serviceaccount:payments:api', exp: now + 60 })}.`;
+      },
+    ],
+  ];
+  for (const [name, token] of cases) {
+    it(`${name}: 401 on every route, and an audit event`, async () => {
+      const presented = await token();
+      for (const row of ROWS) {
+        const res = await kt.api(row.method, row.path(), row.body?.(), {
+          authorization: presented === null ? '' : `Bearer ${presented}`,
+        });
+        expect(`${row.route} → ${res.status}`).toBe(`${row.route} → 401`);
+        expect(res.body.error.code).toBe('unauthorized');
+      }
+    });
+  }
+});
+
+describe('audit of decisions', () => {
+  it('a denial names the principal, never its token; a secret read names the reader', async () => {
+    const denied = await call('readerB', 'GET', `/v1/credentials/${credA}/secret`);
+    expect(denied.status).toBe(403);
+    const read = await call('readerA', 'GET', `/v1/credentials/${credA}/secret`);
+    expect(read.status).toBe(200);
+    const audit = await kt.api('GET', '/v1/audit?limit=1000');
+    const events = audit.body.events as Array<{ actor: string; action: string; credential?: string }>;
+    expect(events.some((e) => e.action === 'auth.denied' && e.actor === 'reader-b')).toBe(true);
+    expect(
+      events.some((e) => e.action === 'secret.read' && e.actor === 'reader-a' && e.credential === credA),
+    ).toBe(true);
+    for (const token of [...Object.values(tokens), expiredToken]) expect(audit.text).not.toContain(token);
+  });
+});
