@@ -23,7 +23,7 @@ import type { LeaseService } from '../leases/lease-service.ts';
 import type { Registry } from '../registry/registry.ts';
 import type { RotationRepo } from '../rotation/rotation-repo.ts';
 import { sendError } from './errors.ts';
-import { peerCertificateSubject } from './hardening.ts';
+import { isPublic, peerCertificateSubject } from './hardening.ts';
 
 export type { Principal } from '../auth/principal.ts';
 
@@ -40,9 +40,6 @@ declare module 'fastify' {
     access?: Access;
   }
 }
-
-const isPublic = (request: FastifyRequest): boolean =>
-  request.routeOptions.config?.public === true || request.routeOptions.config?.access === 'public';
 
 const routeOf = (request: FastifyRequest): string =>
   `${request.method} ${request.routeOptions.url ?? request.url.split('?')[0]}`;

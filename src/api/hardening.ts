@@ -67,8 +67,8 @@ export function peerCertificateSubject(request: FastifyRequest): string | undefi
   return typeof name === 'string' && name.length > 0 ? name : undefined;
 }
 
-/** Probes (and anything else declared public) are never rate limited. */
-function isPublic(request: FastifyRequest): boolean {
+/** Routes declared public (the probes): no authentication, no rate limit. */
+export function isPublic(request: FastifyRequest): boolean {
   const config = request.routeOptions.config as { public?: boolean; access?: string } | undefined;
   return config?.public === true || config?.access === 'public';
 }

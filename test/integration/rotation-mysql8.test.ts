@@ -82,8 +82,6 @@ async function closedPort(): Promise<number> {
   });
 }
 
-if (skipMysql8) it.skip(`single-user with dual passwords on MySQL 8: ${NO_SERVER}`, () => {});
-
 describe.skipIf(skipMysql8)('single-user on MySQL 8 (dual passwords)', () => {
   let server: ServerAddress;
   let stopContainer: (() => Promise<unknown>) | undefined;

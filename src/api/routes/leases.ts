@@ -91,7 +91,6 @@ export const leaseRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, 
     '/v1/leases/:id',
     { schema: { params: UuidParams }, config: { access: 'lease-revoke' } },
     async (request, reply) => {
-      await ctx.leases.get(request.params.id);
       const result = await ctx.leases.revoke(request.params.id, 'requested', actorOf(request), 'api');
       switch (result.outcome) {
         case 'revoked':
