@@ -35,6 +35,13 @@ export interface AuditQuery {
 
 const READ_BATCH = 500;
 
+/** One stream entry as an event; undefined for an entry that is not an audit event (no `e` field). */
+export function decodeAuditEntry(id: string, fields: string[]): AuditEvent | undefined {
+  const raw = fields[fields.indexOf('e') + 1];
+  if (fields.indexOf('e') < 0 || !raw) return undefined;
+  return { id, ...(JSON.parse(raw) as Omit<AuditEvent, 'id'>) };
+}
+
 function encode(event: AuditEventInput, time: string): string {
   return JSON.stringify({ time, ...event });
 }
@@ -42,6 +49,8 @@ function encode(event: AuditEventInput, time: string): string {
 export class AuditLog {
   readonly #redis: Redis;
   readonly #key: string;
+  /** Called with each append's duration in seconds (the metrics' audit append latency). */
+  onAppendLatency: ((seconds: number) => void) | undefined;
 
   constructor(redis: Redis, keys: RedisKeys) {
     this.#redis = redis;
@@ -50,7 +59,9 @@ export class AuditLog {
 
   /** Appends one event and returns its id. */
   async append(event: AuditEventInput): Promise<string> {
+    const started = performance.now();
     const id = await this.#redis.xadd(this.#key, '*', 'e', encode(event, new Date().toISOString()));
+    this.onAppendLatency?.((performance.now() - started) / 1000);
     return id as string;
   }
 
@@ -64,9 +75,8 @@ export class AuditLog {
         [string, string[]]
       >;
       for (const [id, fields] of batch) {
-        const raw = fields[fields.indexOf('e') + 1];
-        if (!raw) continue;
-        const event = { id, ...(JSON.parse(raw) as Omit<AuditEvent, 'id'>) };
+        const event = decodeAuditEntry(id, fields);
+        if (!event) continue;
         if (query.credential && event.credential !== query.credential) continue;
         if (query.actor && event.actor !== query.actor) continue;
         if (query.action && event.action !== query.action) continue;
