@@ -1,20 +1,31 @@
 // Wires the layers together for one process: the API, the workers, or both (KEYTURN_COMPONENTS). Every
 // dependency is built here and handed down, so tests build the same graph with their own Redis prefix.
+import { createPublicKey } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { FastifyInstance } from 'fastify';
 import { Redis } from 'ioredis';
 import { buildApp } from './api/app.ts';
 import type { ApiContext } from './api/context.ts';
 import { httpsOptions } from './api/hardening.ts';
+import { AuditArchiver } from './audit/archive.ts';
 import { AuditLog } from './audit/audit-log.ts';
+import { AuditSealer } from './audit/sealer.ts';
+import { loadAuditKeys } from './audit/signing.ts';
+import { AuditTrail } from './audit/trail.ts';
 import { Authenticator } from './auth/authenticator.ts';
 import { JwtAuthenticator } from './auth/jwt.ts';
 import { loadTokensFile } from './auth/tokens-file.ts';
+import { type Clock, systemClock } from './clock.ts';
+import { OverdueScanner } from './compliance/overdue-scan.ts';
+import { ComplianceReport } from './compliance/report.ts';
 import type { KeyturnConfig } from './config/config.ts';
 import { Envelope } from './crypto/envelope.ts';
+import { EventHub } from './events/event-hub.ts';
 import { LeaseRepo } from './leases/lease-repo.ts';
 import { LeaseService } from './leases/lease-service.ts';
 import type { Logger } from './logging/logger.ts';
+import { Metrics } from './metrics/metrics.ts';
+import { Notifier } from './notifications/notifier.ts';
 import { RedisKeys } from './registry/keys.ts';
 import { Registry } from './registry/registry.ts';
 import { RegistryService } from './registry/service.ts';
@@ -28,6 +39,7 @@ import { AwsStore } from './stores/aws-store.ts';
 import { StoreSet } from './stores/index.ts';
 import { LocalStore } from './stores/local-store.ts';
 import { VaultStore } from './stores/vault-store.ts';
+import { TARGET_DRIVERS } from './targets/index.ts';
 
 export interface RuntimeOptions {
   config: KeyturnConfig;
@@ -36,11 +48,15 @@ export interface RuntimeOptions {
   adminToken: string;
   /** Resolved key-encryption key of the local store. */
   masterKey: Buffer;
+  /** The time credential age and overdue are judged by (tests move it); the system clock by default. */
+  clock?: Clock;
 }
 
 export interface Runtime {
   app: FastifyInstance | undefined;
   workers: QueueWorkers | undefined;
+  /** The audit chain's sealer (worker component), for tests that seal on demand. */
+  sealer: AuditSealer | undefined;
   ctx: ApiContext;
   queues: Queues;
   /** Starts listening (API) and consuming (workers). Returns the bound address when the API runs. */
@@ -80,6 +96,14 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   const rotations = new RotationRepo(redis, keys);
   const failpoints = new Failpoints(config.failpoints);
   if (failpoints.enabled) logger.warn({ failpoints: config.failpoints }, 'test failpoints are enabled');
+  // One registry per runtime. Its computed series are read at scrape time only, when the queues below exist.
+  const metrics = new Metrics({
+    sources: { credentials: () => registry.listCredentials(), queues: () => queues.all() },
+    logger,
+    targetTypes: Object.keys(TARGET_DRIVERS),
+    clock: options.clock ?? systemClock,
+  });
+  audit.onAppendLatency = (seconds) => metrics.auditAppended(seconds);
   const engine = new RotationEngine({
     registry,
     rotations,
@@ -88,6 +112,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     leases: new LeaseManager(redis, keys, config.rotation.leaseMs),
     failpoints,
     logger,
+    observer: metrics,
     settings: {
       maxAttempts: config.rotation.attempts,
       downstreamTimeoutMs: config.rotation.downstreamTimeoutMs,
@@ -102,6 +127,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     reconcileEveryMs: config.rotation.reconcileIntervalMs,
     leaseSweepEveryMs: config.leases.sweepIntervalMs,
     leaseConcurrency: config.leases.concurrency,
+    overdueScanEveryMs: config.overdueScanIntervalMs,
   };
   const queues = new Queues(queueRedis, queueSettings);
   engine.hooks = queues;
@@ -136,9 +162,74 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     leases,
     downstreamTimeoutMs: config.rotation.downstreamTimeoutMs,
   });
-  const ctx: ApiContext = { redis, registry, service, engine, rotations, secrets, stores, audit, leases };
+  const clock = options.clock ?? systemClock;
+  // Workers sign checkpoints (the sealer); the API needs only the public keys.
+  const auditKeys = await loadAuditKeys(config.audit, {
+    needsSigner: config.components.includes('worker'),
+    production: process.env.NODE_ENV === 'production',
+    stateDir: config.stateDir,
+    logger,
+  });
+  const auditTrail = new AuditTrail(redis, keys, auditKeys.publicKeys);
+  const compliance = new ComplianceReport({ registry, clock });
+  const ctx: ApiContext = {
+    redis,
+    registry,
+    service,
+    engine,
+    rotations,
+    secrets,
+    stores,
+    audit,
+    leases,
+    clock,
+    compliance,
+    auditTrail,
+    // Nothing connects until the first subscriber: a worker-only process never starts it.
+    events: new EventHub({
+      redis,
+      connectFollower: () =>
+        redis.duplicate({ maxRetriesPerRequest: null, connectionName: `${config.prefix}:events` }),
+      keys,
+      registry,
+      logger,
+      settings: config.events,
+    }),
+  };
 
   const runsApi = config.components.includes('api');
+  const sealer = auditKeys.signer
+    ? new AuditSealer({
+        redis,
+        keys,
+        store: auditTrail.store,
+        signer: auditKeys.signer,
+        publicKey: createPublicKey(auditKeys.signer),
+        settings: {
+          checkpointEvents: config.audit.checkpointEvents,
+          checkpointIntervalMs: config.audit.checkpointIntervalMs,
+          batch: 1000,
+        },
+        clock,
+        logger,
+      })
+    : undefined;
+  if (sealer && config.audit.archiveDir) {
+    const archiver = new AuditArchiver({
+      redis,
+      keys,
+      store: auditTrail.store,
+      publicKeys: auditKeys.publicKeys,
+      settings: {
+        dir: config.audit.archiveDir,
+        retentionDays: config.audit.retentionDays,
+        streamDays: config.audit.streamDays,
+      },
+      clock,
+      logger,
+    });
+    sealer.afterRound(() => archiver.runIfDue());
+  }
   const workers = config.components.includes('worker')
     ? new QueueWorkers({
         connection: queueRedis,
@@ -150,9 +241,27 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
         audit,
         leases,
         logger,
+        overdue: new OverdueScanner({ redis, keys, registry, clock, logger }),
+        ...(config.notifications.webhookUrls.length > 0 && config.notifications.webhookSecret
+          ? {
+              notifier: new Notifier({
+                redis,
+                keys,
+                queue: queues.notifications,
+                audit,
+                logger,
+                settings: {
+                  ...config.notifications,
+                  webhookSecret: config.notifications.webhookSecret,
+                  // As long as a dead worker's BullMQ job waits before another takes it.
+                  reclaimIdleMs: 2 * config.rotation.leaseMs,
+                },
+              }),
+            }
+          : {}),
       })
     : undefined;
-  // A worker-only process still answers the probes on PORT, for its orchestrator.
+  // A worker-only process still answers the probes and /metrics on PORT, for its orchestrator and Prometheus.
   const app = await buildApp({
     ctx,
     logger,
@@ -166,6 +275,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     rateLimit: config.rateLimit,
     corsOrigins: config.corsOrigins,
     routes: runsApi ? 'all' : 'health',
+    metrics,
   });
 
   let closed = false;
@@ -174,8 +284,10 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     workers,
     ctx,
     queues,
+    sealer,
     async start() {
       if (workers) await workers.start();
+      sealer?.start();
       return app.listen({ port: config.port, host: config.host });
     },
     async close() {
@@ -183,6 +295,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
       closed = true;
       await app.close().catch((err) => logger.error({ err }, 'closing the API failed'));
       await workers?.close().catch((err) => logger.error({ err }, 'closing the workers failed'));
+      await sealer?.close().catch((err) => logger.error({ err }, 'closing the audit sealer failed'));
       await queues.close().catch(() => {});
       await stores.close().catch(() => {});
       await Promise.all([redis.quit().catch(() => {}), queueRedis.quit().catch(() => {})]);

@@ -1,5 +1,5 @@
-// The Fastify application: one plugin per concern (errors, auth, health, connections, credentials, leases,
-// audit).
+// The Fastify application: one plugin per concern (errors, auth, health, metrics, docs, connections, credentials,
+// leases, audit).
 // Bodies are validated strictly (no type coercion, unknown fields refused); query strings and path parameters
 // are coerced from text, since that is all a URL can carry.
 import type { ServerOptions } from 'node:https';
@@ -8,15 +8,20 @@ import addFormats from 'ajv-formats';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Authenticator } from '../auth/authenticator.ts';
 import type { Logger } from '../logging/logger.ts';
+import type { Metrics } from '../metrics/metrics.ts';
 import { installAuthentication, installAuthGate, installAuthorization } from './auth.ts';
 import type { ApiContext } from './context.ts';
 import { frameworkError, installErrorHandling } from './errors.ts';
 import { type HardeningOptions, installHardening } from './hardening.ts';
+import { installDocsAccess, installDocsUi, installOpenApi } from './openapi.ts';
 import { auditRoutes } from './routes/audit.ts';
+import { complianceRoutes } from './routes/compliance.ts';
 import { connectionRoutes } from './routes/connections.ts';
 import { credentialRoutes } from './routes/credentials.ts';
+import { eventRoutes } from './routes/events.ts';
 import { healthRoutes } from './routes/health.ts';
 import { leaseRoutes } from './routes/leases.ts';
+import { installMetrics } from './routes/metrics.ts';
 
 export interface AppOptions {
   ctx: ApiContext;
@@ -28,8 +33,10 @@ export interface AppOptions {
   https?: ServerOptions;
   rateLimit: HardeningOptions['rateLimit'];
   corsOrigins: HardeningOptions['corsOrigins'];
-  /** 'health' serves only the probes (a worker-only process). */
+  /** 'health' serves only the probes and /metrics (a worker-only process). */
   routes?: 'all' | 'health';
+  /** This runtime's metrics, served at /metrics; HTTP answers are counted into them. */
+  metrics: Metrics;
 }
 
 function makeAjv(coerce: boolean) {
@@ -59,9 +66,12 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   }) as unknown as FastifyInstance;
   // JSON only: a text/plain body is an unsupported media type (415), not a string to validate.
   app.removeContentTypeParser('text/plain');
-  // Routes without query parameters refuse any, like every schema refuses unknown fields.
+  // First: the docs UI's routes declare no access of their own; this makes them public before anything checks.
+  installDocsAccess(app);
+  // Routes without query parameters refuse any, like every schema refuses unknown fields. Public routes (probes,
+  // metrics, docs) ignore them: scrapers and browsers add their own.
   app.addHook('onRoute', (route) => {
-    if (route.schema?.querystring || route.config?.public) return;
+    if (route.schema?.querystring || route.config?.public || route.config?.access === 'public') return;
     route.schema = {
       ...route.schema,
       querystring: { type: 'object', properties: {}, additionalProperties: false },
@@ -88,12 +98,18 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   });
 
   const ctx = options.ctx;
+  // Before any route: the OpenAPI document is collected from the routes registered after it.
+  if (options.routes !== 'health') await installOpenApi(app);
   await app.register(healthRoutes, { ctx });
+  installMetrics(app, options.metrics);
   if (options.routes !== 'health') {
+    await installDocsUi(app);
     await app.register(connectionRoutes, { ctx });
     await app.register(credentialRoutes, { ctx });
     await app.register(leaseRoutes, { ctx });
     await app.register(auditRoutes, { ctx });
+    await app.register(complianceRoutes, { ctx });
+    await app.register(eventRoutes, { ctx });
   }
   return app;
 }

@@ -119,7 +119,13 @@ export function installAuthorization(
     // A reader: the credential the route concerns must be bound to it.
     const id = (request.params as { id?: string }).id ?? '';
     let credentialId: string | undefined = id;
-    if (access === 'lease' || access === 'lease-revoke') {
+    if (access === 'events') {
+      // A stream of many credentials, filtered per event by the route. Only a single credential asked for by id
+      // is checked here, so that a reader learns at once that it will never see that credential's events.
+      const asked = (request.query as { credential?: string }).credential;
+      if (asked === undefined || /[*?]/.test(asked)) return;
+      credentialId = asked;
+    } else if (access === 'lease' || access === 'lease-revoke') {
       credentialId = (await options.leases.find(id))?.credential;
     } else if (access === 'rotation-view') {
       credentialId = (await options.rotations.find(id))?.credentialId;

@@ -1,6 +1,10 @@
 // What route plugins get from the runtime.
 import type { Redis } from 'ioredis';
 import type { AuditLog } from '../audit/audit-log.ts';
+import type { AuditTrail } from '../audit/trail.ts';
+import type { Clock } from '../clock.ts';
+import type { ComplianceReport } from '../compliance/report.ts';
+import type { EventHub } from '../events/event-hub.ts';
 import type { LeaseService } from '../leases/lease-service.ts';
 import type { Registry } from '../registry/registry.ts';
 import type { RegistryService } from '../registry/service.ts';
@@ -19,4 +23,11 @@ export interface ApiContext {
   stores: StoreSet;
   audit: AuditLog;
   leases: LeaseService;
+  /** GET /v1/events: this process's follower of the audit stream and its subscribers. */
+  events: EventHub;
+  /** The time credential age and overdue are judged by. */
+  clock: Clock;
+  compliance: ComplianceReport;
+  /** The audit hash chain: verify, export, public keys. */
+  auditTrail: AuditTrail;
 }

@@ -222,6 +222,39 @@ export const AuditQuerySchema = Type.Object(
 );
 export type AuditQuerySchema = Static<typeof AuditQuerySchema>;
 
+export const AuditVerifyQuery = Type.Object(
+  {
+    since: Type.Optional(Type.String({ format: 'date-time' })),
+    until: Type.Optional(Type.String({ format: 'date-time' })),
+  },
+  { additionalProperties: false },
+);
+export type AuditVerifyQuery = Static<typeof AuditVerifyQuery>;
+
+export const AuditExportQuery = Type.Object(
+  {
+    format: Type.Optional(Type.Union([Type.Literal('jsonl'), Type.Literal('csv')])),
+    credential: Type.Optional(Id),
+    actor: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+    action: Type.Optional(Type.String({ pattern: '^[a-z_.]{1,64}$' })),
+    since: Type.Optional(Type.String({ format: 'date-time' })),
+    until: Type.Optional(Type.String({ format: 'date-time' })),
+  },
+  { additionalProperties: false },
+);
+export type AuditExportQuery = Static<typeof AuditExportQuery>;
+
+export const ComplianceQuery = Type.Object(
+  {
+    format: Type.Optional(Type.Union([Type.Literal('json'), Type.Literal('csv')])),
+    // As GET /v1/credentials: "key:value" (or "key=value"), the value may hold any character.
+    label: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}[:=].{0,256}$' })),
+    overdue: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+export type ComplianceQuery = Static<typeof ComplianceQuery>;
+
 /** A lease's TTL: a duration ("15m", "1h") or a number of seconds. */
 const Ttl = Type.Union([Duration, Type.Integer({ minimum: 1, maximum: 315_360_000 })], {
   description: 'A duration such as "15m" or "1h", or a number of seconds',
@@ -238,3 +271,23 @@ export const LeasesQuery = Type.Object(
   { additionalProperties: false },
 );
 export type LeasesQuery = Static<typeof LeasesQuery>;
+
+/** GET /v1/events: one credential by id, or those a glob ("*", "?") matches; same syntax as reader bindings. */
+export const EventsQuery = Type.Object(
+  {
+    credential: Type.Optional(
+      Type.String({
+        pattern: '^[A-Za-z0-9*?][A-Za-z0-9._*?-]{0,127}$',
+        description: 'A credential id, or a glob such as "payments-*"',
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+export type EventsQuery = Static<typeof EventsQuery>;
+
+/** Last-Event-ID: the id of the last event a reconnecting client received (a stream id, as the audit cursor). */
+export const EventsHeaders = Type.Object({
+  'last-event-id': Type.Optional(Type.String({ pattern: '^[0-9]{1,19}-[0-9]{1,19}$' })),
+});
+export type EventsHeaders = Static<typeof EventsHeaders>;

@@ -1,19 +1,10 @@
 // What the API returns for registry objects: never a secret, always the fields a person needs to act.
+import { isOverdue } from '../compliance/policy.ts';
 import type { Lease } from '../leases/types.ts';
 import type { Connection, Credential } from '../registry/types.ts';
 
-const DAY_MS = 86_400_000;
-/** Without maxAgeDays a credential is overdue once its next rotation is this late. */
-const OVERDUE_SLACK_MS = 60 * 60_000;
-
-export function isOverdue(credential: Credential, now = Date.now()): boolean {
-  const { spec, state } = credential;
-  if (spec.maxAgeDays !== undefined) {
-    const since = Date.parse(state.rotatedAt ?? spec.createdAt);
-    return now - since > spec.maxAgeDays * DAY_MS;
-  }
-  return state.nextRotationAt !== undefined && now - Date.parse(state.nextRotationAt) > OVERDUE_SLACK_MS;
-}
+// The rule lives with the compliance report; re-exported for the routes and the metrics that import it from here.
+export { isOverdue };
 
 export function credentialView(credential: Credential, now = Date.now()) {
   const { spec, state } = credential;

@@ -36,7 +36,12 @@ export type Access =
   /** Revoking a lease (no secret in the answer): admin, operator, or a reader bound to the lease's credential. */
   | 'lease-revoke'
   /** The audit trail and compliance: admin and auditor. */
-  | 'audit';
+  | 'audit'
+  /**
+   * The rotation event stream (GET /v1/events): every role; admin, operator and auditor see every credential's
+   * events, a reader only those of the credentials bound to it (filtered per event).
+   */
+  | 'events';
 
 const ANY_OF: Record<Exclude<Access, 'public'>, Role[]> = {
   manage: ['admin', 'operator'],
@@ -47,6 +52,7 @@ const ANY_OF: Record<Exclude<Access, 'public'>, Role[]> = {
   'credential-secret': ['admin', 'reader'],
   lease: ['admin', 'reader'],
   'lease-revoke': ['admin', 'operator', 'reader'],
+  events: ['admin', 'operator', 'auditor', 'reader'],
 };
 
 /** Roles that pass without a look at the credential: the others (reader) must be bound to it. */
@@ -59,6 +65,7 @@ export const UNBOUND_ROLES: Record<Exclude<Access, 'public'>, Role[]> = {
   'credential-secret': ['admin'],
   lease: ['admin'],
   'lease-revoke': ['admin', 'operator'],
+  events: ['admin', 'operator', 'auditor'],
 };
 
 export function hasRole(principal: Principal, roles: readonly Role[]): boolean {
@@ -76,7 +83,8 @@ export function rolesFor(access: Exclude<Access, 'public'>): readonly Role[] {
 }
 
 const matchers = new Map<string, (id: string) => boolean>();
-function globMatch(pattern: string, id: string): boolean {
+/** Whether a credential id matches an id or glob, with the semantics of reader bindings. */
+export function globMatch(pattern: string, id: string): boolean {
   let m = matchers.get(pattern);
   if (!m) {
     // Credential ids have no "/": picomatch's `*` then matches any run of id characters. Dots are ordinary.

@@ -20,6 +20,31 @@ export class KeyturnClient {
     this.#token = token;
   }
 
+  /** A GET whose body the caller reads as a stream (exports); errors as request() reports them. */
+  async stream(path: string): Promise<Response> {
+    let res: Response;
+    try {
+      res = await fetch(`${this.#url}${path}`, { headers: { authorization: `Bearer ${this.#token}` } });
+    } catch (err) {
+      throw new ApiClientError(
+        0,
+        'unreachable',
+        `Cannot reach Keyturn at ${this.#url} (${(err as Error).message}): is it running? Set KEYTURN_URL or --url`,
+      );
+    }
+    if (!res.ok) {
+      const text = await res.text();
+      let error: { code?: string; message?: string } | undefined;
+      try {
+        error = (JSON.parse(text) as { error?: { code?: string; message?: string } }).error;
+      } catch {
+        error = undefined;
+      }
+      throw new ApiClientError(res.status, error?.code ?? 'error', error?.message ?? `HTTP ${res.status}`);
+    }
+    return res;
+  }
+
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
     let res: Response;
     try {

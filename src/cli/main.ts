@@ -2,6 +2,7 @@
 // waits on show their progress: `keyturn rotate` prints each step as the workers complete it.
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
+import { addAuditCommands } from './audit.ts';
 import { ApiClientError, KeyturnClient } from './client.ts';
 import { addTokenCommands } from './token.ts';
 
@@ -197,33 +198,12 @@ program
     print(g, r, () => JSON.stringify(r, null, 2));
   });
 
-program
-  .command('audit')
-  .description('read the audit trail, oldest first')
-  .option('--credential <id>')
-  .option('--actor <name>')
-  .option('--action <action>')
-  .option('--since <iso-time>')
-  .option('--until <iso-time>')
-  .option('--limit <n>', 'events per page', '100')
-  .action(async (opts: Record<string, string | undefined>) => {
-    const g = globals();
-    const q = new URLSearchParams();
-    for (const k of ['credential', 'actor', 'action', 'since', 'until', 'limit'])
-      if (opts[k]) q.set(k, opts[k]!);
-    const page = await client(g).request<{ events: Array<Record<string, unknown>>; next: string | null }>(
-      'GET',
-      `/v1/audit?${q}`,
-    );
-    print(g, page, () =>
-      page.events
-        .map(
-          (e) =>
-            `${e.time}  ${String(e.actor).padEnd(12)} ${String(e.action).padEnd(26)} ${e.outcome}  ${e.credential ?? e.connection ?? ''}`,
-        )
-        .join('\n'),
-    );
-  });
+// The audit trail; `audit verify --file … --public-key …` works offline.
+addAuditCommands(program, {
+  client: () => client(globals()),
+  json: () => Boolean(globals().json),
+  fail,
+});
 
 // Offline: make a token and its entry for the tokens file, or hash one made elsewhere.
 addTokenCommands(program);

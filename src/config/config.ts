@@ -2,6 +2,8 @@
 // message per bad variable, so that an operator fixes everything in one pass. Nothing secret is ever echoed:
 // for secret variables the message names the variable and the rule, never the value.
 import { Buffer } from 'node:buffer';
+import { parseSigningKey } from '../audit/signing.ts';
+import { NOTIFICATION_EVENTS, type NotificationEvent } from '../notifications/types.ts';
 import { parseDuration } from '../scheduling/schedule.ts';
 
 export type Component = 'api' | 'worker';
@@ -83,6 +85,43 @@ export interface KeyturnConfig {
         credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
       }
     | undefined;
+  /** GET /v1/events, the server-sent stream of rotation events. */
+  events: {
+    /** How often an idle stream gets a keep-alive comment, so that proxies do not cut it. */
+    heartbeatMs: number;
+    /** Streams one API process serves at once; one more is answered 503 with Retry-After. */
+    maxClients: number;
+  };
+  /** Webhook notifications (rotation succeeded/failed, credential overdue); off while webhookUrls is empty. */
+  notifications: {
+    webhookUrls: string[];
+    /** HMAC-SHA256 key of the signatures; set whenever webhookUrls is not empty. */
+    webhookSecret: string | undefined;
+    events: NotificationEvent[];
+    /** Delivery attempts per event and endpoint, the first included. */
+    attempts: number;
+    /** First retry delay; each later one doubles, up to five minutes. */
+    backoffMs: number;
+    timeoutMs: number;
+  };
+  /** How often a worker looks for credentials past their policy (and raises `credential.overdue` once each). */
+  overdueScanIntervalMs: number;
+  /** The tamper-evident audit trail: checkpoint signing, archive and retention (src/audit/). */
+  audit: {
+    signingKey?: string;
+    signingKeyFile?: string;
+    publicKeyFile?: string;
+    /** A signed checkpoint at least every this many events… */
+    checkpointEvents: number;
+    /** …and at least this often while events come. */
+    checkpointIntervalMs: number;
+    /** Folder of the day files; unset: no archive, and the stream is never trimmed. */
+    archiveDir: string | undefined;
+    /** Day files older than this are deleted. */
+    retentionDays: number;
+    /** Days of events kept in the stream (served by the API); older ones only once archived. */
+    streamDays: number;
+  };
   /** Test-only fault injection (see rotation/failpoints.ts); empty in production. */
   failpoints: string;
   maxBodyBytes: number;
@@ -299,6 +338,37 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
     }
   }
 
+  const notifications = notificationsConfig(env, int, problems);
+
+  const auditSigningKey = env.KEYTURN_AUDIT_SIGNING_KEY?.trim() || undefined;
+  if (auditSigningKey) {
+    try {
+      parseSigningKey(auditSigningKey, 'KEYTURN_AUDIT_SIGNING_KEY');
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+  }
+  const audit: KeyturnConfig['audit'] = {
+    ...(auditSigningKey ? { signingKey: auditSigningKey } : {}),
+    ...(env.KEYTURN_AUDIT_SIGNING_KEY_FILE?.trim()
+      ? { signingKeyFile: env.KEYTURN_AUDIT_SIGNING_KEY_FILE.trim() }
+      : {}),
+    ...(env.KEYTURN_AUDIT_PUBLIC_KEY_FILE?.trim()
+      ? { publicKeyFile: env.KEYTURN_AUDIT_PUBLIC_KEY_FILE.trim() }
+      : {}),
+    checkpointEvents: int('KEYTURN_AUDIT_CHECKPOINT_EVENTS', 1000, 1, 1_000_000),
+    checkpointIntervalMs: int('KEYTURN_AUDIT_CHECKPOINT_INTERVAL_MS', 60_000, 100, 86_400_000),
+    archiveDir: env.KEYTURN_AUDIT_ARCHIVE_DIR?.trim() || undefined,
+    retentionDays: int('KEYTURN_AUDIT_RETENTION_DAYS', 400, 1, 36_500),
+    streamDays: int('KEYTURN_AUDIT_STREAM_DAYS', 92, 1, 36_500),
+  };
+  if (auditSigningKey && audit.signingKeyFile) {
+    problems.push('KEYTURN_AUDIT_SIGNING_KEY and KEYTURN_AUDIT_SIGNING_KEY_FILE exclude each other: set one');
+  }
+  if (audit.streamDays > audit.retentionDays) {
+    problems.push('KEYTURN_AUDIT_STREAM_DAYS must not be longer than KEYTURN_AUDIT_RETENTION_DAYS');
+  }
+
   const failpoints = env.KEYTURN_FAILPOINTS?.trim() ?? '';
   if (failpoints && production) {
     problems.push('KEYTURN_FAILPOINTS is a test facility and is refused when NODE_ENV=production');
@@ -331,10 +401,76 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
     leases,
     vault,
     aws,
+    events: {
+      heartbeatMs: int('KEYTURN_EVENTS_HEARTBEAT_MS', 15_000, 100, 300_000),
+      maxClients: int('KEYTURN_EVENTS_MAX_CLIENTS', 1000, 1, 100_000),
+    },
+    notifications,
+    overdueScanIntervalMs: int('KEYTURN_OVERDUE_SCAN_INTERVAL_MS', 60_000, 500, 86_400_000),
+    audit,
     failpoints,
     maxBodyBytes: int('KEYTURN_MAX_BODY_BYTES', 64 * 1024, 1024, 16 * 1024 * 1024),
   };
 
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
+}
+
+/** KEYTURN_NOTIFY_*: the webhook endpoints, their HMAC key, which events, and the retry policy. */
+function notificationsConfig(
+  env: Env,
+  int: (name: string, fallback: number, min: number, max: number) => number,
+  problems: string[],
+): KeyturnConfig['notifications'] {
+  const webhookUrls = (env.KEYTURN_NOTIFY_WEBHOOK_URLS?.trim() ?? '')
+    .split(',')
+    .map((u) => u.trim())
+    .filter(Boolean);
+  webhookUrls.forEach((raw, i) => {
+    // A webhook URL's path may hold a token (as chat webhooks do): messages name its position, never its text.
+    const at = `KEYTURN_NOTIFY_WEBHOOK_URLS entry ${i + 1}`;
+    let url: URL;
+    try {
+      url = new URL(raw);
+    } catch {
+      problems.push(`${at} is not a URL (expected https://host[:port]/path)`);
+      return;
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+      problems.push(`${at} must be an http:// or https:// URL, got "${url.protocol}//…"`);
+    } else if (url.username || url.password) {
+      problems.push(`${at} must not carry a user or password: the HMAC signature authenticates Keyturn`);
+    }
+  });
+  const webhookSecret = env.KEYTURN_NOTIFY_WEBHOOK_SECRET?.trim() || undefined;
+  if (webhookUrls.length > 0 && webhookSecret === undefined) {
+    problems.push(
+      'KEYTURN_NOTIFY_WEBHOOK_SECRET is required when KEYTURN_NOTIFY_WEBHOOK_URLS is set (make one with `openssl rand -base64 32`)',
+    );
+  } else if (webhookSecret !== undefined && webhookSecret.length < 32) {
+    problems.push(
+      'KEYTURN_NOTIFY_WEBHOOK_SECRET must be at least 32 characters (make one with `openssl rand -base64 32`)',
+    );
+  }
+  const eventsRaw = env.KEYTURN_NOTIFY_EVENTS?.trim() || NOTIFICATION_EVENTS.join(',');
+  const named = eventsRaw
+    .split(',')
+    .map((e) => e.trim())
+    .filter(Boolean);
+  const unknown = named.filter((e) => !(NOTIFICATION_EVENTS as readonly string[]).includes(e));
+  if (unknown.length > 0 || named.length === 0) {
+    problems.push(
+      `KEYTURN_NOTIFY_EVENTS must list one or more of ${NOTIFICATION_EVENTS.join(', ')}, comma-separated; got "${eventsRaw}"`,
+    );
+  }
+  return {
+    webhookUrls,
+    webhookSecret,
+    events: [...new Set(named)].filter((e): e is NotificationEvent =>
+      (NOTIFICATION_EVENTS as readonly string[]).includes(e),
+    ),
+    attempts: int('KEYTURN_NOTIFY_ATTEMPTS', 10, 1, 100),
+    backoffMs: int('KEYTURN_NOTIFY_BACKOFF_MS', 1000, 10, 3_600_000),
+    timeoutMs: int('KEYTURN_NOTIFY_TIMEOUT_MS', 5000, 100, 60_000),
+  };
 }

@@ -1,7 +1,7 @@
 // Development defaults: when no admin token or master key is configured, `npm start` must still run. It makes
 // them once and keeps them in the state folder (mode 0600), so that restarts find the same store key and the
 // same token. In production both come from the environment (or a secret manager) and this code is not used.
-import { randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
@@ -41,4 +41,11 @@ export function devAdminToken(stateDir: string): Promise<DevSecret> {
 /** The development master key (base64 of 32 bytes), made on first use. */
 export function devMasterKey(stateDir: string): Promise<DevSecret> {
   return readOrCreate(stateDir, 'master-key', () => randomBytes(32).toString('base64'));
+}
+
+/** The development Ed25519 key that signs audit checkpoints (PKCS#8 PEM), made on first use. */
+export function devAuditSigningKey(stateDir: string): Promise<DevSecret> {
+  return readOrCreate(stateDir, 'audit-signing-key.pem', () =>
+    String(generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' })).trim(),
+  );
 }

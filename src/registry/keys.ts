@@ -67,9 +67,44 @@ export class RedisKeys {
   localSecret(name: string): string {
     return `${this.prefix}:secret:${name}`;
   }
-  /** Audit stream. */
+  /** Audit stream: one entry per event, appended by every process (id: Redis's total order). */
   audit(): string {
     return `${this.prefix}:audit`;
+  }
+  /** The chain over the audit stream: one entry per sealed event, with the same id (seq, digest, prev, hash). */
+  auditChain(): string {
+    return `${this.prefix}:audit:chain`;
+  }
+  /** Hash: the sealed head (id, seq, hash) and the last checkpoint (cpN, cpSeq, cpHash, cpAt). */
+  auditHead(): string {
+    return `${this.prefix}:audit:head`;
+  }
+  /** Signed checkpoints, each with the id of the event it vouches for. */
+  auditCheckpoints(): string {
+    return `${this.prefix}:audit:checkpoints`;
+  }
+  /** Hash: where the stream's chain starts once archived events were trimmed (seq, hash, checkpoint). */
+  auditAnchor(): string {
+    return `${this.prefix}:audit:anchor`;
+  }
+  /** Which process seals (token, expiry): one at a time, so they don't all hash the same events. */
+  auditSealerLock(): string {
+    return `${this.prefix}:audit:sealer`;
+  }
+  /** The id an export wants signed: the sealer checkpoints up to it at once. */
+  auditCheckpointWanted(): string {
+    return `${this.prefix}:audit:checkpoint-wanted`;
+  }
+  /** Hash: the last day written to the archive folder (day), so trimming never passes it. */
+  auditArchive(): string {
+    return `${this.prefix}:audit:archive`;
+  }
+  /**
+   * Hash of credential id → when the password of its last notified overdue lapse was set (ms): the overdue scan's
+   * once-only mark, raised in the same script as the `credential.overdue` audit event.
+   */
+  overdueNotified(): string {
+    return `${this.prefix}:overdue:notified`;
   }
   /** BullMQ's own prefix: its queues' keys live below it. */
   queuePrefix(): string {

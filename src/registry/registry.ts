@@ -150,6 +150,28 @@ export class Registry {
     return out;
   }
 
+  /**
+   * Every credential in creation order, `batchSize` at a time: the ids are read at once (a consistent list, cheap
+   * even for a large fleet), the records one pipelined batch after another, so a fleet of thousands never makes
+   * one huge reply. A credential deleted meanwhile is left out.
+   */
+  async *credentialBatches(batchSize = 500): AsyncGenerator<Credential[]> {
+    const ids = await this.#redis.zrange(this.keys.credentials(), 0, -1);
+    for (let start = 0; start < ids.length; start += batchSize) {
+      const pipeline = this.#redis.pipeline();
+      for (const id of ids.slice(start, start + batchSize)) {
+        pipeline.hmget(this.keys.credential(id), 'spec', 'state');
+      }
+      const batch: Credential[] = [];
+      for (const [err, value] of (await pipeline.exec()) ?? []) {
+        if (err) throw err;
+        const [spec, state] = (value ?? []) as [string | null, string | null];
+        if (spec && state) batch.push({ spec: JSON.parse(spec), state: JSON.parse(state) });
+      }
+      yield batch;
+    }
+  }
+
   /** Replaces the spec of an existing credential (PATCH). */
   async saveCredentialSpec(spec: CredentialSpec): Promise<void> {
     const key = this.keys.credential(spec.id);

@@ -41,6 +41,20 @@ export interface RotationHooks {
   nextRotationAt(spec: CredentialSpec, from: Date): Date | undefined;
 }
 
+/** How a rotation ended, for observers such as the metrics: types and a duration only, never an id or a secret. */
+export interface RotationEnd {
+  /** The connection type of the credential (postgres, mysql, redis, webhook), or "unknown" once it is gone. */
+  target: string;
+  outcome: 'succeeded' | 'failed';
+  /** From the rotation's first start to its end, retries and backoff included. */
+  seconds: number;
+}
+
+/** Told about every rotation that ends; kept abstract so the engine does not depend on a metrics library. */
+export interface RotationObserver {
+  rotationEnded(end: RotationEnd): void;
+}
+
 export interface EngineSettings {
   maxAttempts: number;
   downstreamTimeoutMs: number;
@@ -86,6 +100,7 @@ export class RotationEngine {
   readonly #failpoints: Failpoints;
   readonly #log: Logger;
   readonly #settings: EngineSettings;
+  readonly #observer: RotationObserver | undefined;
   hooks: RotationHooks | undefined;
 
   constructor(deps: {
@@ -97,6 +112,7 @@ export class RotationEngine {
     failpoints: Failpoints;
     logger: Logger;
     settings: EngineSettings;
+    observer?: RotationObserver;
   }) {
     this.#registry = deps.registry;
     this.#rotations = deps.rotations;
@@ -107,6 +123,7 @@ export class RotationEngine {
     this.#failpoints = deps.failpoints;
     this.#log = deps.logger.child({ component: 'rotation' });
     this.#settings = deps.settings;
+    this.#observer = deps.observer;
   }
 
   #hooks(): RotationHooks {
@@ -435,6 +452,7 @@ export class RotationEngine {
       { rotation: rotation.id, credential: fresh.spec.id, attempts: rotation.attempts },
       'rotation succeeded',
     );
+    this.#reportEnd(rotation, 'succeeded', ctx.connection.type);
     await this.#failpoints.hit('finish-after-commit');
     // After the commit: a crash here leaves a finished rotation whose schedule the reconciler re-arms.
     await this.#hooks()
@@ -611,6 +629,13 @@ export class RotationEngine {
       { rotation: rotation.id, credential: credential.spec.id, error: rotation.error },
       'rotation failed and was rolled back; the credential keeps its current version',
     );
+    if (this.#observer) {
+      // A rotation that failed before it opened the downstream has no context: its connection says the type.
+      const type =
+        ctx?.connection.type ??
+        (await this.#registry.findConnection(credential.spec.connection).catch(() => undefined))?.type;
+      this.#reportEnd(rotation, 'failed', type ?? 'unknown');
+    }
     return { outcome: 'done', rotation };
   }
 
@@ -762,6 +787,18 @@ export class RotationEngine {
   async #save(lease: Lease, rotation: Rotation): Promise<void> {
     rotation.updatedAt = nowIso();
     await lease.commit([this.#rotations.saveOp(rotation)]);
+  }
+
+  /** After the terminal commit only, so that a rotation counts once, in the process whose commit won. */
+  #reportEnd(rotation: Rotation, outcome: RotationEnd['outcome'], target: string): void {
+    if (!this.#observer) return;
+    const ended = Date.parse(rotation.finishedAt ?? nowIso());
+    const started = Date.parse(rotation.startedAt ?? rotation.createdAt);
+    try {
+      this.#observer.rotationEnded({ target, outcome, seconds: Math.max(0, ended - started) / 1000 });
+    } catch (err) {
+      this.#log.warn({ rotation: rotation.id, err: scrubError(err) }, 'the rotation observer failed');
+    }
   }
 
   #auditOp(event: AuditEventInput): FencedOp {

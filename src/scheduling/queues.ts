@@ -5,6 +5,8 @@
 //   rotations  downstream work: `rotate`, `rollback`, `revoke-previous`.
 //   leases     `revoke-lease`, planned at issue for the lease's expiry; the schedule queue's `lease-sweep` (its
 //              own scheduler) catches any revocation that was missed.
+//   notifications  `deliver`: one webhook delivery of one audit event to one endpoint (notifications/notifier.ts
+//              enqueues them); the schedule queue's `overdue-scan` (its own scheduler) raises overdue credentials.
 //
 // Every job carries ids only (I5): a rotation id, a credential id, a version id. Rotation jobs are retried
 // with capped exponential backoff; a job that finds the credential's lease taken is put back, not failed.
@@ -12,9 +14,12 @@ import { randomInt } from 'node:crypto';
 import { DelayedError, type Job, Queue, type RedisConnection, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { AuditLog } from '../audit/audit-log.ts';
+import type { OverdueScanner, OverdueScanResult } from '../compliance/overdue-scan.ts';
 import { scrubError } from '../crypto/scrub.ts';
 import type { LeaseRevocationPlanner, LeaseService } from '../leases/lease-service.ts';
 import type { Logger } from '../logging/logger.ts';
+import type { Notifier } from '../notifications/notifier.ts';
+import type { NotificationJobData } from '../notifications/types.ts';
 import type { Registry } from '../registry/registry.ts';
 import type { Credential, CredentialSpec } from '../registry/types.ts';
 import type { RotationEngine, RotationHooks, RunResult } from '../rotation/engine.ts';
@@ -25,6 +30,7 @@ import { nextRun, parseDuration } from './schedule.ts';
 export const SCHEDULE_QUEUE = 'schedule';
 export const ROTATION_QUEUE = 'rotations';
 export const LEASE_QUEUE = 'leases';
+export const NOTIFICATION_QUEUE = 'notifications';
 
 export interface QueueSettings {
   prefix: string;
@@ -35,6 +41,7 @@ export interface QueueSettings {
   reconcileEveryMs: number;
   leaseSweepEveryMs: number;
   leaseConcurrency: number;
+  overdueScanEveryMs: number;
 }
 
 type RotateData = { rotationId: string };
@@ -43,6 +50,8 @@ type TickData = { credentialId: string };
 type LeaseData = { leaseId: string };
 
 const MAX_BACKOFF_MS = 5 * 60_000;
+/** Webhook deliveries in flight per worker process: each waits on a remote HTTP server, not on Redis. */
+const NOTIFICATION_CONCURRENCY = 8;
 const BUSY_RETRY_MS = 1000;
 // Rolling back waits on a downstream that may be down for hours: keep trying, at most every five minutes.
 const ROLLBACK_ATTEMPTS = 2000;
@@ -59,6 +68,7 @@ export class Queues implements RotationHooks, LeaseRevocationPlanner {
   readonly schedule: Queue;
   readonly rotations: Queue;
   readonly leases: Queue;
+  readonly notifications: Queue;
   readonly #settings: QueueSettings;
 
   constructor(connection: Redis, settings: QueueSettings) {
@@ -67,6 +77,7 @@ export class Queues implements RotationHooks, LeaseRevocationPlanner {
     this.schedule = new Queue(SCHEDULE_QUEUE, opts as never);
     this.rotations = new Queue(ROTATION_QUEUE, opts as never);
     this.leases = new Queue(LEASE_QUEUE, opts as never);
+    this.notifications = new Queue(NOTIFICATION_QUEUE, opts as never);
   }
 
   // LeaseRevocationPlanner
@@ -175,8 +186,18 @@ export class Queues implements RotationHooks, LeaseRevocationPlanner {
     return (await this.schedule.getJobScheduler(schedulerId(credentialId))) !== undefined;
   }
 
+  /** Every queue this producer owns, found from its fields so that a queue added later is listed too (metrics). */
+  all(): Queue[] {
+    return Object.values(this).filter((value): value is Queue => value instanceof Queue);
+  }
+
   async close(): Promise<void> {
-    await Promise.all([this.schedule.close(), this.rotations.close(), this.leases.close()]);
+    await Promise.all([
+      this.schedule.close(),
+      this.rotations.close(),
+      this.leases.close(),
+      this.notifications.close(),
+    ]);
   }
 }
 
@@ -194,6 +215,9 @@ export class QueueWorkers {
     audit: AuditLog;
     leases: LeaseService;
     logger: Logger;
+    overdue: OverdueScanner;
+    /** Set when webhook notifications are configured. */
+    notifier?: Notifier;
   };
 
   constructor(deps: QueueWorkers['deps']) {
@@ -224,7 +248,23 @@ export class QueueWorkers {
       ...common,
       concurrency: settings.leaseConcurrency,
     } as never);
-    for (const w of [rotationWorker, scheduleWorker, leaseWorker]) {
+    const notifier = this.deps.notifier;
+    const notificationWorker = notifier
+      ? new Worker(NOTIFICATION_QUEUE, (job) => notifier.deliver(job as Job<NotificationJobData>), {
+          ...common,
+          concurrency: NOTIFICATION_CONCURRENCY,
+          settings: {
+            backoffStrategy: (attemptsMade: number) =>
+              backoffDelay(attemptsMade, notifier.settings.backoffMs),
+          },
+        } as never)
+      : undefined;
+    for (const w of [
+      rotationWorker,
+      scheduleWorker,
+      leaseWorker,
+      ...(notificationWorker ? [notificationWorker] : []),
+    ]) {
       w.on('error', (err) => this.#log.error({ err: scrubError(err) }, 'queue worker error'));
       this.#workers.push(w);
     }
@@ -238,9 +278,24 @@ export class QueueWorkers {
       { every: settings.leaseSweepEveryMs },
       { name: 'lease-sweep', data: {}, opts: { removeOnComplete: true, removeOnFail: 10 } },
     );
+    await this.deps.queues.schedule.upsertJobScheduler(
+      'overdue-scan',
+      { every: settings.overdueScanEveryMs },
+      { name: 'overdue-scan', data: {}, opts: { removeOnComplete: true, removeOnFail: 10 } },
+    );
     await Promise.all(this.#workers.map((w) => w.waitUntilReady()));
+    await notifier?.start();
     // A worker that starts after downtime revokes what expired meanwhile at once, not one interval later.
     void this.#sweepLeases();
+    // Likewise, a lapse that happened while no worker ran is raised now.
+    void this.scanOverdue().catch((err) =>
+      this.#log.error({ err: scrubError(err) }, 'overdue scan failed; the next one retries'),
+    );
+  }
+
+  /** Raises `credential.overdue` for each credential newly past its policy (once per lapse, across workers). */
+  async scanOverdue(): Promise<OverdueScanResult> {
+    return this.deps.overdue.scan();
   }
 
   async #sweepLeases(): Promise<void> {
@@ -309,6 +364,9 @@ export class QueueWorkers {
     if (job.name === 'tick') return this.#tick(job);
     if (job.name === 'reconcile') return this.reconcile();
     if (job.name === 'lease-sweep') return this.#sweepLeases();
+    if (job.name === 'overdue-scan') {
+      await this.scanOverdue();
+    }
   }
 
   async #tick(job: Job): Promise<void> {
@@ -377,6 +435,7 @@ export class QueueWorkers {
 
   /** Stops taking jobs and waits for the running ones (each is resumable anyway, I4). */
   async close(): Promise<void> {
+    await this.deps.notifier?.close();
     await Promise.all(this.#workers.map((w) => w.close()));
   }
 }

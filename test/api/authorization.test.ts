@@ -21,6 +21,7 @@ import {
   startKeyturn,
   testEnv,
 } from '../support/harness.ts';
+import { openSse } from '../support/sse.ts';
 
 type Who =
   | 'admin'
@@ -179,6 +180,22 @@ interface Row {
   allowed: Who[];
   /** The answer carries a secret value (only an allowed principal may ever see one). */
   secret?: boolean;
+  /**
+   * A server-sent event stream (GET only): an answer that gets through never ends, so only its status and
+   * content-type are checked and the stream is closed; a refusal is read whole as usual.
+   */
+  stream?: boolean;
+}
+
+/** A streaming row's request: the error answer as call() gives it, or the stream's status once it is open. */
+async function callStream(who: Who, path: string) {
+  const stream = await openSse(`${kt.url}${path}`, {
+    headers: { authorization: `Bearer ${await bearer(who)}` },
+  });
+  if (stream.status !== 200) return { status: stream.status, text: stream.raw, body: JSON.parse(stream.raw) };
+  expect(stream.headers.get('content-type')).toMatch(/^text\/event-stream/);
+  await stream.close();
+  return { status: stream.status, text: '', body: undefined };
 }
 
 let n = 0;
@@ -318,6 +335,47 @@ const ROWS: Row[] = [
     allowed: ['admin', 'operator', 'readerB'],
   },
   { route: 'GET /v1/audit', method: 'GET', path: () => '/v1/audit?limit=5', allowed: ['admin', 'auditor'] },
+  {
+    route: 'GET /v1/audit/verify',
+    method: 'GET',
+    path: () => '/v1/audit/verify',
+    allowed: ['admin', 'auditor'],
+  },
+  {
+    route: 'GET /v1/audit/export',
+    method: 'GET',
+    path: () => '/v1/audit/export?format=csv',
+    allowed: ['admin', 'auditor'],
+  },
+  {
+    route: 'GET /v1/audit/public-key',
+    method: 'GET',
+    path: () => '/v1/audit/public-key',
+    allowed: ['admin', 'auditor'],
+  },
+  { route: 'GET /v1/compliance', method: 'GET', path: () => '/v1/compliance', allowed: ['admin', 'auditor'] },
+  {
+    route: 'GET /v1/compliance (CSV)',
+    method: 'GET',
+    path: () => '/v1/compliance?format=csv&overdue=false',
+    allowed: ['admin', 'auditor'],
+  },
+  // Every role may listen; what a reader then receives is filtered per event (test/integration/events.test.ts).
+  { route: 'GET /v1/events', method: 'GET', path: () => '/v1/events', allowed: EVERYONE, stream: true },
+  {
+    route: 'GET /v1/events?credential=A',
+    method: 'GET',
+    path: () => `/v1/events?credential=${credA}`,
+    allowed: [...VIEW, ...READERS_OF_A],
+    stream: true,
+  },
+  {
+    route: 'GET /v1/events?credential=B',
+    method: 'GET',
+    path: () => `/v1/events?credential=${credB}`,
+    allowed: [...VIEW, 'readerB'],
+    stream: true,
+  },
 ];
 
 describe('authorization matrix', () => {
@@ -326,7 +384,9 @@ describe('authorization matrix', () => {
       const got: string[] = [];
       const want: string[] = [];
       for (const who of EVERYONE) {
-        const res = await call(who, row.method, row.path(), row.body?.());
+        const res = row.stream
+          ? await callStream(who, row.path())
+          : await call(who, row.method, row.path(), row.body?.());
         const allowed = row.allowed.includes(who);
         got.push(`${who}: ${res.status === 403 ? 'denied' : res.status === 401 ? '401' : 'through'}`);
         want.push(`${who}: ${allowed ? 'through' : 'denied'}`);
@@ -339,10 +399,10 @@ describe('authorization matrix', () => {
     });
   }
 
-  it('probes need no token', async () => {
-    for (const path of ['/healthz', '/readyz']) {
+  it('probes, metrics and docs need no token', async () => {
+    for (const path of ['/healthz', '/readyz', '/metrics', '/docs', '/docs/json']) {
       const res = await kt.api('GET', path, undefined, { authorization: '' });
-      expect(res.status).toBe(200);
+      expect(`${path} → ${res.status}`).toBe(`${path} → 200`);
     }
   });
 });
@@ -462,6 +522,8 @@ describe('generated requests from every principal (fast-check)', () => {
       fc.constantFrom(
         ['GET', '/v1/credentials'] as const,
         ['GET', '/v1/audit?limit=3'] as const,
+        ['GET', '/v1/compliance'] as const,
+        ['GET', '/v1/compliance?format=csv'] as const,
         ['GET', '/v1/connections'] as const,
       ),
     );

@@ -74,6 +74,8 @@ interface Req {
   contentType?: string | null;
   /** Defaults to the admin bearer token; null sends no Authorization header. */
   auth?: string | null;
+  /** More request headers (GET /v1/events reads Last-Event-ID). */
+  headers?: Record<string, string>;
 }
 
 interface Res {
@@ -90,7 +92,7 @@ async function send(req: Req): Promise<Res> {
   if (req.raw !== undefined)
     payload = typeof req.raw === 'string' ? new TextEncoder().encode(req.raw) : req.raw;
   else if (req.body !== undefined) payload = new TextEncoder().encode(JSON.stringify(req.body));
-  const headers: Record<string, string> = {};
+  const headers: Record<string, string> = { ...req.headers };
   const auth = req.auth === undefined ? `Bearer ${env.adminToken}` : req.auth;
   if (auth !== null) headers.authorization = auth;
   // Bytes (not a string) as the body, so that fetch adds no content-type of its own.
@@ -931,6 +933,117 @@ const auditCases: Case[] = (
   }),
 );
 
+const auditExportCases: Case[] = (
+  [
+    ['/v1/audit/export?format=xml', 'querystring.format'],
+    ['/v1/audit/export?format=', 'querystring.format'],
+    ['/v1/audit/export?since=yesterday', 'querystring.since'],
+    ['/v1/audit/export?since=1969-12-31T23:59:59Z', 'querystring.since'],
+    ['/v1/audit/export?since=2030-01-01T00:00:00Z&until=2020-01-01T00:00:00Z', 'querystring.since'],
+    ['/v1/audit/export?action=Secret.Read!', 'querystring.action'],
+    ['/v1/audit/export?cursor=1-0', 'querystring.cursor is not a known field'],
+    ['/v1/audit/verify?until=soon', 'querystring.until'],
+    ['/v1/audit/verify?credential=x', 'querystring.credential is not a known field'],
+    ['/v1/audit/public-key?format=der', 'querystring.format is not a known field'],
+  ] as const
+).map(
+  ([path, field]): Case => ({
+    name: `GET ${path.slice(0, 70)}`,
+    method: 'GET',
+    path,
+    status: 400,
+    field,
+    code: 'invalid_request',
+  }),
+);
+
+const complianceCases: Case[] = [
+  ...(
+    [
+      ['format=xml', 'querystring.format must be one of "json", "csv"'],
+      ['format=CSV', 'querystring.format must be one of "json", "csv"'],
+      ['format=', 'querystring.format must be one of "json", "csv"'],
+      ['format=csv&format=json', 'querystring.format'],
+      ['overdue=maybe', 'querystring.overdue must be boolean'],
+      ['overdue=2', 'querystring.overdue must be boolean'],
+      ['overdue=true&overdue=false', 'querystring.overdue must be boolean'],
+      ['label=team', 'querystring.label must match pattern'],
+      ['label=:payments', 'querystring.label must match pattern'],
+      ['label=', 'querystring.label must match pattern'],
+      [`label=${'k'.repeat(64)}:v`, 'querystring.label must match pattern'],
+      [`label=team:${'v'.repeat(257)}`, 'querystring.label must match pattern'],
+      ['labels=team:payments', 'querystring.labels is not a known field'],
+      ['since=2026-01-01T00:00:00Z', 'querystring.since is not a known field'],
+    ] as const
+  ).map(
+    ([query, field]): Case => ({
+      name: `query ${query.slice(0, 60)}`,
+      method: 'GET',
+      path: `/v1/compliance?${query}`,
+      status: 400,
+      field,
+      code: 'invalid_request',
+    }),
+  ),
+  {
+    name: 'a label nothing carries: an empty report, not an error',
+    method: 'GET',
+    path: `/v1/compliance?label=${encodeURIComponent('team:no,body "here"')}`,
+    status: 200,
+  },
+  {
+    name: 'POST is not a method of the report',
+    method: 'POST',
+    path: '/v1/compliance',
+    body: {},
+    status: 404,
+    code: 'not_found',
+  },
+];
+
+// Only refusals: an accepted GET /v1/events is a stream that never ends (its answers: test/integration/events.test.ts).
+const eventCases: Case[] = [
+  ...(
+    [
+      ['credential=..%2F..', 'querystring.credential'],
+      ['credential=', 'querystring.credential'],
+      ['credential=a%2Fb', 'querystring.credential'],
+      ['credential=%7Ba%2Cb%7D', 'querystring.credential'],
+      [`credential=${'c'.repeat(129)}`, 'querystring.credential'],
+      ['credential=a&credential=b', 'querystring.credential'],
+      ['since=1-0', 'querystring.since is not a known field'],
+    ] as const
+  ).map(
+    ([query, field]): Case => ({
+      name: `query ${query.slice(0, 60)}`,
+      method: 'GET',
+      path: `/v1/events?${query}`,
+      status: 400,
+      field,
+      code: 'invalid_request',
+    }),
+  ),
+  ...['yesterday', '1-2-3', '-1', '99999999999999999999-0', '1', ''].map(
+    (id): Case => ({
+      name: `Last-Event-ID "${id}"`,
+      method: 'GET',
+      path: '/v1/events',
+      headers: { 'last-event-id': id },
+      status: 400,
+      field: 'headers.last-event-id',
+      code: 'invalid_request',
+    }),
+  ),
+  {
+    name: 'a POST',
+    method: 'POST',
+    path: '/v1/events',
+    body: {},
+    status: 404,
+    code: 'not_found',
+  },
+];
+
 const routingCases: Case[] = [
   { name: 'an unknown route', method: 'GET', path: '/v1/nothing', status: 404, code: 'not_found' },
   { name: 'an unknown version', method: 'GET', path: '/v2/connections', status: 404, code: 'not_found' },
@@ -979,6 +1092,36 @@ const routingCases: Case[] = [
     auth: null,
     status: 200,
   },
+  { name: 'metrics with POST', method: 'POST', path: '/metrics', body: {}, status: 404, code: 'not_found' },
+  {
+    name: 'metrics ignore query parameters (a scrape config may add some)',
+    method: 'GET',
+    path: '/metrics?name[]=x&format=openmetrics',
+    auth: null,
+    status: 200,
+  },
+  {
+    name: 'the OpenAPI document with POST',
+    method: 'POST',
+    path: '/docs/json',
+    body: {},
+    status: 404,
+    code: 'not_found',
+  },
+  {
+    name: 'the docs ignore query parameters',
+    method: 'GET',
+    path: '/docs/json?url=x&%zz',
+    auth: null,
+    status: 200,
+  },
+  {
+    name: 'a docs asset that does not exist',
+    method: 'GET',
+    path: '/docs/static/..%2F..%2Fpackage.json',
+    auth: null,
+    status: 404,
+  },
 ];
 
 /** Every route that needs a token, with a body where it takes one. */
@@ -1003,6 +1146,11 @@ const AUTHENTICATED: [method: string, path: string, body?: unknown][] = [
   ['POST', `/v1/leases/${UNKNOWN_UUID}/renew`, {}],
   ['DELETE', `/v1/leases/${UNKNOWN_UUID}`],
   ['GET', '/v1/audit?limit=5'],
+  ['GET', '/v1/audit/verify'],
+  ['GET', '/v1/audit/export'],
+  ['GET', '/v1/audit/public-key'],
+  ['GET', '/v1/compliance?format=csv'],
+  ['GET', '/v1/events'],
   ['GET', '/v1/nothing'],
 ];
 
@@ -1061,6 +1209,9 @@ const TABLES: [string, Case[]][] = [
   ['connections', connectionCases],
   ['credentials and rotations', credentialCases],
   ['audit', auditCases],
+  ['audit verify and export', auditExportCases],
+  ['compliance', complianceCases],
+  ['events', eventCases],
   ['routing and probes', routingCases],
   ['authentication', authCases],
 ];
@@ -1815,6 +1966,21 @@ const ROUTES: Route[] = [
     ),
   },
   {
+    name: 'GET /v1/audit/verify',
+    arb: get(fc.constant('/v1/audit/verify'), queryArb(['since', 'until'])),
+  },
+  {
+    name: 'GET /v1/audit/export',
+    arb: get(
+      fc.constant('/v1/audit/export'),
+      queryArb(['format', 'credential', 'actor', 'action', 'since', 'until']),
+    ),
+  },
+  {
+    name: 'GET /v1/compliance',
+    arb: get(fc.constant('/v1/compliance'), queryArb(['format', 'label', 'overdue'])),
+  },
+  {
     name: 'POST /v1/credentials/:id/leases',
     arb: withBody('POST', id('/v1/credentials/', '/leases'), bodyArb(leaseFields)),
     downstreamMayBeDown: true,
@@ -1842,6 +2008,8 @@ const ROUTES: Route[] = [
   },
   { name: 'GET /healthz', arb: get(fc.constant('/healthz')).map((r) => ({ ...r, auth: null })) },
   { name: 'GET /readyz', arb: get(fc.constant('/readyz')).map((r) => ({ ...r, auth: null })) },
+  { name: 'GET /metrics', arb: get(fc.constant('/metrics')).map((r) => ({ ...r, auth: null })) },
+  { name: 'GET /docs/json', arb: get(fc.constant('/docs/json')).map((r) => ({ ...r, auth: null })) },
   {
     name: 'any method, any path, any Authorization',
     arb: fc

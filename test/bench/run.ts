@@ -1,9 +1,10 @@
 // `npm run bench`: throughput and latency of the hot paths, on this machine, against real Redis and a
 // password-checking PostgreSQL cluster made for the run. Numbers go to stdout; nothing here asserts timing.
-import { randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { Writable } from 'node:stream';
 import pg from 'pg';
+import { compareStreamIds } from '../../src/audit/verifier.ts';
 import { loadConfig } from '../../src/config/config.ts';
 import { Envelope } from '../../src/crypto/envelope.ts';
 import { generatePassword } from '../../src/crypto/password.ts';
@@ -48,6 +49,9 @@ const config = loadConfig({
   KEYTURN_PREFIX: prefix,
   KEYTURN_ADMIN_TOKEN: adminToken,
   KEYTURN_MASTER_KEY: randomBytes(32).toString('base64'),
+  KEYTURN_AUDIT_SIGNING_KEY: String(
+    generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }),
+  ),
   PORT: '0',
   LOG_LEVEL: 'warn',
   KEYTURN_ROTATION_CONCURRENCY: '4',
@@ -210,6 +214,69 @@ try {
   record(
     `${burst} leases revoked at once (DELETE)`,
     `${(revokeElapsed / 1000).toFixed(2)} s, ${((burst / revokeElapsed) * 1000).toFixed(0)} revocations/s`,
+  );
+
+  // The audit chain: appends from many callers at once, how fast the sealer follows, verification and export.
+  const appendLatencies: number[] = [];
+  const events = 20_000;
+  const t4 = performance.now();
+  let last = '';
+  await Promise.all(
+    Array.from({ length: 50 }, async (_, worker) => {
+      for (let i = worker; i < events; i += 50) {
+        const started = performance.now();
+        const id = await runtime.ctx.audit.append({
+          actor: `bench-${worker}`,
+          action: 'bench.appended',
+          outcome: 'success',
+          credential: `many-${i % 40}`,
+          details: { i },
+        });
+        appendLatencies.push(performance.now() - started);
+        if (id > last) last = id;
+      }
+    }),
+  );
+  const appendElapsed = performance.now() - t4;
+  appendLatencies.sort((a, b) => a - b);
+  record(
+    `audit append, 50 callers at once (${events} events)`,
+    `${((events / appendElapsed) * 1000).toFixed(0)} events/s, p50 ${ms(pct(appendLatencies, 50))}, p99 ${ms(pct(appendLatencies, 99))}`,
+  );
+  const store = runtime.ctx.auditTrail.store;
+  for (;;) {
+    const head = await store.head();
+    if (head.id && compareStreamIds(head.id, last) >= 0) break;
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  const sealLag = performance.now() - t4 - appendElapsed;
+  record('audit sealer: last event sealed after the last append', ms(sealLag));
+  const verified = (await api('GET', '/v1/audit/verify')) as {
+    ok: boolean;
+    count: number;
+    durationMs: number;
+  };
+  if (!verified.ok) throw new Error('the audit chain did not verify');
+  record(
+    `audit verify (GET /v1/audit/verify, ${verified.count} events)`,
+    `${verified.durationMs} ms, ${Math.round(verified.count / (verified.durationMs / 1000))} events/s`,
+  );
+  const rssBefore = process.memoryUsage().rss;
+  let peakRss = rssBefore;
+  const sampler = setInterval(() => {
+    peakRss = Math.max(peakRss, process.memoryUsage().rss);
+  }, 10);
+  const t5 = performance.now();
+  const exportRes = await fetch(`${url}/v1/audit/export`, {
+    headers: { authorization: `Bearer ${adminToken}` },
+  });
+  let bytes = 0;
+  for await (const chunk of exportRes.body as unknown as AsyncIterable<Uint8Array>) bytes += chunk.length;
+  const exportElapsed = performance.now() - t5;
+  clearInterval(sampler);
+  record(
+    `audit export JSONL (${verified.count} events, ${(bytes / 1e6).toFixed(1)} MB)`,
+    `${(exportElapsed / 1000).toFixed(2)} s, peak RSS growth ${((peakRss - rssBefore) / 1e6).toFixed(1)} MB (server and client in one process)`,
   );
 } finally {
   await admin.end();

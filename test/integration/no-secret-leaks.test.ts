@@ -55,6 +55,8 @@ it('no secret value reaches logs, audit events, job payloads or Redis', async ()
     pgInfo().adminPassword,
     env.adminToken,
     env.masterKey,
+    // The audit signing key's material (the PEM's base64 line; the worker signs checkpoints during this run).
+    env.env.KEYTURN_AUDIT_SIGNING_KEY!.split('\n')[1]!,
     vault.rootToken,
     aws.credentials.secretAccessKey,
   ]);

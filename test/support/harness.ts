@@ -1,12 +1,13 @@
 // Test harness: a Keyturn runtime in the test process (API, optionally workers) on its own Redis prefix, worker
 // child processes that can be SIGKILLed, and helpers for the password-checking PostgreSQL of global-setup.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { inject } from 'vitest';
+import type { Clock } from '../../src/clock.ts';
 import { type Component, loadConfig } from '../../src/config/config.ts';
 import { createLogger } from '../../src/logging/logger.ts';
 import { createRuntime, type Runtime } from '../../src/runtime.ts';
@@ -28,6 +29,10 @@ export function testEnv(overrides: Record<string, string> = {}): TestEnv {
   const prefix = `kt-test-${randomBytes(4).toString('hex')}`;
   const adminToken = randomBytes(32).toString('base64url');
   const masterKey = randomBytes(32).toString('base64');
+  // The audit chain's signing key, shared by the in-process runtime and worker child processes.
+  const auditSigningKey = String(
+    generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }),
+  );
   return {
     prefix,
     adminToken,
@@ -37,6 +42,7 @@ export function testEnv(overrides: Record<string, string> = {}): TestEnv {
       KEYTURN_PREFIX: prefix,
       KEYTURN_ADMIN_TOKEN: adminToken,
       KEYTURN_MASTER_KEY: masterKey,
+      KEYTURN_AUDIT_SIGNING_KEY: auditSigningKey,
       KEYTURN_ROTATION_ATTEMPTS: '3',
       KEYTURN_ROTATION_BACKOFF_MS: '200',
       KEYTURN_ROTATION_LEASE_MS: '2000',
@@ -75,7 +81,7 @@ export interface ApiResponse<T> {
 /** Starts Keyturn in this process: API only by default (workers run as child processes), or both. */
 export async function startKeyturn(
   env: TestEnv,
-  options: { components?: Component[] } = {},
+  options: { components?: Component[]; clock?: Clock } = {},
 ): Promise<Keyturn> {
   const config = loadConfig({ ...env.env, KEYTURN_COMPONENTS: (options.components ?? ['api']).join(',') });
   const logs: string[] = [];
@@ -91,6 +97,7 @@ export async function startKeyturn(
     logger,
     adminToken: env.adminToken,
     masterKey: Buffer.from(env.masterKey, 'base64'),
+    ...(options.clock ? { clock: options.clock } : {}),
   });
   const url = (await runtime.start()) as string;
   return {

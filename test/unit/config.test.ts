@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../src/config/config.ts';
 
@@ -258,5 +258,185 @@ describe('loadConfig never echoes a secret', () => {
     const err = configError({ KEYTURN_ADMIN_TOKEN: token, KEYTURN_MASTER_KEY: key, PORT: 'x' });
     expect(messages(err)).not.toContain(token);
     expect(messages(err)).not.toContain(key);
+  });
+});
+
+describe('notifications and the overdue scan', () => {
+  const secret = randomBytes(32).toString('base64url');
+
+  it('are off by default, with the documented defaults', () => {
+    const config = loadConfig({});
+    expect(config.notifications).toEqual({
+      webhookUrls: [],
+      webhookSecret: undefined,
+      events: ['rotation.succeeded', 'rotation.failed', 'credential.overdue'],
+      attempts: 10,
+      backoffMs: 1000,
+      timeoutMs: 5000,
+    });
+    expect(config.overdueScanIntervalMs).toBe(60_000);
+  });
+
+  it('reads every variable', () => {
+    const config = loadConfig({
+      KEYTURN_NOTIFY_WEBHOOK_URLS: ' https://hooks.example.com/keyturn , http://10.0.0.5:8080/x?key=abc ',
+      KEYTURN_NOTIFY_WEBHOOK_SECRET: ` ${secret} `,
+      KEYTURN_NOTIFY_EVENTS: 'credential.overdue, rotation.failed,credential.overdue',
+      KEYTURN_NOTIFY_ATTEMPTS: '100',
+      KEYTURN_NOTIFY_BACKOFF_MS: '10',
+      KEYTURN_NOTIFY_TIMEOUT_MS: '60000',
+      KEYTURN_OVERDUE_SCAN_INTERVAL_MS: '500',
+    });
+    expect(config.notifications).toEqual({
+      webhookUrls: ['https://hooks.example.com/keyturn', 'http://10.0.0.5:8080/x?key=abc'],
+      webhookSecret: secret,
+      events: ['credential.overdue', 'rotation.failed'],
+      attempts: 100,
+      backoffMs: 10,
+      timeoutMs: 60_000,
+    });
+    expect(config.overdueScanIntervalMs).toBe(500);
+  });
+
+  it.each([
+    ['KEYTURN_NOTIFY_WEBHOOK_URLS', 'not a url'],
+    ['KEYTURN_NOTIFY_WEBHOOK_URLS', 'ftp://hooks.example.com/x'],
+    ['KEYTURN_NOTIFY_WEBHOOK_URLS', 'https://ok.example.com,redis://cache:6379'],
+    ['KEYTURN_NOTIFY_EVENTS', 'rotation.started'],
+    ['KEYTURN_NOTIFY_EVENTS', 'rotation.succeeded,secret.read'],
+    ['KEYTURN_NOTIFY_EVENTS', ','],
+    ['KEYTURN_NOTIFY_ATTEMPTS', '0'],
+    ['KEYTURN_NOTIFY_ATTEMPTS', '101'],
+    ['KEYTURN_NOTIFY_BACKOFF_MS', '9'],
+    ['KEYTURN_NOTIFY_BACKOFF_MS', 'soon'],
+    ['KEYTURN_NOTIFY_TIMEOUT_MS', '99'],
+    ['KEYTURN_NOTIFY_TIMEOUT_MS', '60001'],
+    ['KEYTURN_OVERDUE_SCAN_INTERVAL_MS', '499'],
+    ['KEYTURN_OVERDUE_SCAN_INTERVAL_MS', '86400001'],
+  ])('%s=%s is one problem naming the variable', (name, value) => {
+    const err = configError({
+      KEYTURN_NOTIFY_WEBHOOK_URLS: 'https://hooks.example.com/keyturn',
+      KEYTURN_NOTIFY_WEBHOOK_SECRET: secret,
+      [name]: value,
+    });
+    expect(err.problems).toHaveLength(1);
+    expect(err.problems[0]).toContain(name);
+  });
+
+  it('a webhook URL needs a secret of at least 32 characters', () => {
+    const missing = configError({ KEYTURN_NOTIFY_WEBHOOK_URLS: 'https://hooks.example.com/keyturn' });
+    expect(missing.problems).toEqual([expect.stringMatching(/KEYTURN_NOTIFY_WEBHOOK_SECRET is required/)]);
+    const short = `s-${randomBytes(8).toString('hex')}`;
+    const err = configError({
+      KEYTURN_NOTIFY_WEBHOOK_URLS: 'https://hooks.example.com/keyturn',
+      KEYTURN_NOTIFY_WEBHOOK_SECRET: short,
+    });
+    expect(err.problems).toHaveLength(1);
+    expect(err.problems[0]).toContain('at least 32 characters');
+    expect([err.message, String(err.stack)].join('\n')).not.toContain(short);
+  });
+
+  it('never echoes a webhook URL (its path or user may hold a token), only its position', () => {
+    const token = randomBytes(12).toString('hex');
+    for (const url of [`ftp://hooks.example.com/${token}`, `https://user:${token}@hooks.example.com/x`]) {
+      const err = configError({
+        KEYTURN_NOTIFY_WEBHOOK_URLS: `https://ok.example.com,${url}`,
+        KEYTURN_NOTIFY_WEBHOOK_SECRET: secret,
+      });
+      expect(err.problems).toEqual([expect.stringContaining('KEYTURN_NOTIFY_WEBHOOK_URLS entry 2')]);
+      expect(err.message).not.toContain(token);
+      expect(err.message).not.toContain(secret);
+    }
+  });
+});
+
+describe('the audit chain settings', () => {
+  it('has the documented defaults: no archive (never trimmed), 400 days retention, 92 in the stream', () => {
+    expect(loadConfig({}).audit).toEqual({
+      checkpointEvents: 1000,
+      checkpointIntervalMs: 60_000,
+      archiveDir: undefined,
+      retentionDays: 400,
+      streamDays: 92,
+    });
+  });
+
+  it('reads an Ed25519 signing key, files and periods', () => {
+    const pem = String(generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }));
+    const audit = loadConfig({
+      KEYTURN_AUDIT_SIGNING_KEY: pem,
+      KEYTURN_AUDIT_PUBLIC_KEY_FILE: '/etc/keyturn/audit-public.pem',
+      KEYTURN_AUDIT_CHECKPOINT_EVENTS: '500',
+      KEYTURN_AUDIT_CHECKPOINT_INTERVAL_MS: '10000',
+      KEYTURN_AUDIT_ARCHIVE_DIR: '/var/lib/keyturn/audit',
+      KEYTURN_AUDIT_RETENTION_DAYS: '730',
+      KEYTURN_AUDIT_STREAM_DAYS: '30',
+    }).audit;
+    expect(audit).toMatchObject({
+      signingKey: pem.trim(),
+      publicKeyFile: '/etc/keyturn/audit-public.pem',
+      checkpointEvents: 500,
+      checkpointIntervalMs: 10_000,
+      archiveDir: '/var/lib/keyturn/audit',
+      retentionDays: 730,
+      streamDays: 30,
+    });
+  });
+
+  it.each([
+    ['KEYTURN_AUDIT_SIGNING_KEY', 'not a key', /not a PEM private key/],
+    [
+      'KEYTURN_AUDIT_SIGNING_KEY',
+      String(
+        generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({
+          type: 'pkcs8',
+          format: 'pem',
+        }),
+      ),
+      /must be an Ed25519 key, got ec/,
+    ],
+    ['KEYTURN_AUDIT_CHECKPOINT_EVENTS', '0', /KEYTURN_AUDIT_CHECKPOINT_EVENTS/],
+    ['KEYTURN_AUDIT_RETENTION_DAYS', 'a year', /KEYTURN_AUDIT_RETENTION_DAYS/],
+    ['KEYTURN_AUDIT_STREAM_DAYS', '401', /KEYTURN_AUDIT_STREAM_DAYS must not be longer/],
+  ])('%s: one clear problem, never the key', (name, value, message) => {
+    const err = configError({ [name]: value });
+    expect(err.problems).toHaveLength(1);
+    expect(err.problems[0]).toMatch(message);
+    if (value.includes('PRIVATE KEY')) expect(err.message).not.toContain(value.split('\n')[1]);
+  });
+
+  it('refuses both the key and a key file', () => {
+    const pem = String(generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }));
+    const err = configError({ KEYTURN_AUDIT_SIGNING_KEY: pem, KEYTURN_AUDIT_SIGNING_KEY_FILE: '/k.pem' });
+    expect(err.problems).toEqual([
+      'KEYTURN_AUDIT_SIGNING_KEY and KEYTURN_AUDIT_SIGNING_KEY_FILE exclude each other: set one',
+    ]);
+  });
+});
+
+describe('loadConfig: the event stream (GET /v1/events)', () => {
+  it('defaults to a 15 s heartbeat and 1000 streams per process', () => {
+    expect(loadConfig({}).events).toEqual({ heartbeatMs: 15_000, maxClients: 1000 });
+  });
+
+  it('reads KEYTURN_EVENTS_HEARTBEAT_MS and KEYTURN_EVENTS_MAX_CLIENTS', () => {
+    expect(
+      loadConfig({ KEYTURN_EVENTS_HEARTBEAT_MS: '100', KEYTURN_EVENTS_MAX_CLIENTS: '100000' }).events,
+    ).toEqual({ heartbeatMs: 100, maxClients: 100_000 });
+  });
+
+  it.each([
+    [
+      'KEYTURN_EVENTS_HEARTBEAT_MS',
+      '99',
+      'KEYTURN_EVENTS_HEARTBEAT_MS must be between 100 and 300000, got 99',
+    ],
+    ['KEYTURN_EVENTS_HEARTBEAT_MS', '15s', 'KEYTURN_EVENTS_HEARTBEAT_MS must be a whole number'],
+    ['KEYTURN_EVENTS_MAX_CLIENTS', '0', 'KEYTURN_EVENTS_MAX_CLIENTS must be between 1 and 100000, got 0'],
+    ['KEYTURN_EVENTS_MAX_CLIENTS', 'many', 'KEYTURN_EVENTS_MAX_CLIENTS must be a whole number'],
+  ])('%s=%s: one problem naming the variable', (name, value, message) => {
+    const err = configError({ [name]: value });
+    expect(err.problems).toHaveLength(1);
+    expect(err.problems[0]).toContain(message);
   });
 });

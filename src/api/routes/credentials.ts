@@ -50,7 +50,10 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
       return reply
         .code(201)
         .header('location', `/v1/credentials/${credential.spec.id}`)
-        .send({ ...credentialView(credential), rotation: rotation ? rotationSummary(rotation) : null });
+        .send({
+          ...credentialView(credential, ctx.clock.now()),
+          rotation: rotation ? rotationSummary(rotation) : null,
+        });
     },
   );
 
@@ -60,7 +63,7 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
     async (request) => {
       const { label, status, overdue } = request.query;
       const [labelKey, labelValue] = label ? label.split(/[:=](.*)/s) : [];
-      const now = Date.now();
+      const now = ctx.clock.now();
       const credentials = (await ctx.registry.listCredentials()).filter(
         (c) =>
           (!status || c.state.status === status) &&
@@ -77,7 +80,10 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
     async (request) => {
       const credential = await ctx.registry.getCredential(request.params.id);
       const inflight = await ctx.rotations.inflight(credential.spec.id);
-      return { ...credentialView(credential), rotation: inflight ? rotationSummary(inflight) : null };
+      return {
+        ...credentialView(credential, ctx.clock.now()),
+        rotation: inflight ? rotationSummary(inflight) : null,
+      };
     },
   );
 
@@ -88,6 +94,7 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
       checkDurations(request.body);
       return credentialView(
         await ctx.service.updateCredential(request.params.id, request.body, actorOf(request)),
+        ctx.clock.now(),
       );
     },
   );

@@ -1,0 +1,78 @@
+// What GET /v1/events sends, and how: one `rotation` event per finished rotation, taken from the audit stream's
+// `rotation.succeeded` and `rotation.failed` events, written in the text/event-stream format (WHATWG HTML,
+// "Server-sent events"). Nothing secret is in an event: the active username is what a service connects as, and
+// it is in the secret read's answer too, but never a password, a store path or an error message.
+import type { AuditEvent } from '../audit/audit-log.ts';
+
+export interface RotationEvent {
+  /** The audit stream id: the event's `id:` line, and what a client sends back as Last-Event-ID. */
+  id: string;
+  credential: string;
+  rotation: string;
+  /** The new version (succeeded); null when the rotation failed and the credential kept the version it had. */
+  version: string | null;
+  outcome: 'succeeded' | 'failed';
+  /** The username now current (alternating users switch it at each rotation); null for a failed rotation. */
+  username: string | null;
+  /** When the rotation ended (its audit event's time). */
+  time: string;
+}
+
+/** The rotation event an audit event stands for, or undefined for every other audit event. */
+export function rotationEventOf(event: AuditEvent): RotationEvent | undefined {
+  if (event.action !== 'rotation.succeeded' && event.action !== 'rotation.failed') return undefined;
+  if (!event.credential || !event.rotation) return undefined;
+  const succeeded = event.action === 'rotation.succeeded';
+  const text = (value: unknown) => (typeof value === 'string' ? value : null);
+  return {
+    id: event.id,
+    credential: event.credential,
+    rotation: event.rotation,
+    version: succeeded ? (text(event.details?.version) ?? event.rotation) : null,
+    outcome: succeeded ? 'succeeded' : 'failed',
+    username: succeeded ? text(event.details?.username) : null,
+    time: event.time,
+  };
+}
+
+/** Audit actions after which a credential's labels (which reader bindings may match) must be read again. */
+export function changesCredential(event: AuditEvent): boolean {
+  return event.action.startsWith('credential.') && event.credential !== undefined;
+}
+
+/** Redis stream ids ("<ms>-<seq>") in stream order: negative, zero or positive. */
+export function compareStreamIds(a: string, b: string): number {
+  const [am = 0n, as = 0n] = a.split('-').map((part) => BigInt(part));
+  const [bm = 0n, bs = 0n] = b.split('-').map((part) => BigInt(part));
+  if (am !== bm) return am < bm ? -1 : 1;
+  return as === bs ? 0 : as < bs ? -1 : 1;
+}
+
+/** The start of every stream: an id before any entry. */
+export const STREAM_START = '0-0';
+
+// The wire format. A message ends with a blank line; a line starting with ":" is a comment that EventSource
+// ignores (the heartbeat); a message with an `id:` but no `data:` dispatches nothing yet moves the client's
+// last event id, which is how an idle stream keeps its resume point recent.
+
+export function sseEvent(type: string, data: unknown, id?: string): string {
+  // JSON.stringify escapes newlines inside strings: the data is always one line.
+  return `${id === undefined ? '' : `id: ${id}\n`}event: ${type}\ndata: ${JSON.stringify(data)}\n\n`;
+}
+
+export function sseRotation(event: RotationEvent): string {
+  const { id, ...data } = event;
+  return sseEvent('rotation', data, id);
+}
+
+export function sseComment(text: string): string {
+  return `: ${text}\n\n`;
+}
+
+export function sseId(id: string): string {
+  return `id: ${id}\n\n`;
+}
+
+export function sseRetry(ms: number): string {
+  return `retry: ${ms}\n\n`;
+}

@@ -1,0 +1,237 @@
+// Prometheus metrics of one runtime (prom-client). Each runtime has its own registry, so that several runtimes in
+// one process (the tests) never share or double-register a series; the Node process metrics, which describe the
+// process and not a runtime, are collected once per process and merged into every scrape.
+//
+// Two kinds of series:
+//   recorded  counted where things happen, in this process: rotations that ended here, HTTP requests answered
+//             here, audit appends made here. A Prometheus sum over all pods gives the fleet's totals.
+//   computed  read from Redis at scrape time (overdue credentials, credentials by status, queue depth): the same
+//             fleet-wide value from whichever pod is scraped, so dashboards take max() over pods, not sum().
+//
+// Labels are types, outcomes, route patterns and queue names only: never a credential, connection or rotation id
+// (a fleet has thousands; each would be a series), never a username, never anything secret (I5).
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { isOverdue } from '../api/views.ts';
+import { type Clock, systemClock } from '../clock.ts';
+import type { Logger } from '../logging/logger.ts';
+import type { Credential, CredentialStatus } from '../registry/types.ts';
+import type { RotationEnd, RotationObserver } from '../rotation/engine.ts';
+
+/** What a queue must answer for the depth gauge: BullMQ's Queue does. */
+export interface CountedQueue {
+  readonly name: string;
+  getJobCounts(...states: QueueState[]): Promise<Record<string, number>>;
+}
+
+export interface MetricSources {
+  /** Every registered credential: the overdue and status gauges. */
+  credentials(): Promise<Credential[]>;
+  /** Every queue whose depth is reported. */
+  queues(): readonly CountedQueue[];
+}
+
+export interface MetricsOptions {
+  sources: MetricSources;
+  logger: Logger;
+  /** Connection types whose rotation series start at zero (so that rate() works before the first rotation). */
+  targetTypes: readonly string[];
+  /** The time the overdue rule is judged by: the compliance report's clock, so that both always agree. */
+  clock?: Clock;
+}
+
+export const QUEUE_STATES = ['waiting', 'active', 'delayed', 'prioritized', 'failed'] as const;
+export type QueueState = (typeof QUEUE_STATES)[number];
+const CREDENTIAL_STATUSES: readonly CredentialStatus[] = ['pending', 'active', 'rotating', 'failed'];
+
+// 10 ms (a local store and a near database) to 10 minutes (retries with backoff against a flaky downstream).
+const ROTATION_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
+// One XADD on a healthy Redis is well under a millisecond; seconds mean Redis is in trouble.
+const AUDIT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+const HTTP_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+// Like the readiness probe: a scrape must answer even when Redis does not (the queue connection waits forever).
+const SOURCE_TIMEOUT_MS = 2000;
+
+let processRegistry: Registry | undefined;
+/** The Node process metrics (CPU, memory, event loop, GC): one set per process, whatever the runtimes in it. */
+function processMetrics(): Registry {
+  if (!processRegistry) {
+    processRegistry = new Registry();
+    collectDefaultMetrics({ register: processRegistry });
+  }
+  return processRegistry;
+}
+
+async function bounded<T>(what: string, work: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`${what} did not answer within ${SOURCE_TIMEOUT_MS} ms`)),
+      SOURCE_TIMEOUT_MS,
+    );
+  });
+  try {
+    return await Promise.race([work, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export class Metrics implements RotationObserver {
+  readonly registry = new Registry();
+  readonly #log: Logger;
+  readonly #rotations: Counter<'outcome' | 'target'>;
+  readonly #rotationSeconds: Histogram<'outcome' | 'target'>;
+  readonly #auditAppendSeconds: Histogram;
+  readonly #httpRequests: Counter<'method' | 'route' | 'status_class'>;
+  readonly #httpSeconds: Histogram<'method' | 'route' | 'status_class'>;
+
+  constructor(options: MetricsOptions) {
+    const { sources } = options;
+    const registers = [this.registry];
+    const clock = options.clock ?? systemClock;
+    this.#log = options.logger.child({ component: 'metrics' });
+    this.#rotations = new Counter({
+      name: 'keyturn_rotations_total',
+      help: 'Rotations that ended in this process, by outcome and connection type.',
+      labelNames: ['outcome', 'target'],
+      registers,
+    });
+    this.#rotationSeconds = new Histogram({
+      name: 'keyturn_rotation_duration_seconds',
+      help: "Time from a rotation's first start to its end (retries and backoff included), by outcome and connection type.",
+      labelNames: ['outcome', 'target'],
+      buckets: ROTATION_BUCKETS,
+      registers,
+    });
+    for (const target of options.targetTypes) {
+      for (const outcome of ['succeeded', 'failed'] as const) {
+        this.#rotations.inc({ outcome, target }, 0);
+        this.#rotationSeconds.zero({ outcome, target });
+      }
+    }
+    this.#auditAppendSeconds = new Histogram({
+      name: 'keyturn_audit_append_duration_seconds',
+      help: 'Time to append one audit event to the stream, in this process.',
+      buckets: AUDIT_BUCKETS,
+      registers,
+    });
+    this.#httpRequests = new Counter({
+      name: 'keyturn_http_requests_total',
+      help: 'HTTP requests answered, by method, route pattern and status class.',
+      labelNames: ['method', 'route', 'status_class'],
+      registers,
+    });
+    this.#httpSeconds = new Histogram({
+      name: 'keyturn_http_request_duration_seconds',
+      help: 'Time to answer an HTTP request, by method, route pattern and status class.',
+      labelNames: ['method', 'route', 'status_class'],
+      buckets: HTTP_BUCKETS,
+      registers,
+    });
+    const sourceErrors = new Counter({
+      name: 'keyturn_metrics_source_errors_total',
+      help: 'Scrapes in which a computed series could not be read (Redis away or slow); the series is then absent.',
+      labelNames: ['source'],
+      registers,
+    });
+    for (const source of ['registry', 'queues']) sourceErrors.inc({ source }, 0);
+    const log = this.#log;
+
+    // The two registry gauges come from one read of the credentials per scrape.
+    let credentialsRead: Promise<Credential[]> | undefined;
+    const readCredentials = () => {
+      credentialsRead ??= bounded('the registry', sources.credentials()).finally(() => {
+        credentialsRead = undefined;
+      });
+      return credentialsRead;
+    };
+    new Gauge({
+      name: 'keyturn_credentials_overdue',
+      help: 'Credentials past their policy: older than maxAgeDays, or their scheduled rotation more than an hour late.',
+      registers,
+      async collect() {
+        try {
+          const credentials = await readCredentials();
+          const at = clock.now();
+          this.set(credentials.filter((c) => isOverdue(c, at)).length);
+        } catch (err) {
+          this.reset();
+          sourceErrors.inc({ source: 'registry' });
+          log.warn({ err: { message: (err as Error).message } }, 'overdue credentials could not be counted');
+        }
+      },
+    });
+    new Gauge({
+      name: 'keyturn_credentials',
+      help: 'Registered credentials by status.',
+      labelNames: ['status'],
+      registers,
+      async collect() {
+        try {
+          const credentials = await readCredentials();
+          this.reset();
+          for (const status of CREDENTIAL_STATUSES) this.set({ status }, 0);
+          for (const c of credentials) this.inc({ status: c.state.status });
+        } catch {
+          // Counted and logged once, by the overdue gauge's read of the same source.
+          this.reset();
+        }
+      },
+    });
+    new Gauge({
+      name: 'keyturn_queue_jobs',
+      help: 'Jobs in each BullMQ queue, by state.',
+      labelNames: ['queue', 'state'],
+      registers,
+      async collect() {
+        try {
+          const counts = await bounded(
+            'the queues',
+            Promise.all(
+              sources.queues().map(async (q) => [q.name, await q.getJobCounts(...QUEUE_STATES)] as const),
+            ),
+          );
+          this.reset();
+          for (const [queue, byState] of counts) {
+            for (const state of QUEUE_STATES) this.set({ queue, state }, byState[state] ?? 0);
+          }
+        } catch (err) {
+          this.reset();
+          sourceErrors.inc({ source: 'queues' });
+          log.warn({ err: { message: (err as Error).message } }, 'queue depths could not be read');
+        }
+      },
+    });
+  }
+
+  /** RotationObserver: called by the engine after a rotation's terminal commit. */
+  rotationEnded(end: RotationEnd): void {
+    this.#rotations.inc({ outcome: end.outcome, target: end.target });
+    this.#rotationSeconds.observe({ outcome: end.outcome, target: end.target }, end.seconds);
+  }
+
+  /** AuditLog.onAppendLatency. */
+  auditAppended(seconds: number): void {
+    this.#auditAppendSeconds.observe(seconds);
+  }
+
+  /** `route` is the matched route's pattern ("/v1/credentials/:id"), never the URL the client sent. */
+  httpAnswered(request: { method: string; route: string; statusCode: number; seconds: number }): void {
+    const labels = {
+      method: request.method,
+      route: request.route,
+      status_class: `${Math.floor(request.statusCode / 100)}xx`,
+    };
+    this.#httpRequests.inc(labels);
+    this.#httpSeconds.observe(labels, request.seconds);
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** The exposition text: this runtime's series and the process's. */
+  async text(): Promise<string> {
+    return Registry.merge([this.registry, processMetrics()]).metrics();
+  }
+}
