@@ -41,6 +41,9 @@ COPY --from=build /app/dist ./dist
 # The only writable app path: development secrets when no token or key is given
 # (the local secret store itself lives, sealed, in Redis).
 RUN mkdir -p /app/.keyturn && chown node:node /app/.keyturn && chmod 0700 /app/.keyturn
+# The audit archive's day files (KEYTURN_AUDIT_ARCHIVE_DIR); owned by the app user so that a named volume
+# mounted here starts writable.
+RUN mkdir -p /var/lib/keyturn/audit && chown node:node /var/lib/keyturn/audit && chmod 0750 /var/lib/keyturn/audit
 
 USER node
 EXPOSE 8080

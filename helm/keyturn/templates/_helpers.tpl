@@ -66,7 +66,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- else if .Values.secrets.existingSecret }}
 {{- .Values.secrets.existingSecret }}
 {{- else }}
-{{- fail "set secrets.existingSecret to a Secret with keys KEYTURN_ADMIN_TOKEN and KEYTURN_MASTER_KEY, or secrets.create=true" }}
+{{- fail "set secrets.existingSecret to a Secret with keys KEYTURN_ADMIN_TOKEN, KEYTURN_MASTER_KEY and KEYTURN_AUDIT_SIGNING_KEY, or secrets.create=true" }}
 {{- end }}
 {{- end }}
 
@@ -112,6 +112,22 @@ app.kubernetes.io/component: {{ .component }}
     secretKeyRef:
       name: {{ include "keyturn.secretName" .root }}
       key: KEYTURN_MASTER_KEY
+# Signs audit checkpoints (workers); the API derives the public key from it. A worker refuses to start in
+# production without it.
+- name: KEYTURN_AUDIT_SIGNING_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "keyturn.secretName" .root }}
+      key: KEYTURN_AUDIT_SIGNING_KEY
+      optional: {{ ne .component "worker" }}
+{{- if and (eq .component "worker") $v.storage.auditArchive.existingClaim }}
+- name: KEYTURN_AUDIT_ARCHIVE_DIR
+  value: /var/lib/keyturn/audit
+- name: KEYTURN_AUDIT_STREAM_DAYS
+  value: {{ $v.storage.auditArchive.streamDays | quote }}
+- name: KEYTURN_AUDIT_RETENTION_DAYS
+  value: {{ $v.storage.auditArchive.retentionDays | quote }}
+{{- end }}
 {{- with $v.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -203,6 +219,10 @@ spec:
           mountPath: /app/.keyturn
         - name: tmp
           mountPath: /tmp
+        {{- if and (eq .component "worker") $v.storage.auditArchive.existingClaim }}
+        - name: audit-archive
+          mountPath: /var/lib/keyturn/audit
+        {{- end }}
   volumes:
     - name: data
       {{- if $v.storage.data.existingClaim }}
@@ -215,6 +235,11 @@ spec:
     - name: tmp
       emptyDir:
         sizeLimit: {{ $v.storage.tmp.sizeLimit }}
+    {{- if and (eq .component "worker") $v.storage.auditArchive.existingClaim }}
+    - name: audit-archive
+      persistentVolumeClaim:
+        claimName: {{ $v.storage.auditArchive.existingClaim }}
+    {{- end }}
   {{- with $cfg.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
