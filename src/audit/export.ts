@@ -7,6 +7,7 @@
 // for verification.
 import type { KeyObject } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { type CsvValue, csvRecord, spreadsheetSafe } from '../csv.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import {
   type ChainRecord,
@@ -76,95 +77,54 @@ const CSV_COLUMNS = [
   'signature',
 ] as const;
 
-/**
- * One CSV field (RFC 4180). A text that a spreadsheet would run as a formula (=, +, -, @ first) gets a leading
- * apostrophe: actor names come from tokens and JWT subjects, which a caller chooses.
- */
-export function csvField(value: string | number | null | undefined): string {
-  if (value === null || value === undefined) return '';
-  let text = String(value);
-  if (typeof value === 'string' && /^[=+\-@\t\r]/.test(text)) text = `'${text}`;
-  return /[",\r\n]|^\s|\s$/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
-}
+type CsvColumn = (typeof CSV_COLUMNS)[number];
 
-function csvRow(values: Array<string | number | null | undefined>): string {
-  return `${values.map(csvField).join(',')}\r\n`;
+function csvRow(row: Partial<Record<CsvColumn, CsvValue>>): string {
+  return csvRecord(CSV_COLUMNS.map((column) => spreadsheetSafe(row[column])));
 }
 
 export async function* csvLines(records: AsyncIterable<ExportRecord>): AsyncGenerator<string> {
-  yield csvRow([...CSV_COLUMNS]);
+  yield csvRecord(CSV_COLUMNS);
   for await (const r of records) {
     if (r.type === 'header') {
-      yield csvRow([
-        'header',
-        null,
-        r.from.seq,
-        r.exportedAt,
-        null,
-        null,
-        null,
-        null,
-        null,
-        null,
-        JSON.stringify(r.filters),
-        null,
-        null,
-        r.from.hash,
-      ]);
+      yield csvRow({
+        type: 'header',
+        seq: r.from.seq,
+        time: r.exportedAt,
+        details: JSON.stringify(r.filters),
+        hash: r.from.hash,
+      });
     } else if (r.type === 'checkpoint') {
-      yield csvRow([
-        'checkpoint',
-        r.id,
-        r.seq,
-        r.time,
-        null,
-        null,
-        null,
-        null,
-        null,
-        null,
-        null,
-        null,
-        r.prevCheckpoint,
-        r.hash,
-        r.n,
-        r.keyId,
-        r.sig,
-      ]);
+      yield csvRow({
+        type: 'checkpoint',
+        id: r.id,
+        seq: r.seq,
+        time: r.time,
+        prev: r.prevCheckpoint,
+        hash: r.hash,
+        checkpoint: r.n,
+        key_id: r.keyId,
+        signature: r.sig,
+      });
     } else if (r.type === 'omitted') {
-      yield csvRow([
-        'omitted',
-        r.id,
-        r.seq,
-        null,
-        null,
-        null,
-        null,
-        null,
-        null,
-        null,
-        null,
-        r.digest,
-        r.prev,
-        r.hash,
-      ]);
+      yield csvRow({ type: 'omitted', id: r.id, seq: r.seq, digest: r.digest, prev: r.prev, hash: r.hash });
     } else {
-      yield csvRow([
-        'event',
-        r.id,
-        r.seq,
-        r.time,
-        r.actor,
-        r.action,
-        r.outcome,
-        r.credential,
-        r.connection,
-        r.rotation,
-        r.details ? JSON.stringify(r.details) : null,
-        r.digest,
-        r.prev,
-        r.hash,
-      ]);
+      yield csvRow({
+        type: 'event',
+        id: r.id,
+        seq: r.seq,
+        time: r.time,
+        actor: r.actor,
+        action: r.action,
+        outcome: r.outcome,
+        credential: r.credential,
+        connection: r.connection,
+        rotation: r.rotation,
+        details: r.details ? JSON.stringify(r.details) : null,
+        digest: r.digest,
+        prev: r.prev,
+        hash: r.hash,
+      });
     }
   }
 }

@@ -2,9 +2,9 @@
 // outcome, with totals, as of the runtime's clock. Evidence for PCI DSS 8.6 / SOC 2 CC6.1 that credentials are
 // rotated within policy; it reads the registry only, never a secret.
 import type { Clock } from '../clock.ts';
+import { type CsvValue, csvRecord } from '../csv.ts';
 import type { Registry } from '../registry/registry.ts';
 import type { Credential, CredentialStatus } from '../registry/types.ts';
-import { type CsvValue, csvRecord } from './csv.ts';
 import { DAY_MS, isOverdue, neverRotated, passwordSetAt, policyDeadline } from './policy.ts';
 
 export interface ComplianceFilter {

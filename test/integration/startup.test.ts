@@ -1,7 +1,8 @@
 // Start-up: configuration errors are reported at once, one per variable, with nothing secret echoed; production
 // refuses to run on development secrets; with no Redis at the default address a private redis-server is started.
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -41,6 +42,23 @@ describe('start-up', () => {
     const r = run({ NODE_ENV: 'production', KEYTURN_STATE_DIR: state, PORT: '0' });
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/KEYTURN_ADMIN_TOKEN is required when NODE_ENV=production/);
+  });
+
+  it('refuses to start workers in production without the audit signing key, and leaves no key behind', () => {
+    const state = mkdtempSync(join(tmpdir(), 'keyturn-state-'));
+    const r = run({
+      NODE_ENV: 'production',
+      KEYTURN_STATE_DIR: state,
+      PORT: '0',
+      KEYTURN_ADMIN_TOKEN: randomBytes(32).toString('base64'),
+      KEYTURN_MASTER_KEY: randomBytes(32).toString('base64'),
+      KEYTURN_PREFIX: `kt-test-${randomBytes(4).toString('hex')}`,
+    });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(
+      /KEYTURN_AUDIT_SIGNING_KEY or KEYTURN_AUDIT_SIGNING_KEY_FILE is required for workers/,
+    );
+    expect(readdirSync(state)).toEqual([]);
   });
 });
 

@@ -11,3 +11,11 @@ export function csvField(value: CsvValue): string {
 export function csvRecord(values: readonly CsvValue[]): string {
   return `${values.map(csvField).join(',')}\r\n`;
 }
+
+/**
+ * A text a spreadsheet would run as a formula (=, +, -, @, tab or CR first) gets a leading apostrophe. For columns
+ * whose values a caller chooses, such as the audit trail's actor names (token names, JWT subjects).
+ */
+export function spreadsheetSafe(value: CsvValue): CsvValue {
+  return typeof value === 'string' && /^[=+\-@\t\r]/.test(value) ? `'${value}` : value;
+}
