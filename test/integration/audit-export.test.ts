@@ -4,7 +4,7 @@
 // checkpoint) is named at the first bad line. GET /v1/audit/verify reports a stream it cannot vouch for; filtered
 // and CSV exports; events show their place in the chain on GET /v1/audit.
 import { execFile, spawnSync } from 'node:child_process';
-import { generateKeyPairSync } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,6 +20,8 @@ import {
 } from '../../src/audit/chain.ts';
 import { verifyExportLines } from '../../src/audit/export.ts';
 import { parsePublicKeys } from '../../src/audit/signing.ts';
+import { RedisKeys } from '../../src/registry/keys.ts';
+import { newSealer } from '../support/audit-chain.ts';
 import { dropPrefix, type Keyturn, startKeyturn, testEnv } from '../support/harness.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -127,6 +129,43 @@ describe('offline verification with only the public key', () => {
       checked++;
     }
     expect(checked).toBeGreaterThan(100);
+  });
+
+  it('ends on a checkpoint even while events keep coming, so it is signed to its last line', async () => {
+    // A second sealer seals each event at once (never checkpointing): the head moves past the export's checkpoint
+    // while the export is read, as it does under load.
+    const eager = newSealer(
+      kt.runtime.ctx.redis,
+      new RedisKeys(env.prefix),
+      kt.runtime.ctx.auditTrail,
+      createPrivateKey(env.env.KEYTURN_AUDIT_SIGNING_KEY!),
+    );
+    let appending = true;
+    const appender = (async () => {
+      while (appending) {
+        await eager.sealOnce();
+        await kt.runtime.ctx.audit.append({
+          actor: 'busy',
+          action: 'secret.read',
+          outcome: 'success',
+          credential: 'cred-busy',
+        });
+        await new Promise((resolve) => setTimeout(resolve, 2));
+      }
+    })();
+    try {
+      for (let i = 0; i < 3; i++) {
+        const res = await kt.api('GET', '/v1/audit/export');
+        expect(res.headers.get('keyturn-signed-to-end')).toBe('true');
+        const last = JSON.parse(res.text.trim().split('\n').at(-1)!);
+        expect(last.type).toBe('checkpoint');
+        const result = await verifyText(res.text);
+        expect(result).toMatchObject({ ok: true, unsigned: 0 });
+      }
+    } finally {
+      appending = false;
+      await appender;
+    }
   });
 
   it('fails with a different public key, and without one says so', async () => {

@@ -5,6 +5,7 @@ import { Readable } from 'node:stream';
 import type { FastifyPluginAsync } from 'fastify';
 import { csvLines, idRange, jsonlLines } from '../../audit/export.ts';
 import { publicKeyPem } from '../../audit/signing.ts';
+import { compareStreamIds } from '../../audit/verifier.ts';
 import type { ApiContext } from '../context.ts';
 import { ApiError } from '../errors.ts';
 import { AuditExportQuery, AuditQuerySchema, AuditVerifyQuery } from '../schemas.ts';
@@ -78,9 +79,17 @@ export const auditRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, 
       // worker it goes out anyway and its verification reports the unsigned tail.
       const signed = await ctx.auditTrail.signUpToNow(SIGN_WAIT_MS);
       const format = q.format ?? 'jsonl';
+      const range = idRange(since, until);
+      if (signed) {
+        // End on that checkpoint: events appended meanwhile (secret reads go on) would be an unsigned tail.
+        const checkpoint = (await ctx.auditTrail.store.head()).checkpoint;
+        if (checkpoint && (range.end === '+' || compareStreamIds(checkpoint.id, range.end) < 0)) {
+          range.end = checkpoint.id;
+        }
+      }
       const records = ctx.auditTrail.export(
         {
-          ...idRange(since, until),
+          ...range,
           filter: {
             ...(q.credential ? { credential: q.credential } : {}),
             ...(q.actor ? { actor: q.actor } : {}),
