@@ -110,12 +110,7 @@ export class AuditArchiver {
       const [last] = (await this.#redis.xrevrange(this.#keys.audit(), end, start, 'COUNT', 1)) as Entry[];
       if (last) {
         // The day must be sealed and signed to its last event first (the sealer signs every day's end).
-        const [signed] = (await this.#redis.xrange(
-          this.#keys.auditCheckpoints(),
-          last[0],
-          last[0],
-        )) as Entry[];
-        if (!signed) return written;
+        if (!(await this.#store.checkpointAt(last[0]))) return written;
       }
       const name = archiveFileName(d);
       const path = join(this.#settings.dir, name);
@@ -170,38 +165,22 @@ export class AuditArchiver {
     const streamStartDay = Math.floor(this.#clock.now() / DAY_MS) - this.#settings.streamDays;
     const cutoffDay = Math.min(archivedDay + 1, streamStartDay);
     const cutoff = `${cutoffDay * DAY_MS}-0`;
-    const [lastBefore] = (await this.#redis.xrevrange(
-      this.#keys.auditChain(),
-      `(${cutoff}`,
-      '-',
-      'COUNT',
-      1,
-    )) as Entry[];
-    if (!lastBefore) return null;
-    const f = lastBefore[1];
-    const get = (name: string) => f[f.indexOf(name) + 1] ?? '';
-    const [cp] = (await this.#redis.xrevrange(
-      this.#keys.auditCheckpoints(),
-      `(${cutoff}`,
-      '-',
-      'COUNT',
-      1,
-    )) as Entry[];
-    const anchor = await this.#store.anchor();
-    const checkpoint = cp ? (cp[1][cp[1].indexOf('c') + 1] ?? '') : JSON.stringify(anchor.checkpoint);
+    // The last sealed position before the cutoff becomes the anchor (the anchor itself when nothing is left to trim).
+    const { position, checkpoint } = await this.#store.positionBefore(cutoff);
+    if (!position.id) return null;
     // The anchor and the trim go together: verification never sees a stream without its starting point.
     await this.#redis
       .multi()
       .hset(
         this.#keys.auditAnchor(),
         'id',
-        lastBefore[0],
+        position.id,
         'seq',
-        get('s'),
+        String(position.seq),
         'hash',
-        get('h'),
+        position.hash,
         'checkpoint',
-        checkpoint,
+        JSON.stringify(checkpoint),
       )
       .xtrim(this.#keys.audit(), 'MINID', cutoff)
       .xtrim(this.#keys.auditChain(), 'MINID', cutoff)

@@ -111,6 +111,13 @@ export class ChainStore {
     };
   }
 
+  /** The checkpoint that vouches for the event `id`, if there is one (and it was not trimmed). */
+  async checkpointAt(id: string): Promise<CheckpointRecord | null> {
+    const [entry] = (await this.#redis.xrange(this.#keys.auditCheckpoints(), id, id)) as Entry[];
+    const json = entry ? field(entry[1], 'c') : undefined;
+    return json ? (JSON.parse(json) as CheckpointRecord) : null;
+  }
+
   /** The chain position just before `id` (exclusive), and the last checkpoint before it. */
   async positionBefore(
     id: string,

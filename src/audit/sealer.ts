@@ -196,18 +196,12 @@ export class AuditSealer {
     const n = (head.checkpoint?.n ?? 0) + 1;
     let prevCheckpoint = GENESIS_HASH;
     if (head.checkpoint) {
-      const [entry] = (await this.#redis.xrange(
-        this.#keys.auditCheckpoints(),
-        head.checkpoint.id,
-        head.checkpoint.id,
-      )) as Entry[];
-      const json = entry?.[1][entry[1].indexOf('c') + 1];
-      if (json) prevCheckpoint = checkpointHash(JSON.parse(json));
-      else {
-        // Trimmed with its day: the anchor keeps the last one.
-        const anchor = await this.#store.anchor();
-        if (anchor.checkpoint?.n === head.checkpoint.n) prevCheckpoint = checkpointHash(anchor.checkpoint);
-      }
+      // Trimmed with its day, the last checkpoint is kept in the anchor.
+      const anchor = (await this.#store.anchor()).checkpoint;
+      const previous =
+        (await this.#store.checkpointAt(head.checkpoint.id)) ??
+        (anchor?.n === head.checkpoint.n ? anchor : null);
+      if (previous) prevCheckpoint = checkpointHash(previous);
     }
     const now = this.#clock.now();
     const record = signCheckpoint(
