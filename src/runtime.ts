@@ -88,6 +88,9 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
 
   const keys = new RedisKeys(config.prefix);
   const registry = new Registry(redis, keys);
+  const claimed = await registry.migrateUsernameClaims();
+  if (claimed > 0)
+    logger.info({ credentials: claimed }, 'claimed the downstream user names of existing credentials');
   const audit = new AuditLog(redis, keys);
   const stores = new StoreSet().add(new LocalStore(redis, keys, new Envelope(options.masterKey)));
   const timeoutMs = config.rotation.downstreamTimeoutMs;

@@ -21,6 +21,7 @@ import {
 } from '../auth/principal.ts';
 import type { LeaseService } from '../leases/lease-service.ts';
 import type { Registry } from '../registry/registry.ts';
+import type { Requester } from '../registry/service.ts';
 import type { RotationRepo } from '../rotation/rotation-repo.ts';
 import { sendError } from './errors.ts';
 import { isPublic, peerCertificateSubject } from './hardening.ts';
@@ -161,4 +162,9 @@ function describe(access: Exclude<Access, 'public'>): string {
 /** The acting principal's name for audit events. */
 export function actorOf(request: FastifyRequest): string {
   return request.principal?.name ?? 'anonymous';
+}
+
+/** The acting principal as the registry service needs it: its audit name, and whether it holds the admin role. */
+export function requesterOf(request: FastifyRequest): Requester {
+  return { name: actorOf(request), admin: request.principal?.roles.includes('admin') === true };
 }

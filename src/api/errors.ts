@@ -3,7 +3,13 @@
 // the internals (the scrubbed cause goes to the log).
 import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify';
 import { scrubError } from '../crypto/scrub.ts';
-import { ConflictError, NotFoundError, UnavailableError, UnprocessableError } from '../registry/errors.ts';
+import {
+  ConflictError,
+  ForbiddenError,
+  NotFoundError,
+  UnavailableError,
+  UnprocessableError,
+} from '../registry/errors.ts';
 import { StoreUnavailableError } from '../stores/types.ts';
 
 export class ApiError extends Error {
@@ -120,6 +126,7 @@ export function installErrorHandling(app: FastifyInstance): void {
       return sendError(reply, error.status, error.code, error.message, error.details);
     if (error instanceof NotFoundError) return sendError(reply, 404, 'not_found', error.message);
     if (error instanceof ConflictError) return sendError(reply, 409, 'conflict', error.message);
+    if (error instanceof ForbiddenError) return sendError(reply, 403, 'forbidden', error.message);
     if (error instanceof UnprocessableError) return sendError(reply, 422, 'unprocessable', error.message);
     if (error instanceof UnavailableError) {
       return sendError(reply, 503, 'unavailable', error.message);

@@ -25,3 +25,10 @@ export class UnavailableError extends Error {
     this.name = 'UnavailableError';
   }
 }
+/** The caller is known but this change needs a role it does not have (an operator repointing a connection…). */
+export class ForbiddenError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ForbiddenError';
+  }
+}

@@ -20,6 +20,18 @@ export class RedisKeys {
   connectionUsers(id: string): string {
     return `${this.prefix}:conn:${id}:creds`;
   }
+  /**
+   * Hash of the downstream user names a connection's credentials use → the credential id: its user and, for
+   * alternating-users, its `_clone`. Claimed and released with the credential, so that two credentials never
+   * rotate one downstream user (or one's clone) and break each other.
+   */
+  connectionUsernames(id: string): string {
+    return `${this.prefix}:conn:${id}:users`;
+  }
+  /** Set when the user-name claims of credentials registered before they existed have been written. */
+  usernameClaimsMigrated(): string {
+    return `${this.prefix}:migrated:username-claims`;
+  }
   /** Hash of one credential: field `spec` (what the team registered) and field `state` (what rotation made of it). */
   credential(id: string): string {
     return `${this.prefix}:cred:${id}`;

@@ -4,7 +4,13 @@
 import type { Redis } from 'ioredis';
 import { ConflictError, NotFoundError } from './errors.ts';
 import type { RedisKeys } from './keys.ts';
-import type { Connection, Credential, CredentialSpec, CredentialState } from './types.ts';
+import {
+  type Connection,
+  type Credential,
+  type CredentialSpec,
+  type CredentialState,
+  cloneUsername,
+} from './types.ts';
 
 const CREATE_CONNECTION = `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -17,20 +23,62 @@ return 1
 const DELETE_CONNECTION = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('SCARD', KEYS[3]) > 0 then return 0 end
-redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 `;
 
-// A credential can only be created on an existing connection; both checks and writes are one step.
+// A credential can only be created on an existing connection, and only on downstream user names (ARGV[5..]) no
+// other credential of that connection claims; the checks and the writes are one step.
 const CREATE_CREDENTIAL = `
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+if redis.call('EXISTS', KEYS[3]) == 0 then return {-1} end
+for i = 5, #ARGV do
+  local holder = redis.call('HGET', KEYS[5], ARGV[i])
+  if holder then return {-2, ARGV[i], holder} end
+end
 redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'state', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('SADD', KEYS[4], ARGV[4])
+for i = 5, #ARGV do redis.call('HSET', KEYS[5], ARGV[i], ARGV[4]) end
+return {1}
+`;
+
+// Releases the user names a credential claimed (ARGV[2..]), only where it still holds them.
+const RELEASE_USERNAMES = `
+for i = 2, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
 return 1
 `;
+
+// Claims a credential's user names if it still exists and nobody holds them (credentials registered before claims).
+const BACKFILL_USERNAMES = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 2, #ARGV do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[1]) end
+return 1
+`;
+
+/** The downstream user names a credential rotates: its user, and for alternating-users the clone as well. */
+export function claimedUsernames(spec: Pick<CredentialSpec, 'username' | 'strategy'>): string[] {
+  return spec.strategy === 'alternating-users'
+    ? [spec.username, cloneUsername(spec.username)]
+    : [spec.username];
+}
+
+/** Another credential of the connection already rotates this downstream user name. */
+export class UsernameTakenError extends ConflictError {
+  readonly username: string;
+  readonly holder: string;
+  constructor(connection: string, username: string, holder: string) {
+    super(
+      `Downstream user "${username}" on connection "${connection}" is already rotated by credential "${holder}": two credentials on one user would each set a password the other does not know. Use that credential (or its leases), or another user`,
+    );
+    this.name = 'UsernameTakenError';
+    this.username = username;
+    this.holder = holder;
+  }
+}
 
 export class Registry {
   readonly #redis: Redis;
@@ -89,10 +137,11 @@ export class Registry {
     const k = this.keys;
     const r = await this.#redis.eval(
       DELETE_CONNECTION,
-      3,
+      4,
       k.connection(id),
       k.connections(),
       k.connectionUsers(id),
+      k.connectionUsernames(id),
       id,
     );
     if (r === -1) throw new NotFoundError(`Connection "${id}" does not exist`);
@@ -108,20 +157,52 @@ export class Registry {
 
   async createCredential(spec: CredentialSpec, state: CredentialState): Promise<void> {
     const k = this.keys;
-    const r = await this.#redis.eval(
+    const [r, username, holder] = (await this.#redis.eval(
       CREATE_CREDENTIAL,
-      4,
+      5,
       k.credential(spec.id),
       k.credentials(),
       k.connection(spec.connection),
       k.connectionUsers(spec.connection),
+      k.connectionUsernames(spec.connection),
       JSON.stringify(spec),
       JSON.stringify(state),
       Date.parse(spec.createdAt),
       spec.id,
-    );
+      ...claimedUsernames(spec),
+    )) as [number, string?, string?];
     if (r === 0) throw new ConflictError(`Credential "${spec.id}" already exists`);
     if (r === -1) throw new NotFoundError(`Connection "${spec.connection}" does not exist`);
+    if (r === -2) throw new UsernameTakenError(spec.connection, username ?? '', holder ?? '');
+  }
+
+  /** The downstream user names the connection's credentials claim, each with the credential that claims it. */
+  async connectionUsernames(connectionId: string): Promise<Record<string, string>> {
+    return this.#redis.hgetall(this.keys.connectionUsernames(connectionId));
+  }
+
+  /**
+   * Writes the user-name claims of credentials registered before claims existed, once per installation (a marker
+   * key remembers it). Idempotent and safe beside registrations: a claim is only added where none exists.
+   */
+  async migrateUsernameClaims(): Promise<number> {
+    const k = this.keys;
+    if ((await this.#redis.exists(k.usernameClaimsMigrated())) === 1) return 0;
+    let claimed = 0;
+    for await (const batch of this.credentialBatches()) {
+      for (const { spec } of batch) {
+        claimed += (await this.#redis.eval(
+          BACKFILL_USERNAMES,
+          2,
+          k.credential(spec.id),
+          k.connectionUsernames(spec.connection),
+          spec.id,
+          ...claimedUsernames(spec),
+        )) as number;
+      }
+    }
+    await this.#redis.set(k.usernameClaimsMigrated(), new Date().toISOString());
+    return claimed;
   }
 
   async findCredential(id: string): Promise<Credential | null> {
@@ -202,6 +283,7 @@ export class Registry {
       .del(k.credential(spec.id), k.credentialRotations(spec.id))
       .zrem(k.credentials(), spec.id)
       .srem(k.connectionUsers(spec.connection), spec.id)
+      .eval(RELEASE_USERNAMES, 1, k.connectionUsernames(spec.connection), spec.id, ...claimedUsernames(spec))
       .exec();
   }
 

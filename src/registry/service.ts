@@ -1,7 +1,7 @@
 // What a platform team does to the registry (register, change, remove), with the side effects each implies:
 // admin secrets to the store, schedulers to BullMQ, a first rotation, an audit event. The API calls this; a
 // later `keyturn apply` of a YAML file calls the same.
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { AuditLog } from '../audit/audit-log.ts';
 import { DEFAULT_PASSWORD_POLICY, type PasswordPolicy } from '../crypto/password.ts';
 import type { LeaseService } from '../leases/lease-service.ts';
@@ -15,8 +15,8 @@ import { connectionAdminRef, credentialSecretRef, type StoreSet, secretDocument 
 import type { SecretDocument } from '../stores/types.ts';
 import { TARGET_DRIVERS, targetDriver } from '../targets/index.ts';
 import { TargetRefusedError, type TargetSession } from '../targets/types.ts';
-import { ConflictError, NotFoundError, UnprocessableError } from './errors.ts';
-import type { Registry } from './registry.ts';
+import { ConflictError, ForbiddenError, NotFoundError, UnprocessableError } from './errors.ts';
+import { claimedUsernames, type Registry, UsernameTakenError } from './registry.ts';
 import type {
   Connection,
   Credential,
@@ -73,6 +73,53 @@ export interface CredentialPatch {
   maxAgeDays?: number | null;
   gracePeriod?: string | null;
   labels?: Record<string, string>;
+}
+
+/** Who asks for a change, as far as the registry needs to know: the audit name, and whether they hold the admin role. */
+export interface Requester {
+  name: string;
+  admin: boolean;
+}
+
+/** The connection fields that decide where Keyturn sends passwords: changing any of them is an admin action. */
+export const REPOINTING_FIELDS = ['host', 'port', 'database', 'tls', 'options'] as const;
+
+/** A TLS setting as the audit trail shows it: the mode, and the CA as a SHA-256 fingerprint rather than its PEM. */
+function tlsForAudit(tls: TlsSpec | undefined): string {
+  if (!tls) return 'default';
+  const ca = tls.ca ? ` ca=sha256:${createHash('sha256').update(tls.ca).digest('hex').slice(0, 16)}` : '';
+  return `${tls.mode}${ca}`;
+}
+
+/**
+ * The non-secret values a connection change moved, as audit details: `host.from`/`host.to` and so on, for the
+ * fields that differ. Labels and options are shown as canonical JSON; the admin password is never part of it.
+ */
+export function connectionChanges(before: Connection, after: Connection): Record<string, string> {
+  const show: Record<string, (c: Connection) => string> = {
+    host: (c) => c.host,
+    port: (c) => String(c.port),
+    database: (c) => c.database ?? '',
+    tls: (c) => tlsForAudit(c.tls),
+    options: (c) => sortedJson(c.options ?? {}),
+    labels: (c) => sortedJson(c.labels),
+    'admin.username': (c) => c.admin.username,
+  };
+  const changes: Record<string, string> = {};
+  for (const [field, value] of Object.entries(show)) {
+    const from = value(before);
+    const to = value(after);
+    if (from !== to) {
+      changes[`${field}.from`] = from;
+      changes[`${field}.to`] = to;
+    }
+  }
+  return changes;
+}
+
+/** JSON of a flat record with its keys sorted, so that equal records compare (and audit) equal. */
+export function sortedJson(record: Record<string, unknown>): string {
+  return JSON.stringify(Object.fromEntries(Object.entries(record).sort(([a], [b]) => a.localeCompare(b))));
 }
 
 export class RegistryService {
@@ -165,7 +212,7 @@ export class RegistryService {
     });
   }
 
-  async updateConnection(id: string, patch: ConnectionPatch, actor: string): Promise<Connection> {
+  async updateConnection(id: string, patch: ConnectionPatch, who: Requester): Promise<Connection> {
     const connection = await this.#registry.getConnection(id);
     const updated: Connection = {
       ...connection,
@@ -178,6 +225,31 @@ export class RegistryService {
       admin: { username: patch.admin?.username ?? connection.admin.username },
       updatedAt: new Date().toISOString(),
     };
+    const changes = connectionChanges(connection, updated);
+    const repointed = REPOINTING_FIELDS.filter((f) => `${f}.from` in changes || `${f}.to` in changes);
+    if (repointed.length > 0 && !who.admin) {
+      // Every rotation, rollback and login check sends the admin password and the credentials' current and pending
+      // passwords to wherever the connection points: moving it is handing those over, whoever sends admin.password.
+      await this.#audit.append({
+        actor: who.name,
+        action: 'connection.updated',
+        outcome: 'denied',
+        connection: id,
+        details: { reason: 'repointing needs the admin role', ...changes },
+      });
+      throw new ForbiddenError(
+        `Changing ${repointed.join(', ')} of connection "${id}" moves where Keyturn sends its admin and credential passwords, so it needs the admin role (${who.name} has not): ask an admin, or register a new connection`,
+      );
+    }
+    if (patch.admin?.username !== undefined && patch.admin.username !== connection.admin.username) {
+      const users = await this.#registry.connectionUsernames(id);
+      const holder = users[patch.admin.username];
+      if (holder !== undefined) {
+        throw new UnprocessableError(
+          `admin.username "${patch.admin.username}" is the downstream user of credential "${holder}" on connection "${id}": rotating it would change the admin's password behind Keyturn. Use another admin user`,
+        );
+      }
+    }
     if (patch.options) {
       const problems = targetDriver(connection.type)?.validateOptions?.(patch.options) ?? [
         `connections of type "${connection.type}" take no options`,
@@ -198,13 +270,14 @@ export class RegistryService {
     }
     await this.#registry.saveConnection(updated);
     await this.#audit.append({
-      actor,
+      actor: who.name,
       action: 'connection.updated',
       outcome: 'success',
       connection: id,
       details: {
         fields: Object.keys(patch).join(','),
         adminSecretChanged: patch.admin?.password !== undefined,
+        ...changes,
       },
     });
     return updated;
@@ -308,6 +381,7 @@ export class RegistryService {
       createdAt: now.toISOString(),
       updatedAt: now.toISOString(),
     };
+    await this.#checkDownstreamUser(spec, connection);
     await this.#checkCredential(spec, connection, { askDownstream: true });
     const store = this.#stores.get(spec.store);
 
@@ -371,6 +445,32 @@ export class RegistryService {
     const requested = await this.#engine.request(spec.id, 'register', actor);
     const credential = await this.#registry.getCredential(spec.id);
     return requested ? { credential, rotation: requested.rotation } : { credential };
+  }
+
+  /**
+   * Refuses a credential on a downstream user that Keyturn must not rotate this way: the connection's own admin
+   * (422: its password is the admin secret, changed through the connection), or a user name another credential of
+   * the connection already claims (409). The registry's claim is the atomic check; this one answers before any
+   * downstream is asked.
+   */
+  async #checkDownstreamUser(spec: CredentialSpec, connection: Connection): Promise<void> {
+    const names = claimedUsernames(spec);
+    const admin = connection.admin.username;
+    if (names.includes(admin)) {
+      const which =
+        spec.username === admin
+          ? `"${admin}" is the admin user of connection "${connection.id}"`
+          : `alternating-users would make "${admin}", the admin user of connection "${connection.id}", its second user`;
+      throw new UnprocessableError(
+        `${which}: rotating it as a credential would change the password Keyturn itself logs in with, and lock every credential of the connection out. Change the admin password with PATCH /v1/connections/${connection.id} {"admin": {"password": …}} instead, and register the application's own user`,
+      );
+    }
+    const claims = await this.#registry.connectionUsernames(connection.id);
+    for (const name of names) {
+      const holder = claims[name];
+      if (holder !== undefined && holder !== spec.id)
+        throw new UsernameTakenError(connection.id, name, holder);
+    }
   }
 
   async #verifyLogin(connection: Connection, username: string, password: string): Promise<void> {

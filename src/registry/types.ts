@@ -77,3 +77,10 @@ export interface Credential {
   spec: CredentialSpec;
   state: CredentialState;
 }
+
+// Naming of the second user of alternating-users, as in the AWS rotation templates (get_alt_username).
+export const CLONE_SUFFIX = '_clone';
+
+export function cloneUsername(username: string): string {
+  return `${username}${CLONE_SUFFIX}`;
+}

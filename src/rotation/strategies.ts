@@ -1,9 +1,7 @@
-// Naming of the second user of alternating-users, as in the AWS rotation templates (get_alt_username).
-export const CLONE_SUFFIX = '_clone';
+// Naming of the second user of alternating-users lives with the registry types (the registry claims both names).
+import { cloneUsername } from '../registry/types.ts';
 
-export function cloneUsername(username: string): string {
-  return `${username}${CLONE_SUFFIX}`;
-}
+export { CLONE_SUFFIX, cloneUsername } from '../registry/types.ts';
 
 /** The other user of an alternating pair. */
 export function alternateUsername(base: string, active: string): string {

@@ -1,5 +1,5 @@
 import type { FastifyPluginAsync } from 'fastify';
-import { actorOf } from '../auth.ts';
+import { actorOf, requesterOf } from '../auth.ts';
 import type { ApiContext } from '../context.ts';
 import { CreateConnectionBody, IdParams, PatchConnectionBody } from '../schemas.ts';
 import { connectionView } from '../views.ts';
@@ -37,7 +37,7 @@ export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
       const connection = await ctx.service.updateConnection(
         request.params.id,
         request.body,
-        actorOf(request),
+        requesterOf(request),
       );
       return connectionView(connection, await ctx.registry.connectionUsers(connection.id));
     },

@@ -20,6 +20,105 @@ const AUTH_REJECTED = new Set(['28P01', '28000']);
 // retrying will not help.
 const REFUSED_CLASSES = new Set(['42', '0L', '0P', '28']);
 
+/**
+ * Password methods a server may ask for, as libpq's `require_auth` names them. SCRAM never shows the password to the
+ * server; md5 sends a hash an impostor can replay against the real server; "password" sends it in clear text.
+ */
+export const AUTH_METHODS = ['scram-sha-256', 'md5', 'password'] as const;
+type AuthMethod = (typeof AUTH_METHODS)[number];
+/** Without `options.requireAuth`, only SCRAM: a server (or an impostor at the connection's address) asking for md5 or
+ * cleartext is refused before a byte of any password is sent. */
+const DEFAULT_AUTH: readonly AuthMethod[] = ['scram-sha-256'];
+
+/** The connection's accepted password methods: `options.requireAuth` ("scram-sha-256,md5"), else SCRAM only. */
+function allowedAuth(connection: Connection): readonly AuthMethod[] {
+  const raw = connection.options?.requireAuth;
+  if (typeof raw !== 'string') return DEFAULT_AUTH;
+  return raw
+    .split(',')
+    .map((m) => m.trim())
+    .filter((m): m is AuthMethod => (AUTH_METHODS as readonly string[]).includes(m));
+}
+
+function validateOptions(options: Record<string, string | number | boolean>): string[] {
+  const problems: string[] = [];
+  for (const [key, value] of Object.entries(options)) {
+    if (key !== 'requireAuth') {
+      problems.push(`"${key}" is not an option of PostgreSQL connections (they take: requireAuth)`);
+      continue;
+    }
+    const methods = typeof value === 'string' ? value.split(',').map((m) => m.trim()) : [];
+    const unknown = methods.filter((m) => !(AUTH_METHODS as readonly string[]).includes(m));
+    if (methods.length === 0 || methods.includes('') || unknown.length > 0) {
+      problems.push(
+        `requireAuth must be a comma-separated list of ${AUTH_METHODS.join(', ')}${unknown.length > 0 ? ` (not ${unknown.map((u) => `"${u}"`).join(', ')})` : ''}`,
+      );
+    }
+  }
+  return problems;
+}
+
+/** The server asked for a password method the connection does not accept; no password was sent. */
+export class AuthMethodRefusedError extends TargetRefusedError {
+  constructor(connection: Connection, asked: AuthMethod, allowed: readonly AuthMethod[]) {
+    super(
+      `${connection.host}:${connection.port} asked for ${asked === 'password' ? 'cleartext password' : asked} authentication, which connection "${connection.id}" does not accept (it accepts ${allowed.join(', ')}), so no password was sent. If that server is really yours, switch it to scram-sha-256 (password_encryption and pg_hba.conf), or, as an admin, set the connection's options.requireAuth to include "${asked}"`,
+      'auth-method-refused',
+    );
+    this.name = 'AuthMethodRefusedError';
+  }
+}
+
+/** node-postgres's handlers of the server's authentication requests (internal, stable since pg 8.0). */
+interface AuthHandlers {
+  _handleAuthCleartextPassword(this: pg.Client, msg: unknown): void;
+  _handleAuthMD5Password(this: pg.Client, msg: unknown): void;
+  _handleAuthSASL(this: pg.Client, msg: unknown): void;
+}
+const base = pg.Client.prototype as unknown as AuthHandlers;
+
+/**
+ * node-postgres answers whatever password method the server asks for. This client first checks the method against
+ * the connection's list, like libpq's require_auth, and fails the connect without sending anything when it is not
+ * there. A server that asks for no password at all (trust) is not refused: it receives no password either.
+ */
+class GuardedClient extends pg.Client {
+  readonly #keyturnConnection: Connection;
+  readonly #allowed: readonly AuthMethod[];
+
+  constructor(config: pg.ClientConfig, connection: Connection) {
+    super(config);
+    this.#keyturnConnection = connection;
+    this.#allowed = allowedAuth(connection);
+  }
+
+  #refuse(asked: AuthMethod): void {
+    const internals = this as unknown as {
+      connection: NodeJS.EventEmitter & { stream?: { destroy(): void } };
+    };
+    internals.connection.emit(
+      'error',
+      new AuthMethodRefusedError(this.#keyturnConnection, asked, this.#allowed),
+    );
+    internals.connection.stream?.destroy();
+  }
+
+  _handleAuthCleartextPassword(msg: unknown): void {
+    if (this.#allowed.includes('password')) base._handleAuthCleartextPassword.call(this, msg);
+    else this.#refuse('password');
+  }
+
+  _handleAuthMD5Password(msg: unknown): void {
+    if (this.#allowed.includes('md5')) base._handleAuthMD5Password.call(this, msg);
+    else this.#refuse('md5');
+  }
+
+  _handleAuthSASL(msg: unknown): void {
+    if (this.#allowed.includes('scram-sha-256')) base._handleAuthSASL.call(this, msg);
+    else this.#refuse('scram-sha-256');
+  }
+}
+
 function clientConfig(connection: Connection, login: Login, timeoutMs: number): pg.ClientConfig {
   const tls = connection.tls?.mode ?? 'disable';
   return {
@@ -95,7 +194,10 @@ class PostgresSession implements TargetSession {
   }
 
   #client(login: Login): pg.Client {
-    const client = new pg.Client(clientConfig(this.#connection, login, this.#timeoutMs));
+    const client = new GuardedClient(
+      clientConfig(this.#connection, login, this.#timeoutMs),
+      this.#connection,
+    );
     // An error event after connect (server restart) must not crash the process; the pending query fails anyway.
     client.on('error', () => {});
     return client;
@@ -343,6 +445,7 @@ export const postgresTarget: TargetDriver = {
   engine: 'postgres',
   defaultPort: 5432,
   leases: true,
+  validateOptions,
   async open(connection, admin, options) {
     return new PostgresSession(connection, admin, options.timeoutMs);
   },
