@@ -14,7 +14,7 @@ import { loadAuditKeys } from './audit/signing.ts';
 import { AuditTrail } from './audit/trail.ts';
 import { Authenticator } from './auth/authenticator.ts';
 import { JwtAuthenticator } from './auth/jwt.ts';
-import { loadTokensFile } from './auth/tokens-file.ts';
+import { loadTokensFile, readerBindings } from './auth/tokens-file.ts';
 import { type Clock, systemClock } from './clock.ts';
 import { OverdueScanner } from './compliance/overdue-scan.ts';
 import { ComplianceReport } from './compliance/report.ts';
@@ -164,6 +164,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     audit,
     leases,
     downstreamTimeoutMs: config.rotation.downstreamTimeoutMs,
+    ...(tokens ? { readerBindings: readerBindings(tokens) } : {}),
   });
   const clock = options.clock ?? systemClock;
   // Workers sign checkpoints (the sealer); the API needs only the public keys.

@@ -95,6 +95,33 @@ export function globMatch(pattern: string, id: string): boolean {
   return m(id);
 }
 
+/** What a reader is bound to: credential ids or globs, and labels a credential must all carry. */
+export interface Binding {
+  credentials?: string[];
+  labels?: Record<string, string>;
+}
+
+/**
+ * A reader binding as configured (a token, a certificate or a JWT rule of the tokens file), named for messages:
+ * the registry refuses an operator a change that would give one of them a credential, or take one away.
+ */
+export interface ReaderBinding extends Binding {
+  source: string;
+}
+
+/** Whether a binding reaches a credential: one of its ids or globs matches the id, or the credential has all its labels. */
+export function bindingMatches(
+  binding: Binding,
+  credential: { id: string; labels: Record<string, string> },
+): boolean {
+  if (binding.credentials?.some((p) => globMatch(p, credential.id))) return true;
+  const labels = binding.labels;
+  if (labels && Object.keys(labels).length > 0) {
+    return Object.entries(labels).every(([k, v]) => credential.labels[k] === v);
+  }
+  return false;
+}
+
 /**
  * Whether the principal may use this credential's secret and leases: admin always; a reader when one of its ids or
  * globs matches the credential id, or when the credential carries all of its labels. Operators and auditors never.
@@ -105,10 +132,5 @@ export function mayUseCredential(
 ): boolean {
   if (principal.roles.includes('admin')) return true;
   if (!principal.roles.includes('reader')) return false;
-  if (principal.credentials?.some((p) => globMatch(p, credential.id))) return true;
-  const labels = principal.labels;
-  if (labels && Object.keys(labels).length > 0) {
-    return Object.entries(labels).every(([k, v]) => credential.labels[k] === v);
-  }
-  return false;
+  return bindingMatches(principal, credential);
 }

@@ -8,7 +8,7 @@ import Ajv, { type ErrorObject } from 'ajv';
 import addFormats from 'ajv-formats';
 import { Type } from 'typebox';
 import { parse, YAMLError } from 'yaml';
-import { ROLES, type Role } from './principal.ts';
+import { type ReaderBinding, ROLES, type Role } from './principal.ts';
 
 export interface StaticTokenEntry {
   name: string;
@@ -538,4 +538,28 @@ export async function loadTokensFile(path: string): Promise<TokensFile> {
     throw new TokensFileError(path, [`cannot read ${path} (KEYTURN_TOKENS_FILE): ${why}`]);
   }
   return parseTokensFile(text, path);
+}
+
+/** Every reader binding the file configures: its reader tokens, reader certificates and JWT rules granting reader. */
+export function readerBindings(file: TokensFile): ReaderBinding[] {
+  const of = (
+    source: string,
+    e: { roles: Role[]; credentials?: string[]; labels?: Record<string, string> },
+  ) =>
+    e.roles.includes('reader')
+      ? [
+          {
+            source,
+            ...(e.credentials ? { credentials: e.credentials } : {}),
+            ...(e.labels ? { labels: e.labels } : {}),
+          },
+        ]
+      : [];
+  return [
+    ...file.tokens.flatMap((t) => of(`token "${t.name}"`, t)),
+    ...file.certificates.flatMap((c) => of(`certificate "${c.name}"`, c)),
+    ...file.jwt.flatMap((issuer) =>
+      issuer.rules.flatMap((r, i) => of(`JWT rule ${i + 1} of ${issuer.issuer}`, r)),
+    ),
+  ];
 }

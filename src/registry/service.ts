@@ -3,6 +3,7 @@
 // later `keyturn apply` of a YAML file calls the same.
 import { createHash, randomUUID } from 'node:crypto';
 import type { AuditLog } from '../audit/audit-log.ts';
+import { bindingMatches, type ReaderBinding } from '../auth/principal.ts';
 import { DEFAULT_PASSWORD_POLICY, type PasswordPolicy } from '../crypto/password.ts';
 import type { LeaseService } from '../leases/lease-service.ts';
 import { openDownstream } from '../rotation/downstream.ts';
@@ -131,6 +132,7 @@ export class RegistryService {
   readonly #audit: AuditLog;
   readonly #leases: LeaseService;
   readonly #timeoutMs: number;
+  readonly #readerBindings: ReaderBinding[];
 
   constructor(deps: {
     registry: Registry;
@@ -141,6 +143,8 @@ export class RegistryService {
     audit: AuditLog;
     leases: LeaseService;
     downstreamTimeoutMs: number;
+    /** The reader bindings of the tokens file: an operator may not widen or narrow what they reach. */
+    readerBindings?: ReaderBinding[];
   }) {
     this.#registry = deps.registry;
     this.#stores = deps.stores;
@@ -150,6 +154,7 @@ export class RegistryService {
     this.#audit = deps.audit;
     this.#leases = deps.leases;
     this.#timeoutMs = deps.downstreamTimeoutMs;
+    this.#readerBindings = deps.readerBindings ?? [];
   }
 
   // Connections
@@ -355,8 +360,9 @@ export class RegistryService {
 
   async createCredential(
     input: CredentialInput,
-    actor: string,
+    who: Requester,
   ): Promise<{ credential: Credential; rotation?: Rotation }> {
+    const actor = who.name;
     if (input.import && !input.currentPassword) {
       throw new UnprocessableError('import: true needs currentPassword, the password the user has today');
     }
@@ -382,6 +388,24 @@ export class RegistryService {
       updatedAt: now.toISOString(),
     };
     await this.#checkDownstreamUser(spec, connection);
+    const readers = this.#readersOf(spec);
+    if (readers.length > 0 && !who.admin) {
+      await this.#audit.append({
+        actor,
+        action: 'credential.created',
+        outcome: 'denied',
+        credential: spec.id,
+        connection: spec.connection,
+        details: {
+          reason: 'reader bindings match it',
+          readers: readers.join('; '),
+          labels: sortedJson(spec.labels),
+        },
+      });
+      throw new ForbiddenError(
+        `Credential "${spec.id}" would be readable through ${readers.join(', ')} (the id or labels match), and giving a reader a secret needs the admin role (${actor} has not): ask an admin, or choose an id and labels no reader binding matches`,
+      );
+    }
     await this.#checkCredential(spec, connection, { askDownstream: true });
     const store = this.#stores.get(spec.store);
 
@@ -473,6 +497,11 @@ export class RegistryService {
     }
   }
 
+  /** The reader bindings that reach a credential with this id and these labels. */
+  #readersOf(credential: { id: string; labels: Record<string, string> }): string[] {
+    return this.#readerBindings.filter((b) => bindingMatches(b, credential)).map((b) => b.source);
+  }
+
   async #verifyLogin(connection: Connection, username: string, password: string): Promise<void> {
     const { session } = await openDownstream(connection, this.#stores, this.#timeoutMs);
     try {
@@ -492,8 +521,37 @@ export class RegistryService {
     }
   }
 
-  async updateCredential(id: string, patch: CredentialPatch, actor: string): Promise<Credential> {
+  async updateCredential(id: string, patch: CredentialPatch, who: Requester): Promise<Credential> {
+    const actor = who.name;
     const { spec } = await this.#registry.getCredential(id);
+    const labelChange: Record<string, string> =
+      patch.labels && sortedJson(patch.labels) !== sortedJson(spec.labels)
+        ? { 'labels.from': sortedJson(spec.labels), 'labels.to': sortedJson(patch.labels) }
+        : {};
+    if (patch.labels && !who.admin) {
+      const before = this.#readersOf(spec);
+      const after = this.#readersOf({ id, labels: patch.labels });
+      const gained = after.filter((r) => !before.includes(r));
+      const lost = before.filter((r) => !after.includes(r));
+      if (gained.length > 0 || lost.length > 0) {
+        await this.#audit.append({
+          actor,
+          action: 'credential.updated',
+          outcome: 'denied',
+          credential: id,
+          details: { reason: 'the labels change which readers reach it', ...labelChange },
+        });
+        const what = [
+          gained.length > 0 ? `give ${gained.join(', ')} its secret` : '',
+          lost.length > 0 ? `take it from ${lost.join(', ')}` : '',
+        ]
+          .filter(Boolean)
+          .join(' and ');
+        throw new ForbiddenError(
+          `These labels would ${what}; changing which readers reach a credential needs the admin role (${actor} has not): ask an admin, or leave out the labels reader bindings use`,
+        );
+      }
+    }
     const updated: CredentialSpec = {
       ...spec,
       ...(patch.schedule ? { schedule: patch.schedule } : {}),
@@ -527,7 +585,7 @@ export class RegistryService {
       action: 'credential.updated',
       outcome: 'success',
       credential: id,
-      details: { fields: Object.keys(patch).join(',') },
+      details: { fields: Object.keys(patch).join(','), ...labelChange },
     });
     return credential;
   }

@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest';
 import {
   loadTokensFile,
   parseTokensFile,
+  readerBindings,
   TokensFileError,
   tokensFileFromData,
 } from '../../src/auth/tokens-file.ts';
@@ -323,5 +324,36 @@ describe('loadTokensFile', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('readerBindings (finding 11: what an operator may not widen)', () => {
+  it('lists reader tokens, reader certificates and JWT rules granting reader, and nothing else', () => {
+    const hex = 'a'.repeat(64);
+    const file = parseTokensFile(
+      [
+        'tokens:',
+        `  - {name: ops, sha256: ${hex.replace(/^a/, 'b')}, roles: [operator]}`,
+        `  - {name: pay, sha256: ${hex}, roles: [reader], credentials: ["pay-*"]}`,
+        'certificates:',
+        '  - {name: batch, subject: batch.internal, roles: [reader], labels: {team: batch}}',
+        'jwt:',
+        '  - issuer: https://issuer.invalid',
+        '    audience: keyturn',
+        '    rules:',
+        '      - match: {sub: "ci:*"}',
+        '        roles: [operator]',
+        '      - match: {sub: "system:serviceaccount:payments:*"}',
+        '        roles: [reader]',
+        '        labels: {team: payments}',
+        '',
+      ].join('\n'),
+      'test',
+    );
+    expect(readerBindings(file)).toEqual([
+      { source: 'token "pay"', credentials: ['pay-*'] },
+      { source: 'certificate "batch"', labels: { team: 'batch' } },
+      { source: 'JWT rule 2 of https://issuer.invalid', labels: { team: 'payments' } },
+    ]);
   });
 });

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { NotFoundError } from '../../registry/errors.ts';
 import { parseDuration } from '../../scheduling/schedule.ts';
-import { actorOf } from '../auth.ts';
+import { actorOf, requesterOf } from '../auth.ts';
 import type { ApiContext } from '../context.ts';
 import { ApiError } from '../errors.ts';
 import {
@@ -46,7 +46,7 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
     { schema: { body: CreateCredentialBody }, config: { access: 'manage' } },
     async (request, reply) => {
       checkDurations(request.body);
-      const { credential, rotation } = await ctx.service.createCredential(request.body, actorOf(request));
+      const { credential, rotation } = await ctx.service.createCredential(request.body, requesterOf(request));
       return reply
         .code(201)
         .header('location', `/v1/credentials/${credential.spec.id}`)
@@ -93,7 +93,7 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
     async (request) => {
       checkDurations(request.body);
       return credentialView(
-        await ctx.service.updateCredential(request.params.id, request.body, actorOf(request)),
+        await ctx.service.updateCredential(request.params.id, request.body, requesterOf(request)),
         ctx.clock.now(),
       );
     },
