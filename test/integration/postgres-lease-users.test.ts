@@ -1,6 +1,7 @@
-// Lease users on the password-checking PostgreSQL: a LOGIN role that is a member of the credential's role, with
-// VALID UNTIL at the lease's end (enforced by PostgreSQL itself), moved by extend, and dropped with its sessions
-// ended and whatever it owns handed to the credential's role.
+// Lease users on the password-checking PostgreSQL: a LOGIN role with the credential role's group memberships (never
+// a member of the credential's role itself: finding 4 of issue 11), with VALID UNTIL at the lease's end (enforced by
+// PostgreSQL itself), moved by extend, and dropped with its sessions ended and whatever it owns handed to the
+// credential's role.
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,6 +13,8 @@ import { canLogin, pgAdmin, pgInfo, waitFor } from '../support/harness.ts';
 const info = pgInfo();
 const run = randomBytes(4).toString('hex');
 const of = `kt_lease_tpl_${run}`;
+const group = `kt_lease_grp_${run}`;
+const ofPassword = randomBytes(18).toString('base64url');
 const table = `kt_lease_t_${run}`;
 const otherDb = `kt_lease_db_${run}`;
 const roles: string[] = [];
@@ -63,6 +66,18 @@ const role = async (name: string) =>
     )
   ).rows[0];
 
+/** The roles a role is a direct member of. */
+const memberships = async (name: string) =>
+  (
+    await pgAdmin((c) =>
+      c.query<{ rolname: string }>(
+        `SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid
+          WHERE m.member = $1::regrole ORDER BY 1`,
+        [name],
+      ),
+    )
+  ).rows.map((r) => r.rolname);
+
 async function asAdminIn<T>(database: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
   const client = clientAs(info.adminUser, info.adminPassword, database);
   await client.connect();
@@ -92,12 +107,16 @@ beforeAll(async () => {
     { timeoutMs: 10_000 },
   );
   await pgAdmin(async (c) => {
-    await c.query(`CREATE ROLE ${id(of)} NOLOGIN`);
+    // As the README asks: the application's privileges on a group role, the credential's login role a member.
+    await c.query(`CREATE ROLE ${id(group)} NOLOGIN`);
+    await c.query(
+      `CREATE ROLE ${id(of)} LOGIN PASSWORD ${pg.escapeLiteral(ofPassword)} IN ROLE ${id(group)}`,
+    );
     await c.query(`CREATE TABLE ${id(table)} (n int)`);
     await c.query(`INSERT INTO ${id(table)} VALUES (42)`);
-    await c.query(`GRANT SELECT ON ${id(table)} TO ${id(of)}`);
+    await c.query(`GRANT SELECT ON ${id(table)} TO ${id(group)}`);
     // So that a lease user can make a table of its own (PostgreSQL 15 no longer lets PUBLIC create in public).
-    await c.query(`GRANT CREATE ON SCHEMA public TO ${id(of)}`);
+    await c.query(`GRANT CREATE ON SCHEMA public TO ${id(group)}`);
   });
 });
 
@@ -105,7 +124,7 @@ afterAll(async () => {
   await session?.close();
   await pgAdmin(async (c) => {
     await c.query(`DROP DATABASE IF EXISTS ${id(otherDb)} WITH (FORCE)`);
-    for (const name of [...roles, of]) {
+    for (const name of [...roles, of, group]) {
       const exists = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [name]);
       if (exists.rowCount === 1) {
         await c.query(`DROP OWNED BY ${id(name)}`);
@@ -130,14 +149,8 @@ describe('PostgreSQL lease users', () => {
     const rows = await queryAs<{ n: number }>(username, password, `SELECT n FROM ${id(table)}`);
     expect(rows).toEqual([{ n: 42 }]);
     expect((await role(username))?.rolvaliduntil?.getTime()).toBe(expiresAt.getTime());
-    // Its access is the membership, nothing granted to it directly.
-    const member = await pgAdmin((c) =>
-      c.query('SELECT 1 FROM pg_auth_members WHERE roleid = $1::regrole AND member = $2::regrole', [
-        of,
-        username,
-      ]),
-    );
-    expect(member.rowCount).toBe(1);
+    // Its access is the group membership, nothing granted to it directly, and never the credential's role.
+    expect(await memberships(username)).toEqual([group]);
   });
 
   it('refuses a lease of a role that does not exist, naming it', async () => {
@@ -228,7 +241,7 @@ describe('PostgreSQL lease users', () => {
   it('objects in another database of the cluster block the drop: refused, saying what to do', async () => {
     const { username, password } = lease();
     await pgAdmin((c) => c.query(`CREATE DATABASE ${id(otherDb)}`));
-    await asAdminIn(otherDb, (c) => c.query(`GRANT CREATE ON SCHEMA public TO ${id(of)}`));
+    await asAdminIn(otherDb, (c) => c.query(`GRANT CREATE ON SCHEMA public TO ${id(group)}`));
     await create(username, password);
     const there = clientAs(username, password, otherDb);
     await there.connect();
@@ -249,6 +262,62 @@ describe('PostgreSQL lease users', () => {
       await c.query(`DROP OWNED BY ${id(username)}`);
     });
     await session.dropLeaseUser!(username, { of });
+    expect(await role(username)).toBeUndefined();
+  });
+
+  it("finding 4: a lease cannot change the credential's password (PostgreSQL)", async () => {
+    const { username, password } = lease();
+    await create(username, password);
+    const client = clientAs(username, password);
+    await client.connect();
+    try {
+      // Not a member of the credential's role: it cannot become it, so ALTER ROLE is its own-password case no more.
+      await expect(client.query(`SET ROLE ${id(of)}`)).rejects.toMatchObject({ code: '42501' });
+      await expect(
+        client.query(`ALTER ROLE ${id(of)} PASSWORD ${pg.escapeLiteral('taken-over-by-a-lease')}`),
+      ).rejects.toMatchObject({ code: '42501' });
+    } finally {
+      await client.end().catch(() => {});
+    }
+    expect(await canLogin(of, ofPassword)).toBe(true);
+    expect(await canLogin(of, 'taken-over-by-a-lease')).toBe(false);
+  });
+
+  it('finding 4: a lease made before the fix (a member of the credential role) loses that membership', async () => {
+    const { username, password } = lease();
+    await pgAdmin((c) =>
+      c.query(`CREATE ROLE ${id(username)} LOGIN PASSWORD ${pg.escapeLiteral(password)} IN ROLE ${id(of)}`),
+    );
+    await session.extendLeaseUser!(username, at(hour));
+    expect(await memberships(username)).toEqual([]);
+    await create(username, password);
+    expect(await memberships(username)).toEqual([group]);
+  });
+
+  it('finding 4: refuses a lease whose groups could alter roles, or a credential role in no group', async () => {
+    const admins = `kt_lease_admins_${run}`;
+    const lonely = `kt_lease_lonely_${run}`;
+    roles.push(admins, lonely);
+    await pgAdmin(async (c) => {
+      await c.query(`CREATE ROLE ${id(admins)} NOLOGIN CREATEROLE`);
+      await c.query(`CREATE ROLE ${id(lonely)} LOGIN`);
+      await c.query(`GRANT ${id(admins)} TO ${id(group)}`);
+    });
+    try {
+      const { username, password } = lease();
+      const err = await create(username, password).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(TargetRefusedError);
+      expect((err as Error).message).toContain(`"${admins}" (CREATEROLE)`);
+      expect(await role(username)).toBeUndefined();
+    } finally {
+      await pgAdmin((c) => c.query(`REVOKE ${id(admins)} FROM ${id(group)}`));
+    }
+    const { username, password } = lease();
+    const err = await session.createLeaseUser!(username, password, { of: lonely, expiresAt: at(hour) }).catch(
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(TargetRefusedError);
+    expect((err as Error).message).toMatch(/belongs to no group role/);
     expect(await role(username)).toBeUndefined();
   });
 });

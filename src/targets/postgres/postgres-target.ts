@@ -317,11 +317,66 @@ class PostgresSession implements TargetSession {
     });
   }
 
-  // Lease users. A lease user is a LOGIN role that is a member of the credential's role (`of`), so that it gets
-  // that role's privileges through INHERIT, with VALID UNTIL set to the lease's end. PostgreSQL itself refuses
-  // password logins after VALID UNTIL: a second line of defence next to Keyturn's revocation (the revocation job
-  // and the sweep drop the role), in case those are late or down. VALID UNTIL neither ends sessions that are
-  // already open nor applies to non-password authentication (trust, peer, cert): dropLeaseUser does that part.
+  // Lease users. A lease user is a LOGIN role with the credential role's (`of`) group memberships, never a member
+  // of `of` itself: a member could SET ROLE to it and ALTER ROLE … PASSWORD, a password that outlives the lease and
+  // locks the service out. So the privileges a lease can use are those `of` has through its group roles (the way
+  // the README asks privileges to be granted); a lease is refused when those groups could alter roles (SUPERUSER,
+  // CREATEROLE, transitively) or are themselves login roles a lease could act as. VALID UNTIL is the lease's end:
+  // PostgreSQL itself refuses password logins after it, a second line of defence next to Keyturn's revocation (the
+  // revocation job and the sweep drop the role), in case those are late or down. VALID UNTIL neither ends sessions
+  // that are already open nor applies to non-password authentication (trust, peer, cert): dropLeaseUser does that.
+
+  /** The group roles a lease of `of` joins, after checking that none lets the lease act as, or alter, a login role. */
+  async #leaseGroups(c: pg.Client, of: string, username: string): Promise<string[]> {
+    const parent = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [of]);
+    if (parent.rowCount !== 1) {
+      throw new TargetRefusedError(
+        `role "${of}" does not exist, so lease role "${username}" cannot get its access`,
+      );
+    }
+    const powerful = await c.query<{ rolname: string; why: string }>(
+      `SELECT r.rolname, CASE WHEN r.rolsuper THEN 'SUPERUSER' WHEN r.rolcreaterole THEN 'CREATEROLE' ELSE 'LOGIN' END AS why
+         FROM pg_roles r, pg_roles u
+        WHERE u.rolname = $1 AND r.oid <> u.oid AND pg_has_role(u.oid, r.oid, 'MEMBER')
+          AND (r.rolsuper OR r.rolcreaterole OR r.rolcanlogin)
+        ORDER BY r.rolname`,
+      [of],
+    );
+    if (powerful.rows.length > 0) {
+      const list = powerful.rows.map((r) => `"${r.rolname}" (${r.why})`).join(', ');
+      throw new TargetRefusedError(
+        `role "${of}" is a member of ${list}: a lease with that membership could change the passwords of "${of}" or of other login roles, so no lease is made. Grant the application's privileges to a NOLOGIN group role without CREATEROLE or SUPERUSER, make "${of}" a member of it, and ask again`,
+        'lease-would-alter-roles',
+      );
+    }
+    const groups = await c.query<{ rolname: string }>(
+      `SELECT r.rolname FROM pg_auth_members m
+         JOIN pg_roles r ON r.oid = m.roleid
+         JOIN pg_roles u ON u.oid = m.member
+        WHERE u.rolname = $1
+        ORDER BY r.rolname`,
+      [of],
+    );
+    if (groups.rows.length === 0) {
+      throw new TargetRefusedError(
+        `role "${of}" belongs to no group role: a lease gets the privileges of the credential's group roles, never the role itself (a member of it could change its password). Grant the application's privileges to a group role (CREATE ROLE app_access NOLOGIN; GRANT … TO app_access; GRANT app_access TO ${ident(of)}) and ask again`,
+        'lease-no-group',
+      );
+    }
+    return groups.rows.map((r) => r.rolname);
+  }
+
+  /** Memberships of a lease role in login roles (a lease made before leases got group roles only): revoked. */
+  async #revokeLoginMemberships(c: pg.Client, username: string): Promise<string[]> {
+    const logins = await c.query<{ rolname: string }>(
+      `SELECT r.rolname FROM pg_auth_members m
+         JOIN pg_roles r ON r.oid = m.roleid
+         JOIN pg_roles u ON u.oid = m.member
+        WHERE u.rolname = $1 AND r.rolcanlogin`,
+      [username],
+    );
+    return logins.rows.map(({ rolname }) => `REVOKE ${ident(rolname)} FROM ${ident(username)}`);
+  }
 
   async createLeaseUser(username: string, password: string, spec: LeaseUserSpec): Promise<void> {
     const { of } = spec;
@@ -330,29 +385,29 @@ class PostgresSession implements TargetSession {
         throw new TargetRefusedError(`lease role "${username}" cannot be the credential's own role "${of}"`);
       }
       const until = validUntil(spec.expiresAt);
-      const parent = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [of]);
-      if (parent.rowCount !== 1) {
-        throw new TargetRefusedError(
-          `role "${of}" does not exist, so lease role "${username}" cannot be made a member of it`,
-        );
-      }
-      // An existing role of that name (a retry, or a CREATE that raced ours): password, expiry and membership again.
-      const again = [
-        `ALTER ROLE ${ident(username)} WITH LOGIN INHERIT PASSWORD ${pg.escapeLiteral(password)} VALID UNTIL ${until}`,
-        `GRANT ${ident(of)} TO ${ident(username)}`,
-      ];
+      const groups = await this.#leaseGroups(c, of, username);
+      const grants = groups.map((g) => `GRANT ${ident(g)} TO ${ident(username)}`);
       const exists = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [username]);
+      // An existing role of that name (a retry, or a CREATE that raced ours): password, expiry and groups again,
+      // and no membership in a login role.
+      const again = async () =>
+        this.#inQuietTransaction(c, [
+          `ALTER ROLE ${ident(username)} WITH LOGIN INHERIT PASSWORD ${pg.escapeLiteral(password)} VALID UNTIL ${until}`,
+          ...(await this.#revokeLoginMemberships(c, username)),
+          ...grants,
+        ]);
       if (exists.rowCount === 1) {
-        await this.#inQuietTransaction(c, again);
+        await again();
         return;
       }
       try {
         await this.#inQuietTransaction(c, [
-          `CREATE ROLE ${ident(username)} WITH LOGIN INHERIT PASSWORD ${pg.escapeLiteral(password)} VALID UNTIL ${until} IN ROLE ${ident(of)}`,
+          `CREATE ROLE ${ident(username)} WITH LOGIN INHERIT PASSWORD ${pg.escapeLiteral(password)} VALID UNTIL ${until}`,
+          ...grants,
         ]);
       } catch (err) {
         if (sqlState(err) !== '42710') throw err;
-        await this.#inQuietTransaction(c, again);
+        await again();
       }
     });
   }
@@ -361,7 +416,11 @@ class PostgresSession implements TargetSession {
     await this.#asAdmin(`extending lease role "${username}"`, async (c) => {
       const until = validUntil(expiresAt);
       try {
-        await c.query(`ALTER ROLE ${ident(username)} VALID UNTIL ${until}`);
+        // A lease made before leases got group roles only loses its membership in the credential's role here.
+        await this.#inQuietTransaction(c, [
+          `ALTER ROLE ${ident(username)} VALID UNTIL ${until}`,
+          ...(await this.#revokeLoginMemberships(c, username)),
+        ]);
       } catch (err) {
         if (sqlState(err) !== '42704') throw err;
         throw new TargetRefusedError(
