@@ -229,4 +229,79 @@ describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
     ).rejects.toBeInstanceOf(TargetRefusedError);
     expect(await session.userExists(lease)).toBe(false);
   });
+
+  it("finding 4: a lease cannot change the credential's password (MySQL/MariaDB)", async () => {
+    const lease = leaseName();
+    const password = randomBytes(18).toString('base64url');
+    await session.createLeaseUser!(lease, password, { of: template.name, expiresAt: expiresAt() });
+    const asLease = await mysql.createConnection({
+      host: MYSQL_SERVER.host,
+      port: MYSQL_SERVER.port,
+      user: lease,
+      password,
+      database: DATABASE,
+    });
+    try {
+      for (const sql of [
+        `ALTER USER '${template.name}'@'%' IDENTIFIED BY 'taken-over-by-a-lease'`,
+        `SET PASSWORD FOR '${template.name}'@'%' = PASSWORD('taken-over-by-a-lease')`,
+        `UPDATE mysql.user SET authentication_string = '' WHERE User = '${template.name}'`,
+      ]) {
+        await expect(asLease.query(sql), sql).rejects.toMatchObject({ sqlState: '42000' });
+      }
+    } finally {
+      await asLease.end();
+    }
+    expect(await canLogin(template.name, template.password)).toBe(true);
+  });
+
+  it('finding 4: refuses a lease whose copied grants could change other accounts, directly or through a role', async () => {
+    const cases: [string, string, RegExp][] = [
+      ['CREATE USER ON *.*', 'CREATE USER ON *.* TO ?@?', /CREATE USER ON \*\.\* \(granted directly\)/],
+      ['UPDATE ON mysql.*', 'UPDATE ON mysql.* TO ?@?', /UPDATE ON mysql\.\* \(granted directly\)/],
+      [
+        'GRANT OPTION',
+        `SELECT ON \`${DATABASE}\`.\`${TABLE}\` TO ?@? WITH GRANT OPTION`,
+        /WITH GRANT OPTION/,
+      ],
+    ];
+    for (const [what, grant, message] of cases) {
+      const account = `kt_pow_${run}_${hex(2)}`;
+      accounts.push(account);
+      await asMysqlRoot(async (c) => {
+        await c.query('CREATE USER ?@? IDENTIFIED BY ?', [account, '%', template.password]);
+        await c.query(`GRANT ${grant}`, [account, '%']);
+      });
+      const lease = leaseName();
+      const err = await session.createLeaseUser!(lease, 'z'.repeat(24), {
+        of: account,
+        expiresAt: expiresAt(),
+      }).catch((e: unknown) => e);
+      expect(err, what).toBeInstanceOf(TargetRefusedError);
+      expect((err as Error).message, what).toMatch(message);
+      expect(await session.userExists(lease)).toBe(false);
+    }
+    // Through a role: the role's privileges come with it.
+    const powerful = `kt_pow_role_${run}`;
+    const account = `kt_pow_${run}_${hex(2)}`;
+    accounts.push(account);
+    await asMysqlRoot(async (c) => {
+      await c.query(`CREATE ROLE \`${powerful}\``);
+      await c.query(`GRANT UPDATE ON mysql.* TO \`${powerful}\``);
+      await c.query('CREATE USER ?@? IDENTIFIED BY ?', [account, '%', template.password]);
+      await c.query(`GRANT \`${powerful}\` TO ?@?`, [account, '%']);
+    });
+    try {
+      const lease = leaseName();
+      const err = await session.createLeaseUser!(lease, 'z'.repeat(24), {
+        of: account,
+        expiresAt: expiresAt(),
+      }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(TargetRefusedError);
+      expect((err as Error).message).toContain(`through role \`${powerful}\``);
+      expect(await session.userExists(lease)).toBe(false);
+    } finally {
+      await asMysqlRoot((c) => c.query(`DROP ROLE IF EXISTS \`${powerful}\``));
+    }
+  });
 });

@@ -232,6 +232,43 @@ export function rewriteGrant(line: string, from: { user: string; host: string },
   throw new Error('the grantee is not where it was expected');
 }
 
+// Privileges with which an account can change another account's password or make access that outlives it.
+const ACCOUNT_ADMIN_GLOBAL =
+  /\b(ALL|CREATE USER|UPDATE|INSERT|DELETE|SUPER|ROLE_ADMIN|SET_USER_ID|SYSTEM_USER|GRANT OPTION)\b/i;
+const ACCOUNT_ADMIN_ON_MYSQL = /\b(ALL|UPDATE|INSERT|DELETE|CREATE|DROP|ALTER)\b/i;
+
+/**
+ * Why a copied grant would let a lease account act on other accounts (change a password, grant onwards, act as
+ * another user), or null. Exported for unit tests.
+ */
+export function accountAdminIn(grant: string): string | null {
+  const text = grant.replace(TOKEN_QUOTED, (q) => q.replace(/\s+/g, '_'));
+  if (/\bWITH\b.*\bGRANT\s+OPTION\b/i.test(text)) return 'WITH GRANT OPTION';
+  const on = /^GRANT\s+(.+?)\s+ON\s+(\S+)\s+TO\s/i.exec(text);
+  if (!on) return null;
+  const [, privileges = '', object = ''] = on;
+  if (/^PROXY$/i.test(privileges.trim())) return 'PROXY';
+  const unquoted = object.replace(/[`'"]/g, '');
+  if (unquoted === '*.*') {
+    const hit = ACCOUNT_ADMIN_GLOBAL.exec(privileges);
+    if (hit) return `${hit[1]?.toUpperCase()} ON *.*`;
+  }
+  if (/^mysql\./i.test(unquoted)) {
+    const hit = ACCOUNT_ADMIN_ON_MYSQL.exec(privileges);
+    if (hit) return `${hit[1]?.toUpperCase()} ON ${unquoted}`;
+  }
+  return null;
+}
+
+/** The role a `GRANT role TO …` line grants (no ON clause), as SHOW GRANTS FOR accepts it, or null. */
+function grantedRole(grant: string): string | null {
+  const m =
+    /^GRANT\s+((?:`(?:[^`]|``)*`|'(?:[^'\\]|\\.)*')(?:@(?:`(?:[^`]|``)*`|'(?:[^'\\]|\\.)*'))?)\s+TO\s/i.exec(
+      grant.trim(),
+    );
+  return m?.[1] ?? null;
+}
+
 function validateAccountHost(value: unknown): string | undefined {
   if (typeof value !== 'string') return 'accountHost must be a string';
   if (!ACCOUNT_HOST_PATTERN.test(value)) {
@@ -444,10 +481,12 @@ class MysqlSession implements TargetSession {
     username: string,
     password: string,
     like: string,
+    vet?: (c: MysqlConnection) => Promise<void>,
   ): Promise<'created' | 'updated'> {
     return this.asAdmin(
       action,
       async (c) => {
+        await vet?.(c);
         if (await this.#exists(c, username)) {
           await this.#setPassword(c, username, password);
           return 'updated';
@@ -508,7 +547,37 @@ class MysqlSession implements TargetSession {
       username,
       password,
       spec.of,
+      (c) => this.#refuseAccountAdmin(c, spec.of, username),
     );
+  }
+
+  /**
+   * Refuses a lease when the grants it would copy (the account's, and its roles', recursively) let it act on other
+   * accounts: with CREATE USER, UPDATE on mysql.* and the like it could change the credential's password, with
+   * GRANT OPTION pass its privileges to accounts that outlive it, with PROXY act as another user.
+   */
+  async #refuseAccountAdmin(c: MysqlConnection, of: string, username: string): Promise<void> {
+    if (!(await this.#exists(c, of))) return; // #createLike says that the account is missing
+    const found: string[] = [];
+    const seen = new Set<string>();
+    const visit = async (grantee: string, label: string, depth: number): Promise<void> => {
+      if (seen.has(grantee) || depth > 8) return;
+      seen.add(grantee);
+      const rows = await this.query(c, `SHOW GRANTS FOR ${grantee}`);
+      for (const [line] of rows) {
+        const why = accountAdminIn(String(line));
+        if (why) found.push(`${why} (${label})`);
+        const role = grantedRole(String(line));
+        if (role) await visit(role, `through role ${role}`, depth + 1);
+      }
+    };
+    await visit(mysql.format('?@?', [of, this.accountHost]), 'granted directly', 0);
+    if (found.length > 0) {
+      throw new TargetRefusedError(
+        `${this.account(of)} holds ${found.join(', ')}: a lease account with its grants could change the passwords of other accounts (${this.account(of)}'s included) or keep access after the lease, so lease ${this.account(username)} is not made. Give the application's account only the privileges it needs on its own databases, and ask again`,
+        'lease-would-alter-accounts',
+      );
+    }
   }
 
   /** Nothing to do: the server holds no expiry for the account (see createLeaseUser); Keyturn's own does. */
