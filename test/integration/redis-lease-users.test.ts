@@ -192,4 +192,37 @@ describe('Redis ACL lease users', () => {
     await expect(session.dropLeaseUser!(of, { of })).rejects.toBeInstanceOf(TargetRefusedError);
     expect(await server.canLogin(of, ofPassword)).toBe(true);
   });
+
+  it("finding 4: a lease cannot change the credential's password (Redis)", async () => {
+    const { username, password } = lease();
+    await create(username, password);
+    const leased = await clientAs(username, password);
+    try {
+      await expect(leased.call('ACL', 'SETUSER', of, '>taken-over-by-a-lease')).rejects.toThrow(/NOPERM/);
+      await expect(leased.call('CONFIG', 'SET', 'requirepass', 'taken-over')).rejects.toThrow(/NOPERM/);
+    } finally {
+      leased.disconnect();
+    }
+    expect(await server.canLogin(of, ofPassword)).toBe(true);
+    expect(await server.canLogin(of, 'taken-over-by-a-lease')).toBe(false);
+  });
+
+  it('finding 4: refuses a lease of a user whose rules, or selectors, allow ACL or CONFIG SET', async () => {
+    for (const rules of [
+      ['+@all', '~*'],
+      ['-@all', '+get', '~*', '(+acl ~*)'],
+      ['-@all', '+config|set', '~*'],
+    ]) {
+      const powerful = `pow-${run}-${++counter}`;
+      await server.admin('ACL', 'SETUSER', powerful, 'on', `>${ofPassword}`, ...rules);
+      const { username, password } = lease();
+      const err = await session.createLeaseUser!(username, password, {
+        of: powerful,
+        expiresAt: new Date(Date.now() + 3600_000),
+      }).catch((e: unknown) => e);
+      expect(err, rules.join(' ')).toBeInstanceOf(TargetRefusedError);
+      expect((err as Error).message).toMatch(/could change the passwords/);
+      expect(await aclOf(username)).toBeNull();
+    }
+  });
 });

@@ -281,6 +281,7 @@ class RedisSession implements TargetSession {
         `Redis has no ACL user "${of}", so lease user "${username}" cannot copy its rules`,
       );
     }
+    await this.#refuseUserAdmin(of, username, line);
     const existing = list.find((l) => splitRules(l)[1] === username);
     // An existing user (a retry) gets its permissions cleared first, so that it ends up with exactly the rules of
     // `of` again. Not "reset": that adds the sanitize-payload flag, which `of` may not have. clearselectors only
@@ -305,6 +306,45 @@ class RedisSession implements TargetSession {
       `>${password}`,
     );
     await this.#persist();
+  }
+
+  /**
+   * Refuses a lease when `of`'s rules (root permissions and selectors) let it change users: with ACL SETUSER a lease
+   * could give `of` a password of its own, with CONFIG SET requirepass change the default user's, with MODULE LOAD
+   * anything. Redis 7 answers each with ACL DRYRUN; older servers, without it, by the rules' text.
+   */
+  async #refuseUserAdmin(of: string, username: string, aclListLine: string): Promise<void> {
+    const probes: string[][] = [
+      ['ACL', 'SETUSER', of],
+      ['ACL', 'DELUSER', of],
+      ['ACL', 'LOAD'],
+      ['CONFIG', 'SET', 'requirepass', 'x'],
+      ['MODULE', 'LOAD', 'x'],
+    ];
+    const allowed: string[] = [];
+    for (const probe of probes) {
+      let reply: unknown;
+      try {
+        reply = await this.#acl(`checking what "${of}" may run`, [], 'DRYRUN', of, ...probe);
+      } catch (err) {
+        if (!/unknown subcommand|syntax error|wrong number/i.test((err as Error).message)) throw err;
+        // Redis 6: no DRYRUN. Any rule that could reach ACL, CONFIG or MODULE counts.
+        const rules = permissionRules(aclListLine).join(' ');
+        if (
+          /(^|\s)(allcommands|\+@all|\+@admin|\+@dangerous|\+acl|\+config|\+module)(\s|\||$)/i.test(rules)
+        ) {
+          allowed.push('ACL, CONFIG or MODULE (its rules allow them)');
+        }
+        break;
+      }
+      if (reply === 'OK') allowed.push(probe.slice(0, 2).join(' '));
+    }
+    if (allowed.length > 0) {
+      throw new TargetRefusedError(
+        `ACL user "${of}" may run ${allowed.join(', ')}: a lease with its rules could change the passwords of "${of}" or of other users, so lease user "${username}" is not made. Take those commands from the application's user (for example -@admin) and ask again`,
+        'lease-would-alter-users',
+      );
+    }
   }
 
   async extendLeaseUser(_username: string, _expiresAt: Date): Promise<void> {
