@@ -157,6 +157,12 @@ export const CreateCredentialBody = Type.Object(
     labels: Type.Optional(Labels),
     import: Type.Optional(Type.Boolean()),
     currentPassword: Type.Optional(Password),
+    adoptClone: Type.Optional(
+      Type.Boolean({
+        description:
+          "alternating-users: take over an existing <username>_clone that Keyturn did not create (its memberships or grants must match the user's)",
+      }),
+    ),
   },
   { additionalProperties: false },
 );

@@ -28,6 +28,14 @@ export class RedisKeys {
   connectionUsernames(id: string): string {
     return `${this.prefix}:conn:${id}:users`;
   }
+  /**
+   * Hash of the downstream users Keyturn made (or was told to adopt) → the credential they were made for: the
+   * `_clone` of an alternating pair. A clone that exists and is not here belongs to someone else, and is never
+   * rotated.
+   */
+  connectionMadeUsers(id: string): string {
+    return `${this.prefix}:conn:${id}:made`;
+  }
   /** Set when the user-name claims of credentials registered before they existed have been written. */
   usernameClaimsMigrated(): string {
     return `${this.prefix}:migrated:username-claims`;

@@ -23,7 +23,7 @@ return 1
 const DELETE_CONNECTION = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('SCARD', KEYS[3]) > 0 then return 0 end
-redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 `;
@@ -52,10 +52,12 @@ end
 return 1
 `;
 
-// Claims a credential's user names if it still exists and nobody holds them (credentials registered before claims).
+// Claims a credential's user names if it still exists and nobody holds them (credentials registered before claims);
+// an alternating pair's clone (ARGV[2], empty for single-user) counts as made by Keyturn: it was created for it.
 const BACKFILL_USERNAMES = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-for i = 2, #ARGV do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[1]) end
+for i = 3, #ARGV do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[1]) end
+if ARGV[2] ~= '' then redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[1]) end
 return 1
 `;
 
@@ -137,11 +139,12 @@ export class Registry {
     const k = this.keys;
     const r = await this.#redis.eval(
       DELETE_CONNECTION,
-      4,
+      5,
       k.connection(id),
       k.connections(),
       k.connectionUsers(id),
       k.connectionUsernames(id),
+      k.connectionMadeUsers(id),
       id,
     );
     if (r === -1) throw new NotFoundError(`Connection "${id}" does not exist`);
@@ -181,6 +184,16 @@ export class Registry {
     return this.#redis.hgetall(this.keys.connectionUsernames(connectionId));
   }
 
+  /** The credential a downstream user was made (or adopted) for by Keyturn, or null: not Keyturn's. */
+  async madeFor(connectionId: string, username: string): Promise<string | null> {
+    return this.#redis.hget(this.keys.connectionMadeUsers(connectionId), username);
+  }
+
+  /** Records that Keyturn makes (or adopts) a downstream user for a credential; written before the user is made. */
+  async markMade(connectionId: string, username: string, credentialId: string): Promise<void> {
+    await this.#redis.hset(this.keys.connectionMadeUsers(connectionId), username, credentialId);
+  }
+
   /**
    * Writes the user-name claims of credentials registered before claims existed, once per installation (a marker
    * key remembers it). Idempotent and safe beside registrations: a claim is only added where none exists.
@@ -193,10 +206,12 @@ export class Registry {
       for (const { spec } of batch) {
         claimed += (await this.#redis.eval(
           BACKFILL_USERNAMES,
-          2,
+          3,
           k.credential(spec.id),
           k.connectionUsernames(spec.connection),
+          k.connectionMadeUsers(spec.connection),
           spec.id,
+          spec.strategy === 'alternating-users' ? cloneUsername(spec.username) : '',
           ...claimedUsernames(spec),
         )) as number;
       }
@@ -284,6 +299,7 @@ export class Registry {
       .zrem(k.credentials(), spec.id)
       .srem(k.connectionUsers(spec.connection), spec.id)
       .eval(RELEASE_USERNAMES, 1, k.connectionUsernames(spec.connection), spec.id, ...claimedUsernames(spec))
+      .eval(RELEASE_USERNAMES, 1, k.connectionMadeUsers(spec.connection), spec.id, ...claimedUsernames(spec))
       .exec();
   }
 

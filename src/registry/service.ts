@@ -27,6 +27,7 @@ import type {
   StoreSpec,
   TlsSpec,
 } from './types.ts';
+import { cloneUsername } from './types.ts';
 
 /** The `engine` field of stored secrets: the target driver's name for itself. */
 const engineOf = (connection: Connection): string => targetDriver(connection.type)?.engine ?? connection.type;
@@ -66,6 +67,8 @@ export interface CredentialInput {
   labels?: Record<string, string>;
   import?: boolean;
   currentPassword?: string;
+  /** alternating-users: adopt an existing `<username>_clone` Keyturn did not create, if its access matches. */
+  adoptClone?: boolean;
 }
 
 export interface CredentialPatch {
@@ -406,7 +409,14 @@ export class RegistryService {
         `Credential "${spec.id}" would be readable through ${readers.join(', ')} (the id or labels match), and giving a reader a secret needs the admin role (${actor} has not): ask an admin, or choose an id and labels no reader binding matches`,
       );
     }
+    if (input.adoptClone && spec.strategy !== 'alternating-users') {
+      throw new UnprocessableError('adoptClone applies to strategy "alternating-users" only');
+    }
     await this.#checkCredential(spec, connection, { askDownstream: true });
+    const adopting =
+      spec.strategy === 'alternating-users' && !targetDriver(connection.type)?.serviceOwnsUsers
+        ? await this.#checkClone(spec, connection, input)
+        : false;
     const store = this.#stores.get(spec.store);
 
     if (input.import && input.currentPassword) {
@@ -421,6 +431,7 @@ export class RegistryService {
       if (err instanceof NotFoundError) throw new UnprocessableError(err.message);
       throw err;
     }
+    if (adopting) await this.#registry.markMade(connection.id, cloneUsername(spec.username), spec.id);
     let state: CredentialState = { status: 'pending', failures: 0 };
     if (input.import && input.currentPassword) {
       // A version id like a rotation's: a valid AWS ClientRequestToken (32-64 characters).
@@ -454,7 +465,11 @@ export class RegistryService {
       outcome: 'success',
       credential: spec.id,
       connection: spec.connection,
-      details: { strategy: spec.strategy, imported: Boolean(input.import) },
+      details: {
+        strategy: spec.strategy,
+        imported: Boolean(input.import),
+        ...(adopting ? { adoptedClone: cloneUsername(spec.username) } : {}),
+      },
     });
     try {
       await this.#queues.upsertSchedule(spec, now);
@@ -494,6 +509,47 @@ export class RegistryService {
       const holder = claims[name];
       if (holder !== undefined && holder !== spec.id)
         throw new UsernameTakenError(connection.id, name, holder);
+    }
+  }
+
+  /**
+   * alternating-users makes `<username>_clone` on its first rotation and changes its password on every other one.
+   * A clone that already exists and that Keyturn did not make belongs to someone: rotating it would lock its owner
+   * out and hand the service its privileges. So it is refused (409) unless the request adopts it, and adopted only
+   * when its access is the user's. Returns whether the credential adopts an existing clone.
+   */
+  async #checkClone(spec: CredentialSpec, connection: Connection, input: CredentialInput): Promise<boolean> {
+    const clone = cloneUsername(spec.username);
+    const { session } = await openDownstream(connection, this.#stores, this.#timeoutMs);
+    try {
+      if (!(await session.userExists(clone))) return false;
+      if (!input.adoptClone) {
+        throw new ConflictError(
+          `User "${clone}" already exists on connection "${connection.id}" and Keyturn did not create it: alternating-users would change its password, locking out whoever uses it, and give the service its access. Rename or drop it, use single-user, or, if it is meant to be this pair's second user, send "adoptClone": true (its access must match "${spec.username}"'s)`,
+        );
+      }
+      if (!session.accessOf) {
+        throw new UnprocessableError(
+          `Connection type "${connection.type}" cannot compare the access of two users, so "${clone}" cannot be adopted: rename or drop it`,
+        );
+      }
+      const [mine, theirs] = [await session.accessOf(spec.username), await session.accessOf(clone)];
+      const missing = (mine ?? []).filter((a) => !(theirs ?? []).includes(a));
+      const extra = (theirs ?? []).filter((a) => !(mine ?? []).includes(a));
+      if (mine === null || missing.length > 0 || extra.length > 0) {
+        const show = (list: string[]) => list.slice(0, 5).join('; ') + (list.length > 5 ? '; …' : '');
+        throw new ConflictError(
+          `User "${clone}" cannot be adopted: its access differs from "${spec.username}"'s${missing.length > 0 ? ` (it lacks: ${show(missing)})` : ''}${extra.length > 0 ? ` (it has more: ${show(extra)})` : ''}${mine === null ? ` ("${spec.username}" does not exist)` : ''}. Give both the same memberships or grants, then register again`,
+        );
+      }
+      return true;
+    } catch (err) {
+      if (err instanceof ConflictError || err instanceof UnprocessableError) throw err;
+      throw new UnprocessableError(
+        `Could not check whether "${clone}" exists on connection "${connection.id}": ${err instanceof TargetRefusedError ? 'the downstream refused the admin login or the look-up; check the connection' : `the downstream did not answer (${(err as Error).name}); retry`}`,
+      );
+    } finally {
+      await session.close().catch(() => {});
     }
   }
 

@@ -84,6 +84,8 @@ interface Context {
   target: TargetSession;
   /** The driver's engine name, written into stored documents. */
   engine: string;
+  /** The downstream service owns its users (webhook): whose a clone is cannot be checked. */
+  serviceOwnsUsers: boolean;
   /** Every secret value this run has seen, for scrubbing. */
   secrets: Set<string>;
 }
@@ -234,6 +236,7 @@ export class RotationEngine {
       ref: credentialSecretRef(credential.spec),
       target: downstream.session,
       engine: downstream.driver.engine,
+      serviceOwnsUsers: downstream.driver.serviceOwnsUsers === true,
       secrets: new Set([downstream.admin.password]),
     };
   }
@@ -331,6 +334,25 @@ export class RotationEngine {
     return pending;
   }
 
+  /**
+   * Before alternating-users changes the clone: it must be Keyturn's, made for this credential (or adopted at
+   * registration). One that appeared since, made by someone else, is left alone: the rotation fails before anything
+   * downstream changes, and says what to do. A clone about to be made is recorded first (write-ahead), so a crash
+   * between the two never makes Keyturn's own clone look foreign.
+   */
+  async #claimClone(clone: string, ctx: Context): Promise<void> {
+    const { spec } = ctx.credential;
+    if (ctx.serviceOwnsUsers) return;
+    const madeFor = await this.#registry.madeFor(ctx.connection.id, clone);
+    if (madeFor === spec.id) return;
+    if (await ctx.target.userExists(clone)) {
+      throw new PermanentError(
+        `user "${clone}" exists on connection "${ctx.connection.id}" and Keyturn did not make it for this credential${madeFor ? ` (it was made for credential "${madeFor}")` : ''}, so its password was not changed and nothing downstream was. Rename or drop that user and rotate again, or register the credential again with "adoptClone": true if it is meant to be this pair's second user`,
+      );
+    }
+    await this.#registry.markMade(ctx.connection.id, clone, spec.id);
+  }
+
   /** Step 2: apply the pending secret downstream, unless it already works there. */
   async #set(lease: Lease, rotation: Rotation, ctx: Context): Promise<'succeeded' | 'skipped'> {
     const { spec } = ctx.credential;
@@ -352,6 +374,9 @@ export class RotationEngine {
         { rotation: rotation.id, credential: spec.id },
         'the downstream accepted a deliberately wrong password: it does not check passwords (trust authentication?), so the test step proves nothing',
       );
+    }
+    if (spec.strategy === 'alternating-users' && login.username !== spec.username && !rotation.setStarted) {
+      await this.#claimClone(login.username, ctx);
     }
     // Write-ahead: from here the downstream may hold the pending password (I2's other half: a failure now
     // must put the old password back before the pending version may be dropped).

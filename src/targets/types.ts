@@ -62,6 +62,12 @@ export interface TargetSession {
   /** DeleteUser. */
   deleteUser(username: string): Promise<void>;
   /**
+   * A user's access in a form two users can be compared by (PostgreSQL: its group roles; MySQL: its grants with
+   * its own name left out; Redis: its ACL rules), sorted; null when the user does not exist. Why: before Keyturn
+   * adopts an existing `<user>_clone` it checks that the clone gives the service exactly what the user does.
+   */
+  accessOf?(username: string): Promise<string[] | null>;
+  /**
    * Dual-password targets only (the driver's `dualPassword`): leaves the user with exactly two passwords, `keep`
    * and `password`, so that connections using either work while clients move over. Idempotent.
    */
@@ -103,6 +109,11 @@ export interface TargetDriver {
   readonly dualPassword?: boolean;
   /** The downstream can make short-lived users for leases: its sessions implement the lease verbs. */
   readonly leases?: boolean;
+  /**
+   * The downstream service owns its users and has no look-up (webhook): `userExists` cannot tell whose a user is, so
+   * the check that an existing `<user>_clone` is Keyturn's own does not apply; the service decides.
+   */
+  readonly serviceOwnsUsers?: boolean;
   /** Problems with a connection's `options` for this target, each naming the option; empty when valid. */
   validateOptions?(options: Record<string, string | number | boolean>): string[];
   /** Initialize: opens a session with the connection's admin login. */

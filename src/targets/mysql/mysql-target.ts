@@ -522,6 +522,13 @@ class MysqlSession implements TargetSession {
     );
   }
 
+  async accessOf(username: string): Promise<string[] | null> {
+    return this.asAdmin(`reading the grants of account ${this.account(username)}`, async (c) => {
+      if (!(await this.#exists(c, username))) return null;
+      return (await this.#grantsOf(c, username, '<user>')).sort();
+    });
+  }
+
   async deleteUser(username: string): Promise<void> {
     await this.asAdmin(`dropping account ${this.account(username)}`, async (c) => {
       await this.query(c, 'DROP USER IF EXISTS ?@?', [username, this.accountHost]);

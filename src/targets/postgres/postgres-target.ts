@@ -311,6 +311,22 @@ class PostgresSession implements TargetSession {
     });
   }
 
+  async accessOf(username: string): Promise<string[] | null> {
+    return this.#asAdmin(`reading the memberships of role "${username}"`, async (c) => {
+      const exists = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [username]);
+      if (exists.rowCount !== 1) return null;
+      const groups = await c.query<{ rolname: string }>(
+        `SELECT r.rolname FROM pg_auth_members m
+           JOIN pg_roles r ON r.oid = m.roleid
+           JOIN pg_roles u ON u.oid = m.member
+          WHERE u.rolname = $1
+          ORDER BY r.rolname`,
+        [username],
+      );
+      return groups.rows.map((r) => `member of ${r.rolname}`);
+    });
+  }
+
   async deleteUser(username: string): Promise<void> {
     await this.#asAdmin(`dropping role "${username}"`, async (c) => {
       await c.query(`DROP ROLE IF EXISTS ${ident(username)}`);

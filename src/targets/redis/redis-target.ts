@@ -269,6 +269,13 @@ class RedisSession implements TargetSession {
   // Lease users. Redis has no expiry for ACL users: a lease user stays valid until Keyturn drops it, which the
   // revocation job (at the lease's end) and the sweep (for any it missed) do.
 
+  async accessOf(username: string): Promise<string[] | null> {
+    const list = (await this.#acl('listing ACL users', [], 'LIST')) as string[];
+    const line = list.find((l) => splitRules(l)[1] === username);
+    // ACL LIST prints a user's rules in a normal form; their order matters to Redis, so it is kept.
+    return line ? permissionRules(line) : null;
+  }
+
   async createLeaseUser(username: string, password: string, spec: { of: string }): Promise<void> {
     const { of } = spec;
     if (username === of) {

@@ -373,6 +373,7 @@ export const webhookTarget: TargetDriver = {
   type: 'webhook',
   engine: 'webhook',
   defaultPort: 443,
+  serviceOwnsUsers: true,
   validateOptions,
   async open(connection, admin, options) {
     return new WebhookSession(connection, admin, settings(connection, options.timeoutMs));
