@@ -61,6 +61,67 @@ if ARGV[2] ~= '' then redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[1]) end
 return 1
 `;
 
+// Deletes a credential in one step with the checks that make it safe (finding 7 of issue 11): refused while a worker
+// holds its execution lease (a rotation or revocation is acting downstream), and while a started rotation is in
+// flight; a rotation that has not started (ARGV[2], its record ARGV[3]) is cancelled: its record replaced by ARGV[4]
+// and the in-flight pointer removed. The caller read the pointer and the record; if either changed since, 'retry'.
+// Then every key of the credential goes, and the user-name claims and made-user marks it holds (ARGV[6..]).
+const DELETE_CREDENTIAL = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', ''} end
+local rid = redis.call('GET', KEYS[2])
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'busy', rid or ''} end
+if (rid or '') ~= ARGV[2] then return {'retry', ''} end
+if rid then
+  local key = ARGV[5] .. rid
+  local raw = redis.call('GET', key)
+  if (raw or '') ~= ARGV[3] then return {'retry', ''} end
+  if ARGV[4] == '' then return {'inflight', rid} end
+  if raw then redis.call('SET', key, ARGV[4]) end
+  redis.call('ZREM', KEYS[9], rid)
+  redis.call('DEL', KEYS[2])
+end
+redis.call('DEL', KEYS[1], KEYS[8])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('SREM', KEYS[5], ARGV[1])
+for i = 6, #ARGV do
+  if redis.call('HGET', KEYS[6], ARGV[i]) == ARGV[1] then redis.call('HDEL', KEYS[6], ARGV[i]) end
+  if redis.call('HGET', KEYS[7], ARGV[i]) == ARGV[1] then redis.call('HDEL', KEYS[7], ARGV[i]) end
+end
+return {'deleted', rid or ''}
+`;
+
+// Replaces a credential's spec only if it is still the one the caller read (ARGV[1]): two PATCHes never lose one.
+const SWAP_SPEC = `
+local current = redis.call('HGET', KEYS[1], 'spec')
+if not current then return -1 end
+if current ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'spec', ARGV[2])
+return 1
+`;
+
+// Sets one field of a credential's state, leaving the rest as the engine last wrote it (finding 6 of issue 11).
+const SET_NEXT_ROTATION = `
+local raw = redis.call('HGET', KEYS[1], 'state')
+if not raw then return 0 end
+local state = cjson.decode(raw)
+state['nextRotationAt'] = ARGV[1]
+redis.call('HSET', KEYS[1], 'state', cjson.encode(state))
+return 1
+`;
+
+/** What the registry sees of a rotation record: enough to tell whether it started (the engine owns its shape). */
+export interface QueuedRotation {
+  status: string;
+  attempts: number;
+  [field: string]: unknown;
+}
+
+/** The outcome of a delete: done (with the rotation it cancelled, if any), or why not. */
+export type DeleteOutcome =
+  | { outcome: 'deleted'; cancelled?: string }
+  | { outcome: 'missing' }
+  | { outcome: 'busy' | 'inflight'; rotation?: string };
+
 /** The downstream user names a credential rotates: its user, and for alternating-users the clone as well. */
 export function claimedUsernames(spec: Pick<CredentialSpec, 'username' | 'strategy'>): string[] {
   return spec.strategy === 'alternating-users'
@@ -268,17 +329,33 @@ export class Registry {
     }
   }
 
-  /** Replaces the spec of an existing credential (PATCH). */
-  async saveCredentialSpec(spec: CredentialSpec): Promise<void> {
-    const key = this.keys.credential(spec.id);
-    // HSET on a missing key would resurrect a deleted credential: only write while it exists.
-    const r = await this.#redis.eval(
-      "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end redis.call('HSET', KEYS[1], 'spec', ARGV[1]) return 1",
-      1,
-      key,
-      JSON.stringify(spec),
+  /**
+   * Replaces a credential's spec with `change(current)`, compare-and-set on what was read: a concurrent PATCH makes it
+   * read again and re-apply (up to five times), so no change is lost and no stale spec written back.
+   */
+  async updateCredentialSpec(
+    id: string,
+    change: (current: CredentialSpec) => CredentialSpec,
+  ): Promise<CredentialSpec> {
+    const key = this.keys.credential(id);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const raw = await this.#redis.hget(key, 'spec');
+      if (!raw) break;
+      const next = change(JSON.parse(raw) as CredentialSpec);
+      const r = await this.#redis.eval(SWAP_SPEC, 1, key, raw, JSON.stringify(next));
+      if (r === 1) return next;
+      if (r === -1) break;
+    }
+    const exists = await this.#redis.hexists(key, 'spec');
+    if (!exists) throw new NotFoundError(`Credential "${id}" does not exist`);
+    throw new ConflictError(
+      `Credential "${id}" is being changed by other requests at the same moment: retry`,
     );
-    if (r !== 1) throw new NotFoundError(`Credential "${spec.id}" does not exist`);
+  }
+
+  /** Sets the advertised next rotation in a credential's state, and nothing else of it. */
+  async setNextRotationAt(id: string, at: string): Promise<void> {
+    await this.#redis.eval(SET_NEXT_ROTATION, 1, this.keys.credential(id), at);
   }
 
   async saveCredentialState(id: string, state: CredentialState): Promise<void> {
@@ -290,17 +367,45 @@ export class Registry {
     );
   }
 
-  /** Removes a credential's registry entries (its rotations' records expire on their own). */
-  async deleteCredential(spec: CredentialSpec): Promise<void> {
+  /**
+   * Deletes a credential, its rotation list and the claims it holds, in one step with the checks (DELETE_CREDENTIAL);
+   * `cancel` turns the record of a rotation that has not started into its cancelled form, or null when it has started
+   * (then the delete is refused). Also takes back a registration whose later steps failed.
+   */
+  async deleteCredential(
+    spec: CredentialSpec,
+    cancel: (rotation: QueuedRotation) => QueuedRotation | null = () => null,
+  ): Promise<DeleteOutcome> {
     const k = this.keys;
-    await this.#redis
-      .multi()
-      .del(k.credential(spec.id), k.credentialRotations(spec.id))
-      .zrem(k.credentials(), spec.id)
-      .srem(k.connectionUsers(spec.connection), spec.id)
-      .eval(RELEASE_USERNAMES, 1, k.connectionUsernames(spec.connection), spec.id, ...claimedUsernames(spec))
-      .eval(RELEASE_USERNAMES, 1, k.connectionMadeUsers(spec.connection), spec.id, ...claimedUsernames(spec))
-      .exec();
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const rid = (await this.#redis.get(k.inflight(spec.id))) ?? '';
+      const raw = rid ? ((await this.#redis.get(k.rotation(rid))) ?? '') : '';
+      const cancelled = raw ? cancel(JSON.parse(raw) as QueuedRotation) : null;
+      const [outcome, rotation] = (await this.#redis.eval(
+        DELETE_CREDENTIAL,
+        9,
+        k.credential(spec.id),
+        k.inflight(spec.id),
+        k.lease(spec.id),
+        k.credentials(),
+        k.connectionUsers(spec.connection),
+        k.connectionUsernames(spec.connection),
+        k.connectionMadeUsers(spec.connection),
+        k.credentialRotations(spec.id),
+        k.activeRotations(),
+        spec.id,
+        rid,
+        raw,
+        rid && !raw ? 'gone' : cancelled ? JSON.stringify(cancelled) : '',
+        k.rotation(''),
+        ...claimedUsernames(spec),
+      )) as [string, string];
+      if (outcome === 'retry') continue;
+      if (outcome === 'deleted') return rotation ? { outcome, cancelled: rotation } : { outcome };
+      if (outcome === 'missing') return { outcome };
+      return { outcome: outcome as 'busy' | 'inflight', ...(rotation ? { rotation } : {}) };
+    }
+    return { outcome: 'busy' };
   }
 
   async #many<T>(keys: string[], parse: (raw: string) => T): Promise<T[]> {

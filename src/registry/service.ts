@@ -608,34 +608,43 @@ export class RegistryService {
         );
       }
     }
-    const updated: CredentialSpec = {
-      ...spec,
-      ...(patch.schedule ? { schedule: patch.schedule } : {}),
-      ...(patch.password ? { password: { ...spec.password, ...patch.password } } : {}),
-      ...(patch.labels ? { labels: patch.labels } : {}),
-      updatedAt: new Date().toISOString(),
+    // The spec only, re-applied to whatever spec is current when written (compare-and-set): a rotation finishing or
+    // another PATCH meanwhile loses nothing, and the engine's state is never written from an earlier read.
+    const apply = (current: CredentialSpec): CredentialSpec => {
+      if (patch.labels && !who.admin && sortedJson(current.labels) !== sortedJson(spec.labels)) {
+        throw new ConflictError(
+          `The labels of credential "${id}" changed while this request was checked: retry`,
+        );
+      }
+      const next: CredentialSpec = {
+        ...current,
+        ...(patch.schedule ? { schedule: patch.schedule } : {}),
+        ...(patch.password ? { password: { ...current.password, ...patch.password } } : {}),
+        ...(patch.labels ? { labels: patch.labels } : {}),
+        updatedAt: new Date().toISOString(),
+      };
+      if (patch.maxAgeDays === null) delete next.maxAgeDays;
+      else if (patch.maxAgeDays !== undefined) next.maxAgeDays = patch.maxAgeDays;
+      if (patch.gracePeriod === null) delete next.gracePeriod;
+      else if (patch.gracePeriod !== undefined) next.gracePeriod = patch.gracePeriod;
+      return next;
     };
-    if (patch.maxAgeDays === null) delete updated.maxAgeDays;
-    else if (patch.maxAgeDays !== undefined) updated.maxAgeDays = patch.maxAgeDays;
-    if (patch.gracePeriod === null) delete updated.gracePeriod;
-    else if (patch.gracePeriod !== undefined) updated.gracePeriod = patch.gracePeriod;
     // The downstream is asked only when the patch sets a grace period: a schedule or label change must not
     // depend on the server answering at that moment.
-    await this.#checkCredential(updated, await this.#registry.getConnection(spec.connection), {
+    const connection = await this.#registry.getConnection(spec.connection);
+    await this.#checkCredential(apply(spec), connection, {
       askDownstream: typeof patch.gracePeriod === 'string',
     });
-    await this.#registry.saveCredentialSpec(updated);
-    const credential = await this.#registry.getCredential(id);
+    const updated = await this.#registry.updateCredentialSpec(id, apply);
     if (patch.schedule) {
       // Takes effect at once: the scheduler is replaced, and the advertised next rotation follows it.
-      const last = credential.state.rotatedAt ? new Date(credential.state.rotatedAt) : new Date();
+      const { state } = await this.#registry.getCredential(id);
+      const last = state.rotatedAt ? new Date(state.rotatedAt) : new Date();
       await this.#queues.upsertSchedule(updated, last);
       const next = this.#queues.nextRotationAt(updated, 'every' in updated.schedule ? last : new Date());
-      if (next) {
-        credential.state.nextRotationAt = next.toISOString();
-        await this.#registry.saveCredentialState(id, credential.state);
-      }
+      if (next) await this.#registry.setNextRotationAt(id, next.toISOString());
     }
+    const credential = await this.#registry.getCredential(id);
     await this.#audit.append({
       actor,
       action: 'credential.updated',
@@ -648,16 +657,51 @@ export class RegistryService {
 
   async deleteCredential(id: string, actor: string): Promise<void> {
     const { spec } = await this.#registry.getCredential(id);
-    const inflight = await this.#rotations.inflightId(id);
-    if (inflight) {
-      throw new ConflictError(
-        `Credential "${id}" has rotation ${inflight} in flight; delete it once GET /v1/rotations/${inflight} shows it ended`,
+    const refuse = (rotation: string | undefined, busy: boolean) =>
+      new ConflictError(
+        rotation
+          ? `Credential "${id}" has rotation ${rotation} ${busy ? 'running' : 'in flight'}; delete it once GET /v1/rotations/${rotation} shows it ended`
+          : `Credential "${id}" is being worked on downstream (a grace-period revocation); retry in a few seconds`,
       );
-    }
+    // Checked first, before leases are revoked; the delete below checks again in the same step as it deletes.
+    const inflight = await this.#rotations.inflight(id);
+    if (inflight && (inflight.status !== 'queued' || inflight.attempts > 0)) throw refuse(inflight.id, false);
     // A lease user outliving its credential would be access nobody tracks: they go first, or the delete waits.
     await this.#leases.revokeAllOf(id, actor);
+    const now = new Date().toISOString();
+    const result = await this.#registry.deleteCredential(spec, (rotation) =>
+      rotation.status === 'queued' && rotation.attempts === 0
+        ? {
+            ...rotation,
+            status: 'failed',
+            finishedAt: now,
+            updatedAt: now,
+            error: {
+              step: 'create',
+              code: 'cancelled',
+              message:
+                'cancelled: the credential was deleted before this rotation started; nothing was changed',
+              at: now,
+            },
+          }
+        : null,
+    );
+    if (result.outcome === 'missing') throw new NotFoundError(`Credential "${id}" does not exist`);
+    if (result.outcome !== 'deleted') throw refuse(result.rotation, result.outcome === 'busy');
+    // After the delete, never before: a refused delete must leave the credential rotating on schedule. A tick that
+    // fires in between finds no credential and requests nothing.
     await this.#queues.removeSchedule(id);
-    await this.#registry.deleteCredential(spec);
+    if (result.cancelled) {
+      await this.#queues.cancelRotation(result.cancelled);
+      await this.#audit.append({
+        actor,
+        action: 'rotation.cancelled',
+        outcome: 'success',
+        credential: id,
+        rotation: result.cancelled,
+        details: { reason: 'credential deleted before the rotation started' },
+      });
+    }
     // The local store is Keyturn's own: its copy goes with the credential. A secret in Vault or AWS belongs to
     // the team's account and its consumers, so it is left where it is.
     if (spec.store.type === 'local') await this.#stores.get(spec.store).remove(credentialSecretRef(spec));

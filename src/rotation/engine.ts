@@ -34,6 +34,8 @@ import { type Rotation, type RotationStep, type RotationTrigger, TERMINAL } from
 /** What the engine needs from the queueing layer; kept abstract so the engine does not depend on BullMQ. */
 export interface RotationHooks {
   enqueueRotation(rotationId: string, delayMs?: number): Promise<void>;
+  /** Runs a queued rotation's job now, if it is waiting out a delay (rotate-now taking over a jittered one). */
+  promoteRotation(rotationId: string): Promise<void>;
   enqueueRollback(rotationId: string): Promise<void>;
   /** After a successful rotation: re-arm the schedule, plan the grace-period revocation. */
   afterSuccess(credential: Credential, rotation: Rotation): Promise<void>;
@@ -164,7 +166,26 @@ export class RotationEngine {
     };
     const result = await this.#rotations.create(rotation);
     if (result.outcome === 'missing') return null;
-    if (result.outcome === 'inflight') return { rotation: result.rotation, created: false };
+    if (result.outcome === 'inflight') {
+      const waiting = result.rotation;
+      if (trigger !== 'manual' || !waiting.notBefore || Date.parse(waiting.notBefore) <= Date.now()) {
+        return { rotation: waiting, created: false };
+      }
+      // Rotate-now on a scheduled rotation still waiting out its jitter: that one starts now, rather than the request
+      // waiting (finding 8 of issue 11). Only one that has not started; a running one is returned as it is.
+      const started = await this.#rotations.startNow(waiting.id);
+      if (!started) return { rotation: (await this.#rotations.find(waiting.id)) ?? waiting, created: false };
+      await this.#hooks().promoteRotation(waiting.id);
+      await this.#audit.append({
+        actor,
+        action: 'rotation.requested',
+        outcome: 'success',
+        credential: credentialId,
+        rotation: waiting.id,
+        details: { trigger, tookOver: 'scheduled rotation waiting out its jitter' },
+      });
+      return { rotation: started, created: false };
+    }
     await this.#audit.append({
       actor,
       action: 'rotation.requested',
@@ -200,6 +221,16 @@ export class RotationEngine {
 
     let ctx: Context | undefined;
     try {
+      // Read again under the lease: a DELETE before it was taken may have cancelled this rotation or removed the
+      // credential. From here on a DELETE sees the lease and is refused, so nothing is changed for a deleted one.
+      const current = await this.#rotations.find(rotationId);
+      if (!current || TERMINAL.has(current.status))
+        return { outcome: 'done', ...(current ? { rotation: current } : {}) };
+      if (!(await this.#registry.findCredential(rotation.credentialId))) {
+        await this.#abandon(current, 'the credential was deleted while its rotation was queued');
+        return { outcome: 'done', rotation: current };
+      }
+      Object.assign(rotation, current);
       rotation.attempts += 1;
       rotation.status = 'running';
       rotation.startedAt ??= nowIso();

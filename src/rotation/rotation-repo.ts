@@ -57,6 +57,30 @@ export class RotationRepo {
     return this.create(rotation);
   }
 
+  /**
+   * Lets a queued rotation that has not started run now: its `notBefore` goes. Compare-and-set on the record, so a
+   * worker starting it meanwhile wins. Returns the updated rotation, or null when it was no longer waiting.
+   */
+  async startNow(id: string): Promise<Rotation | null> {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const raw = await this.#redis.get(this.keys.rotation(id));
+      if (!raw) return null;
+      const rotation = JSON.parse(raw) as Rotation;
+      if (rotation.status !== 'queued' || rotation.attempts > 0 || !rotation.notBefore) return null;
+      delete rotation.notBefore;
+      rotation.updatedAt = new Date().toISOString();
+      const swapped = await this.#redis.eval(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end return 0",
+        1,
+        this.keys.rotation(id),
+        raw,
+        JSON.stringify(rotation),
+      );
+      if (swapped === 1) return rotation;
+    }
+    return null;
+  }
+
   async find(id: string): Promise<Rotation | null> {
     const raw = await this.#redis.get(this.keys.rotation(id));
     return raw ? (JSON.parse(raw) as Rotation) : null;

@@ -109,6 +109,24 @@ export class Queues implements RotationHooks, LeaseRevocationPlanner {
     });
   }
 
+  /** Starts a queued rotation now: its delayed job (a scheduled rotation waiting out its jitter) is promoted. */
+  async promoteRotation(rotationId: string): Promise<void> {
+    const job = await this.rotations.getJob(`rotate-${rotationId}`);
+    if (!job) {
+      await this.enqueueRotation(rotationId);
+      return;
+    }
+    // A job that became active meanwhile cannot be promoted, and needs not be.
+    if (await job.isDelayed()) await job.promote().catch(() => {});
+  }
+
+  /** Removes the job of a rotation that was cancelled before it started (its record already says so). */
+  async cancelRotation(rotationId: string): Promise<void> {
+    const job = await this.rotations.getJob(`rotate-${rotationId}`);
+    // A job a worker took meanwhile finds the rotation ended and does nothing.
+    await job?.remove().catch(() => {});
+  }
+
   async enqueueRollback(rotationId: string): Promise<void> {
     await this.rotations.add('rollback', { rotationId } satisfies RotateData, {
       jobId: `rollback-${rotationId}`,

@@ -64,7 +64,24 @@ export function validateSchedule(schedule: Schedule, field = 'schedule'): string
       }
     }
   }
+  if (problems.length === 0 && schedule.jitter !== undefined) {
+    // A jitter longer than the interval would push a rotation past the next one and leave it queued most of the time.
+    const interval = shortestInterval(schedule);
+    if (parseDuration(schedule.jitter) > interval) {
+      problems.push(
+        `${field}.jitter (${schedule.jitter}) must not be longer than the time between two rotations (${Math.round(interval / 1000)}s)`,
+      );
+    }
+  }
   return problems;
+}
+
+/** The time between two scheduled rotations: `every`, or for cron the shortest gap among its next few slots. */
+function shortestInterval(schedule: Schedule): number {
+  if ('every' in schedule) return parseDuration(schedule.every);
+  const it = CronExpressionParser.parse(schedule.cron, { tz: schedule.timezone ?? 'UTC' });
+  const slots = Array.from({ length: 8 }, () => it.next().getTime());
+  return Math.min(...slots.slice(1).map((t, i) => t - (slots[i] as number)));
 }
 
 /** The next scheduled rotation after `from` (for `every`: counted from the last rotation). */

@@ -69,7 +69,8 @@ describe('validateSchedule', () => {
   it('accepts valid schedules', () => {
     const valid: Schedule[] = [
       { every: '30d' },
-      { every: '1s', window: '1h', jitter: '10m' },
+      { every: '1s', window: '1h', jitter: '1s' },
+      { every: '30d', jitter: '30d' },
       { cron: '0 3 * * 1' },
       { cron: '0 3 * * 1', timezone: 'Europe/London', window: '6h', jitter: '30m' },
       { cron: '*/15 9-17 1,15 * mon-fri', timezone: 'America/New_York' },
@@ -250,5 +251,17 @@ describe('nextRun', () => {
         new Date('2026-07-01T00:00:00Z'),
       ).toISOString(),
     ).toBe('2026-07-01T13:30:00.000Z');
+  });
+});
+
+describe('finding 8: a jitter longer than the interval is refused', () => {
+  it('for every and for cron (the shortest gap between slots), naming both', () => {
+    expect(validateSchedule({ every: '1h', jitter: '61m' })[0]).toMatch(
+      /^schedule\.jitter \(61m\) must not be longer than the time between two rotations \(3600s\)/,
+    );
+    expect(validateSchedule({ every: '1h', jitter: '60m' })).toEqual([]);
+    // Weekdays at 03:00: the shortest gap is a day.
+    expect(validateSchedule({ cron: '0 3 * * 1-5', jitter: '25h' })[0]).toMatch(/86400s/);
+    expect(validateSchedule({ cron: '0 3 * * 1-5', jitter: '24h' })).toEqual([]);
   });
 });
