@@ -44,14 +44,6 @@ for i = 5, #ARGV do redis.call('HSET', KEYS[5], ARGV[i], ARGV[4]) end
 return {1}
 `;
 
-// Releases the user names a credential claimed (ARGV[2..]), only where it still holds them.
-const RELEASE_USERNAMES = `
-for i = 2, #ARGV do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
-end
-return 1
-`;
-
 // Claims a credential's user names if it still exists and nobody holds them (credentials registered before claims);
 // an alternating pair's clone (ARGV[2], empty for single-user) counts as made by Keyturn: it was created for it.
 const BACKFILL_USERNAMES = `
