@@ -60,7 +60,7 @@ it('an {"every": "3s"} schedule rotates on its own at least twice within 10 seco
 });
 
 it('jitter delays each scheduled rotation by a random amount up to the jitter', async () => {
-  const { id } = await imported({ every: '1s', jitter: '2s' });
+  const { id } = await imported({ every: '2s', jitter: '2s' });
   const rotations = await waitFor(
     'three scheduled rotations',
     async () => {
