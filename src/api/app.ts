@@ -7,6 +7,7 @@ import Ajv from 'ajv';
 import addFormats from 'ajv-formats';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Authenticator } from '../auth/authenticator.ts';
+import { runInNewSecretScope } from '../crypto/secret-scope.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { Metrics } from '../metrics/metrics.ts';
 import { installAuthentication, installAuthGate, installAuthorization } from './auth.ts';
@@ -84,6 +85,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     httpPart === 'body' ? strict.compile(schema) : coercing.compile(schema),
   );
 
+  installSecretScope(app);
   installErrorHandling(app);
   // Order matters: who is calling, then (hardening) the rate limit counts them, refused callers included, then the
   // gate answers 401; authorization runs per route after validation.
@@ -112,4 +114,29 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     await app.register(eventRoutes, { ctx });
   }
   return app;
+}
+
+/**
+ * Every request runs in a secret scope of its own (crypto/secret-scope.ts): the passwords its stores and drivers
+ * touch are scrubbed from its answer, its logs and its audit events. Entered at onRequest and again after the body is
+ * parsed: the parser runs from the socket's events, outside the context the first hook set.
+ */
+function installSecretScope(app: FastifyInstance): void {
+  app.decorateRequest('secretScope', null);
+  app.addHook('onRequest', (request, _reply, done) => {
+    const scope = new Set<string>();
+    request.secretScope = scope;
+    runInNewSecretScope(done, scope);
+  });
+  app.addHook('preValidation', (request, _reply, done) => {
+    if (request.secretScope) runInNewSecretScope(done, request.secretScope);
+    else done();
+  });
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The secrets this request has touched (see installSecretScope). */
+    secretScope: Set<string> | null;
+  }
 }

@@ -2,6 +2,7 @@
 // (actor), what (action), on what (credential, connection, rotation), with what outcome, and when; it never
 // carries a secret value: `details` takes only scalars, and every call site passes ids and scrubbed messages.
 import type { Redis } from 'ioredis';
+import { scrubJsonLine } from '../crypto/secret-scope.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 
 export type AuditOutcome = 'success' | 'failure' | 'denied';
@@ -42,8 +43,9 @@ export function decodeAuditEntry(id: string, fields: string[]): AuditEvent | und
   return { id, ...(JSON.parse(raw) as Omit<AuditEvent, 'id'>) };
 }
 
+/** The stored form of an event, with every secret of the current operation's scope cut out (finding 10, issue 11). */
 function encode(event: AuditEventInput, time: string): string {
-  return JSON.stringify({ time, ...event });
+  return scrubJsonLine(JSON.stringify({ time, ...event }));
 }
 
 export class AuditLog {

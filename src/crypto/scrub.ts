@@ -2,6 +2,8 @@
 // the failing statement, DSNs. Before an error is logged, stored in a rotation record or returned, it passes
 // through here: known secret values are cut out, and so is anything shaped like a credential.
 
+import { secretsInScope } from './secret-scope.ts';
+
 const MIN_SECRET_LENGTH = 4;
 
 const PATTERNS: Array<[RegExp, string]> = [
@@ -21,11 +23,14 @@ const PATTERNS: Array<[RegExp, string]> = [
   [/\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+/gi, '$1 [redacted]'],
 ];
 
-/** Removes secret values and credential-shaped substrings from a text. */
+/**
+ * Removes secret values and credential-shaped substrings from a text: the secrets given, every secret the current
+ * operation has touched (secret-scope.ts), and anything shaped like a credential.
+ */
 export function scrubText(text: string, secrets: Iterable<string | undefined> = []): string {
   let out = text;
   // Longest first, so that a secret containing another is cut whole.
-  const known = [...secrets]
+  const known = [...secrets, ...secretsInScope()]
     .filter((s): s is string => typeof s === 'string' && s.length >= MIN_SECRET_LENGTH)
     .sort((a, b) => b.length - a.length);
   for (const secret of known) out = out.split(secret).join('[redacted]');

@@ -1,6 +1,8 @@
 // One pino logger for the whole process. Redaction is the second line of defence (the first is never passing a
 // secret to a log call): any field with a secret-bearing name is censored at any depth pino can address.
+
 import pino, { type Logger, type LoggerOptions } from 'pino';
+import { scrubJsonLine } from '../crypto/secret-scope.ts';
 
 const SECRET_FIELDS = [
   'password',
@@ -53,6 +55,8 @@ export function createLogger(settings: LoggerSettings): Logger {
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
     serializers: { err: pino.stdSerializers.err },
     timestamp: pino.stdTimeFunctions.isoTime,
+    // Whatever a line carries, the secrets the current operation touched are cut out of it (finding 10, issue 11).
+    hooks: { streamWrite: scrubJsonLine },
   };
   if (settings.destination) return pino(options, settings.destination);
   if (settings.format === 'pretty') {

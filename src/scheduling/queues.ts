@@ -16,6 +16,7 @@ import type { Redis } from 'ioredis';
 import type { AuditLog } from '../audit/audit-log.ts';
 import type { OverdueScanner, OverdueScanResult } from '../compliance/overdue-scan.ts';
 import { scrubError } from '../crypto/scrub.ts';
+import { runInNewSecretScope } from '../crypto/secret-scope.ts';
 import type { LeaseRevocationPlanner, LeaseService } from '../leases/lease-service.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { Notifier } from '../notifications/notifier.ts';
@@ -254,28 +255,44 @@ export class QueueWorkers {
       maxStalledCount: 20,
       settings: { backoffStrategy: (attemptsMade: number) => backoffDelay(attemptsMade, settings.backoffMs) },
     };
-    const rotationWorker = new Worker(ROTATION_QUEUE, (job, token) => this.#rotationJob(job, token), {
-      ...common,
-      concurrency: settings.concurrency,
-    } as never);
-    const scheduleWorker = new Worker(SCHEDULE_QUEUE, (job) => this.#scheduleJob(job), {
-      ...common,
-      concurrency: 1,
-    } as never);
-    const leaseWorker = new Worker(LEASE_QUEUE, (job, token) => this.#leaseJob(job, token), {
-      ...common,
-      concurrency: settings.leaseConcurrency,
-    } as never);
+    const rotationWorker = new Worker(
+      ROTATION_QUEUE,
+      (job, token) => runInNewSecretScope(() => this.#rotationJob(job, token)),
+      {
+        ...common,
+        concurrency: settings.concurrency,
+      } as never,
+    );
+    const scheduleWorker = new Worker(
+      SCHEDULE_QUEUE,
+      (job) => runInNewSecretScope(() => this.#scheduleJob(job)),
+      {
+        ...common,
+        concurrency: 1,
+      } as never,
+    );
+    const leaseWorker = new Worker(
+      LEASE_QUEUE,
+      (job, token) => runInNewSecretScope(() => this.#leaseJob(job, token)),
+      {
+        ...common,
+        concurrency: settings.leaseConcurrency,
+      } as never,
+    );
     const notifier = this.deps.notifier;
     const notificationWorker = notifier
-      ? new Worker(NOTIFICATION_QUEUE, (job) => notifier.deliver(job as Job<NotificationJobData>), {
-          ...common,
-          concurrency: NOTIFICATION_CONCURRENCY,
-          settings: {
-            backoffStrategy: (attemptsMade: number) =>
-              backoffDelay(attemptsMade, notifier.settings.backoffMs),
-          },
-        } as never)
+      ? new Worker(
+          NOTIFICATION_QUEUE,
+          (job) => runInNewSecretScope(() => notifier.deliver(job as Job<NotificationJobData>)),
+          {
+            ...common,
+            concurrency: NOTIFICATION_CONCURRENCY,
+            settings: {
+              backoffStrategy: (attemptsMade: number) =>
+                backoffDelay(attemptsMade, notifier.settings.backoffMs),
+            },
+          } as never,
+        )
       : undefined;
     for (const w of [
       rotationWorker,

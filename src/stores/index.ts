@@ -1,13 +1,46 @@
 // The map of secret stores by type, and how a credential or connection names its secret in one.
+
+import { noteSecret } from '../crypto/secret-scope.ts';
 import { UnprocessableError } from '../registry/errors.ts';
 import type { Connection, CredentialSpec, StoreSpec } from '../registry/types.ts';
 import type { SecretDocument, SecretRef, SecretStore } from './types.ts';
 
+/** Notes the password of a secret document (or of a version's `value`) in the current secret scope. */
+function notePasswordOf(value: unknown): void {
+  if (!value || typeof value !== 'object') return;
+  const doc = (value as { value?: unknown }).value ?? value;
+  if (doc && typeof doc === 'object') noteSecret((doc as { password?: unknown }).password);
+}
+
+/**
+ * A store whose every call notes the passwords it is given and returns (finding 10 of issue 11): whatever operation
+ * reads an admin or credential secret, the scrubber then knows it.
+ */
+function notingSecrets(store: SecretStore): SecretStore {
+  return new Proxy(store, {
+    get(target, prop) {
+      const value = Reflect.get(target, prop, target);
+      if (typeof value !== 'function') return value;
+      return (...args: unknown[]) => {
+        for (const arg of args) notePasswordOf(arg);
+        const result = (value as (...a: unknown[]) => unknown).apply(target, args);
+        return result instanceof Promise
+          ? result.then((r: unknown) => {
+              notePasswordOf(r);
+              return r;
+            })
+          : result;
+      };
+    },
+  });
+}
+
 export class StoreSet {
   readonly #stores = new Map<StoreSpec['type'], SecretStore>();
 
+  /** Adds a store; every document it reads or writes has its password noted in the current secret scope. */
   add(store: SecretStore): this {
-    this.#stores.set(store.type, store);
+    this.#stores.set(store.type, notingSecrets(store));
     return this;
   }
 

@@ -1,0 +1,111 @@
+// Finding 10 of issue 11: a downstream that echoes the password it received in its error put the admin secret into a
+// lease's 422 answer, its `lease.create_failed` audit event, log lines and the lease's `lastError`. Here a fake
+// PostgreSQL that asks for a cleartext password (allowed on this connection with options.requireAuth, so that it
+// receives them) answers every login with an error quoting that password, on the lease, rotation and import paths.
+// Every password it received, the admin's included, must appear nowhere: answers, audit trail, rotation and lease
+// records, logs, Redis values and the commands sent to Redis.
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type FakePostgres, startFakePostgres } from '../support/fake-postgres.ts';
+import {
+  dropPrefix,
+  type Keyturn,
+  startKeyturn,
+  type TestEnv,
+  testEnv,
+  waitForRotation,
+} from '../support/harness.ts';
+import { assertNoSecrets, monitorRedis, redisValues } from '../support/leaks.ts';
+
+/** The connection lets the impostor ask for cleartext: the point here is what Keyturn does with the echo. */
+const LET_IT_ASK = { requireAuth: 'scram-sha-256,password' };
+const ADMIN_PASSWORD = `admin-${randomBytes(16).toString('hex')}`;
+const IMPORT_PASSWORD = `import-${randomBytes(16).toString('hex')}`;
+
+let env: TestEnv;
+let kt: Keyturn;
+let fake: FakePostgres;
+let monitor: Awaited<ReturnType<typeof monitorRedis>>;
+const answers: string[] = [];
+
+beforeAll(async () => {
+  fake = await startFakePostgres({ auth: 'password' });
+  env = testEnv({ KEYTURN_ROTATION_ATTEMPTS: '1', LOG_LEVEL: 'debug' });
+  monitor = await monitorRedis(env.prefix);
+  kt = await startKeyturn(env, { components: ['api', 'worker'] });
+});
+afterAll(async () => {
+  monitor?.stop();
+  await kt?.close();
+  await fake?.close();
+  if (env) await dropPrefix(env.prefix);
+});
+
+async function call(method: string, path: string, body?: unknown) {
+  const res = await kt.api(method, path, body);
+  answers.push(`${method} ${path} ${res.status} ${res.text}`);
+  return res;
+}
+
+describe('finding 10: an echoing downstream leaks no password on any path', () => {
+  it('lease, rotation and import errors carry no password the downstream echoed', async () => {
+    const connection = await call('POST', '/v1/connections', {
+      id: 'echo',
+      type: 'postgres',
+      host: '127.0.0.1',
+      port: fake.port,
+      database: 'app',
+      admin: { username: 'keyturn_admin', password: ADMIN_PASSWORD },
+      options: LET_IT_ASK,
+    });
+    expect(connection.status, connection.text).toBe(201);
+
+    // Rotation: registered, its first rotation fails against the echoing server.
+    const created = await call('POST', '/v1/credentials', {
+      id: 'echo-app',
+      connection: 'echo',
+      username: 'app',
+      strategy: 'single-user',
+      schedule: { every: '30d' },
+    });
+    expect(created.status, created.text).toBe(201);
+    const rotation = await waitForRotation(kt, created.body.rotation.id);
+    expect(rotation.status).toBe('failed');
+    answers.push(JSON.stringify(rotation));
+
+    // Import: the password check fails against it.
+    const imported = await call('POST', '/v1/credentials', {
+      id: 'echo-imported',
+      connection: 'echo',
+      username: 'other',
+      strategy: 'single-user',
+      schedule: { every: '30d' },
+      import: true,
+      currentPassword: IMPORT_PASSWORD,
+    });
+    expect(imported.status, imported.text).toBe(422);
+
+    // Lease: the admin login fails, and the echo quotes the admin password.
+    const lease = await call('POST', '/v1/credentials/echo-app/leases', { ttl: '5m' });
+    expect(lease.status, lease.text).toBe(422);
+    await call('GET', '/v1/credentials/echo-app/leases');
+    await call('GET', '/v1/credentials/echo-app');
+    await call('GET', '/v1/audit?limit=1000');
+
+    // The echoes did happen: the fake received the admin password (and others) and quoted each in its error.
+    expect(fake.passwordsReceived).toContain(ADMIN_PASSWORD);
+    expect(fake.passwordsReceived).toContain(IMPORT_PASSWORD);
+    const secrets = new Set([ADMIN_PASSWORD, IMPORT_PASSWORD, ...fake.passwordsReceived]);
+    const audit = (await kt.api('GET', '/v1/audit?limit=1000')).body.events.map((e: unknown) =>
+      JSON.stringify(e),
+    );
+    expect(audit.some((e: string) => e.includes('lease.create_failed'))).toBe(true);
+    assertNoSecrets(secrets, [
+      ['API answers', answers],
+      ['audit trail', audit],
+      ['logs', kt.logs],
+      ['Redis values', await redisValues(env.prefix)],
+      ['Redis commands', monitor.commands],
+    ]);
+  });
+});
