@@ -154,6 +154,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     rotations,
     stores,
     timeoutMs: config.rotation.downstreamTimeoutMs,
+    maxAgeMs: config.secretMaxAgeMs,
   });
   const service = new RegistryService({
     registry,

@@ -53,6 +53,8 @@ export interface KeyturnConfig {
   /** Origins allowed to call the API from a browser; empty: CORS off (no CORS headers at all). */
   corsOrigins: string[];
   /** Short-lived credentials (POST /v1/credentials/:id/leases). */
+  /** KEYTURN_SECRET_MAX_AGE: the longest Cache-Control max-age a secret read gives (SPEC, "Cache hint"). */
+  secretMaxAgeMs: number;
   leases: {
     /** TTL of a lease whose request names none. */
     defaultTtlMs: number;
@@ -286,6 +288,9 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
     }
     return parseDuration(fallback);
   };
+  // "0" turns the cache hint off (max-age=0 on every secret read); a duration otherwise.
+  const secretMaxAgeMs =
+    env.KEYTURN_SECRET_MAX_AGE?.trim() === '0' ? 0 : duration('KEYTURN_SECRET_MAX_AGE', '5m', 1000);
   const leases: KeyturnConfig['leases'] = {
     defaultTtlMs: duration('KEYTURN_LEASE_DEFAULT_TTL', '1h', 1000),
     maxTtlMs: duration('KEYTURN_LEASE_MAX_TTL', '24h', 1000),
@@ -398,6 +403,7 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
     tls,
     rateLimit,
     corsOrigins,
+    secretMaxAgeMs,
     leases,
     vault,
     aws,

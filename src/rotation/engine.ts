@@ -711,18 +711,26 @@ export class RotationEngine {
       const login = { username: current.value.username, password: current.value.password };
       // On a dual-password downstream the old password may still work next to the pending one: take the
       // pending one away explicitly, so that nothing the store is about to forget still logs in.
-      if (ctx.target.removePassword && pending && pending.value.username === login.username) {
+      const removePending = Boolean(
+        ctx.target.removePassword && pending && pending.value.username === login.username,
+      );
+      if (ctx.target.removePassword && pending && removePending) {
         await ctx.target.removePassword(login.username, {
           remove: pending.value.password,
           keep: current.value.password,
         });
       }
-      if (!(await ctx.target.authenticate(login)).ok) {
-        await ctx.target.updatePassword(login.username, login.password);
-      }
+      // Say what was done: after a failed admin login, say, nothing changed downstream and nothing was put back.
+      const stillWorks = (await ctx.target.authenticate(login)).ok;
+      if (!stillWorks) await ctx.target.updatePassword(login.username, login.password);
       const check = await ctx.target.authenticate(login);
       if (!check.ok) throw new Error(`the restored password does not log in: ${check.message}`);
-      return `the current password was put back downstream${await this.#dropPending(ctx, rotation)}`;
+      const what = !stillWorks
+        ? 'the current password was put back downstream'
+        : removePending
+          ? 'the pending password was taken away downstream; the current one still logs in'
+          : 'the current password still logs in, so nothing was changed downstream';
+      return `${what}${await this.#dropPending(ctx, rotation)}`;
     }
     // alternating-users: the rotation changed the inactive user. Put back its previous password while that
     // user is still in its grace period, otherwise give it an unknown random one.

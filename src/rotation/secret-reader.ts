@@ -7,6 +7,7 @@ import type { Registry } from '../registry/registry.ts';
 import type { Credential } from '../registry/types.ts';
 import { credentialSecretRef, type StoreSet } from '../stores/index.ts';
 import type { SecretVersion } from '../stores/types.ts';
+import { secretCacheMaxAge } from './cache-hint.ts';
 import { openDownstream } from './downstream.ts';
 import type { RotationRepo } from './rotation-repo.ts';
 import type { Rotation } from './types.ts';
@@ -16,6 +17,8 @@ export interface WorkingSecret {
   version: SecretVersion;
   /** A rotation is in flight: clients should not cache this answer. */
   rotating: boolean;
+  /** How long a client may cache it (Cache-Control max-age, seconds): see cache-hint.ts. */
+  maxAgeSeconds: number;
 }
 
 export class SecretReader {
@@ -23,16 +26,38 @@ export class SecretReader {
   readonly #rotations: RotationRepo;
   readonly #stores: StoreSet;
   readonly #timeoutMs: number;
+  readonly #maxAgeMs: number;
 
-  constructor(deps: { registry: Registry; rotations: RotationRepo; stores: StoreSet; timeoutMs: number }) {
+  constructor(deps: {
+    registry: Registry;
+    rotations: RotationRepo;
+    stores: StoreSet;
+    timeoutMs: number;
+    /** KEYTURN_SECRET_MAX_AGE. */
+    maxAgeMs: number;
+  }) {
     this.#registry = deps.registry;
     this.#rotations = deps.rotations;
     this.#stores = deps.stores;
     this.#timeoutMs = deps.timeoutMs;
+    this.#maxAgeMs = deps.maxAgeMs;
   }
 
   /** The working secret, or null when the credential has no version yet (first rotation still running). */
   async read(credential: Credential): Promise<WorkingSecret | null> {
+    const found = await this.#working(credential);
+    if (!found) return null;
+    const maxAgeSeconds = secretCacheMaxAge({
+      rotating: found.rotating,
+      nextRotationAt: credential.state.nextRotationAt,
+      gracePeriod: credential.spec.gracePeriod,
+      maxAgeMs: this.#maxAgeMs,
+      now: Date.now(),
+    });
+    return { ...found, maxAgeSeconds };
+  }
+
+  async #working(credential: Credential): Promise<Omit<WorkingSecret, 'maxAgeSeconds'> | null> {
     const store = this.#stores.get(credential.spec.store);
     const ref = credentialSecretRef(credential.spec);
     const inflight = await this.#rotations.inflight(credential.spec.id);

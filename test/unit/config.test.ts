@@ -440,3 +440,12 @@ describe('loadConfig: the event stream (GET /v1/events)', () => {
     expect(err.problems[0]).toContain(message);
   });
 });
+
+describe('KEYTURN_SECRET_MAX_AGE (finding 9)', () => {
+  it('defaults to 5 minutes, takes a duration, allows 0 and refuses nonsense', () => {
+    expect(loadConfig({}).secretMaxAgeMs).toBe(300_000);
+    expect(loadConfig({ KEYTURN_SECRET_MAX_AGE: '90s' }).secretMaxAgeMs).toBe(90_000);
+    expect(loadConfig({ KEYTURN_SECRET_MAX_AGE: '0' }).secretMaxAgeMs).toBe(0);
+    expect(configError({ KEYTURN_SECRET_MAX_AGE: 'soon' }).message).toMatch(/KEYTURN_SECRET_MAX_AGE/);
+  });
+});

@@ -164,17 +164,27 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
       const working = await ctx.secrets.read(credential);
       const actor = actorOf(request);
       if (!working) {
+        const id = credential.spec.id;
+        const inflight = await ctx.rotations.inflightId(id);
+        const failed =
+          !inflight && credential.state.lastOutcome === 'failed'
+            ? credential.state.lastRotationId
+            : undefined;
         await ctx.audit.append({
           actor,
           action: 'secret.read',
           outcome: 'failure',
-          credential: credential.spec.id,
-          details: { reason: 'no version yet' },
+          credential: id,
+          details: { reason: failed ? 'first rotation failed' : 'no version yet' },
         });
         return reply.code(409).send({
           error: {
             code: 'no_secret_yet',
-            message: `Credential "${credential.spec.id}" has no working version yet: its first rotation has not finished (see GET /v1/credentials/${credential.spec.id})`,
+            message: failed
+              ? `Credential "${id}" has no working version: its first rotation ${failed} failed. GET /v1/rotations/${failed} says why; fix that, then POST /v1/credentials/${id}/rotate to try again`
+              : inflight
+                ? `Credential "${id}" has no working version yet: its first rotation ${inflight} has not finished (GET /v1/rotations/${inflight})`
+                : `Credential "${id}" has no working version yet: POST /v1/credentials/${id}/rotate to make one`,
           },
         });
       }
@@ -186,11 +196,8 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
         credential: credential.spec.id,
         details: { version: working.version.versionId },
       });
-      const next = credential.state.nextRotationAt ? Date.parse(credential.state.nextRotationAt) : undefined;
-      const maxAge =
-        working.rotating || next === undefined ? 0 : Math.max(0, Math.floor((next - Date.now()) / 1000));
       const { value } = working.version;
-      return reply.header('cache-control', `private, max-age=${maxAge}`).send({
+      return reply.header('cache-control', `private, max-age=${working.maxAgeSeconds}`).send({
         username: value.username,
         password: value.password,
         version: working.version.versionId,
