@@ -83,7 +83,10 @@ export interface TargetSession {
    * `spec.of`. Idempotent: an existing user of that name gets `password` and the expiry again.
    */
   createLeaseUser?(username: string, password: string, spec: LeaseUserSpec): Promise<void>;
-  /** Lease targets only: moves a lease user's expiry (renewal), where the downstream enforces one. */
+  /**
+   * Lease targets only (renewal): moves a lease user's expiry, where the downstream enforces one, after checking that
+   * the lease user still cannot change other users' passwords (TargetRefusedError when it can: not extended).
+   */
   extendLeaseUser?(username: string, expiresAt: Date): Promise<void>;
   /**
    * Lease targets only: drops a lease user and ends its open sessions; whatever it owns goes to `of`, never

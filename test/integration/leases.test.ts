@@ -320,6 +320,38 @@ describe('lease lifecycle on PostgreSQL', () => {
     expect((await kt.api('DELETE', `/v1/leases/${res.body.id}`)).status).toBe(200);
   });
 
+  it('finding 4: a lease of a credential whose groups could alter roles is a 422 saying what to change; so is renewing one made before that', async () => {
+    const connection = await registerPgConnection(kt);
+    const { id, role } = await importCredential(kt, connection, { idPrefix: 'admins' });
+    const admins = `${role.name}_admins`;
+    const ident = pg.escapeIdentifier;
+    await pgAdmin((c) => c.query(`CREATE ROLE ${ident(admins)} NOLOGIN CREATEROLE`));
+    try {
+      const lease = await issue(id, '10m');
+      // After the lease was made, the credential's group is given a role that can change passwords.
+      await pgAdmin((c) => c.query(`GRANT ${ident(admins)} TO ${ident(role.group)}`));
+      const renewed = await kt.api('POST', `/v1/leases/${lease.id}/renew`, { ttl: '20m' });
+      expect(renewed.status, renewed.text).toBe(422);
+      expect(renewed.body.error.message).toContain(`"${admins}" (CREATEROLE)`);
+      expect(renewed.body.error.message).toMatch(/not extended.*Revoke the lease/);
+      expect((await leaseOf(lease.id)).expiresAt).toBe(lease.expiresAt);
+
+      const refused = await kt.api('POST', `/v1/credentials/${id}/leases`, { ttl: '10m' });
+      expect(refused.status, refused.text).toBe(422);
+      expect(refused.body.error.message).toContain(
+        `role "${role.name}" is a member of "${admins}" (CREATEROLE)`,
+      );
+      expect(refused.body.error.message).toMatch(/NOLOGIN group role without CREATEROLE or SUPERUSER/);
+      expect((await kt.api('DELETE', `/v1/leases/${lease.id}`)).status).toBe(200);
+      expect(await target.exists(lease.username, lease.password)).toBe(false);
+    } finally {
+      await pgAdmin(async (c) => {
+        await c.query(`REVOKE ${ident(admins)} FROM ${ident(role.group)}`);
+        await c.query(`DROP ROLE ${ident(admins)}`);
+      });
+    }
+  });
+
   it('a webhook credential cannot have leases', async () => {
     const fixture = TARGET_FIXTURES.find((f) => f.name === 'webhook')!;
     const started = await fixture.start();

@@ -155,7 +155,7 @@ describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
     expect(await grantsOf(lease)).toEqual(await grantsOf(template.name));
   });
 
-  it('extendLeaseUser has nothing to do and does not fail', async () => {
+  it('extendLeaseUser has no expiry to move and does not fail for an ordinary lease', async () => {
     const lease = leaseName();
     const password = randomBytes(18).toString('base64url');
     await session.createLeaseUser!(lease, password, { of: template.name, expiresAt: expiresAt() });
@@ -231,28 +231,71 @@ describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
   });
 
   it("finding 4: a lease cannot change the credential's password (MySQL/MariaDB)", async () => {
-    const lease = leaseName();
-    const password = randomBytes(18).toString('base64url');
-    await session.createLeaseUser!(lease, password, { of: template.name, expiresAt: expiresAt() });
-    const asLease = await mysql.createConnection({
-      host: MYSQL_SERVER.host,
-      port: MYSQL_SERVER.port,
-      user: lease,
-      password,
-      database: DATABASE,
-    });
-    try {
-      for (const sql of [
-        `ALTER USER '${template.name}'@'%' IDENTIFIED BY 'taken-over-by-a-lease'`,
-        `SET PASSWORD FOR '${template.name}'@'%' = PASSWORD('taken-over-by-a-lease')`,
-        `UPDATE mysql.user SET authentication_string = '' WHERE User = '${template.name}'`,
-      ]) {
-        await expect(asLease.query(sql), sql).rejects.toMatchObject({ sqlState: '42000' });
+    // The credential's account as it should be (the template), and as it may be: able to change accounts with
+    // CREATE USER, or with UPDATE on a database pattern that also matches the `mysql` schema. Each lease is either
+    // refused or made without the means to take the credential's account over.
+    const cases: [string, string | null][] = [
+      ['the template', null],
+      ['CREATE USER ON *.*', 'CREATE USER ON *.* TO ?@?'],
+      ['UPDATE ON `%`.*', 'UPDATE ON `%`.* TO ?@?'],
+    ];
+    for (const [what, grant] of cases) {
+      const credential = grant
+        ? { name: `kt_pow_${run}_${hex(2)}`, password: randomBytes(18).toString('base64url') }
+        : template;
+      if (grant) {
+        accounts.push(credential.name);
+        await asMysqlRoot(async (c) => {
+          await c.query('CREATE USER ?@? IDENTIFIED BY ?', [credential.name, '%', credential.password]);
+          await c.query(`GRANT SELECT ON \`${DATABASE}\`.* TO ?@?`, [credential.name, '%']);
+          await c.query(`GRANT ${grant}`, [credential.name, '%']);
+        });
       }
-    } finally {
-      await asLease.end();
+      const lease = leaseName();
+      const password = randomBytes(18).toString('base64url');
+      const refused = await session.createLeaseUser!(lease, password, {
+        of: credential.name,
+        expiresAt: expiresAt(),
+      }).then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      const takenOverBy: string[] = [];
+      if (!refused) {
+        const asLease = await mysql.createConnection({
+          host: MYSQL_SERVER.host,
+          port: MYSQL_SERVER.port,
+          user: lease,
+          password,
+        });
+        try {
+          for (const sql of [
+            "ALTER USER ?@'%' IDENTIFIED BY 'taken-over-by-a-lease'",
+            "SET PASSWORD FOR ?@'%' = PASSWORD('taken-over-by-a-lease')",
+            "UPDATE mysql.user SET authentication_string = '' WHERE User = ?",
+          ]) {
+            const outcome = await asLease.query(sql, [credential.name]).then(
+              () => 'done',
+              (err: { sqlState?: string }) => err.sqlState,
+            );
+            if (outcome === 'done') takenOverBy.push(sql);
+            else expect(outcome, `${what}: ${sql}`).toBe('42000');
+          }
+        } finally {
+          await asLease.end();
+        }
+      }
+      expect(takenOverBy, what).toEqual([]);
+      expect(await canLogin(credential.name, credential.password), what).toBe(true);
+      expect(await canLogin(credential.name, 'taken-over-by-a-lease'), what).toBe(false);
+      if (grant) {
+        expect(refused, what).toBeInstanceOf(TargetRefusedError);
+        expect((refused as TargetRefusedError).code).toBe('lease-would-alter-accounts');
+        expect(await session.userExists(lease)).toBe(false);
+      } else {
+        expect(refused, what).toBeUndefined();
+      }
     }
-    expect(await canLogin(template.name, template.password)).toBe(true);
   });
 
   it('finding 4: refuses a lease whose copied grants could change other accounts, directly or through a role', async () => {
@@ -264,6 +307,31 @@ describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
         `SELECT ON \`${DATABASE}\`.\`${TABLE}\` TO ?@? WITH GRANT OPTION`,
         /WITH GRANT OPTION/,
       ],
+      // A database pattern that matches `mysql`.
+      [
+        'ALL ON `mysq_`.*',
+        'ALL PRIVILEGES ON `mysq_`.* TO ?@?',
+        /ALL PRIVILEGES ON mysq_\.\* \(its pattern matches the mysql schema\)/,
+      ],
+      [
+        'UPDATE (Priv) ON mysql.global_priv',
+        'UPDATE (Priv) ON mysql.global_priv TO ?@?',
+        /UPDATE ON mysql\.global_priv/,
+      ],
+      // *.* covers the mysql schema too.
+      ['DROP ON *.*', 'DROP ON *.* TO ?@?', /DROP ON \*\.\*/],
+      // Any DEFINER for its routines and views.
+      ['SET USER ON *.*', 'SET USER ON *.* TO ?@?', /SET USER ON \*\.\*/],
+      // init_connect, which runs as every account that logs in.
+      ['CONNECTION ADMIN ON *.*', 'CONNECTION ADMIN ON *.* TO ?@?', /CONNECTION ADMIN ON \*\.\*/],
+      // CHANGE MASTER TO a server whose events change accounts.
+      [
+        'REPLICATION SLAVE ADMIN',
+        'REPLICATION SLAVE ADMIN ON *.* TO ?@?',
+        /REPLICATION SLAVE ADMIN ON \*\.\*/,
+      ],
+      // A role it could grant onwards.
+      ['WITH ADMIN OPTION', `\`${role}\` TO ?@? WITH ADMIN OPTION`, /WITH ADMIN OPTION \(granted directly\)/],
     ];
     for (const [what, grant, message] of cases) {
       const account = `kt_pow_${run}_${hex(2)}`;
@@ -303,5 +371,40 @@ describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
     } finally {
       await asMysqlRoot((c) => c.query(`DROP ROLE IF EXISTS \`${powerful}\``));
     }
+  });
+  it('finding 4: grants on application databases are not refused, whatever their pattern', async () => {
+    const account = `kt_app_${run}_${hex(2)}`;
+    accounts.push(account);
+    await asMysqlRoot(async (c) => {
+      await c.query('CREATE USER ?@? IDENTIFIED BY ?', [account, '%', template.password]);
+      await c.query('GRANT ALL PRIVILEGES ON `kt\\_app\\_%`.* TO ?@?', [account, '%']);
+      await c.query('GRANT SELECT, INSERT, UPDATE, DELETE ON `keyturn_test`.* TO ?@?', [account, '%']);
+      await c.query('GRANT SELECT ON *.* TO ?@?', [account, '%']);
+    });
+    const lease = leaseName();
+    await session.createLeaseUser!(lease, 'w'.repeat(24), { of: account, expiresAt: expiresAt() });
+    expect(await grantsOf(lease)).toEqual(await grantsOf(account));
+  });
+
+  it('finding 4: renewal refuses a lease whose grants could change other accounts since it was made', async () => {
+    const lease = leaseName();
+    const password = randomBytes(18).toString('base64url');
+    await session.createLeaseUser!(lease, password, { of: template.name, expiresAt: expiresAt() });
+    // The template's role (which the lease has too) is given CREATE USER after the lease was made.
+    await asMysqlRoot((c) => c.query(`GRANT CREATE USER ON *.* TO \`${role}\``));
+    try {
+      const err = await session.extendLeaseUser!(lease, new Date(Date.now() + 7200_000)).catch(
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(TargetRefusedError);
+      expect((err as TargetRefusedError).code).toBe('lease-would-alter-accounts');
+      expect((err as Error).message).toContain(`CREATE USER ON *.* (through role \`${role}\`)`);
+      expect((err as Error).message).toMatch(/not extended.*Revoke the lease/);
+    } finally {
+      await asMysqlRoot((c) => c.query(`REVOKE CREATE USER ON *.* FROM \`${role}\``));
+    }
+    await session.extendLeaseUser!(lease, new Date(Date.now() + 7200_000));
+    // A lease already revoked (its account gone) is no error here.
+    await session.extendLeaseUser!(`kt_never_${run}`, new Date(Date.now() + 7200_000));
   });
 });

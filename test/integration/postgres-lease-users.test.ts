@@ -320,4 +320,83 @@ describe('PostgreSQL lease users', () => {
     expect((err as Error).message).toMatch(/belongs to no group role/);
     expect(await role(username)).toBeUndefined();
   });
+  it('finding 4: refuses a lease whose credential role reaches superuser through server files', async () => {
+    // pg_execute_server_program runs programs as the server's OS user, who can log in as a superuser.
+    const filer = `kt_lease_filer_${run}`;
+    roles.push(filer);
+    await pgAdmin(async (c) => {
+      await c.query(`CREATE ROLE ${id(filer)} LOGIN IN ROLE ${id(group)}`);
+      await c.query(`GRANT pg_execute_server_program TO ${id(filer)}`);
+    });
+    const { username, password } = lease();
+    const err = await session.createLeaseUser!(username, password, { of: filer, expiresAt: at(hour) }).catch(
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(TargetRefusedError);
+    expect((err as TargetRefusedError).code).toBe('lease-would-alter-roles');
+    expect((err as Error).message).toContain('"pg_execute_server_program"');
+    expect((err as Error).message).toMatch(/NOLOGIN group role/);
+    expect(await role(username)).toBeUndefined();
+  });
+
+  it('finding 4: a lease gets the groups without ADMIN OPTION, so it cannot hand them on; re-creating takes one away', async () => {
+    const holder = `kt_lease_holder_${run}`;
+    const bystander = `kt_lease_bystander_${run}`;
+    roles.push(holder, bystander);
+    await pgAdmin(async (c) => {
+      await c.query(`CREATE ROLE ${id(holder)} LOGIN`);
+      await c.query(`GRANT ${id(group)} TO ${id(holder)} WITH ADMIN OPTION`);
+      await c.query(`CREATE ROLE ${id(bystander)} NOLOGIN`);
+    });
+    const adminOptions = async (name: string) =>
+      (
+        await pgAdmin((c) =>
+          c.query<{ admin_option: boolean }>(
+            'SELECT admin_option FROM pg_auth_members WHERE member = $1::regrole',
+            [name],
+          ),
+        )
+      ).rows.map((r) => r.admin_option);
+    const { username, password } = lease();
+    const spec = { of: holder, expiresAt: at(hour) };
+    await session.createLeaseUser!(username, password, spec);
+    expect(await memberships(username)).toEqual([group]);
+    expect(await adminOptions(username)).toEqual([false]);
+    const client = clientAs(username, password);
+    await client.connect();
+    try {
+      await expect(client.query(`GRANT ${id(group)} TO ${id(bystander)}`)).rejects.toMatchObject({
+        code: '42501',
+      });
+    } finally {
+      await client.end().catch(() => {});
+    }
+    // Given ADMIN OPTION behind Keyturn's back, the lease role loses it when it is made again (a retry).
+    await pgAdmin((c) => c.query(`GRANT ${id(group)} TO ${id(username)} WITH ADMIN OPTION`));
+    await session.createLeaseUser!(username, password, spec);
+    expect(await adminOptions(username)).toEqual([false]);
+  });
+
+  it('finding 4: renewal refuses a lease whose groups could alter roles since it was made', async () => {
+    const admins = `kt_lease_admins2_${run}`;
+    roles.push(admins);
+    await pgAdmin((c) => c.query(`CREATE ROLE ${id(admins)} NOLOGIN CREATEROLE`));
+    const { username, password } = lease();
+    const first = at(hour);
+    await create(username, password, first);
+    await pgAdmin((c) => c.query(`GRANT ${id(admins)} TO ${id(group)}`));
+    try {
+      const err = await session.extendLeaseUser!(username, at(2 * hour)).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(TargetRefusedError);
+      expect((err as TargetRefusedError).code).toBe('lease-would-alter-roles');
+      expect((err as Error).message).toContain(`"${admins}" (CREATEROLE)`);
+      expect((err as Error).message).toMatch(/not extended.*Revoke the lease/);
+      expect((await role(username))?.rolvaliduntil?.getTime()).toBe(first.getTime());
+    } finally {
+      await pgAdmin((c) => c.query(`REVOKE ${id(admins)} FROM ${id(group)}`));
+    }
+    const later = at(2 * hour);
+    await session.extendLeaseUser!(username, later);
+    expect((await role(username))?.rolvaliduntil?.getTime()).toBe(later.getTime());
+  });
 });

@@ -158,7 +158,7 @@ describe('Redis ACL lease users', () => {
     expect(passwords[passwords.indexOf('passwords') + 1]).toHaveLength(1);
   });
 
-  it('extendLeaseUser has nothing to do and leaves the user as it is', async () => {
+  it('extendLeaseUser has no expiry to move and leaves an ordinary lease user as it is', async () => {
     const { username, password } = lease();
     await create(username, password);
     await session.extendLeaseUser!(username, new Date(Date.now() + 7200_000));
@@ -194,17 +194,58 @@ describe('Redis ACL lease users', () => {
   });
 
   it("finding 4: a lease cannot change the credential's password (Redis)", async () => {
-    const { username, password } = lease();
-    await create(username, password);
-    const leased = await clientAs(username, password);
-    try {
-      await expect(leased.call('ACL', 'SETUSER', of, '>taken-over-by-a-lease')).rejects.toThrow(/NOPERM/);
-      await expect(leased.call('CONFIG', 'SET', 'requirepass', 'taken-over')).rejects.toThrow(/NOPERM/);
-    } finally {
-      leased.disconnect();
+    // The credential's user as it should be (the template), and as it may be: allowed ACL, in its root rules or in a
+    // selector. Each lease is either refused or made without the means to take the credential's user over.
+    const cases: [string, string, string, string[] | null][] = [
+      ['the template', of, ofPassword, null],
+      ['+@all', `all-${run}`, randomBytes(18).toString('base64url'), ['+@all', '~*']],
+      [
+        'a selector with +acl',
+        `sel-${run}`,
+        randomBytes(18).toString('base64url'),
+        ['-@all', '+ping', '(+acl ~*)'],
+      ],
+    ];
+    for (const [what, user, userPassword, rules] of cases) {
+      if (rules) await server.admin('ACL', 'SETUSER', user, 'on', `>${userPassword}`, ...rules);
+      const { username, password } = lease();
+      const refused = await session.createLeaseUser!(username, password, {
+        of: user,
+        expiresAt: new Date(Date.now() + 3600_000),
+      }).then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      const takenOverBy: string[] = [];
+      if (!refused) {
+        const leased = await clientAs(username, password);
+        try {
+          for (const attempt of [
+            ['ACL', 'SETUSER', user, 'resetpass', '>taken-over-by-a-lease'],
+            ['CONFIG', 'SET', 'requirepass', 'taken-over-by-a-lease'],
+          ]) {
+            const outcome = await leased.call(attempt[0]!, ...attempt.slice(1)).then(
+              () => 'done',
+              (err: Error) => err.message,
+            );
+            if (outcome === 'done') takenOverBy.push(attempt.slice(0, 2).join(' '));
+            else expect(outcome, `${what}: ${attempt.slice(0, 2).join(' ')}`).toMatch(/NOPERM/);
+          }
+        } finally {
+          leased.disconnect();
+        }
+      }
+      expect(takenOverBy, what).toEqual([]);
+      expect(await server.canLogin(user, userPassword), what).toBe(true);
+      expect(await server.canLogin(user, 'taken-over-by-a-lease'), what).toBe(false);
+      if (rules) {
+        expect(refused, what).toBeInstanceOf(TargetRefusedError);
+        expect((refused as TargetRefusedError).code).toBe('lease-would-alter-users');
+        expect(await aclOf(username)).toBeNull();
+      } else {
+        expect(refused, what).toBeUndefined();
+      }
     }
-    expect(await server.canLogin(of, ofPassword)).toBe(true);
-    expect(await server.canLogin(of, 'taken-over-by-a-lease')).toBe(false);
   });
 
   it('finding 4: refuses a lease of a user whose rules, or selectors, allow ACL or CONFIG SET', async () => {
@@ -212,6 +253,10 @@ describe('Redis ACL lease users', () => {
       ['+@all', '~*'],
       ['-@all', '+get', '~*', '(+acl ~*)'],
       ['-@all', '+config|set', '~*'],
+      // REPLICAOF / FAILOVER: this server would follow another, whose replication stream runs ACL SETUSER.
+      ['-@all', '+replicaof', '~*'],
+      ['-@all', '+failover'],
+      ['-@all', '+module|loadex'],
     ]) {
       const powerful = `pow-${run}-${++counter}`;
       await server.admin('ACL', 'SETUSER', powerful, 'on', `>${ofPassword}`, ...rules);
@@ -224,5 +269,21 @@ describe('Redis ACL lease users', () => {
       expect((err as Error).message).toMatch(/could change the passwords/);
       expect(await aclOf(username)).toBeNull();
     }
+  });
+  it('finding 4: renewal refuses a lease user whose rules let it change users', async () => {
+    const { username, password } = lease();
+    await create(username, password);
+    await session.extendLeaseUser!(username, new Date(Date.now() + 7200_000));
+    // As a lease made before leases were checked, of a user allowed ACL, would be.
+    await server.admin('ACL', 'SETUSER', username, '+acl');
+    const err = await session.extendLeaseUser!(username, new Date(Date.now() + 7200_000)).catch(
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(TargetRefusedError);
+    expect((err as TargetRefusedError).code).toBe('lease-would-alter-users');
+    expect((err as Error).message).toContain('ACL SETUSER');
+    expect((err as Error).message).toMatch(/not extended.*Revoke the lease/);
+    // A lease already revoked (its user gone) is no error here.
+    await session.extendLeaseUser!(`gone-${run}`, new Date(Date.now() + 7200_000));
   });
 });

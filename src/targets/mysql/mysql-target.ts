@@ -20,7 +20,8 @@
 // ALTER USER … IDENTIFIED BY resets the account's authentication to the default password plugin: on MariaDB an
 // account `IDENTIFIED VIA unix_socket OR mysql_native_password` loses its unix_socket alternative.
 //
-// Leases: a lease user is an account with the grants, roles and default role of the credential's user. Neither
+// Leases: a lease user is an account with the grants, roles and default role of the credential's user, refused
+// when those would let it act on other accounts (see accountAdminIn), at creation and at renewal. Neither
 // server can expire an account at a given time, so Keyturn's revocation job and sweep drop it; dropping it also
 // ends its open sessions, for which the admin needs PROCESS (to see other accounts' sessions: without it the
 // process list shows only its own, and a lease user's open sessions would outlive the account until they
@@ -232,32 +233,89 @@ export function rewriteGrant(line: string, from: { user: string; host: string },
   throw new Error('the grantee is not where it was expected');
 }
 
-// Privileges with which an account can change another account's password or make access that outlives it.
-const ACCOUNT_ADMIN_GLOBAL =
-  /\b(ALL|CREATE USER|UPDATE|INSERT|DELETE|SUPER|ROLE_ADMIN|SET_USER_ID|SYSTEM_USER|GRANT OPTION)\b/i;
-const ACCOUNT_ADMIN_ON_MYSQL = /\b(ALL|UPDATE|INSERT|DELETE|CREATE|DROP|ALTER)\b/i;
+// Global privileges with which an account can change another account's password (or its authentication), act as
+// another account, or make access that outlives it. CREATE USER, SUPER, ROLE_ADMIN, SYSTEM_USER and GRANT OPTION
+// directly; SET USER (MariaDB) / SET_USER_ID, SET_ANY_DEFINER (MySQL) through a routine or view it gives any DEFINER;
+// CONNECTION ADMIN (MariaDB) / SYSTEM_VARIABLES_ADMIN (MySQL) through init_connect, which runs as every account that
+// logs in (`SET PASSWORD = …` runs as the credential's user at its next login); REPLICATION SLAVE ADMIN (MariaDB) /
+// REPLICATION_SLAVE_ADMIN (MySQL) by making the server replicate from one whose events change accounts; BINLOG REPLAY
+// (MariaDB) / BINLOG_ADMIN, REPLICATION_APPLIER (MySQL) by replaying such events itself.
+const ACCOUNT_ADMIN_GLOBAL = new Set([
+  'ALL',
+  'ALL PRIVILEGES',
+  'CREATE USER',
+  'SUPER',
+  'GRANT OPTION',
+  'ROLE_ADMIN',
+  'SYSTEM_USER',
+  'SET USER',
+  'SET_USER_ID',
+  'SET_ANY_DEFINER',
+  'CONNECTION ADMIN',
+  'SYSTEM_VARIABLES_ADMIN',
+  'REPLICATION SLAVE ADMIN',
+  'REPLICATION_SLAVE_ADMIN',
+  'BINLOG REPLAY',
+  'BINLOG_ADMIN',
+  'REPLICATION_APPLIER',
+]);
+// Privileges on the `mysql` schema (granted on it, on a pattern that matches it, or on *.*) that let an account
+// write the account tables: UPDATE mysql.global_priv, or replace a table of it.
+const ACCOUNT_ADMIN_ON_MYSQL = new Set([
+  'ALL',
+  'ALL PRIVILEGES',
+  'UPDATE',
+  'INSERT',
+  'DELETE',
+  'CREATE',
+  'DROP',
+  'ALTER',
+]);
+
+/** Whether a database name pattern of a grant (`%` and `_` wildcards, `\` escapes, as MySQL reads it) matches `name`. */
+function dbPatternMatches(pattern: string, name: string): boolean {
+  const literal = (ch: string) => ch.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  let source = '';
+  for (let i = 0; i < pattern.length; i++) {
+    const ch = pattern[i] ?? '';
+    if (ch === '\\' && i + 1 < pattern.length) source += literal(pattern[++i] ?? '');
+    else source += ch === '%' ? '.*' : ch === '_' ? '.' : literal(ch);
+  }
+  // Case-insensitively: whether the server folds names (lower_case_table_names) is not asked.
+  return new RegExp(`^${source}$`, 'is').test(name);
+}
 
 /**
  * Why a copied grant would let a lease account act on other accounts (change a password, grant onwards, act as
  * another user), or null. Exported for unit tests.
  */
 export function accountAdminIn(grant: string): string | null {
-  const text = grant.replace(TOKEN_QUOTED, (q) => q.replace(/\s+/g, '_'));
+  // Blanks inside quoted names become a character no pattern or keyword matches, so that the line splits on blanks.
+  const text = grant.trim().replace(TOKEN_QUOTED, (q) => q.replace(/\s/g, '\u0001'));
   if (/\bWITH\b.*\bGRANT\s+OPTION\b/i.test(text)) return 'WITH GRANT OPTION';
+  // A role granted WITH ADMIN OPTION: the lease could grant that role to other accounts, which outlive it.
+  if (/\bWITH\b.*\bADMIN\s+OPTION\b/i.test(text)) return 'WITH ADMIN OPTION';
   const on = /^GRANT\s+(.+?)\s+ON\s+(\S+)\s+TO\s/i.exec(text);
   if (!on) return null;
-  const [, privileges = '', object = ''] = on;
-  if (/^PROXY$/i.test(privileges.trim())) return 'PROXY';
-  const unquoted = object.replace(/[`'"]/g, '');
-  if (unquoted === '*.*') {
-    const hit = ACCOUNT_ADMIN_GLOBAL.exec(privileges);
-    if (hit) return `${hit[1]?.toUpperCase()} ON *.*`;
+  const [, privilegeList = '', object = ''] = on;
+  if (/^PROXY$/i.test(privilegeList.trim())) return 'PROXY';
+  // "SELECT, UPDATE (`a`, `b`), CREATE USER": the names, without column lists.
+  const privileges = privilegeList
+    .replace(/\([^)]*\)/g, '')
+    .split(',')
+    .map((p) => p.trim().replace(/\s+/g, ' ').toUpperCase());
+  const db = /^(\*|`(?:[^`]|``)*`|[^.`]+)\./.exec(object)?.[1];
+  if (db === undefined) return null; // FUNCTION / PROCEDURE / PACKAGE grants: EXECUTE and ALTER ROUTINE only
+  const hit = (set: Set<string>) => privileges.find((p) => set.has(p));
+  if (db === '*') {
+    const global = hit(ACCOUNT_ADMIN_GLOBAL) ?? hit(ACCOUNT_ADMIN_ON_MYSQL);
+    return global ? `${global} ON *.*` : null;
   }
-  if (/^mysql\./i.test(unquoted)) {
-    const hit = ACCOUNT_ADMIN_ON_MYSQL.exec(privileges);
-    if (hit) return `${hit[1]?.toUpperCase()} ON ${unquoted}`;
-  }
-  return null;
+  const name = (db.startsWith('`') ? db.slice(1, -1).replaceAll('``', '`') : db).replaceAll('\u0001', ' ');
+  const write = dbPatternMatches(name, 'mysql') ? hit(ACCOUNT_ADMIN_ON_MYSQL) : undefined;
+  if (!write) return null;
+  const shown = object.replaceAll('\u0001', ' ').replaceAll('`', '');
+  return `${write} ON ${shown}${name === 'mysql' ? '' : ' (its pattern matches the mysql schema)'}`;
 }
 
 /** The role a `GRANT role TO …` line grants (no ON clause), as SHOW GRANTS FOR accepts it, or null. */
@@ -565,20 +623,7 @@ class MysqlSession implements TargetSession {
    */
   async #refuseAccountAdmin(c: MysqlConnection, of: string, username: string): Promise<void> {
     if (!(await this.#exists(c, of))) return; // #createLike says that the account is missing
-    const found: string[] = [];
-    const seen = new Set<string>();
-    const visit = async (grantee: string, label: string, depth: number): Promise<void> => {
-      if (seen.has(grantee) || depth > 8) return;
-      seen.add(grantee);
-      const rows = await this.query(c, `SHOW GRANTS FOR ${grantee}`);
-      for (const [line] of rows) {
-        const why = accountAdminIn(String(line));
-        if (why) found.push(`${why} (${label})`);
-        const role = grantedRole(String(line));
-        if (role) await visit(role, `through role ${role}`, depth + 1);
-      }
-    };
-    await visit(mysql.format('?@?', [of, this.accountHost]), 'granted directly', 0);
+    const found = await this.#accountAdminOf(c, of);
     if (found.length > 0) {
       throw new TargetRefusedError(
         `${this.account(of)} holds ${found.join(', ')}: a lease account with its grants could change the passwords of other accounts (${this.account(of)}'s included) or keep access after the lease, so lease ${this.account(username)} is not made. Give the application's account only the privileges it needs on its own databases, and ask again`,
@@ -587,8 +632,44 @@ class MysqlSession implements TargetSession {
     }
   }
 
-  /** Nothing to do: the server holds no expiry for the account (see createLeaseUser); Keyturn's own does. */
-  async extendLeaseUser(_username: string, _expiresAt: Date): Promise<void> {}
+  /** What in an account's grants, and its roles' (recursively), lets it act on other accounts (see accountAdminIn). */
+  async #accountAdminOf(c: MysqlConnection, user: string): Promise<string[]> {
+    const found: string[] = [];
+    const seen = new Set<string>();
+    // Every role reached is read once (MySQL and MariaDB refuse cycles; `seen` stops one anyway), however deep.
+    const visit = async (grantee: string, label: string): Promise<void> => {
+      if (seen.has(grantee)) return;
+      seen.add(grantee);
+      const rows = await this.query(c, `SHOW GRANTS FOR ${grantee}`);
+      for (const [line] of rows) {
+        const why = accountAdminIn(String(line));
+        if (why) found.push(`${why} (${label})`);
+        const role = grantedRole(String(line));
+        if (role) await visit(role, `through role ${role}`);
+      }
+    };
+    await visit(mysql.format('?@?', [user, this.accountHost]), 'granted directly');
+    return found;
+  }
+
+  /**
+   * The server holds no expiry for the account (see createLeaseUser); Keyturn's own moves. What it checks: a lease
+   * account whose grants (or its roles') now let it act on other accounts (a lease made before leases were checked,
+   * or one whose role was given CREATE USER since) is refused rather than extended. A missing account is fine here:
+   * its lease is being revoked.
+   */
+  async extendLeaseUser(username: string, _expiresAt: Date): Promise<void> {
+    await this.asAdmin(`extending lease account ${this.account(username)}`, async (c) => {
+      if (!(await this.#exists(c, username))) return;
+      const found = await this.#accountAdminOf(c, username);
+      if (found.length > 0) {
+        throw new TargetRefusedError(
+          `lease account ${this.account(username)} holds ${found.join(', ')}: with those it could change the passwords of other accounts, the credential's included, so it is not extended. Revoke the lease, take those privileges away from the credential's account (and its roles), and ask for a new lease`,
+          'lease-would-alter-accounts',
+        );
+      }
+    });
+  }
 
   /**
    * Drops the lease account and ends its open sessions: DROP USER closes none (MySQL and MariaDB check passwords

@@ -336,11 +336,34 @@ class PostgresSession implements TargetSession {
   // Lease users. A lease user is a LOGIN role with the credential role's (`of`) group memberships, never a member
   // of `of` itself: a member could SET ROLE to it and ALTER ROLE … PASSWORD, a password that outlives the lease and
   // locks the service out. So the privileges a lease can use are those `of` has through its group roles (the way
-  // the README asks privileges to be granted); a lease is refused when those groups could alter roles (SUPERUSER,
-  // CREATEROLE, transitively) or are themselves login roles a lease could act as. VALID UNTIL is the lease's end:
-  // PostgreSQL itself refuses password logins after it, a second line of defence next to Keyturn's revocation (the
-  // revocation job and the sweep drop the role), in case those are late or down. VALID UNTIL neither ends sessions
-  // that are already open nor applies to non-password authentication (trust, peer, cert): dropLeaseUser does that.
+  // the README asks privileges to be granted), without ADMIN OPTION; a lease is refused when those groups could
+  // alter roles (SUPERUSER, CREATEROLE, the server-file roles that reach superuser, transitively) or are themselves
+  // login roles a lease could act as. Renewal checks the lease role again, so a group that gained such a power since
+  // is never extended. VALID UNTIL is the lease's end: PostgreSQL itself refuses password logins after it, a second
+  // line of defence next to Keyturn's revocation (the revocation job and the sweep drop the role), in case those are
+  // late or down. VALID UNTIL neither ends sessions that are already open nor applies to non-password
+  // authentication (trust, peer, cert): dropLeaseUser does that.
+
+  /**
+   * The roles `role` is a member of, directly or through others, with which it could change a login role's password
+   * or act as one: SUPERUSER, CREATEROLE, a login role (SET ROLE to it, then ALTER ROLE … PASSWORD as its own), and
+   * pg_execute_server_program / pg_write_server_files / pg_read_server_files, which PostgreSQL's documentation says
+   * can be used to gain superuser-level access. Each with why, for the message.
+   */
+  async #alteringMemberships(c: pg.Client, role: string): Promise<string[]> {
+    const found = await c.query<{ rolname: string; why: string }>(
+      `SELECT r.rolname,
+              CASE WHEN r.rolsuper THEN 'SUPERUSER' WHEN r.rolcreaterole THEN 'CREATEROLE'
+                   WHEN r.rolcanlogin THEN 'LOGIN' ELSE 'reaches superuser through server files' END AS why
+         FROM pg_roles r, pg_roles u
+        WHERE u.rolname = $1 AND r.oid <> u.oid AND pg_has_role(u.oid, r.oid, 'MEMBER')
+          AND (r.rolsuper OR r.rolcreaterole OR r.rolcanlogin
+               OR r.rolname IN ('pg_execute_server_program', 'pg_write_server_files', 'pg_read_server_files'))
+        ORDER BY r.rolname`,
+      [role],
+    );
+    return found.rows.map((r) => `"${r.rolname}" (${r.why})`);
+  }
 
   /** The group roles a lease of `of` joins, after checking that none lets the lease act as, or alter, a login role. */
   async #leaseGroups(c: pg.Client, of: string, username: string): Promise<string[]> {
@@ -350,18 +373,10 @@ class PostgresSession implements TargetSession {
         `role "${of}" does not exist, so lease role "${username}" cannot get its access`,
       );
     }
-    const powerful = await c.query<{ rolname: string; why: string }>(
-      `SELECT r.rolname, CASE WHEN r.rolsuper THEN 'SUPERUSER' WHEN r.rolcreaterole THEN 'CREATEROLE' ELSE 'LOGIN' END AS why
-         FROM pg_roles r, pg_roles u
-        WHERE u.rolname = $1 AND r.oid <> u.oid AND pg_has_role(u.oid, r.oid, 'MEMBER')
-          AND (r.rolsuper OR r.rolcreaterole OR r.rolcanlogin)
-        ORDER BY r.rolname`,
-      [of],
-    );
-    if (powerful.rows.length > 0) {
-      const list = powerful.rows.map((r) => `"${r.rolname}" (${r.why})`).join(', ');
+    const powerful = await this.#alteringMemberships(c, of);
+    if (powerful.length > 0) {
       throw new TargetRefusedError(
-        `role "${of}" is a member of ${list}: a lease with that membership could change the passwords of "${of}" or of other login roles, so no lease is made. Grant the application's privileges to a NOLOGIN group role without CREATEROLE or SUPERUSER, make "${of}" a member of it, and ask again`,
+        `role "${of}" is a member of ${powerful.join(', ')}: a lease with that membership could change the passwords of "${of}" or of other login roles, so no lease is made. Grant the application's privileges to a NOLOGIN group role without CREATEROLE or SUPERUSER, make "${of}" a member of it (and of no login or admin role), and ask again`,
         'lease-would-alter-roles',
       );
     }
@@ -382,16 +397,30 @@ class PostgresSession implements TargetSession {
     return groups.rows.map((r) => r.rolname);
   }
 
-  /** Memberships of a lease role in login roles (a lease made before leases got group roles only): revoked. */
-  async #revokeLoginMemberships(c: pg.Client, username: string): Promise<string[]> {
-    const logins = await c.query<{ rolname: string }>(
-      `SELECT r.rolname FROM pg_auth_members m
+  /**
+   * What takes away a lease role's memberships beyond `keep` (all but the credential's groups when re-created; its
+   * login roles, such as the credential's role that leases made before group roles were members of, when extended)
+   * and any ADMIN OPTION, with which it could hand its groups to other roles.
+   */
+  async #trimMemberships(
+    c: pg.Client,
+    username: string,
+    keep: (role: { rolname: string; rolcanlogin: boolean }) => boolean,
+  ): Promise<string[]> {
+    const held = await c.query<{ rolname: string; rolcanlogin: boolean; admin_option: boolean }>(
+      `SELECT r.rolname, r.rolcanlogin, m.admin_option FROM pg_auth_members m
          JOIN pg_roles r ON r.oid = m.roleid
          JOIN pg_roles u ON u.oid = m.member
-        WHERE u.rolname = $1 AND r.rolcanlogin`,
+        WHERE u.rolname = $1`,
       [username],
     );
-    return logins.rows.map(({ rolname }) => `REVOKE ${ident(rolname)} FROM ${ident(username)}`);
+    return held.rows.flatMap((r) =>
+      !keep(r)
+        ? [`REVOKE ${ident(r.rolname)} FROM ${ident(username)}`]
+        : r.admin_option
+          ? [`REVOKE ADMIN OPTION FOR ${ident(r.rolname)} FROM ${ident(username)}`]
+          : [],
+    );
   }
 
   async createLeaseUser(username: string, password: string, spec: LeaseUserSpec): Promise<void> {
@@ -404,12 +433,12 @@ class PostgresSession implements TargetSession {
       const groups = await this.#leaseGroups(c, of, username);
       const grants = groups.map((g) => `GRANT ${ident(g)} TO ${ident(username)}`);
       const exists = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [username]);
-      // An existing role of that name (a retry, or a CREATE that raced ours): password, expiry and groups again,
-      // and no membership in a login role.
+      // An existing role of that name (a retry, a CREATE that raced ours, a lease made before leases got group roles
+      // only): password, expiry and groups again, and no other membership (the credential's role least of all).
       const again = async () =>
         this.#inQuietTransaction(c, [
           `ALTER ROLE ${ident(username)} WITH LOGIN INHERIT PASSWORD ${pg.escapeLiteral(password)} VALID UNTIL ${until}`,
-          ...(await this.#revokeLoginMemberships(c, username)),
+          ...(await this.#trimMemberships(c, username, (r) => groups.includes(r.rolname))),
           ...grants,
         ]);
       if (exists.rowCount === 1) {
@@ -428,15 +457,32 @@ class PostgresSession implements TargetSession {
     });
   }
 
+  /**
+   * Moves VALID UNTIL. First the lease role loses any membership in a login role (a lease made before leases got
+   * group roles only was a member of the credential's role) and any ADMIN OPTION; then a lease whose groups could
+   * still alter roles (one was given CREATEROLE since, say) is refused rather than extended.
+   */
   async extendLeaseUser(username: string, expiresAt: Date): Promise<void> {
     await this.#asAdmin(`extending lease role "${username}"`, async (c) => {
       const until = validUntil(expiresAt);
+      const exists = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [username]);
+      if (exists.rowCount !== 1) {
+        throw new TargetRefusedError(
+          `lease role "${username}" does not exist (dropped already?), so its lease cannot be extended`,
+          '42704',
+        );
+      }
+      const trim = await this.#trimMemberships(c, username, (r) => !r.rolcanlogin);
+      if (trim.length > 0) await this.#inQuietTransaction(c, trim);
+      const powerful = await this.#alteringMemberships(c, username);
+      if (powerful.length > 0) {
+        throw new TargetRefusedError(
+          `lease role "${username}" is a member of ${powerful.join(', ')}: with that membership it could change the passwords of login roles, so it is not extended. Revoke the lease, take that membership (or power) away from the credential role's groups, and ask for a new lease`,
+          'lease-would-alter-roles',
+        );
+      }
       try {
-        // A lease made before leases got group roles only loses its membership in the credential's role here.
-        await this.#inQuietTransaction(c, [
-          `ALTER ROLE ${ident(username)} VALID UNTIL ${until}`,
-          ...(await this.#revokeLoginMemberships(c, username)),
-        ]);
+        await c.query(`ALTER ROLE ${ident(username)} VALID UNTIL ${until}`);
       } catch (err) {
         if (sqlState(err) !== '42704') throw err;
         throw new TargetRefusedError(

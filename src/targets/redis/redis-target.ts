@@ -318,34 +318,11 @@ class RedisSession implements TargetSession {
   /**
    * Refuses a lease when `of`'s rules (root permissions and selectors) let it change users: with ACL SETUSER a lease
    * could give `of` a password of its own, with CONFIG SET requirepass change the default user's, with MODULE LOAD
-   * anything. Redis 7 answers each with ACL DRYRUN; older servers, without it, by the rules' text.
+   * anything, with REPLICAOF (SLAVEOF, FAILOVER, CLUSTER REPLICATE) make this server follow another one, whose
+   * replication stream runs any command, ACL SETUSER included.
    */
   async #refuseUserAdmin(of: string, username: string, aclListLine: string): Promise<void> {
-    const probes: string[][] = [
-      ['ACL', 'SETUSER', of],
-      ['ACL', 'DELUSER', of],
-      ['ACL', 'LOAD'],
-      ['CONFIG', 'SET', 'requirepass', 'x'],
-      ['MODULE', 'LOAD', 'x'],
-    ];
-    const allowed: string[] = [];
-    for (const probe of probes) {
-      let reply: unknown;
-      try {
-        reply = await this.#acl(`checking what "${of}" may run`, [], 'DRYRUN', of, ...probe);
-      } catch (err) {
-        if (!/unknown subcommand|syntax error|wrong number/i.test((err as Error).message)) throw err;
-        // Redis 6: no DRYRUN. Any rule that could reach ACL, CONFIG or MODULE counts.
-        const rules = permissionRules(aclListLine).join(' ');
-        if (
-          /(^|\s)(allcommands|\+@all|\+@admin|\+@dangerous|\+acl|\+config|\+module)(\s|\||$)/i.test(rules)
-        ) {
-          allowed.push('ACL, CONFIG or MODULE (its rules allow them)');
-        }
-        break;
-      }
-      if (reply === 'OK') allowed.push(probe.slice(0, 2).join(' '));
-    }
+    const allowed = await this.#userAdminOf(of, aclListLine);
     if (allowed.length > 0) {
       throw new TargetRefusedError(
         `ACL user "${of}" may run ${allowed.join(', ')}: a lease with its rules could change the passwords of "${of}" or of other users, so lease user "${username}" is not made. Take those commands from the application's user (for example -@admin) and ask again`,
@@ -354,9 +331,67 @@ class RedisSession implements TargetSession {
     }
   }
 
-  async extendLeaseUser(_username: string, _expiresAt: Date): Promise<void> {
-    // Nothing to do: Redis has no expiry to move; the lease's end lives in Keyturn, whose revocation job drops
-    // the user when it comes.
+  /**
+   * Which of the commands that can change users `user` may run. Redis 7 answers each with ACL DRYRUN (a command
+   * this server does not have is skipped); older servers, without it, by the rules' text, which errs on the side of
+   * refusing.
+   */
+  async #userAdminOf(user: string, aclListLine: string): Promise<string[]> {
+    // The command as the message names it, and an ACL DRYRUN of it.
+    const probes: [string, string[]][] = [
+      ['ACL SETUSER', ['ACL', 'SETUSER', user]],
+      ['ACL DELUSER', ['ACL', 'DELUSER', user]],
+      ['ACL LOAD', ['ACL', 'LOAD']],
+      ['CONFIG SET', ['CONFIG', 'SET', 'requirepass', 'x']],
+      ['MODULE LOAD', ['MODULE', 'LOAD', 'x']],
+      ['MODULE LOADEX', ['MODULE', 'LOADEX', 'x']],
+      ['REPLICAOF', ['REPLICAOF', '127.0.0.1', '1']],
+      ['SLAVEOF', ['SLAVEOF', '127.0.0.1', '1']],
+      ['FAILOVER', ['FAILOVER']],
+      ['CLUSTER REPLICATE', ['CLUSTER', 'REPLICATE', 'x']],
+    ];
+    const allowed: string[] = [];
+    for (const [name, probe] of probes) {
+      let reply: unknown;
+      try {
+        reply = await this.#acl(`checking what "${user}" may run`, [], 'DRYRUN', user, ...probe);
+      } catch (err) {
+        const message = (err as Error).message;
+        // A command (or subcommand) this server does not have: nobody can run it.
+        if (/ERR (Command '[^']*' not found|unknown subcommand '(?!dryrun'))/i.test(message)) continue;
+        if (!/ERR Unknown .*'dryrun'/i.test(message)) throw err;
+        // Redis 6: no DRYRUN. Any rule that could reach one of them counts.
+        const rules = permissionRules(aclListLine).join(' ');
+        if (
+          /(^|\s)(allcommands|\+@all|\+@admin|\+@dangerous|\+@slow|\+acl|\+config|\+module|\+replicaof|\+slaveof|\+failover|\+cluster)(\s|\||$)/i.test(
+            rules,
+          )
+        ) {
+          allowed.push('ACL, CONFIG, MODULE or REPLICAOF (its rules allow them)');
+        }
+        break;
+      }
+      if (reply === 'OK') allowed.push(name);
+    }
+    return allowed;
+  }
+
+  /**
+   * Nothing to move: Redis has no expiry; the lease's end lives in Keyturn, whose revocation job drops the user when
+   * it comes. What it checks: a lease user whose rules let it change users (a lease made before leases were checked)
+   * is refused rather than extended. A missing user is fine here: its lease is being revoked.
+   */
+  async extendLeaseUser(username: string, _expiresAt: Date): Promise<void> {
+    const list = (await this.#acl('listing ACL users', [], 'LIST')) as string[];
+    const line = list.find((l) => splitRules(l)[1] === username);
+    if (!line) return;
+    const allowed = await this.#userAdminOf(username, line);
+    if (allowed.length > 0) {
+      throw new TargetRefusedError(
+        `lease user "${username}" may run ${allowed.join(', ')}: with those it could change the passwords of the credential's user or of other users, so it is not extended. Revoke the lease, take those commands from the credential's user (for example -@admin), and ask for a new lease`,
+        'lease-would-alter-users',
+      );
+    }
   }
 
   async dropLeaseUser(username: string, spec: { of: string }): Promise<void> {
