@@ -1,6 +1,7 @@
 // Connections and credentials in Redis. A credential is a hash of two JSON fields: `spec` (written by the API
 // when a team registers or changes it) and `state` (written by the rotation engine). Keeping them apart means
 // a PATCH of the schedule and a rotation finishing at the same moment never overwrite each other.
+import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { ConflictError, NotFoundError } from './errors.ts';
 import type { RedisKeys } from './keys.ts';
@@ -237,6 +238,24 @@ export class Registry {
     return this.#redis.hgetall(this.keys.connectionUsernames(connectionId));
   }
 
+  /** A principal's failed imports in the current window, and the milliseconds left of it. */
+  async importFailures(principal: string): Promise<{ count: number; resetInMs: number }> {
+    const key = this.keys.importFailures(digest(principal));
+    const [count, ttl] = await Promise.all([this.#redis.get(key), this.#redis.pttl(key)]);
+    return { count: Number(count ?? 0), resetInMs: Math.max(0, ttl) };
+  }
+
+  /** Counts a failed import of a principal; the window starts with its first failure. */
+  async countImportFailure(principal: string, windowMs: number): Promise<number> {
+    const key = this.keys.importFailures(digest(principal));
+    return (await this.#redis.eval(
+      "local n = redis.call('INCR', KEYS[1]) if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return n",
+      1,
+      key,
+      windowMs,
+    )) as number;
+  }
+
   /** The credential a downstream user was made (or adopted) for by Keyturn, or null: not Keyturn's. */
   async madeFor(connectionId: string, username: string): Promise<string | null> {
     return this.#redis.hget(this.keys.connectionMadeUsers(connectionId), username);
@@ -406,3 +425,5 @@ export class Registry {
     return values.filter((v): v is string => v !== null).map(parse);
   }
 }
+
+const digest = (value: string): string => createHash('sha256').update(value).digest('hex').slice(0, 32);

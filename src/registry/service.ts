@@ -16,7 +16,13 @@ import { connectionAdminRef, credentialSecretRef, type StoreSet, secretDocument 
 import type { SecretDocument } from '../stores/types.ts';
 import { TARGET_DRIVERS, targetDriver } from '../targets/index.ts';
 import { TargetRefusedError, type TargetSession } from '../targets/types.ts';
-import { ConflictError, ForbiddenError, NotFoundError, UnprocessableError } from './errors.ts';
+import {
+  ConflictError,
+  ForbiddenError,
+  NotFoundError,
+  TooManyRequestsError,
+  UnprocessableError,
+} from './errors.ts';
 import { claimedUsernames, type Registry, UsernameTakenError } from './registry.ts';
 import type {
   Connection,
@@ -136,6 +142,7 @@ export class RegistryService {
   readonly #leases: LeaseService;
   readonly #timeoutMs: number;
   readonly #readerBindings: ReaderBinding[];
+  readonly #importFailures: { max: number; windowMs: number };
 
   constructor(deps: {
     registry: Registry;
@@ -148,6 +155,8 @@ export class RegistryService {
     downstreamTimeoutMs: number;
     /** The reader bindings of the tokens file: an operator may not widen or narrow what they reach. */
     readerBindings?: ReaderBinding[];
+    /** Failed imports a principal may make per window before imports answer 429. */
+    importFailures?: { max: number; windowMs: number };
   }) {
     this.#registry = deps.registry;
     this.#stores = deps.stores;
@@ -158,6 +167,7 @@ export class RegistryService {
     this.#leases = deps.leases;
     this.#timeoutMs = deps.downstreamTimeoutMs;
     this.#readerBindings = deps.readerBindings ?? [];
+    this.#importFailures = deps.importFailures ?? { max: 5, windowMs: 600_000 };
   }
 
   // Connections
@@ -420,7 +430,7 @@ export class RegistryService {
     const store = this.#stores.get(spec.store);
 
     if (input.import && input.currentPassword) {
-      await this.#verifyLogin(connection, input.username, input.currentPassword);
+      await this.#checkImport(spec, connection, input.currentPassword, actor);
     }
     // The registry entry first: its creation is the check that the id is free, and nothing may be written to
     // the store under an id that belongs to another credential.
@@ -556,6 +566,57 @@ export class RegistryService {
   /** The reader bindings that reach a credential with this id and these labels. */
   #readersOf(credential: { id: string; labels: Record<string, string> }): string[] {
     return this.#readerBindings.filter((b) => bindingMatches(b, credential)).map((b) => b.source);
+  }
+
+  /**
+   * Checks an import's currentPassword downstream, as a guarded password check: each failure is an audit event
+   * (`credential.import_failed`), and a principal with too many failures in the window gets 429 before the downstream
+   * is asked again. Keyturn is never a silent password oracle (finding 13 of issue 11).
+   */
+  async #checkImport(
+    spec: CredentialSpec,
+    connection: Connection,
+    password: string,
+    actor: string,
+  ): Promise<void> {
+    const limit = this.#importFailures;
+    const before = await this.#registry.importFailures(actor);
+    if (before.count >= limit.max) {
+      const retryAfter = Math.max(1, Math.ceil(before.resetInMs / 1000));
+      await this.#audit.append({
+        actor,
+        action: 'credential.import_failed',
+        outcome: 'denied',
+        credential: spec.id,
+        connection: connection.id,
+        details: { username: spec.username, reason: 'too many failed imports', failures: before.count },
+      });
+      throw new TooManyRequestsError(
+        `${actor} had ${before.count} failed imports (a currentPassword the downstream refused) in the last ${Math.round(limit.windowMs / 60_000)} min, the most allowed (KEYTURN_IMPORT_FAILURES_MAX): retry in ${retryAfter}s, with the password the user really has`,
+        retryAfter,
+      );
+    }
+    try {
+      await this.#verifyLogin(connection, spec.username, password);
+    } catch (err) {
+      const refused = err instanceof UnprocessableError && /does not log in/.test(err.message);
+      const failures = refused
+        ? await this.#registry.countImportFailure(actor, limit.windowMs)
+        : before.count;
+      await this.#audit.append({
+        actor,
+        action: 'credential.import_failed',
+        outcome: 'failure',
+        credential: spec.id,
+        connection: connection.id,
+        details: {
+          username: spec.username,
+          reason: refused ? 'the downstream refused currentPassword' : 'the password could not be checked',
+          failures,
+        },
+      });
+      throw err;
+    }
   }
 
   async #verifyLogin(connection: Connection, username: string, password: string): Promise<void> {
