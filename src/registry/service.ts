@@ -423,11 +423,12 @@ export class RegistryService {
       throw new UnprocessableError('adoptClone applies to strategy "alternating-users" only');
     }
     await this.#checkCredential(spec, connection, { askDownstream: true });
+    const store = this.#stores.get(spec.store);
+    // Last of the checks, as it asks the downstream: everything the request alone can tell comes first.
     const adopting =
       spec.strategy === 'alternating-users' && !targetDriver(connection.type)?.serviceOwnsUsers
         ? await this.#checkClone(spec, connection, input)
         : false;
-    const store = this.#stores.get(spec.store);
 
     if (input.import && input.currentPassword) {
       await this.#checkImport(spec, connection, input.currentPassword, actor);
