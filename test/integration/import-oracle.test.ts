@@ -2,12 +2,8 @@
 // a silent password oracle. Each failure is now audited, and a principal with too many failures in the window gets
 // 429 with Retry-After before the downstream is asked again; other principals are not affected.
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sha256Hex } from '../../src/crypto/tokens.ts';
 import {
   createAppRole,
   dropPrefix,
@@ -17,20 +13,18 @@ import {
   startKeyturn,
   type TestEnv,
   testEnv,
+  tokensFile,
 } from '../support/harness.ts';
 
-const operatorToken = randomBytes(32).toString('base64url');
-let dir: string;
+let tokens: Awaited<ReturnType<typeof tokensFile>>;
 let env: TestEnv;
 let kt: Keyturn;
 let connection: string;
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'kt-oracle-'));
-  const file = join(dir, 'tokens.yaml');
-  await writeFile(file, `tokens:\n  - {name: ops, sha256: ${sha256Hex(operatorToken)}, roles: [operator]}\n`);
+  tokens = await tokensFile({ ops: 'roles: [operator]' });
   env = testEnv({
-    KEYTURN_TOKENS_FILE: file,
+    KEYTURN_TOKENS_FILE: tokens.path,
     KEYTURN_IMPORT_FAILURES_MAX: '3',
     KEYTURN_IMPORT_FAILURES_WINDOW: '1m',
   });
@@ -40,7 +34,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await kt?.close();
   if (env) await dropPrefix(env.prefix);
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await tokens?.remove();
 });
 
 describe('finding 13: failed imports are audited and rate-limited per principal', () => {
@@ -91,7 +85,7 @@ describe('finding 13: failed imports are audited and rate-limited per principal'
 
     // Another principal has its own budget.
     const other = await kt.api('POST', '/v1/credentials', body('oracle', real), {
-      authorization: `Bearer ${operatorToken}`,
+      authorization: `Bearer ${tokens.tokens.ops}`,
     });
     expect(other.status, other.text).toBe(201);
   });
