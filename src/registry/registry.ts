@@ -238,22 +238,40 @@ export class Registry {
     return this.#redis.hgetall(this.keys.connectionUsernames(connectionId));
   }
 
-  /** A principal's failed imports in the current window, and the milliseconds left of it. */
-  async importFailures(principal: string): Promise<{ count: number; resetInMs: number }> {
+  /**
+   * Reserves one of a principal's import attempts in the current window, atomically: at most `max` attempts that
+   * failed or are still running, so that concurrent requests cannot all pass a check made before any of them failed.
+   * The window starts with the first attempt. A refused reservation counts nothing.
+   */
+  async reserveImportAttempt(
+    principal: string,
+    max: number,
+    windowMs: number,
+  ): Promise<{ allowed: boolean; count: number; resetInMs: number }> {
     const key = this.keys.importFailures(digest(principal));
-    const [count, ttl] = await Promise.all([this.#redis.get(key), this.#redis.pttl(key)]);
-    return { count: Number(count ?? 0), resetInMs: Math.max(0, ttl) };
-  }
-
-  /** Counts a failed import of a principal; the window starts with its first failure. */
-  async countImportFailure(principal: string, windowMs: number): Promise<number> {
-    const key = this.keys.importFailures(digest(principal));
-    return (await this.#redis.eval(
-      "local n = redis.call('INCR', KEYS[1]) if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return n",
+    const [allowed, count, ttl] = (await this.#redis.eval(
+      `local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+       if n >= tonumber(ARGV[1]) then return {0, n, redis.call('PTTL', KEYS[1])} end
+       n = redis.call('INCR', KEYS[1])
+       if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+       return {1, n, redis.call('PTTL', KEYS[1])}`,
       1,
       key,
+      max,
       windowMs,
-    )) as number;
+    )) as [number, number, number];
+    return { allowed: allowed === 1, count, resetInMs: Math.max(0, ttl) };
+  }
+
+  /** Gives back a reserved import attempt that did not fail (the password logged in, or could not be checked). */
+  async releaseImportAttempt(principal: string): Promise<void> {
+    const key = this.keys.importFailures(digest(principal));
+    // Only while the window lasts: a DECR after it expired would start a counter without an expiry.
+    await this.#redis.eval(
+      "if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end return 1",
+      1,
+      key,
+    );
   }
 
   /** The credential a downstream user was made (or adopted) for by Keyturn, or null: not Keyturn's. */

@@ -5,7 +5,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import type { AuditLog } from '../audit/audit-log.ts';
 import { bindingMatches, type ReaderBinding } from '../auth/principal.ts';
 import { DEFAULT_PASSWORD_POLICY, type PasswordPolicy } from '../crypto/password.ts';
-import type { LeaseService } from '../leases/lease-service.ts';
+import { formatDuration, type LeaseService } from '../leases/lease-service.ts';
 import { openDownstream } from '../rotation/downstream.ts';
 import type { RotationEngine } from '../rotation/engine.ts';
 import type { RotationRepo } from '../rotation/rotation-repo.ts';
@@ -572,7 +572,8 @@ export class RegistryService {
   /**
    * Checks an import's currentPassword downstream, as a guarded password check: each failure is an audit event
    * (`credential.import_failed`), and a principal with too many failures in the window gets 429 before the downstream
-   * is asked again. Keyturn is never a silent password oracle (finding 13 of issue 11).
+   * is asked again. Keyturn is never a silent password oracle (finding 13 of issue 11). The attempt is reserved
+   * before the downstream is asked (concurrent guesses count too) and given back unless the password was refused.
    */
   async #checkImport(
     spec: CredentialSpec,
@@ -581,29 +582,27 @@ export class RegistryService {
     actor: string,
   ): Promise<void> {
     const limit = this.#importFailures;
-    const before = await this.#registry.importFailures(actor);
-    if (before.count >= limit.max) {
-      const retryAfter = Math.max(1, Math.ceil(before.resetInMs / 1000));
+    const slot = await this.#registry.reserveImportAttempt(actor, limit.max, limit.windowMs);
+    if (!slot.allowed) {
+      const retryAfter = Math.max(1, Math.ceil(slot.resetInMs / 1000));
       await this.#audit.append({
         actor,
         action: 'credential.import_failed',
         outcome: 'denied',
         credential: spec.id,
         connection: connection.id,
-        details: { username: spec.username, reason: 'too many failed imports', failures: before.count },
+        details: { username: spec.username, reason: 'too many failed imports', failures: slot.count },
       });
       throw new TooManyRequestsError(
-        `${actor} had ${before.count} failed imports (a currentPassword the downstream refused) in the last ${Math.round(limit.windowMs / 60_000)} min, the most allowed (KEYTURN_IMPORT_FAILURES_MAX): retry in ${retryAfter}s, with the password the user really has`,
+        `${actor} has reached ${limit.max} failed imports (a currentPassword the downstream refused) within ${formatDuration(limit.windowMs)}, the limit KEYTURN_IMPORT_FAILURES_MAX sets: retry in ${retryAfter}s, with the password the user really has`,
         retryAfter,
       );
     }
+    let refused = false;
     try {
       await this.#verifyLogin(connection, spec.username, password);
     } catch (err) {
-      const refused = err instanceof UnprocessableError && /does not log in/.test(err.message);
-      const failures = refused
-        ? await this.#registry.countImportFailure(actor, limit.windowMs)
-        : before.count;
+      refused = err instanceof UnprocessableError && /does not log in/.test(err.message);
       await this.#audit.append({
         actor,
         action: 'credential.import_failed',
@@ -613,10 +612,12 @@ export class RegistryService {
         details: {
           username: spec.username,
           reason: refused ? 'the downstream refused currentPassword' : 'the password could not be checked',
-          failures,
+          failures: refused ? slot.count : slot.count - 1,
         },
       });
       throw err;
+    } finally {
+      if (!refused) await this.#registry.releaseImportAttempt(actor);
     }
   }
 
