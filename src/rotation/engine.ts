@@ -710,9 +710,14 @@ export class RotationEngine {
       ctx.secrets.add(current.value.password);
       const login = { username: current.value.username, password: current.value.password };
       // On a dual-password downstream the old password may still work next to the pending one: take the
-      // pending one away explicitly, so that nothing the store is about to forget still logs in.
+      // pending one away explicitly, so that nothing the store is about to forget still logs in. Only when the
+      // downstream holds it: a set step that never got through (its admin login failed, say) left nothing to take
+      // away, and the admin may still be unable to log in.
       const removePending = Boolean(
-        ctx.target.removePassword && pending && pending.value.username === login.username,
+        ctx.target.removePassword &&
+          pending &&
+          pending.value.username === login.username &&
+          (await ctx.target.authenticate({ username: login.username, password: pending.value.password })).ok,
       );
       if (ctx.target.removePassword && pending && removePending) {
         await ctx.target.removePassword(login.username, {
