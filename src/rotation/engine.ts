@@ -738,7 +738,12 @@ export class RotationEngine {
       return `${what}${await this.#dropPending(ctx, rotation)}`;
     }
     // alternating-users: the rotation changed the inactive user. Put back its previous password while that
-    // user is still in its grace period, otherwise give it an unknown random one.
+    // user is still in its grace period, otherwise give it an unknown random one. Unless the pending password does
+    // not log in: then the set step never got through (a failed admin login, say), nothing a service could use was
+    // changed, and the admin may still be unable to log in.
+    if (pending && !(await ctx.target.authenticate({ username, password: pending.value.password })).ok) {
+      return `user "${username}" does not log in with the pending password, so nothing was changed downstream${await this.#dropPending(ctx, rotation)}`;
+    }
     const previous = await ctx.store.read(ctx.ref, { stage: 'previous' });
     const graceOpen = previous?.value.username === username && !state.previousRevokedAt;
     if (graceOpen && previous) {
