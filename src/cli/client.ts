@@ -20,8 +20,11 @@ export class KeyturnClient {
     this.#token = token;
   }
 
-  /** A GET whose body the caller reads as a stream (exports); errors as request() reports them. */
-  async stream(path: string): Promise<Response> {
+  /**
+   * A GET whose body the caller reads as a stream (exports); errors as request() reports them. `expected` is the
+   * content type Keyturn answers with: a 2xx of another type (a proxy's login page, say) is refused, not streamed.
+   */
+  async stream(path: string, expected: { type: RegExp; what: string }): Promise<Response> {
     let res: Response;
     try {
       res = await fetch(`${this.#url}${path}`, { headers: { authorization: `Bearer ${this.#token}` } });
@@ -33,6 +36,14 @@ export class KeyturnClient {
       );
     }
     if (!res.ok) throw this.#replyError('GET', path, res, await res.text());
+    if (!expected.type.test(res.headers.get('content-type') ?? '')) {
+      await res.body?.cancel().catch(() => {});
+      throw new ApiClientError(
+        res.status,
+        'not_keyturn',
+        `GET ${this.#url}${path} answered ${res.status} with ${describeBody(res, undefined)}, not ${expected.what}: check KEYTURN_URL (or --url) and any proxy in between`,
+      );
+    }
     return res;
   }
 
@@ -103,8 +114,12 @@ function isJson(res: Response): boolean {
   return /\bjson\b/i.test(res.headers.get('content-type') ?? '');
 }
 
-/** What a body was, in a few safe words: its type and length, never its text (it could hold anything). */
-function describeBody(res: Response, text: string): string {
+/**
+ * What a body was, in a few safe words: its type and length, never its text (it could hold anything). Without the
+ * text (a stream not read), its type alone.
+ */
+function describeBody(res: Response, text: string | undefined): string {
   const type = (res.headers.get('content-type') ?? 'no content type').split(';')[0]?.trim();
+  if (text === undefined) return `a ${type} body`;
   return text ? `a ${type} body of ${text.length} bytes` : 'an empty body';
 }

@@ -11,18 +11,18 @@ let server: Server;
 let url: string;
 
 const REPLIES: Record<string, { status: number; type: string; body: string }> = {
-  '/html502/v1/credentials': {
+  '/html502': {
     status: 502,
     type: 'text/html',
     body: '<html><body><h1>502 Bad Gateway</h1><p>nginx</p></body></html>',
   },
-  '/text501/v1/credentials': { status: 501, type: 'text/plain', body: 'Not Implemented' },
-  '/html200/v1/credentials': {
+  '/text501': { status: 501, type: 'text/plain', body: 'Not Implemented' },
+  '/html200': {
     status: 200,
     type: 'text/html',
     body: '<html><body>Welcome to our portal</body></html>',
   },
-  '/json404/v1/credentials': {
+  '/json404': {
     status: 404,
     type: 'application/json',
     body: JSON.stringify({ error: { code: 'not_found', message: 'No route GET /v1/credentials' } }),
@@ -31,7 +31,8 @@ const REPLIES: Record<string, { status: number; type: string; body: string }> = 
 
 beforeAll(async () => {
   server = createServer((req, res) => {
-    const reply = REPLIES[(req.url ?? '').split('?')[0] ?? ''] ?? {
+    // The first path segment picks the reply, whatever the CLI asks for below it.
+    const reply = REPLIES[`/${(req.url ?? '').split('/')[1] ?? ''}`] ?? {
       status: 404,
       type: 'text/plain',
       body: 'nope',
@@ -50,9 +51,10 @@ afterAll(async () => {
 function cli(
   base: string,
   env: Record<string, string> = {},
+  args: string[] = ['credentials', 'list'],
 ): Promise<{ code: number | null; stderr: string; stdout: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [BIN, '--url', `${url}${base}`, 'credentials', 'list'], {
+    const child = spawn(process.execPath, [BIN, '--url', `${url}${base}`, ...args], {
       env: { ...process.env, KEYTURN_TOKEN: 'test-token-not-a-secret', KEYTURN_DEBUG: '', ...env },
     });
     let stdout = '';
@@ -94,4 +96,22 @@ describe('finding 12: the CLI on a reply that is not Keyturn JSON', () => {
     const run = await cli('/json404');
     expect(run.stderr.trim()).toBe('keyturn: No route GET /v1/credentials (HTTP 404, not_found)');
   });
+
+  for (const [args, what] of [
+    [['audit', 'export'], /not Keyturn's audit export \(JSON lines or CSV\): check KEYTURN_URL/],
+    [['audit', 'public-key'], /not Keyturn's public key \(PEM\): check KEYTURN_URL/],
+  ] as const) {
+    it(`refuses a 200 page that is not what Keyturn streams (${args.join(' ')}), and writes none of it`, async () => {
+      const run = await cli('/html200', {}, [...args]);
+      expect(run.code).toBe(1);
+      expect(run.stdout).toBe('');
+      const lines = run.stderr.replace(/\r/g, '\n').trim().split('\n').filter(Boolean);
+      expect(lines.at(-1)).toMatch(
+        /^keyturn: GET http:\/\/127\.0\.0\.1:\d+\/html200\/v1\/audit\/\S+ answered 200 with a text\/html body, /,
+      );
+      expect(lines.at(-1)).toMatch(what);
+      expect(run.stderr).not.toMatch(/\n\s+at /);
+      expect(run.stderr).not.toContain('<html>');
+    });
+  }
 });
