@@ -178,16 +178,25 @@ describe('finding 1: the MySQL driver sends no password to a server asking for c
       expect(f.keyRequests).toBe(0);
     });
 
-    it("refuses caching_sha2_password's full authentication in verify-full when the certificate does not name the host", async () => {
-      // mysql2 checks an IP address's certificate against "localhost": this one passes mysql2 and is refused here.
+    it('in verify-full, sends nothing to a server whose certificate does not name the host (mysql2 checks an IP against "localhost")', async () => {
+      // This certificate passes mysql2's check for 127.0.0.1; Keyturn checks it against the connection's host.
       const localhost = selfSignedCertificate('DNS:localhost');
       if ('missing' in localhost) throw new Error(localhost.missing);
-      const f = await fake({ ask: 'caching_sha2_password', tls: localhost, letIn: [ADMIN.username] });
-      const session = await sessionOn(f, { tls: { mode: 'verify-full', ca: localhost.cert } });
-      const login = await settled(session.authenticate(APP));
+      const tlsLocalhost = { tls: { mode: 'verify-full' as const, ca: localhost.cert } };
+
+      // caching_sha2_password's full authentication, during the handshake: refused before the password goes.
+      const f = await fake({ ask: 'caching_sha2_password', tls: localhost });
+      const opening = await settled(sessionOn(f, tlsLocalhost));
       expectNothingSent(f);
-      expect(login).toBeInstanceOf(AuthMethodRefusedError);
-      expect((login as Error).message).toMatch(/certificate that names 127\.0\.0\.1/);
+      expect(opening).toBeInstanceOf(AuthMethodRefusedError);
+      expect((opening as Error).message).toMatch(/certificate that names 127\.0\.0\.1/);
+
+      // A server that takes the scramble: the session is closed before any statement (they carry passwords).
+      const g = await fake({ ask: 'caching_sha2_password', tls: localhost, letIn: [ADMIN.username] });
+      const session = await settled(sessionOn(g, tlsLocalhost));
+      expect(session).toMatchObject({ code: 'tls-unverified' });
+      expect((session as Error).message).toMatch(/does not name 127\.0\.0\.1.*before any statement/);
+      expect(g.received().includes(Buffer.from('SELECT'))).toBe(false);
     });
 
     it('still refuses sha256_password and mysql_clear_password in TLS verify-full unless listed', async () => {

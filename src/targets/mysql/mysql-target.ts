@@ -556,6 +556,20 @@ class MysqlSession implements TargetSession {
       conn.destroy();
       throw new AuthMethodRefusedError(this.#connection, 'mysql_native_password', allowed);
     }
+    // Statements carry passwords (ALTER USER … IDENTIFIED BY): in verify-full they go only to a server whose
+    // certificate names the connection's host, which mysql2 does not check for an IP address.
+    if (this.#connection.tls?.mode === 'verify-full') {
+      const core = (conn as unknown as { connection?: { stream?: unknown } }).connection;
+      const unverified = unverifiedPeer(this.#connection, core?.stream);
+      if (unverified) {
+        conn.destroy();
+        const { host, port, id } = this.#connection;
+        throw new TargetRefusedError(
+          `${host}:${port} is not verified for connection "${id}" (TLS verify-full): ${unverified}, so the session was closed before any statement. Give the server a certificate whose subjectAltName names ${host}, or set the connection's host to a name its certificate holds`,
+          'tls-unverified',
+        );
+      }
+    }
     return conn;
   }
 
