@@ -225,7 +225,13 @@ describe.skipIf(skipMysql8)('single-user on MySQL 8 (dual passwords)', () => {
       port: server.port,
       database: DATABASE,
       admin: { username: admin.name, password: admin.password },
-      options: { accountHost: '%' },
+      // Plain TCP to the test server: caching_sha2_password's full authentication (the first login after each
+      // password change, and the admin's first) sends the password to the server's RSA key, which a connection
+      // allows only when it lists sha256_password (or uses TLS verify-full).
+      options: {
+        accountHost: '%',
+        requireAuth: 'mysql_native_password,caching_sha2_password,sha256_password',
+      },
     });
     expect(res.status, res.text).toBe(201);
   }, 360_000);

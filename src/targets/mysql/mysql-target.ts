@@ -26,6 +26,8 @@
 // ends its open sessions, for which the admin needs PROCESS (to see other accounts' sessions: without it the
 // process list shows only its own, and a lease user's open sessions would outlive the account until they
 // disconnect) and CONNECTION_ADMIN or SUPER (MySQL) / CONNECTION ADMIN or SUPER (MariaDB) to kill them.
+import { checkServerIdentity, TLSSocket } from 'node:tls';
+import { authPlugins as standardAuthPlugins } from 'mysql2';
 import mysql from 'mysql2/promise';
 import type { Connection } from '../../registry/types.ts';
 import {
@@ -134,11 +136,154 @@ function accountHostOf(connection: Connection): string {
   return typeof host === 'string' ? host : DEFAULT_ACCOUNT_HOST;
 }
 
+/**
+ * Authentication methods (plugins) a MySQL or MariaDB server may ask for. mysql_native_password and
+ * caching_sha2_password's fast path answer a scramble and never show the password; mysql_clear_password sends it in
+ * clear text, sha256_password and caching_sha2_password's full authentication send the password itself, encrypted
+ * to an RSA key the server hands out (an impostor hands out its own) or, in TLS, in clear.
+ */
+export const AUTH_METHODS = [
+  'mysql_native_password',
+  'caching_sha2_password',
+  'sha256_password',
+  'mysql_clear_password',
+] as const;
+type AuthMethod = (typeof AUTH_METHODS)[number];
+/** Without `options.requireAuth`: the two scramble methods; caching_sha2 full authentication only in verified TLS. */
+const DEFAULT_AUTH: readonly AuthMethod[] = ['mysql_native_password', 'caching_sha2_password'];
+/** What the server asked for: a method, or caching_sha2_password's full authentication (counted as sha256_password). */
+type AskedAuth = AuthMethod | 'caching_sha2_password full authentication';
+
+/** The connection's accepted methods: `options.requireAuth` ("mysql_native_password,sha256_password"), else DEFAULT_AUTH. */
+function allowedAuth(connection: Connection): readonly AuthMethod[] {
+  const raw = connection.options?.requireAuth;
+  if (typeof raw !== 'string') return DEFAULT_AUTH;
+  return raw
+    .split(',')
+    .map((m) => m.trim())
+    .filter((m): m is AuthMethod => (AUTH_METHODS as readonly string[]).includes(m));
+}
+
+function validateRequireAuth(value: unknown): string | undefined {
+  const methods = typeof value === 'string' ? value.split(',').map((m) => m.trim()) : [];
+  const unknown = methods.filter((m) => !(AUTH_METHODS as readonly string[]).includes(m));
+  if (methods.length === 0 || methods.includes('') || unknown.length > 0) {
+    return `requireAuth must be a comma-separated list of ${AUTH_METHODS.join(', ')}${unknown.length > 0 ? ` (not ${unknown.map((u) => `"${u}"`).join(', ')})` : ''}`;
+  }
+  return undefined;
+}
+
+const AUTH_WHAT: Record<AskedAuth, string> = {
+  mysql_native_password: 'mysql_native_password authentication',
+  caching_sha2_password: 'caching_sha2_password authentication',
+  sha256_password:
+    'sha256_password authentication, which sends the password itself (encrypted to an RSA key the server sends, or in clear inside TLS)',
+  mysql_clear_password: 'mysql_clear_password authentication, which sends the password in clear text',
+  'caching_sha2_password full authentication':
+    'caching_sha2_password full authentication, which sends the password itself (encrypted to an RSA key the server sends, or in clear inside TLS; a real server asks for it when the account is not in its cache: after a password change or a restart)',
+};
+
+/** The server asked for an authentication method the connection does not accept; no password was sent. */
+export class AuthMethodRefusedError extends TargetRefusedError {
+  /** `unverified`: TLS is verify-full, but the server's certificate was not checked against the connection's host. */
+  constructor(connection: Connection, asked: AskedAuth, allowed: readonly AuthMethod[], unverified?: string) {
+    const fullAuth = asked === 'caching_sha2_password full authentication';
+    const include = fullAuth ? 'sha256_password' : asked;
+    const fix = unverified
+      ? `give it a certificate that names ${connection.host} (${unverified})`
+      : fullAuth
+        ? `set the connection's tls.mode to verify-full (the server is then authenticated before it gets the password)`
+        : asked === 'mysql_clear_password' || asked === 'sha256_password'
+          ? `give its accounts caching_sha2_password (MySQL) or mysql_native_password (MariaDB)`
+          : `give its accounts one of the methods the connection accepts`;
+    super(
+      `${connection.host}:${connection.port} asked for ${AUTH_WHAT[asked]}, which connection "${connection.id}" does not accept (it accepts ${allowed.join(', ')}${fullAuth ? "; caching_sha2_password's full authentication only with sha256_password listed or in TLS verify-full" : ''}), so no password was sent. If that server is really yours, ${fix}, or, as an admin, set the connection's options.requireAuth to include "${include}"`,
+      'auth-method-refused',
+    );
+    this.name = 'AuthMethodRefusedError';
+  }
+}
+
+/** caching_sha2_password's AuthMoreData asking for full authentication (the password itself). */
+const PERFORM_FULL_AUTHENTICATION = Buffer.from([4]);
+
+/**
+ * Why the session's TLS peer is not the verified `connection.host`, or undefined when it is. mysql2 checks a host
+ * name's certificate, but for an IP address it checks the name "localhost": before the password goes to a server
+ * in verify-full, its certificate is checked against the connection's host here.
+ */
+function unverifiedPeer(connection: Connection, stream: unknown): string | undefined {
+  if (!(stream instanceof TLSSocket) || !stream.authorized) return 'the session is not in verified TLS';
+  const problem = checkServerIdentity(connection.host, stream.getPeerCertificate());
+  return problem ? `its certificate does not name ${connection.host}` : undefined;
+}
+
+/**
+ * mysql2's authentication plugins behind the connection's list, like libpq's require_auth: a plugin the list does
+ * not name fails the connect before it answers, and caching_sha2_password's full authentication goes on only with
+ * sha256_password listed or in TLS verify-full to a certificate that names the connection's host. All four are given, which also keeps mysql2 from answering the server's
+ * greeting with a password-sending method (with a custom plugin for the greeting's method, mysql2 answers with a
+ * mysql_native_password scramble and lets the server switch, which goes through these); a plugin name mysql2 does
+ * not know fails the connect in mysql2. `refused` keeps the refusal for the caller, whatever mysql2 makes of it.
+ */
+function guardedAuthPlugins(connection: Connection): {
+  plugins: NonNullable<mysql.ConnectionOptions['authPlugins']>;
+  refused(): AuthMethodRefusedError | undefined;
+  switched(): boolean;
+} {
+  const allowed = allowedAuth(connection);
+  let refusal: AuthMethodRefusedError | undefined;
+  let switched = false;
+  const refuse = (asked: AskedAuth, unverified?: string): never => {
+    refusal = new AuthMethodRefusedError(connection, asked, allowed, unverified);
+    // Thrown synchronously: mysql2 then fails the handshake as fatal and closes the socket, sending nothing more.
+    throw refusal;
+  };
+  type Plugin = NonNullable<mysql.ConnectionOptions['authPlugins']>[string];
+  type Metadata = Parameters<Plugin>[0];
+  const guard =
+    (
+      method: AuthMethod,
+      wrap?: (answer: ReturnType<Plugin>, metadata: Metadata) => ReturnType<Plugin>,
+    ): Plugin =>
+    (metadata) => {
+      switched = true;
+      if (!allowed.includes(method)) refuse(method);
+      const answer = standardAuthPlugins[method]({})(metadata);
+      return wrap ? wrap(answer, metadata) : answer;
+    };
+  return {
+    plugins: {
+      mysql_native_password: guard('mysql_native_password'),
+      mysql_clear_password: guard('mysql_clear_password'),
+      sha256_password: guard('sha256_password'),
+      caching_sha2_password: guard('caching_sha2_password', (answer, metadata) => {
+        let first = true;
+        return (data) => {
+          // After the scramble, the server answers 3 (fast authentication done) or 4 (send the password); mysql2's
+          // plugin fails on anything else.
+          if (!first && PERFORM_FULL_AUTHENTICATION.equals(data) && !allowed.includes('sha256_password')) {
+            if (connection.tls?.mode !== 'verify-full') refuse('caching_sha2_password full authentication');
+            const stream = (metadata.connection as unknown as { stream?: unknown }).stream;
+            const unverified = unverifiedPeer(connection, stream);
+            if (unverified) refuse('caching_sha2_password full authentication', unverified);
+          }
+          first = false;
+          return answer(data);
+        };
+      }),
+    },
+    refused: () => refusal,
+    switched: () => switched,
+  };
+}
+
 function connectionOptions(
   connection: Connection,
   login: Login,
   timeoutMs: number,
   withDatabase: boolean,
+  authPlugins: mysql.ConnectionOptions['authPlugins'],
 ): mysql.ConnectionOptions {
   const tls = connection.tls?.mode ?? 'disable';
   return {
@@ -150,6 +295,7 @@ function connectionOptions(
     connectTimeout: timeoutMs,
     multipleStatements: false,
     connectAttributes: { program_name: 'keyturn' },
+    authPlugins,
     ...(tls === 'disable'
       ? {}
       : tls === 'require'
@@ -392,11 +538,38 @@ class MysqlSession implements TargetSession {
   }
 
   async #connect(login: Login, withDatabase: boolean): Promise<MysqlConnection> {
-    const conn = await mysql.createConnection(
-      connectionOptions(this.#connection, login, this.#timeoutMs, withDatabase),
-    );
+    const auth = guardedAuthPlugins(this.#connection);
+    let conn: MysqlConnection;
+    try {
+      conn = await mysql.createConnection(
+        connectionOptions(this.#connection, login, this.#timeoutMs, withDatabase, auth.plugins),
+      );
+    } catch (err) {
+      throw auth.refused() ?? err;
+    }
     // A fatal error while no query is pending (server restart) must not crash the process.
     conn.on('error', () => {});
+    // The server took mysql2's first answer, a mysql_native_password scramble, without switching methods: it
+    // authenticated with mysql_native_password, which the connection may not accept. Nothing has run yet.
+    const allowed = allowedAuth(this.#connection);
+    if (!auth.switched() && !allowed.includes('mysql_native_password')) {
+      conn.destroy();
+      throw new AuthMethodRefusedError(this.#connection, 'mysql_native_password', allowed);
+    }
+    // Statements carry passwords (ALTER USER … IDENTIFIED BY): in verify-full they go only to a server whose
+    // certificate names the connection's host, which mysql2 does not check for an IP address.
+    if (this.#connection.tls?.mode === 'verify-full') {
+      const core = (conn as unknown as { connection?: { stream?: unknown } }).connection;
+      const unverified = unverifiedPeer(this.#connection, core?.stream);
+      if (unverified) {
+        conn.destroy();
+        const { host, port, id } = this.#connection;
+        throw new TargetRefusedError(
+          `${host}:${port} is not verified for connection "${id}" (TLS verify-full): ${unverified}, so the session was closed before any statement. Give the server a certificate whose subjectAltName names ${host}, or set the connection's host to a name its certificate holds`,
+          'tls-unverified',
+        );
+      }
+    }
     return conn;
   }
 
@@ -786,11 +959,11 @@ export const mysqlTarget: TargetDriver = {
   validateOptions(options) {
     const problems: string[] = [];
     for (const [name, value] of Object.entries(options)) {
-      if (name === 'accountHost') {
-        const problem = validateAccountHost(value);
+      if (name === 'accountHost' || name === 'requireAuth') {
+        const problem = name === 'accountHost' ? validateAccountHost(value) : validateRequireAuth(value);
         if (problem) problems.push(problem);
       } else {
-        problems.push(`unknown option "${name}" (MySQL connections take: accountHost)`);
+        problems.push(`unknown option "${name}" (MySQL connections take: accountHost, requireAuth)`);
       }
     }
     return problems;
