@@ -68,6 +68,28 @@ describe('finding 1: the PostgreSQL driver sends no password to a server asking 
     });
   }
 
+  it('refuses a server that asks for no password at all (trust) before sending any statement, unless allowed', async () => {
+    await fake?.close();
+    fake = await startFakePostgres({ auth: 'none' });
+    const session = await postgresTarget.open(
+      fakeConnection(fake.port),
+      { username: 'keyturn_admin', password: ADMIN_PASSWORD },
+      { timeoutMs: 3000 },
+    );
+    const set = session.updatePassword('app', APP_PASSWORD);
+    await expect(set).rejects.toBeInstanceOf(AuthMethodRefusedError);
+    await expect(set).rejects.toThrow(/asked for no password at all/);
+    expect(fake.statementsReceived).toEqual([]);
+    // Allowed by name ("none", as libpq's require_auth), the statement goes: what the default prevents.
+    const trusting = await postgresTarget.open(
+      fakeConnection(fake.port, { requireAuth: 'scram-sha-256,none' }),
+      { username: 'keyturn_admin', password: ADMIN_PASSWORD },
+      { timeoutMs: 3000 },
+    );
+    await expect(trusting.userExists('app')).rejects.toThrow();
+    expect(fake.statementsReceived.length).toBeGreaterThan(0);
+  });
+
   it('sends the password only where the connection allows the method (options.requireAuth)', async () => {
     await fake?.close();
     fake = await startFakePostgres({ auth: 'password' });
@@ -86,6 +108,7 @@ describe('finding 1: the PostgreSQL driver sends no password to a server asking 
   it('checks options.requireAuth', () => {
     const validate = postgresTarget.validateOptions;
     expect(validate?.({ requireAuth: 'scram-sha-256,md5' })).toEqual([]);
+    expect(validate?.({ requireAuth: 'scram-sha-256,none' })).toEqual([]);
     expect(validate?.({ requireAuth: 'scram-sha-256,trust' })?.join()).toMatch(/requireAuth.*"trust"/);
     expect(validate?.({ requireAuth: '' })?.join()).toMatch(/requireAuth/);
     expect(validate?.({ sslmode: 'disable' })?.join()).toMatch(/"sslmode" is not an option/);

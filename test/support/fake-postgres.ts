@@ -8,7 +8,7 @@
  */
 import { createServer, type Server, type Socket } from 'node:net';
 
-export type FakeAuth = 'password' | 'md5' | 'scram-sha-256';
+export type FakeAuth = 'password' | 'md5' | 'scram-sha-256' | 'none';
 
 export interface FakePostgres {
   port: number;
@@ -16,10 +16,12 @@ export interface FakePostgres {
   readonly asked: number;
   /** The payloads of every PasswordMessage ('p') received: cleartext passwords, md5 hashes, SASL responses. */
   readonly passwordsReceived: string[];
+  /** The text of every statement received (simple 'Q' or extended 'P' protocol): with `auth: 'none'` (trust). */
+  readonly statementsReceived: string[];
   close(): Promise<void>;
 }
 
-const AUTH_CODES: Record<FakeAuth, Buffer> = {
+const AUTH_CODES: Record<Exclude<FakeAuth, 'none'>, Buffer> = {
   password: int32(3),
   md5: Buffer.concat([int32(5), Buffer.from([1, 2, 3, 4])]),
   'scram-sha-256': Buffer.concat([int32(10), Buffer.from('SCRAM-SHA-256\0\0')]),
@@ -52,6 +54,7 @@ function errorResponse(code: string, text: string): Buffer {
 export async function startFakePostgres(options: { auth?: FakeAuth } = {}): Promise<FakePostgres> {
   const auth = options.auth ?? 'password';
   const passwordsReceived: string[] = [];
+  const statementsReceived: string[] = [];
   let asked = 0;
   const sockets = new Set<Socket>();
   const server: Server = createServer((socket) => {
@@ -75,7 +78,12 @@ export async function startFakePostgres(options: { auth?: FakeAuth } = {}): Prom
           }
           started = true;
           asked += 1;
-          socket.write(message('R', AUTH_CODES[auth]));
+          if (auth === 'none') {
+            // Trust: AuthenticationOk at once, then ReadyForQuery; whatever comes next is a statement.
+            socket.write(Buffer.concat([message('R', int32(0)), message('Z', Buffer.from('I'))]));
+          } else {
+            socket.write(message('R', AUTH_CODES[auth]));
+          }
           continue;
         }
         if (buffer.length < 5) return;
@@ -88,6 +96,11 @@ export async function startFakePostgres(options: { auth?: FakeAuth } = {}): Prom
           const text = body.toString('utf8').replace(/\0+$/, '');
           passwordsReceived.push(text);
           socket.end(errorResponse('28P01', `password authentication failed: got "${text}"`));
+          return;
+        }
+        if (type === 'Q' || type === 'P') {
+          statementsReceived.push(body.toString('utf8').replace(/\0/g, ' ').trim());
+          socket.end(errorResponse('42501', 'not here'));
           return;
         }
         if (type === 'X') {
@@ -106,6 +119,7 @@ export async function startFakePostgres(options: { auth?: FakeAuth } = {}): Prom
       return asked;
     },
     passwordsReceived,
+    statementsReceived,
     async close() {
       for (const s of sockets) s.destroy();
       await new Promise<void>((done) => server.close(() => done()));

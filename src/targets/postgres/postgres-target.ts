@@ -24,10 +24,13 @@ const REFUSED_CLASSES = new Set(['42', '0L', '0P', '28']);
  * Password methods a server may ask for, as libpq's `require_auth` names them. SCRAM never shows the password to the
  * server; md5 sends a hash an impostor can replay against the real server; "password" sends it in clear text.
  */
-export const AUTH_METHODS = ['scram-sha-256', 'md5', 'password'] as const;
+export const AUTH_METHODS = ['scram-sha-256', 'md5', 'password', 'none'] as const;
 type AuthMethod = (typeof AUTH_METHODS)[number];
-/** Without `options.requireAuth`, only SCRAM: a server (or an impostor at the connection's address) asking for md5 or
- * cleartext is refused before a byte of any password is sent. */
+/**
+ * Without `options.requireAuth`, only SCRAM: a server (or an impostor at the connection's address) asking for md5 or
+ * cleartext is refused before a byte of any password is sent, and so is one asking for none at all (trust, libpq's
+ * "none"): it proved nothing, and Keyturn's statements (ALTER ROLE … PASSWORD) would go to it.
+ */
 const DEFAULT_AUTH: readonly AuthMethod[] = ['scram-sha-256'];
 
 /** The connection's accepted password methods: `options.requireAuth` ("scram-sha-256,md5"), else SCRAM only. */
@@ -61,8 +64,12 @@ function validateOptions(options: Record<string, string | number | boolean>): st
 /** The server asked for a password method the connection does not accept; no password was sent. */
 export class AuthMethodRefusedError extends TargetRefusedError {
   constructor(connection: Connection, asked: AuthMethod, allowed: readonly AuthMethod[]) {
+    const what =
+      asked === 'none'
+        ? 'asked for no password at all (trust authentication: it proved nothing, and cannot tell a right password from a wrong one)'
+        : `asked for ${asked === 'password' ? 'cleartext password' : asked} authentication`;
     super(
-      `${connection.host}:${connection.port} asked for ${asked === 'password' ? 'cleartext password' : asked} authentication, which connection "${connection.id}" does not accept (it accepts ${allowed.join(', ')}), so no password was sent. If that server is really yours, switch it to scram-sha-256 (password_encryption and pg_hba.conf), or, as an admin, set the connection's options.requireAuth to include "${asked}"`,
+      `${connection.host}:${connection.port} ${what}, which connection "${connection.id}" does not accept (it accepts ${allowed.join(', ')}), so no password was sent, nor any statement. If that server is really yours, switch it to scram-sha-256 (password_encryption and pg_hba.conf), or, as an admin, set the connection's options.requireAuth to include "${asked}"`,
       'auth-method-refused',
     );
     this.name = 'AuthMethodRefusedError';
@@ -74,17 +81,20 @@ interface AuthHandlers {
   _handleAuthCleartextPassword(this: pg.Client, msg: unknown): void;
   _handleAuthMD5Password(this: pg.Client, msg: unknown): void;
   _handleAuthSASL(this: pg.Client, msg: unknown): void;
+  _handleReadyForQuery(this: pg.Client, msg: unknown): void;
 }
 const base = pg.Client.prototype as unknown as AuthHandlers;
 
 /**
  * node-postgres answers whatever password method the server asks for. This client first checks the method against
  * the connection's list, like libpq's require_auth, and fails the connect without sending anything when it is not
- * there. A server that asks for no password at all (trust) is not refused: it receives no password either.
+ * there. A server that asks for none at all (trust) is refused when it says it is ready, before any statement, unless
+ * the list has "none".
  */
 class GuardedClient extends pg.Client {
   readonly #keyturnConnection: Connection;
   readonly #allowed: readonly AuthMethod[];
+  #askedForPassword = false;
 
   constructor(config: pg.ClientConfig, connection: Connection) {
     super(config);
@@ -104,18 +114,27 @@ class GuardedClient extends pg.Client {
   }
 
   _handleAuthCleartextPassword(msg: unknown): void {
+    this.#askedForPassword = true;
     if (this.#allowed.includes('password')) base._handleAuthCleartextPassword.call(this, msg);
     else this.#refuse('password');
   }
 
   _handleAuthMD5Password(msg: unknown): void {
+    this.#askedForPassword = true;
     if (this.#allowed.includes('md5')) base._handleAuthMD5Password.call(this, msg);
     else this.#refuse('md5');
   }
 
   _handleAuthSASL(msg: unknown): void {
+    this.#askedForPassword = true;
     if (this.#allowed.includes('scram-sha-256')) base._handleAuthSASL.call(this, msg);
     else this.#refuse('scram-sha-256');
+  }
+
+  _handleReadyForQuery(msg: unknown): void {
+    const connecting = (this as unknown as { _connecting: boolean })._connecting;
+    if (connecting && !this.#askedForPassword && !this.#allowed.includes('none')) this.#refuse('none');
+    else base._handleReadyForQuery.call(this, msg);
   }
 }
 
