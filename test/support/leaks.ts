@@ -1,23 +1,79 @@
 // Capture of everything Keyturn writes (Redis commands through MONITOR, Redis values under a prefix) and the
 // check that no secret value appears in any of it, shared by the secret-leak tests.
+import { connect } from 'node:net';
 import { Redis } from 'ioredis';
 import { REDIS_URL } from './harness.ts';
 
-/** Records every Redis command that touches keys under `prefix`, from now until `stop`. */
+/**
+ * Records every Redis command that touches keys under `prefix`, from now until `stop`. A plain socket rather than
+ * ioredis's monitor(): ioredis enters its monitoring state a microtask after MONITOR's OK, so on a busy Redis (other
+ * tests, other suites) a monitor line in the same packet as that OK failed the whole suite with "Command queue state
+ * error"; it also unescaped only quotes.
+ */
 export async function monitorRedis(prefix: string): Promise<{ commands: string[]; stop(): void }> {
-  const client = new Redis(REDIS_URL);
+  const url = new URL(REDIS_URL);
+  const socket = connect(Number(url.port || 6379), url.hostname || '127.0.0.1');
+  socket.setEncoding('latin1'); // MONITOR writes ASCII (anything else as \xHH); latin1 keeps every byte as one char
   const commands: string[] = [];
-  const monitor = await client.monitor();
-  monitor.on('monitor', (_time: string, args: string[]) => {
-    if (args.some((a) => a.includes(prefix))) commands.push(args.join(' '));
+  const password = url.password ? decodeURIComponent(url.password) : '';
+  const username = url.username ? decodeURIComponent(url.username) : '';
+  let okToWait = password ? 2 : 1; // AUTH's OK, then MONITOR's
+  let buffer = '';
+  await new Promise<void>((resolve, reject) => {
+    socket.once('error', reject);
+    socket.on('data', (chunk: string) => {
+      buffer += chunk;
+      for (let end = buffer.indexOf('\r\n'); end !== -1; end = buffer.indexOf('\r\n')) {
+        const line = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        if (line.startsWith('-')) reject(new Error(`Redis refused MONITOR: ${line.slice(1)}`));
+        else if (okToWait > 0 && line === '+OK') {
+          okToWait -= 1;
+          if (okToWait === 0) resolve();
+        } else if (line.startsWith('+')) {
+          const args = monitorArgs(line);
+          if (args.some((a) => a.includes(prefix))) commands.push(args.join(' '));
+        }
+      }
+    });
+    const auth = username ? ['AUTH', username, password] : ['AUTH', password];
+    socket.write(`${password ? resp(auth) : ''}${resp(['MONITOR'])}`);
   });
-  return {
-    commands,
-    stop: () => {
-      monitor.disconnect();
-      client.disconnect();
-    },
-  };
+  socket.on('error', () => {}); // a reset after stop() or at the end of the run
+  return { commands, stop: () => socket.destroy() };
+}
+
+function resp(args: string[]): string {
+  return `*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`;
+}
+
+/** The arguments of a MONITOR line (`+<time> [<db> <client>] "SET" "k" "v"`), unescaped as Redis escaped them. */
+function monitorArgs(line: string): string[] {
+  const args: string[] = [];
+  let i = line.indexOf('"');
+  while (i !== -1 && i < line.length) {
+    const bytes: number[] = [];
+    i += 1;
+    while (i < line.length && line[i] !== '"') {
+      if (line[i] === '\\' && i + 1 < line.length) {
+        const c = line[i + 1] as string;
+        if (c === 'x') {
+          bytes.push(Number.parseInt(line.slice(i + 2, i + 4), 16));
+          i += 4;
+          continue;
+        }
+        const escaped: Record<string, number> = { n: 10, r: 13, t: 9, a: 7, b: 8 };
+        bytes.push(escaped[c] ?? c.charCodeAt(0));
+        i += 2;
+        continue;
+      }
+      bytes.push(line.charCodeAt(i));
+      i += 1;
+    }
+    args.push(Buffer.from(bytes).toString('utf8'));
+    i = line.indexOf('"', i + 1);
+  }
+  return args;
 }
 
 /** Every value stored under `prefix`, whatever its type, as text. */
