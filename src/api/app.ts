@@ -118,10 +118,11 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
 
 /**
  * Every request runs in a secret scope of its own (crypto/secret-scope.ts): the passwords its stores and drivers
- * touch are scrubbed from its answer, its logs and its audit events. Entered at onRequest and again after the body is
- * parsed: the parser runs from the socket's events, outside the context the first hook set.
+ * touch are scrubbed from its answer, its logs and its audit events. Entered at onRequest, and again after the body is
+ * parsed: a body arriving after the headers is read from the socket's events, outside the context the first hook set
+ * (Fastify's own parsers carry it over; a parser added later might not). test/unit/secret-scope.test.ts checks both.
  */
-function installSecretScope(app: FastifyInstance): void {
+export function installSecretScope(app: FastifyInstance): void {
   app.decorateRequest('secretScope', null);
   app.addHook('onRequest', (request, _reply, done) => {
     const scope = new Set<string>();

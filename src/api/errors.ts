@@ -3,6 +3,7 @@
 // the internals (the scrubbed cause goes to the log).
 import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify';
 import { scrubError } from '../crypto/scrub.ts';
+import { scrubSecretsInScope } from '../crypto/secret-scope.ts';
 import {
   ConflictError,
   ForbiddenError,
@@ -26,6 +27,7 @@ export class ApiError extends Error {
   }
 }
 
+/** An error answer. Its message never carries a secret the request touched, whoever built it (finding 10, issue 11). */
 export function sendError(
   reply: FastifyReply,
   status: number,
@@ -36,7 +38,9 @@ export function sendError(
   return reply
     .code(status)
     .type('application/json; charset=utf-8')
-    .send({ error: { code, message, ...(details === undefined ? {} : { details }) } });
+    .send({
+      error: { code, message: scrubSecretsInScope(message), ...(details === undefined ? {} : { details }) },
+    });
 }
 
 interface AjvIssue {

@@ -3,7 +3,9 @@
 // lease's. Scrubbing per call site missed some (the admin password in a lease error went to the answer, the audit
 // trail, the logs and the lease record). Instead, an operation (an API request, a worker job) runs in a scope; the
 // stores and target drivers note every password that passes through them (stores/index.ts, targets/index.ts);
-// scrubText consults the scope, and the logger and the audit trail scrub every line with it.
+// scrubText consults the scope; the logger, the audit trail and the API's error answers scrub with it, and so does
+// an error on its way out of a scope. Entry points open one: the API (api/app.ts), every job and the workers' start-up
+// work (scheduling/queues.ts).
 import { AsyncLocalStorage } from 'node:async_hooks';
 
 /** Shorter values are not secrets Keyturn handles (generated passwords are 16+); cutting them would mangle text. */
@@ -13,9 +15,34 @@ const MAX_PER_SCOPE = 256;
 
 const storage = new AsyncLocalStorage<Set<string>>();
 
-/** Runs `fn` in a fresh scope of its own (an API request, a job). */
+/**
+ * Runs `fn` in a fresh scope of its own (an API request, a job). An error that leaves the scope, where its secrets
+ * stop being known, has them cut out of its message and stack first: a job's error goes to Redis (BullMQ's failed
+ * reason) and to logs written outside the scope.
+ */
 export function runInNewSecretScope<T>(fn: () => T, scope: Set<string> = new Set()): T {
-  return storage.run(scope, fn);
+  return storage.run(scope, () => {
+    let result: T;
+    try {
+      result = fn();
+    } catch (err) {
+      throw scrubbedOnExit(err, scope);
+    }
+    if (result instanceof Promise) {
+      return result.catch((err: unknown) => {
+        throw scrubbedOnExit(err, scope);
+      }) as T;
+    }
+    return result;
+  });
+}
+
+/**
+ * Runs `fn` in the current scope, or in a fresh one when there is none: for an entry point that may also be reached
+ * from inside an operation (which keeps its scope, so that its answer is scrubbed of what `fn` touched).
+ */
+export function withSecretScope<T>(fn: () => T): T {
+  return storage.getStore() ? fn() : runInNewSecretScope(fn);
 }
 
 /** The current scope itself, to be re-entered where async context is lost (a request's body parsing). */
@@ -34,6 +61,38 @@ export function noteSecret(value: unknown): void {
 export function secretsInScope(): readonly string[] {
   const scope = storage.getStore();
   return scope ? [...scope] : [];
+}
+
+/** A text with every secret of the scope cut out, and nothing else changed (an API error's message). */
+export function scrubSecretsInScope(text: string): string {
+  return cutSecrets(text, storage.getStore());
+}
+
+function cutSecrets(text: string, scope: Set<string> | undefined): string {
+  if (!scope || scope.size === 0) return text;
+  let out = text;
+  for (const secret of [...scope].sort((a, b) => b.length - a.length)) {
+    if (out.includes(secret)) out = out.split(secret).join('[redacted]');
+  }
+  return out;
+}
+
+/** The error leaving `scope`, with the scope's secrets cut out of its message and stack (same object when an Error). */
+function scrubbedOnExit(err: unknown, scope: Set<string>): unknown {
+  if (scope.size === 0) return err;
+  if (typeof err === 'string') return cutSecrets(err, scope);
+  if (!(err instanceof Error)) return err;
+  try {
+    const message = cutSecrets(err.message, scope);
+    if (message !== err.message) err.message = message;
+    if (typeof err.stack === 'string') {
+      const stack = cutSecrets(err.stack, scope);
+      if (stack !== err.stack) err.stack = stack;
+    }
+  } catch {
+    // A frozen or exotic error: it leaves as it is rather than as another error.
+  }
+  return err;
 }
 
 /**

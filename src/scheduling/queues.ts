@@ -320,11 +320,14 @@ export class QueueWorkers {
     );
     await Promise.all(this.#workers.map((w) => w.waitUntilReady()));
     await notifier?.start();
-    // A worker that starts after downtime revokes what expired meanwhile at once, not one interval later.
-    void this.#sweepLeases();
+    // A worker that starts after downtime revokes what expired meanwhile at once, not one interval later. Like a job,
+    // in a secret scope of its own: it logs in with admin secrets and records what the downstream answered.
+    void runInNewSecretScope(() => this.#sweepLeases());
     // Likewise, a lapse that happened while no worker ran is raised now.
-    void this.scanOverdue().catch((err) =>
-      this.#log.error({ err: scrubError(err) }, 'overdue scan failed; the next one retries'),
+    void runInNewSecretScope(() =>
+      this.scanOverdue().catch((err) =>
+        this.#log.error({ err: scrubError(err) }, 'overdue scan failed; the next one retries'),
+      ),
     );
   }
 

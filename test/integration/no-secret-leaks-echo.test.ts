@@ -3,7 +3,8 @@
 // PostgreSQL that asks for a cleartext password (allowed on this connection with options.requireAuth, so that it
 // receives them) answers every login with an error quoting that password, on the lease, rotation and import paths.
 // Every password it received, the admin's included, must appear nowhere: answers, audit trail, rotation and lease
-// records, logs, Redis values and the commands sent to Redis.
+// records, logs, Redis values and the commands sent to Redis. The same holds for work a worker does outside any
+// request or job: the lease sweep it runs as it starts.
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type FakePostgres, startFakePostgres } from '../support/fake-postgres.ts';
@@ -13,6 +14,7 @@ import {
   startKeyturn,
   type TestEnv,
   testEnv,
+  waitFor,
   waitForRotation,
 } from '../support/harness.ts';
 import { assertNoSecrets, monitorRedis, redisValues } from '../support/leaks.ts';
@@ -26,16 +28,23 @@ let env: TestEnv;
 let kt: Keyturn;
 let fake: FakePostgres;
 let monitor: Awaited<ReturnType<typeof monitorRedis>>;
+let worker: Keyturn | undefined;
 const answers: string[] = [];
 
 beforeAll(async () => {
   fake = await startFakePostgres({ auth: 'password' });
-  env = testEnv({ KEYTURN_ROTATION_ATTEMPTS: '1', LOG_LEVEL: 'debug' });
+  // No scheduled lease sweep during the test: the one a worker runs as it starts is the one under test.
+  env = testEnv({
+    KEYTURN_ROTATION_ATTEMPTS: '1',
+    LOG_LEVEL: 'debug',
+    KEYTURN_LEASE_SWEEP_INTERVAL_MS: '3600000',
+  });
   monitor = await monitorRedis(env.prefix);
   kt = await startKeyturn(env, { components: ['api', 'worker'] });
 });
 afterAll(async () => {
   monitor?.stop();
+  await worker?.close();
   await kt?.close();
   await fake?.close();
   if (env) await dropPrefix(env.prefix);
@@ -88,7 +97,11 @@ describe('finding 10: an echoing downstream leaks no password on any path', () =
     // Lease: the admin login fails, and the echo quotes the admin password.
     const lease = await call('POST', '/v1/credentials/echo-app/leases', { ttl: '5m' });
     expect(lease.status, lease.text).toBe(422);
-    await call('GET', '/v1/credentials/echo-app/leases');
+    const leases = await call('GET', '/v1/credentials/echo-app/leases');
+    expect(leases.body.leases).toHaveLength(1);
+    // Revoking it on request: the admin login fails again, and the 202 answer says why.
+    const revoke = await call('DELETE', `/v1/leases/${leases.body.leases[0].id}`);
+    expect(revoke.status, revoke.text).toBe(202);
     await call('GET', '/v1/credentials/echo-app');
     await call('GET', '/v1/audit?limit=1000');
 
@@ -103,6 +116,34 @@ describe('finding 10: an echoing downstream leaks no password on any path', () =
     assertNoSecrets(secrets, [
       ['API answers', answers],
       ['audit trail', audit],
+      ['logs', kt.logs],
+      ['Redis values', await redisValues(env.prefix)],
+      ['Redis commands', monitor.commands],
+    ]);
+  });
+
+  it('a worker starting up sweeps the failed lease in a scope of its own: its lastError and logs carry no echo', async () => {
+    const [before] = (await call('GET', '/v1/credentials/echo-app/leases')).body.leases;
+    expect(before.status).toBe('revoking');
+    const received = fake.passwordsReceived.length;
+    worker = await startKeyturn(env, { components: ['worker'] });
+    const started = worker;
+    // The sweep it runs as it starts tries to drop the lease user: the admin login fails, echoed, and that failure is
+    // logged and recorded in the lease.
+    await waitFor('the start-up sweep to try the lease', async () =>
+      started.logs.some((l) => l.includes('lease revocation failed')),
+    );
+    expect(fake.passwordsReceived.slice(received)).toContain(ADMIN_PASSWORD);
+    const [after] = (await call('GET', '/v1/credentials/echo-app/leases')).body.leases;
+    expect(after.revokeAttempts).toBeGreaterThan(before.revokeAttempts);
+    expect(after.lastError).toMatch(/\[redacted\]/);
+    const audit = (await kt.api('GET', '/v1/audit?limit=1000')).body.events.map((e: unknown) =>
+      JSON.stringify(e),
+    );
+    assertNoSecrets(new Set(fake.passwordsReceived), [
+      ['API answers', answers],
+      ['audit trail', audit],
+      ['start-up worker logs', started.logs],
       ['logs', kt.logs],
       ['Redis values', await redisValues(env.prefix)],
       ['Redis commands', monitor.commands],
