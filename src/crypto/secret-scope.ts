@@ -37,14 +37,6 @@ export function runInNewSecretScope<T>(fn: () => T, scope: Set<string> = new Set
   });
 }
 
-/**
- * Runs `fn` in the current scope, or in a fresh one when there is none: for an entry point that may also be reached
- * from inside an operation (which keeps its scope, so that its answer is scrubbed of what `fn` touched).
- */
-export function withSecretScope<T>(fn: () => T): T {
-  return storage.getStore() ? fn() : runInNewSecretScope(fn);
-}
-
 /** The current scope itself, to be re-entered where async context is lost (a request's body parsing). */
 export function currentSecretScope(): Set<string> | undefined {
   return storage.getStore();

@@ -12,7 +12,6 @@ import {
   runInNewSecretScope,
   scrubJsonLine,
   secretsInScope,
-  withSecretScope,
 } from '../../src/crypto/secret-scope.ts';
 import { createLogger } from '../../src/logging/logger.ts';
 import { UnprocessableError } from '../../src/registry/errors.ts';
@@ -64,23 +63,6 @@ describe('finding 10: secret scope', () => {
 });
 
 describe('finding 10: scopes at the entry points and the sinks', () => {
-  it('withSecretScope joins the current operation, or opens one of its own', async () => {
-    await runInNewSecretScope(async () => {
-      noteSecret('outer-secret-value');
-      await withSecretScope(async () => {
-        noteSecret('inner-secret-value');
-      });
-      expect(secretsInScope()).toEqual(['outer-secret-value', 'inner-secret-value']);
-    });
-    const own = await withSecretScope(async () => {
-      noteSecret('lonely-secret-value');
-      await new Promise((done) => setTimeout(done, 1));
-      return secretsInScope();
-    });
-    expect(own).toEqual(['lonely-secret-value']);
-    expect(secretsInScope()).toEqual([]);
-  });
-
   it('an error leaving a scope carries none of its secrets (sync and async, message and stack)', async () => {
     const secret = 'admin-pw-echoed-by-downstream';
     let thrown: Error | undefined;
