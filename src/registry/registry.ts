@@ -91,13 +91,24 @@ redis.call('HSET', KEYS[1], 'spec', ARGV[2])
 return 1
 `;
 
-// Sets one field of a credential's state, leaving the rest as the engine last wrote it (finding 6 of issue 11).
+// Sets one field of a credential's state, leaving the rest as the engine last wrote it, and only while the spec
+// (ARGV[1]) and the last rotation (ARGV[2]) it was computed from are still the credential's (finding 6 of issue 11).
 const SET_NEXT_ROTATION = `
+local spec = redis.call('HGET', KEYS[1], 'spec')
 local raw = redis.call('HGET', KEYS[1], 'state')
-if not raw then return 0 end
+if not spec or not raw then return -1 end
+if spec ~= ARGV[1] then return 0 end
 local state = cjson.decode(raw)
-state['nextRotationAt'] = ARGV[1]
+if (state['rotatedAt'] or '') ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then state['nextRotationAt'] = nil else state['nextRotationAt'] = ARGV[3] end
 redis.call('HSET', KEYS[1], 'state', cjson.encode(state))
+return 1
+`;
+
+const SET_FIRST_STATE = `
+local raw = redis.call('HGET', KEYS[1], 'state')
+if not raw or cjson.decode(raw)['status'] ~= 'pending' then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
 return 1
 `;
 
@@ -106,6 +117,13 @@ export interface QueuedRotation {
   status: string;
   attempts: number;
   [field: string]: unknown;
+}
+
+/** What a credential's schedule follows from: its spec (with its stored text, to tell a change) and last rotation. */
+export interface ScheduleBasis {
+  spec: CredentialSpec;
+  specJson: string;
+  rotatedAt?: string;
 }
 
 /** The outcome of a delete: done (with the rotation it cancelled, if any), or why not. */
@@ -345,18 +363,42 @@ export class Registry {
     );
   }
 
-  /** Sets the advertised next rotation in a credential's state, and nothing else of it. */
-  async setNextRotationAt(id: string, at: string): Promise<void> {
-    await this.#redis.eval(SET_NEXT_ROTATION, 1, this.keys.credential(id), at);
+  /** The spec and last rotation a credential's schedule follows from, or null once it is deleted. */
+  async scheduleBasis(id: string): Promise<ScheduleBasis | null> {
+    const [spec, state] = await this.#redis.hmget(this.keys.credential(id), 'spec', 'state');
+    if (!spec || !state) return null;
+    const { rotatedAt } = JSON.parse(state) as CredentialState;
+    return { spec: JSON.parse(spec) as CredentialSpec, specJson: spec, ...(rotatedAt ? { rotatedAt } : {}) };
   }
 
-  async saveCredentialState(id: string, state: CredentialState): Promise<void> {
-    await this.#redis.eval(
-      "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end redis.call('HSET', KEYS[1], 'state', ARGV[1]) return 1",
+  /**
+   * Sets the advertised next rotation in a credential's state, and nothing else of it, if the spec and the last
+   * rotation are still those of `basis` ('changed' otherwise: compute it again); 'missing' once it is deleted.
+   */
+  async setNextRotationAt(
+    id: string,
+    at: Date | undefined,
+    basis: ScheduleBasis,
+  ): Promise<'set' | 'changed' | 'missing'> {
+    const r = await this.#redis.eval(
+      SET_NEXT_ROTATION,
       1,
       this.keys.credential(id),
-      JSON.stringify(state),
+      basis.specJson,
+      basis.rotatedAt ?? '',
+      at?.toISOString() ?? '',
     );
+    return r === 1 ? 'set' : r === 0 ? 'changed' : 'missing';
+  }
+
+  /**
+   * The first state of a registration that had to wait for its store write (an import). Written only while the
+   * credential is still `pending`: once a rotation was requested the engine owns the state, and an earlier copy is
+   * never written over it; a deleted credential is not brought back either.
+   */
+  async saveCredentialState(id: string, state: CredentialState): Promise<boolean> {
+    const r = await this.#redis.eval(SET_FIRST_STATE, 1, this.keys.credential(id), JSON.stringify(state));
+    return r === 1;
   }
 
   /**
