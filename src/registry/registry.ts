@@ -1,6 +1,7 @@
 // Connections and credentials in Redis. A credential is a hash of two JSON fields: `spec` (written by the API
 // when a team registers or changes it) and `state` (written by the rotation engine). Keeping them apart means
 // a PATCH of the schedule and a rotation finishing at the same moment never overwrite each other.
+import { randomInt } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { ConflictError, NotFoundError } from './errors.ts';
 import type { RedisKeys } from './keys.ts';
@@ -81,6 +82,9 @@ for i = 6, #ARGV do
 end
 return {'deleted', rid or ''}
 `;
+
+const SPEC_SWAP_ATTEMPTS = 30;
+const sleep = (ms: number) => new Promise<void>((done) => setTimeout(done, ms));
 
 // Replaces a credential's spec only if it is still the one the caller read (ARGV[1]): two PATCHes never lose one.
 const SWAP_SPEC = `
@@ -341,14 +345,17 @@ export class Registry {
 
   /**
    * Replaces a credential's spec with `change(current)`, compare-and-set on what was read: a concurrent PATCH makes it
-   * read again and re-apply (up to five times), so no change is lost and no stale spec written back.
+   * read again and re-apply, so no change is lost and no stale spec written back. Each lost round means another
+   * request's write landed, so a burst of N PATCHes needs at most N rounds; a short random pause between rounds
+   * keeps them from meeting again, and only a burst far beyond that is told to retry.
    */
   async updateCredentialSpec(
     id: string,
     change: (current: CredentialSpec) => CredentialSpec,
   ): Promise<CredentialSpec> {
     const key = this.keys.credential(id);
-    for (let attempt = 0; attempt < 5; attempt++) {
+    for (let attempt = 0; attempt < SPEC_SWAP_ATTEMPTS; attempt++) {
+      if (attempt > 0) await sleep(randomInt(1 + Math.min(2 ** attempt, 50)));
       const raw = await this.#redis.hget(key, 'spec');
       if (!raw) break;
       const next = change(JSON.parse(raw) as CredentialSpec);
