@@ -166,6 +166,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     leases,
     downstreamTimeoutMs: config.rotation.downstreamTimeoutMs,
     ...(tokens ? { readerBindings: readerBindings(tokens) } : {}),
+    importFailures: config.importFailures,
   });
   const clock = options.clock ?? systemClock;
   // Workers sign checkpoints (the sealer); the API needs only the public keys.

@@ -7,6 +7,7 @@ import {
   ConflictError,
   ForbiddenError,
   NotFoundError,
+  TooManyRequestsError,
   UnavailableError,
   UnprocessableError,
 } from '../registry/errors.ts';
@@ -127,6 +128,10 @@ export function installErrorHandling(app: FastifyInstance): void {
     if (error instanceof NotFoundError) return sendError(reply, 404, 'not_found', error.message);
     if (error instanceof ConflictError) return sendError(reply, 409, 'conflict', error.message);
     if (error instanceof ForbiddenError) return sendError(reply, 403, 'forbidden', error.message);
+    if (error instanceof TooManyRequestsError) {
+      reply.header('retry-after', String(error.retryAfterSeconds));
+      return sendError(reply, 429, 'too_many_requests', error.message);
+    }
     if (error instanceof UnprocessableError) return sendError(reply, 422, 'unprocessable', error.message);
     if (error instanceof UnavailableError) {
       return sendError(reply, 503, 'unavailable', error.message);

@@ -161,7 +161,10 @@ export function addAuditCommands(program: Command, cli: CliContext): void {
     .action(async (opts: Record<string, string | undefined>) => {
       const q = query(opts, [...RANGE_AND_FILTERS, 'format']);
       progress('waiting for the sealer to sign everything up to now…');
-      const res = await cli.client().stream(`/v1/audit/export?${q}`);
+      const res = await cli.client().stream(`/v1/audit/export?${q}`, {
+        type: /^(application\/x-ndjson|text\/csv)\b/i,
+        what: "Keyturn's audit export (JSON lines or CSV)",
+      });
       let lines = 0;
       let bytes = 0;
       const counter = new Transform({
@@ -189,7 +192,10 @@ export function addAuditCommands(program: Command, cli: CliContext): void {
     .command('public-key')
     .description('the Ed25519 public key(s) that sign audit checkpoints (PEM)')
     .action(async () => {
-      const res = await cli.client().stream('/v1/audit/public-key');
+      const res = await cli.client().stream('/v1/audit/public-key', {
+        type: /^application\/x-pem-file\b/i,
+        what: "Keyturn's public key (PEM)",
+      });
       process.stdout.write(await res.text());
     });
 }

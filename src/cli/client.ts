@@ -20,8 +20,11 @@ export class KeyturnClient {
     this.#token = token;
   }
 
-  /** A GET whose body the caller reads as a stream (exports); errors as request() reports them. */
-  async stream(path: string): Promise<Response> {
+  /**
+   * A GET whose body the caller reads as a stream (exports); errors as request() reports them. `expected` is the
+   * content type Keyturn answers with: a 2xx of another type (a proxy's login page, say) is refused, not streamed.
+   */
+  async stream(path: string, expected: { type: RegExp; what: string }): Promise<Response> {
     let res: Response;
     try {
       res = await fetch(`${this.#url}${path}`, { headers: { authorization: `Bearer ${this.#token}` } });
@@ -32,15 +35,14 @@ export class KeyturnClient {
         `Cannot reach Keyturn at ${this.#url} (${(err as Error).message}): is it running? Set KEYTURN_URL or --url`,
       );
     }
-    if (!res.ok) {
-      const text = await res.text();
-      let error: { code?: string; message?: string } | undefined;
-      try {
-        error = (JSON.parse(text) as { error?: { code?: string; message?: string } }).error;
-      } catch {
-        error = undefined;
-      }
-      throw new ApiClientError(res.status, error?.code ?? 'error', error?.message ?? `HTTP ${res.status}`);
+    if (!res.ok) throw this.#replyError('GET', path, res, await res.text());
+    if (!expected.type.test(res.headers.get('content-type') ?? '')) {
+      await res.body?.cancel().catch(() => {});
+      throw new ApiClientError(
+        res.status,
+        'not_keyturn',
+        `GET ${this.#url}${path} answered ${res.status} with ${describeBody(res, undefined)}, not ${expected.what}: check KEYTURN_URL (or --url) and any proxy in between`,
+      );
     }
     return res;
   }
@@ -65,11 +67,59 @@ export class KeyturnClient {
       );
     }
     const text = await res.text();
-    const parsed = text ? (JSON.parse(text) as unknown) : undefined;
-    if (!res.ok) {
-      const error = (parsed as { error?: { code?: string; message?: string } } | undefined)?.error;
-      throw new ApiClientError(res.status, error?.code ?? 'error', error?.message ?? `HTTP ${res.status}`);
+    // The status first: an error page from a proxy or a server that is not Keyturn is not JSON (finding 12, issue 11).
+    if (!res.ok) throw this.#replyError(method, path, res, text);
+    if (!text) return undefined as T;
+    const parsed = parseJson(text);
+    if (parsed === undefined || !isJson(res)) {
+      throw new ApiClientError(
+        res.status,
+        'not_keyturn',
+        `${method} ${this.#url}${path} answered ${res.status} with ${describeBody(res, text)}, not Keyturn's JSON: check KEYTURN_URL (or --url) and any proxy in between`,
+      );
     }
     return parsed as T;
   }
+
+  /** The error of a non-2xx answer: Keyturn's own message when it is Keyturn's JSON error, else what came back. */
+  #replyError(method: string, path: string, res: Response, text: string): ApiClientError {
+    const error = (parseJson(text) as { error?: { code?: unknown; message?: unknown } } | undefined)?.error;
+    if (typeof error?.message === 'string') {
+      return new ApiClientError(
+        res.status,
+        typeof error.code === 'string' ? error.code : 'error',
+        error.message,
+      );
+    }
+    return new ApiClientError(
+      res.status,
+      'not_keyturn',
+      `${method} ${this.#url}${path} answered ${res.status} ${res.statusText || ''} with ${describeBody(res, text)}, not an answer from Keyturn: check KEYTURN_URL (or --url), and any proxy in between`.replace(
+        /\s+with/,
+        ' with',
+      ),
+    );
+  }
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return undefined;
+  }
+}
+
+function isJson(res: Response): boolean {
+  return /\bjson\b/i.test(res.headers.get('content-type') ?? '');
+}
+
+/**
+ * What a body was, in a few safe words: its type and length, never its text (it could hold anything). Without the
+ * text (a stream not read), its type alone.
+ */
+function describeBody(res: Response, text: string | undefined): string {
+  const type = (res.headers.get('content-type') ?? 'no content type').split(';')[0]?.trim();
+  if (text === undefined) return `a ${type} body`;
+  return text ? `a ${type} body of ${text.length} bytes` : 'an empty body';
 }

@@ -213,5 +213,9 @@ try {
 } catch (err) {
   if (err instanceof ApiClientError)
     fail(`${err.message}${err.status ? ` (HTTP ${err.status}, ${err.code})` : ''}`);
-  throw err;
+  // Anything else is a bug or an environment problem: one line, the stack only when asked for (finding 12, issue 11).
+  if (process.env.KEYTURN_DEBUG) process.stderr.write(`${(err as Error)?.stack ?? String(err)}\n`);
+  fail(
+    `${(err as Error)?.message ?? String(err)}${process.env.KEYTURN_DEBUG ? '' : ' (set KEYTURN_DEBUG=1 for details)'}`,
+  );
 }

@@ -52,9 +52,14 @@ export interface KeyturnConfig {
   rateLimit: { max: number; windowMs: number };
   /** Origins allowed to call the API from a browser; empty: CORS off (no CORS headers at all). */
   corsOrigins: string[];
-  /** Short-lived credentials (POST /v1/credentials/:id/leases). */
   /** KEYTURN_SECRET_MAX_AGE: the longest Cache-Control max-age a secret read gives (SPEC, "Cache hint"). */
   secretMaxAgeMs: number;
+  /**
+   * Failed imports (a currentPassword the downstream refused) a principal may make per window before imports answer
+   * 429: Keyturn must not be a silent password oracle (finding 13 of issue 11).
+   */
+  importFailures: { max: number; windowMs: number };
+  /** Short-lived credentials (POST /v1/credentials/:id/leases). */
   leases: {
     /** TTL of a lease whose request names none. */
     defaultTtlMs: number;
@@ -288,6 +293,10 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
     }
     return parseDuration(fallback);
   };
+  const importFailures = {
+    max: int('KEYTURN_IMPORT_FAILURES_MAX', 5, 1, 10_000),
+    windowMs: duration('KEYTURN_IMPORT_FAILURES_WINDOW', '10m', 1000),
+  };
   // "0" turns the cache hint off (max-age=0 on every secret read); a duration otherwise.
   const secretMaxAgeMs =
     env.KEYTURN_SECRET_MAX_AGE?.trim() === '0' ? 0 : duration('KEYTURN_SECRET_MAX_AGE', '5m', 1000);
@@ -404,6 +413,7 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
     rateLimit,
     corsOrigins,
     secretMaxAgeMs,
+    importFailures,
     leases,
     vault,
     aws,

@@ -32,3 +32,12 @@ export class ForbiddenError extends Error {
     this.name = 'ForbiddenError';
   }
 }
+/** The caller made too many attempts of some kind: retry after `retryAfterSeconds` (429 with Retry-After). */
+export class TooManyRequestsError extends Error {
+  readonly retryAfterSeconds: number;
+  constructor(message: string, retryAfterSeconds: number) {
+    super(message);
+    this.name = 'TooManyRequestsError';
+    this.retryAfterSeconds = retryAfterSeconds;
+  }
+}

@@ -36,6 +36,10 @@ export class RedisKeys {
   connectionMadeUsers(id: string): string {
     return `${this.prefix}:conn:${id}:made`;
   }
+  /** Count of a principal's failed imports in the current window (expires with it); the name is hashed. */
+  importFailures(principalDigest: string): string {
+    return `${this.prefix}:limits:import-failures:${principalDigest}`;
+  }
   /** Set when the user-name claims of credentials registered before they existed have been written. */
   usernameClaimsMigrated(): string {
     return `${this.prefix}:migrated:username-claims`;

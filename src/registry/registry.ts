@@ -1,7 +1,7 @@
 // Connections and credentials in Redis. A credential is a hash of two JSON fields: `spec` (written by the API
 // when a team registers or changes it) and `state` (written by the rotation engine). Keeping them apart means
 // a PATCH of the schedule and a rotation finishing at the same moment never overwrite each other.
-import { randomInt } from 'node:crypto';
+import { createHash, randomInt } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { ConflictError, NotFoundError } from './errors.ts';
 import type { RedisKeys } from './keys.ts';
@@ -259,6 +259,42 @@ export class Registry {
     return this.#redis.hgetall(this.keys.connectionUsernames(connectionId));
   }
 
+  /**
+   * Reserves one of a principal's import attempts in the current window, atomically: at most `max` attempts that
+   * failed or are still running, so that concurrent requests cannot all pass a check made before any of them failed.
+   * The window starts with the first attempt. A refused reservation counts nothing.
+   */
+  async reserveImportAttempt(
+    principal: string,
+    max: number,
+    windowMs: number,
+  ): Promise<{ allowed: boolean; count: number; resetInMs: number }> {
+    const key = this.keys.importFailures(digest(principal));
+    const [allowed, count, ttl] = (await this.#redis.eval(
+      `local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+       if n >= tonumber(ARGV[1]) then return {0, n, redis.call('PTTL', KEYS[1])} end
+       n = redis.call('INCR', KEYS[1])
+       if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+       return {1, n, redis.call('PTTL', KEYS[1])}`,
+      1,
+      key,
+      max,
+      windowMs,
+    )) as [number, number, number];
+    return { allowed: allowed === 1, count, resetInMs: Math.max(0, ttl) };
+  }
+
+  /** Gives back a reserved import attempt that did not fail (the password logged in, or could not be checked). */
+  async releaseImportAttempt(principal: string): Promise<void> {
+    const key = this.keys.importFailures(digest(principal));
+    // Only while the window lasts: a DECR after it expired would start a counter without an expiry.
+    await this.#redis.eval(
+      "if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end return 1",
+      1,
+      key,
+    );
+  }
+
   /** The credential a downstream user was made (or adopted) for by Keyturn, or null: not Keyturn's. */
   async madeFor(connectionId: string, username: string): Promise<string | null> {
     return this.#redis.hget(this.keys.connectionMadeUsers(connectionId), username);
@@ -455,3 +491,5 @@ export class Registry {
     return values.filter((v): v is string => v !== null).map(parse);
   }
 }
+
+const digest = (value: string): string => createHash('sha256').update(value).digest('hex').slice(0, 32);

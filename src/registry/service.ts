@@ -5,7 +5,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import type { AuditLog } from '../audit/audit-log.ts';
 import { bindingMatches, type ReaderBinding } from '../auth/principal.ts';
 import { DEFAULT_PASSWORD_POLICY, type PasswordPolicy } from '../crypto/password.ts';
-import type { LeaseService } from '../leases/lease-service.ts';
+import { formatDuration, type LeaseService } from '../leases/lease-service.ts';
 import { openDownstream } from '../rotation/downstream.ts';
 import type { RotationEngine } from '../rotation/engine.ts';
 import type { RotationRepo } from '../rotation/rotation-repo.ts';
@@ -16,7 +16,13 @@ import { connectionAdminRef, credentialSecretRef, type StoreSet, secretDocument 
 import type { SecretDocument } from '../stores/types.ts';
 import { TARGET_DRIVERS, targetDriver } from '../targets/index.ts';
 import { TargetRefusedError, type TargetSession } from '../targets/types.ts';
-import { ConflictError, ForbiddenError, NotFoundError, UnprocessableError } from './errors.ts';
+import {
+  ConflictError,
+  ForbiddenError,
+  NotFoundError,
+  TooManyRequestsError,
+  UnprocessableError,
+} from './errors.ts';
 import { claimedUsernames, type Registry, UsernameTakenError } from './registry.ts';
 import type {
   Connection,
@@ -136,6 +142,7 @@ export class RegistryService {
   readonly #leases: LeaseService;
   readonly #timeoutMs: number;
   readonly #readerBindings: ReaderBinding[];
+  readonly #importFailures: { max: number; windowMs: number };
 
   constructor(deps: {
     registry: Registry;
@@ -148,6 +155,8 @@ export class RegistryService {
     downstreamTimeoutMs: number;
     /** The reader bindings of the tokens file: an operator may not widen or narrow what they reach. */
     readerBindings?: ReaderBinding[];
+    /** Failed imports a principal may make per window before imports answer 429. */
+    importFailures?: { max: number; windowMs: number };
   }) {
     this.#registry = deps.registry;
     this.#stores = deps.stores;
@@ -158,6 +167,7 @@ export class RegistryService {
     this.#leases = deps.leases;
     this.#timeoutMs = deps.downstreamTimeoutMs;
     this.#readerBindings = deps.readerBindings ?? [];
+    this.#importFailures = deps.importFailures ?? { max: 5, windowMs: 600_000 };
   }
 
   // Connections
@@ -413,14 +423,15 @@ export class RegistryService {
       throw new UnprocessableError('adoptClone applies to strategy "alternating-users" only');
     }
     await this.#checkCredential(spec, connection, { askDownstream: true });
+    const store = this.#stores.get(spec.store);
+    // Last of the checks, as it asks the downstream: everything the request alone can tell comes first.
     const adopting =
       spec.strategy === 'alternating-users' && !targetDriver(connection.type)?.serviceOwnsUsers
         ? await this.#checkClone(spec, connection, input)
         : false;
-    const store = this.#stores.get(spec.store);
 
     if (input.import && input.currentPassword) {
-      await this.#verifyLogin(connection, input.username, input.currentPassword);
+      await this.#checkImport(spec, connection, input.currentPassword, actor);
     }
     // The registry entry first: its creation is the check that the id is free, and nothing may be written to
     // the store under an id that belongs to another credential.
@@ -556,6 +567,58 @@ export class RegistryService {
   /** The reader bindings that reach a credential with this id and these labels. */
   #readersOf(credential: { id: string; labels: Record<string, string> }): string[] {
     return this.#readerBindings.filter((b) => bindingMatches(b, credential)).map((b) => b.source);
+  }
+
+  /**
+   * Checks an import's currentPassword downstream, as a guarded password check: each failure is an audit event
+   * (`credential.import_failed`), and a principal with too many failures in the window gets 429 before the downstream
+   * is asked again. Keyturn is never a silent password oracle (finding 13 of issue 11). The attempt is reserved
+   * before the downstream is asked (concurrent guesses count too) and given back unless the password was refused.
+   */
+  async #checkImport(
+    spec: CredentialSpec,
+    connection: Connection,
+    password: string,
+    actor: string,
+  ): Promise<void> {
+    const limit = this.#importFailures;
+    const slot = await this.#registry.reserveImportAttempt(actor, limit.max, limit.windowMs);
+    if (!slot.allowed) {
+      const retryAfter = Math.max(1, Math.ceil(slot.resetInMs / 1000));
+      await this.#audit.append({
+        actor,
+        action: 'credential.import_failed',
+        outcome: 'denied',
+        credential: spec.id,
+        connection: connection.id,
+        details: { username: spec.username, reason: 'too many failed imports', failures: slot.count },
+      });
+      throw new TooManyRequestsError(
+        `${actor} has reached ${limit.max} failed imports (a currentPassword the downstream refused) within ${formatDuration(limit.windowMs)}, the limit KEYTURN_IMPORT_FAILURES_MAX sets: retry in ${retryAfter}s, with the password the user really has`,
+        retryAfter,
+      );
+    }
+    let refused = false;
+    try {
+      await this.#verifyLogin(connection, spec.username, password);
+    } catch (err) {
+      refused = err instanceof UnprocessableError && /does not log in/.test(err.message);
+      await this.#audit.append({
+        actor,
+        action: 'credential.import_failed',
+        outcome: 'failure',
+        credential: spec.id,
+        connection: connection.id,
+        details: {
+          username: spec.username,
+          reason: refused ? 'the downstream refused currentPassword' : 'the password could not be checked',
+          failures: refused ? slot.count : slot.count - 1,
+        },
+      });
+      throw err;
+    } finally {
+      if (!refused) await this.#registry.releaseImportAttempt(actor);
+    }
   }
 
   async #verifyLogin(connection: Connection, username: string, password: string): Promise<void> {

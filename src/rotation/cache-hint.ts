@@ -23,7 +23,17 @@ export interface CacheHintInput {
 export function secretCacheMaxAge(input: CacheHintInput): number {
   if (input.rotating) return 0;
   let ms = input.maxAgeMs;
-  if (input.gracePeriod !== undefined) ms = Math.min(ms, parseDuration(input.gracePeriod) / 2);
+  if (input.gracePeriod !== undefined) ms = Math.min(ms, graceMs(input.gracePeriod) / 2);
   if (input.nextRotationAt !== undefined) ms = Math.min(ms, Date.parse(input.nextRotationAt) - input.now);
-  return Math.max(0, Math.floor(ms / 1000));
+  // A bound that cannot be read (NaN) means no caching rather than a header a client cannot parse.
+  return Number.isFinite(ms) ? Math.max(0, Math.floor(ms / 1000)) : 0;
+}
+
+/** The grace period in ms; one that is not a duration (registration refuses those) allows no caching. */
+function graceMs(gracePeriod: string): number {
+  try {
+    return parseDuration(gracePeriod);
+  } catch {
+    return 0;
+  }
 }

@@ -729,9 +729,14 @@ export class RotationEngine {
       ctx.secrets.add(current.value.password);
       const login = { username: current.value.username, password: current.value.password };
       // On a dual-password downstream the old password may still work next to the pending one: take the
-      // pending one away explicitly, so that nothing the store is about to forget still logs in.
+      // pending one away explicitly, so that nothing the store is about to forget still logs in. Only when the
+      // downstream holds it: a set step that never got through (its admin login failed, say) left nothing to take
+      // away, and the admin may still be unable to log in.
       const removePending = Boolean(
-        ctx.target.removePassword && pending && pending.value.username === login.username,
+        ctx.target.removePassword &&
+          pending &&
+          pending.value.username === login.username &&
+          (await ctx.target.authenticate({ username: login.username, password: pending.value.password })).ok,
       );
       if (ctx.target.removePassword && pending && removePending) {
         await ctx.target.removePassword(login.username, {
@@ -752,7 +757,12 @@ export class RotationEngine {
       return `${what}${await this.#dropPending(ctx, rotation)}`;
     }
     // alternating-users: the rotation changed the inactive user. Put back its previous password while that
-    // user is still in its grace period, otherwise give it an unknown random one.
+    // user is still in its grace period, otherwise give it an unknown random one. Unless the pending password does
+    // not log in: then the set step never got through (a failed admin login, say), nothing a service could use was
+    // changed, and the admin may still be unable to log in.
+    if (pending && !(await ctx.target.authenticate({ username, password: pending.value.password })).ok) {
+      return `user "${username}" does not log in with the pending password, so nothing was changed downstream${await this.#dropPending(ctx, rotation)}`;
+    }
     const previous = await ctx.store.read(ctx.ref, { stage: 'previous' });
     const graceOpen = previous?.value.username === username && !state.previousRevokedAt;
     if (graceOpen && previous) {

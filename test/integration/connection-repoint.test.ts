@@ -7,11 +7,7 @@
 //   - the PostgreSQL driver refuses a server asking for cleartext or md5 before it sends anything, unless the
 //     connection allows that method (options.requireAuth, after libpq's require_auth).
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sha256Hex } from '../../src/crypto/tokens.ts';
 import type { Connection } from '../../src/registry/types.ts';
 import { AuthMethodRefusedError, postgresTarget } from '../../src/targets/postgres/postgres-target.ts';
 import { type FakeAuth, type FakePostgres, startFakePostgres } from '../support/fake-postgres.ts';
@@ -25,6 +21,7 @@ import {
   startKeyturn,
   type TestEnv,
   testEnv,
+  tokensFile,
   waitForRotation,
 } from '../support/harness.ts';
 
@@ -96,21 +93,16 @@ describe('finding 1: the PostgreSQL driver sends no password to a server asking 
 });
 
 describe('finding 1: an operator cannot repoint a connection', () => {
-  const operatorToken = randomBytes(32).toString('base64url');
-  let dir: string;
+  let tokens: Awaited<ReturnType<typeof tokensFile>>;
   let env: TestEnv;
   let kt: Keyturn;
   let fake: FakePostgres;
-  const asOperator = { authorization: `Bearer ${operatorToken}` };
+  const asOperator = { authorization: '' };
 
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'kt-repoint-'));
-    const file = join(dir, 'tokens.yaml');
-    await writeFile(
-      file,
-      ['tokens:', `  - {name: ops, sha256: ${sha256Hex(operatorToken)}, roles: [operator]}`, ''].join('\n'),
-    );
-    env = testEnv({ KEYTURN_TOKENS_FILE: file, KEYTURN_ROTATION_ATTEMPTS: '1' });
+    tokens = await tokensFile({ ops: 'roles: [operator]' });
+    asOperator.authorization = `Bearer ${tokens.tokens.ops}`;
+    env = testEnv({ KEYTURN_TOKENS_FILE: tokens.path, KEYTURN_ROTATION_ATTEMPTS: '1' });
     kt = await startKeyturn(env, { components: ['api', 'worker'] });
     fake = await startFakePostgres({ auth: 'password' });
   });
@@ -118,7 +110,7 @@ describe('finding 1: an operator cannot repoint a connection', () => {
     await kt?.close();
     await fake?.close();
     if (env) await dropPrefix(env.prefix);
-    if (dir) await rm(dir, { recursive: true, force: true });
+    await tokens?.remove();
   });
 
   async function auditOf(connection: string, outcome: string) {

@@ -3,11 +3,7 @@
 // "fields: labels". Giving a reader a credential, or taking one away, is now the admin's; label changes are audited
 // with their old and new values.
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sha256Hex } from '../../src/crypto/tokens.ts';
 import {
   createAppRole,
   dropPrefix,
@@ -16,30 +12,23 @@ import {
   startKeyturn,
   type TestEnv,
   testEnv,
+  tokensFile,
 } from '../support/harness.ts';
 
-const operatorToken = randomBytes(32).toString('base64url');
-const readerToken = randomBytes(32).toString('base64url');
-const asOperator = { authorization: `Bearer ${operatorToken}` };
-let dir: string;
+let tokens: Awaited<ReturnType<typeof tokensFile>>;
+let asOperator: Record<string, string>;
 let env: TestEnv;
 let kt: Keyturn;
 let connection: string;
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'kt-reach-'));
-  const file = join(dir, 'tokens.yaml');
-  await writeFile(
-    file,
-    [
-      'tokens:',
-      `  - {name: ops, sha256: ${sha256Hex(operatorToken)}, roles: [operator]}`,
-      `  - {name: payments-app, sha256: ${sha256Hex(readerToken)}, roles: [reader], labels: {team: payments}}`,
-      `  - {name: pay-glob, sha256: ${sha256Hex(randomBytes(32).toString('base64url'))}, roles: [reader], credentials: ["pay-*"]}`,
-      '',
-    ].join('\n'),
-  );
-  env = testEnv({ KEYTURN_TOKENS_FILE: file });
+  tokens = await tokensFile({
+    ops: 'roles: [operator]',
+    'payments-app': 'roles: [reader], labels: {team: payments}',
+    'pay-glob': 'roles: [reader], credentials: ["pay-*"]',
+  });
+  asOperator = { authorization: `Bearer ${tokens.tokens.ops}` };
+  env = testEnv({ KEYTURN_TOKENS_FILE: tokens.path });
   // API only: the registrations below queue a first rotation that nothing runs.
   kt = await startKeyturn(env);
   connection = await registerPgConnection(kt);
@@ -47,7 +36,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await kt?.close();
   if (env) await dropPrefix(env.prefix);
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await tokens?.remove();
 });
 
 async function body(id: string, labels: Record<string, string> = {}) {
@@ -99,7 +88,7 @@ describe("finding 11: an operator cannot widen or narrow a reader's reach", () =
     expect((await kt.api('GET', `/v1/credentials/${cred.id}`)).body.labels).toEqual({ team: 'ops' });
     // The reader still cannot read it.
     const read = await kt.api('GET', `/v1/credentials/${cred.id}/secret`, undefined, {
-      authorization: `Bearer ${readerToken}`,
+      authorization: `Bearer ${tokens.tokens['payments-app']}`,
     });
     expect(read.status).toBe(403);
 

@@ -157,6 +157,7 @@ describe('Redis ACL target', () => {
       const rotation = await waitForRotation(kt, res.body.rotationId);
       expect(rotation.status).toBe('failed');
       expect(rotation.setStarted).toBe(true);
+      expect(rotation.rollback.note).toContain('the pending password was taken away downstream');
       expect(await passwordCount(name)).toBe(1);
       expect(await server.canLogin(name, password)).toBe(true);
     } finally {

@@ -2,6 +2,9 @@
 // child processes that can be SIGKILLed, and helpers for the password-checking PostgreSQL of global-setup.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
@@ -9,6 +12,7 @@ import pg from 'pg';
 import { inject } from 'vitest';
 import type { Clock } from '../../src/clock.ts';
 import { type Component, loadConfig } from '../../src/config/config.ts';
+import { sha256Hex } from '../../src/crypto/tokens.ts';
 import { createLogger } from '../../src/logging/logger.ts';
 import { createRuntime, type Runtime } from '../../src/runtime.ts';
 
@@ -327,4 +331,23 @@ export async function importCredential(
   });
   if (res.status !== 201) throw new Error(`importing ${id} failed: ${res.status} ${res.text}`);
   return { id, role, password };
+}
+
+/**
+ * A tokens file in a temporary directory: the given principals as `tokens:` entries (`extra` YAML lines each, such
+ * as `roles: [reader], labels: {team: payments}`), each with a fresh random token. `remove` deletes it.
+ */
+export async function tokensFile(
+  principals: Record<string, string>,
+): Promise<{ path: string; tokens: Record<string, string>; remove(): Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), 'kt-tokens-'));
+  const path = join(dir, 'tokens.yaml');
+  const tokens = Object.fromEntries(
+    Object.keys(principals).map((name) => [name, randomBytes(32).toString('base64url')]),
+  );
+  const lines = Object.entries(principals).map(
+    ([name, extra]) => `  - {name: ${name}, sha256: ${sha256Hex(tokens[name] as string)}, ${extra}}`,
+  );
+  await writeFile(path, ['tokens:', ...lines, ''].join('\n'));
+  return { path, tokens, remove: () => rm(dir, { recursive: true, force: true }) };
 }

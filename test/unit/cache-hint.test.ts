@@ -35,4 +35,10 @@ describe('finding 9: secretCacheMaxAge', () => {
     expect(secretCacheMaxAge({ rotating: false, maxAgeMs: 120_000, now })).toBe(120);
     expect(secretCacheMaxAge({ rotating: false, maxAgeMs: 0, now })).toBe(0);
   });
+  it('is 0, never NaN, when a bound cannot be read', () => {
+    expect(secretCacheMaxAge({ rotating: false, nextRotationAt: 'not a date', maxAgeMs: 300_000, now })).toBe(
+      0,
+    );
+    expect(secretCacheMaxAge({ rotating: false, gracePeriod: 'soon', maxAgeMs: 300_000, now })).toBe(0);
+  });
 });

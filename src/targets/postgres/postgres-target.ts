@@ -119,6 +119,19 @@ class GuardedClient extends pg.Client {
   }
 }
 
+/** The roles `role` is a direct member of, by name. */
+async function groupsOf(c: pg.Client, role: string): Promise<string[]> {
+  const rows = await c.query<{ rolname: string }>(
+    `SELECT r.rolname FROM pg_auth_members m
+       JOIN pg_roles r ON r.oid = m.roleid
+       JOIN pg_roles u ON u.oid = m.member
+      WHERE u.rolname = $1
+      ORDER BY r.rolname`,
+    [role],
+  );
+  return rows.rows.map((r) => r.rolname);
+}
+
 function clientConfig(connection: Connection, login: Login, timeoutMs: number): pg.ClientConfig {
   const tls = connection.tls?.mode ?? 'disable';
   return {
@@ -283,13 +296,7 @@ class PostgresSession implements TargetSession {
         await this.#inQuietTransaction(c, [alter]);
         return 'updated';
       }
-      const memberships = await c.query<{ rolname: string }>(
-        `SELECT r.rolname FROM pg_auth_members m
-           JOIN pg_roles r ON r.oid = m.roleid
-           JOIN pg_roles u ON u.oid = m.member
-          WHERE u.rolname = $1`,
-        [template.like],
-      );
+      const memberships = await groupsOf(c, template.like);
       const like = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [template.like]);
       if (like.rowCount !== 1) {
         throw new TargetRefusedError(
@@ -299,7 +306,7 @@ class PostgresSession implements TargetSession {
       try {
         await this.#inQuietTransaction(c, [
           `CREATE ROLE ${ident(username)} WITH LOGIN PASSWORD ${pg.escapeLiteral(password)}`,
-          ...memberships.rows.map(({ rolname }) => `GRANT ${ident(rolname)} TO ${ident(username)}`),
+          ...memberships.map((group) => `GRANT ${ident(group)} TO ${ident(username)}`),
         ]);
         return 'created';
       } catch (err) {
@@ -315,15 +322,8 @@ class PostgresSession implements TargetSession {
     return this.#asAdmin(`reading the memberships of role "${username}"`, async (c) => {
       const exists = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [username]);
       if (exists.rowCount !== 1) return null;
-      const groups = await c.query<{ rolname: string }>(
-        `SELECT r.rolname FROM pg_auth_members m
-           JOIN pg_roles r ON r.oid = m.roleid
-           JOIN pg_roles u ON u.oid = m.member
-          WHERE u.rolname = $1
-          ORDER BY r.rolname`,
-        [username],
-      );
-      return groups.rows.map((r) => `member of ${r.rolname}`);
+      const groups = await groupsOf(c, username);
+      return groups.map((group) => `member of ${group}`);
     });
   }
 
@@ -380,21 +380,14 @@ class PostgresSession implements TargetSession {
         'lease-would-alter-roles',
       );
     }
-    const groups = await c.query<{ rolname: string }>(
-      `SELECT r.rolname FROM pg_auth_members m
-         JOIN pg_roles r ON r.oid = m.roleid
-         JOIN pg_roles u ON u.oid = m.member
-        WHERE u.rolname = $1
-        ORDER BY r.rolname`,
-      [of],
-    );
-    if (groups.rows.length === 0) {
+    const groups = await groupsOf(c, of);
+    if (groups.length === 0) {
       throw new TargetRefusedError(
         `role "${of}" belongs to no group role: a lease gets the privileges of the credential's group roles, never the role itself (a member of it could change its password). Grant the application's privileges to a group role (CREATE ROLE app_access NOLOGIN; GRANT … TO app_access; GRANT app_access TO ${ident(of)}) and ask again`,
         'lease-no-group',
       );
     }
-    return groups.rows.map((r) => r.rolname);
+    return groups;
   }
 
   /**
