@@ -9,6 +9,8 @@
 //   8. a scheduled rotation waiting out its jitter was handed to "rotate now" and blocked DELETE.
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { RedisKeys } from '../../src/registry/keys.ts';
+import { LeaseManager, mergeFieldsOp } from '../../src/rotation/lease.ts';
 import {
   canLogin,
   dropPrefix,
@@ -161,6 +163,44 @@ describe('finding 6: a schedule PATCH during a rotation', () => {
     } finally {
       await k.close();
       await dropPrefix(slow.prefix);
+    }
+  });
+});
+
+describe('finding 6: the engine writes only the state fields a step decides', () => {
+  it('merges them under the lease, removes the ones set to undefined, and never brings a deleted credential back', async () => {
+    const keys = new RedisKeys(`${env.prefix}-merge`);
+    const lease = await new LeaseManager(redis, keys, 5000).tryAcquire('c1', 'test');
+    expect(lease).not.toBeNull();
+    const key = keys.credential('c1');
+    try {
+      const before = {
+        status: 'rotating',
+        version: 'v1',
+        nextRotationAt: '2030-01-01T00:00:00.000Z',
+        failures: 2,
+      };
+      await redis.hset(key, 'spec', '{}', 'state', JSON.stringify(before));
+      // A PATCH moved the next rotation after the engine read the state: the engine's write keeps it.
+      await redis.hset(
+        key,
+        'state',
+        JSON.stringify({ ...before, nextRotationAt: '2031-01-01T00:00:00.000Z' }),
+      );
+      await lease?.commit([
+        mergeFieldsOp(key, 'state', { status: 'active', version: 'v2', failures: undefined }),
+      ]);
+      expect(JSON.parse((await redis.hget(key, 'state')) as string)).toEqual({
+        status: 'active',
+        version: 'v2',
+        nextRotationAt: '2031-01-01T00:00:00.000Z',
+      });
+      await redis.del(key);
+      await lease?.commit([mergeFieldsOp(key, 'state', { status: 'failed' })]);
+      expect(await redis.exists(key)).toBe(0);
+    } finally {
+      await lease?.release();
+      await redis.del(key);
     }
   });
 });
