@@ -132,7 +132,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     leaseConcurrency: config.leases.concurrency,
     overdueScanEveryMs: config.overdueScanIntervalMs,
   };
-  const queues = new Queues(queueRedis, queueSettings);
+  const queues = new Queues(queueRedis, queueSettings, registry);
   engine.hooks = queues;
   const leases = new LeaseService({
     registry,

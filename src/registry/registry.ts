@@ -1,7 +1,7 @@
 // Connections and credentials in Redis. A credential is a hash of two JSON fields: `spec` (written by the API
 // when a team registers or changes it) and `state` (written by the rotation engine). Keeping them apart means
 // a PATCH of the schedule and a rotation finishing at the same moment never overwrite each other.
-import { createHash } from 'node:crypto';
+import { createHash, randomInt } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { ConflictError, NotFoundError } from './errors.ts';
 import type { RedisKeys } from './keys.ts';
@@ -83,6 +83,9 @@ end
 return {'deleted', rid or ''}
 `;
 
+const SPEC_SWAP_ATTEMPTS = 30;
+const sleep = (ms: number) => new Promise<void>((done) => setTimeout(done, ms));
+
 // Replaces a credential's spec only if it is still the one the caller read (ARGV[1]): two PATCHes never lose one.
 const SWAP_SPEC = `
 local current = redis.call('HGET', KEYS[1], 'spec')
@@ -92,13 +95,24 @@ redis.call('HSET', KEYS[1], 'spec', ARGV[2])
 return 1
 `;
 
-// Sets one field of a credential's state, leaving the rest as the engine last wrote it (finding 6 of issue 11).
+// Sets one field of a credential's state, leaving the rest as the engine last wrote it, and only while the spec
+// (ARGV[1]) and the last rotation (ARGV[2]) it was computed from are still the credential's (finding 6 of issue 11).
 const SET_NEXT_ROTATION = `
+local spec = redis.call('HGET', KEYS[1], 'spec')
 local raw = redis.call('HGET', KEYS[1], 'state')
-if not raw then return 0 end
+if not spec or not raw then return -1 end
+if spec ~= ARGV[1] then return 0 end
 local state = cjson.decode(raw)
-state['nextRotationAt'] = ARGV[1]
+if (state['rotatedAt'] or '') ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then state['nextRotationAt'] = nil else state['nextRotationAt'] = ARGV[3] end
 redis.call('HSET', KEYS[1], 'state', cjson.encode(state))
+return 1
+`;
+
+const SET_FIRST_STATE = `
+local raw = redis.call('HGET', KEYS[1], 'state')
+if not raw or cjson.decode(raw)['status'] ~= 'pending' then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
 return 1
 `;
 
@@ -107,6 +121,13 @@ export interface QueuedRotation {
   status: string;
   attempts: number;
   [field: string]: unknown;
+}
+
+/** What a credential's schedule follows from: its spec (with its stored text, to tell a change) and last rotation. */
+export interface ScheduleBasis {
+  spec: CredentialSpec;
+  specJson: string;
+  rotatedAt?: string;
 }
 
 /** The outcome of a delete: done (with the rotation it cancelled, if any), or why not. */
@@ -360,14 +381,17 @@ export class Registry {
 
   /**
    * Replaces a credential's spec with `change(current)`, compare-and-set on what was read: a concurrent PATCH makes it
-   * read again and re-apply (up to five times), so no change is lost and no stale spec written back.
+   * read again and re-apply, so no change is lost and no stale spec written back. Each lost round means another
+   * request's write landed, so a burst of N PATCHes needs at most N rounds; a short random pause between rounds
+   * keeps them from meeting again, and only a burst far beyond that is told to retry.
    */
   async updateCredentialSpec(
     id: string,
     change: (current: CredentialSpec) => CredentialSpec,
   ): Promise<CredentialSpec> {
     const key = this.keys.credential(id);
-    for (let attempt = 0; attempt < 5; attempt++) {
+    for (let attempt = 0; attempt < SPEC_SWAP_ATTEMPTS; attempt++) {
+      if (attempt > 0) await sleep(randomInt(1 + Math.min(2 ** attempt, 50)));
       const raw = await this.#redis.hget(key, 'spec');
       if (!raw) break;
       const next = change(JSON.parse(raw) as CredentialSpec);
@@ -382,18 +406,42 @@ export class Registry {
     );
   }
 
-  /** Sets the advertised next rotation in a credential's state, and nothing else of it. */
-  async setNextRotationAt(id: string, at: string): Promise<void> {
-    await this.#redis.eval(SET_NEXT_ROTATION, 1, this.keys.credential(id), at);
+  /** The spec and last rotation a credential's schedule follows from, or null once it is deleted. */
+  async scheduleBasis(id: string): Promise<ScheduleBasis | null> {
+    const [spec, state] = await this.#redis.hmget(this.keys.credential(id), 'spec', 'state');
+    if (!spec || !state) return null;
+    const { rotatedAt } = JSON.parse(state) as CredentialState;
+    return { spec: JSON.parse(spec) as CredentialSpec, specJson: spec, ...(rotatedAt ? { rotatedAt } : {}) };
   }
 
-  async saveCredentialState(id: string, state: CredentialState): Promise<void> {
-    await this.#redis.eval(
-      "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end redis.call('HSET', KEYS[1], 'state', ARGV[1]) return 1",
+  /**
+   * Sets the advertised next rotation in a credential's state, and nothing else of it, if the spec and the last
+   * rotation are still those of `basis` ('changed' otherwise: compute it again); 'missing' once it is deleted.
+   */
+  async setNextRotationAt(
+    id: string,
+    at: Date | undefined,
+    basis: ScheduleBasis,
+  ): Promise<'set' | 'changed' | 'missing'> {
+    const r = await this.#redis.eval(
+      SET_NEXT_ROTATION,
       1,
       this.keys.credential(id),
-      JSON.stringify(state),
+      basis.specJson,
+      basis.rotatedAt ?? '',
+      at?.toISOString() ?? '',
     );
+    return r === 1 ? 'set' : r === 0 ? 'changed' : 'missing';
+  }
+
+  /**
+   * The first state of a registration that had to wait for its store write (an import). Written only while the
+   * credential is still `pending`: once a rotation was requested the engine owns the state, and an earlier copy is
+   * never written over it; a deleted credential is not brought back either.
+   */
+  async saveCredentialState(id: string, state: CredentialState): Promise<boolean> {
+    const r = await this.#redis.eval(SET_FIRST_STATE, 1, this.keys.credential(id), JSON.stringify(state));
+    return r === 1;
   }
 
   /**

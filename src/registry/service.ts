@@ -698,15 +698,10 @@ export class RegistryService {
     await this.#checkCredential(apply(spec), connection, {
       askDownstream: typeof patch.gracePeriod === 'string',
     });
-    const updated = await this.#registry.updateCredentialSpec(id, apply);
-    if (patch.schedule) {
-      // Takes effect at once: the scheduler is replaced, and the advertised next rotation follows it.
-      const { state } = await this.#registry.getCredential(id);
-      const last = state.rotatedAt ? new Date(state.rotatedAt) : new Date();
-      await this.#queues.upsertSchedule(updated, last);
-      const next = this.#queues.nextRotationAt(updated, 'every' in updated.schedule ? last : new Date());
-      if (next) await this.#registry.setNextRotationAt(id, next.toISOString());
-    }
+    await this.#registry.updateCredentialSpec(id, apply);
+    // Takes effect at once: the scheduler is replaced, and the advertised next rotation follows it. From the spec and
+    // last rotation as they are when armed, never from what this request read (a rotation may finish meanwhile).
+    if (patch.schedule) await this.#queues.syncSchedule(id);
     const credential = await this.#registry.getCredential(id);
     await this.#audit.append({
       actor,

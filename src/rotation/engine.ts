@@ -26,7 +26,7 @@ import {
 import { TargetRefusedError, type TargetSession } from '../targets/types.ts';
 import { type Downstream, openDownstream } from './downstream.ts';
 import type { Failpoints } from './failpoints.ts';
-import { type FencedOp, type Lease, LeaseLostError, type LeaseManager } from './lease.ts';
+import { type FencedOp, type Lease, LeaseLostError, type LeaseManager, mergeFieldsOp } from './lease.ts';
 import type { RotationRepo } from './rotation-repo.ts';
 import { alternateUsername } from './strategies.ts';
 import { type Rotation, type RotationStep, type RotationTrigger, TERMINAL } from './types.ts';
@@ -211,22 +211,27 @@ export class RotationEngine {
       return { outcome: 'done', ...(rotation ? { rotation } : {}) };
     if (rotation.status === 'rolling_back') return this.rollback(rotationId);
 
-    const credential = await this.#registry.findCredential(rotation.credentialId);
-    if (!credential) {
+    if (!(await this.#registry.findCredential(rotation.credentialId))) {
       await this.#abandon(rotation, 'the credential was deleted while its rotation was queued');
       return { outcome: 'done', rotation };
     }
+    // A worker that took the job but has not started: a DELETE here cancels the rotation (tests widen this window).
+    await this.#failpoints.hit('before-lease');
     const lease = await this.#leases.tryAcquire(rotation.credentialId, this.#settings.holder);
     if (!lease) return { outcome: 'busy', rotation };
 
     let ctx: Context | undefined;
+    // What is read before the lease is only a hint: the record and the credential are read again under it.
+    let credential: Credential | null = null;
     try {
       // Read again under the lease: a DELETE before it was taken may have cancelled this rotation or removed the
-      // credential. From here on a DELETE sees the lease and is refused, so nothing is changed for a deleted one.
+      // credential, a grace-period revocation may have changed its state. From here on a DELETE sees the lease and
+      // is refused, so nothing is changed for a deleted credential, and no other worker writes its state.
       const current = await this.#rotations.find(rotationId);
       if (!current || TERMINAL.has(current.status))
         return { outcome: 'done', ...(current ? { rotation: current } : {}) };
-      if (!(await this.#registry.findCredential(rotation.credentialId))) {
+      credential = await this.#registry.findCredential(rotation.credentialId);
+      if (!credential) {
         await this.#abandon(current, 'the credential was deleted while its rotation was queued');
         return { outcome: 'done', rotation: current };
       }
@@ -243,6 +248,8 @@ export class RotationEngine {
         this.#log.warn({ rotation: rotation.id, credential: rotation.credentialId }, err.message);
         return { outcome: 'busy', rotation };
       }
+      // Reading under the lease failed (Redis): nothing was done yet, and the job is retried.
+      if (!credential) throw err;
       return await this.#onFailure(lease, rotation, credential, ctx, err);
     } finally {
       await ctx?.target.close().catch(() => {});
@@ -473,8 +480,8 @@ export class RotationEngine {
     delete rotation.error;
     const fresh = (await this.#registry.findCredential(ctx.credential.spec.id)) ?? ctx.credential;
     const next = this.#hooks().nextRotationAt(fresh.spec, now);
-    const state: CredentialState = {
-      ...fresh.state,
+    // The fields this rotation decides; the commit writes these and nothing else of the state.
+    const changes: Partial<CredentialState> = {
       status: 'active',
       version: rotation.id,
       // Set by create on every path (and saved with its step), so no store read is needed for it here.
@@ -488,9 +495,10 @@ export class RotationEngine {
       previousVersion: previousVersionId,
       previousRevokedAt: undefined,
     };
+    const state: CredentialState = { ...fresh.state, ...changes };
     await lease.commit([
       ...this.#rotations.endOps(rotation),
-      ['HSET', this.#keys.credential(fresh.spec.id), 'state', JSON.stringify(state)],
+      this.#stateOp(fresh.spec.id, changes),
       this.#auditOp({
         actor: rotation.actor,
         action: 'rotation.succeeded',
@@ -588,8 +596,17 @@ export class RotationEngine {
     const lease = await this.#leases.tryAcquire(rotation.credentialId, this.#settings.holder);
     if (!lease) return { outcome: 'busy', rotation };
     try {
-      rotation.status = 'rolling_back';
-      return await this.#rollbackWith(lease, rotation, credential, undefined);
+      // Read again under the lease, as run() does: what was read before it may have changed.
+      const current = await this.#rotations.find(rotationId);
+      if (!current || TERMINAL.has(current.status))
+        return { outcome: 'done', ...(current ? { rotation: current } : {}) };
+      const fresh = await this.#registry.findCredential(rotation.credentialId);
+      if (!fresh) {
+        await this.#abandon(current, 'the credential was deleted during rollback');
+        return { outcome: 'done', rotation: current };
+      }
+      current.status = 'rolling_back';
+      return await this.#rollbackWith(lease, current, fresh, undefined);
     } finally {
       await lease.release();
     }
@@ -632,8 +649,11 @@ export class RotationEngine {
         note: `restoring the previous password failed (${scrubbed.message}); will retry`,
         at: nowIso(),
       };
-      await this.#save(lease, rotation);
-      await this.#registry.saveCredentialState(credential.spec.id, { ...credential.state, status: 'failed' });
+      rotation.updatedAt = nowIso();
+      await lease.commit([
+        this.#rotations.saveOp(rotation),
+        this.#stateOp(credential.spec.id, { status: 'failed' }),
+      ]);
       this.#log.warn(
         { rotation: rotation.id, err: scrubbed },
         'rollback could not restore the downstream yet',
@@ -656,17 +676,16 @@ export class RotationEngine {
       at: now,
       note,
     });
+    // Under the lease only the engine writes `failures`, so this read is the value the commit replaces.
     const fresh = (await this.#registry.findCredential(credential.spec.id)) ?? credential;
-    const state: CredentialState = {
-      ...fresh.state,
-      status: 'failed',
-      lastRotationId: rotation.id,
-      lastOutcome: 'failed',
-      failures: (fresh.state.failures ?? 0) + 1,
-    };
     await lease.commit([
       ...this.#rotations.endOps(rotation),
-      ['HSET', this.#keys.credential(credential.spec.id), 'state', JSON.stringify(state)],
+      this.#stateOp(credential.spec.id, {
+        status: 'failed',
+        lastRotationId: rotation.id,
+        lastOutcome: 'failed',
+        failures: (fresh.state.failures ?? 0) + 1,
+      }),
       this.#auditOp({
         actor: rotation.actor,
         action: 'rotation.failed',
@@ -778,13 +797,19 @@ export class RotationEngine {
    * (it changes that very user, and its rollback revokes).
    */
   async revokePrevious(credentialId: string, versionId: string): Promise<RunResult> {
-    const credential = await this.#registry.findCredential(credentialId);
-    if (!credential?.spec.gracePeriod) return { outcome: 'done' };
+    const hint = await this.#registry.findCredential(credentialId);
+    if (!hint?.spec.gracePeriod) return { outcome: 'done' };
     if (await this.#rotations.inflightId(credentialId)) return { outcome: 'done' };
     const lease = await this.#leases.tryAcquire(credentialId, this.#settings.holder);
     if (!lease) return { outcome: 'busy' };
     let ctx: Context | undefined;
     try {
+      // Checked again under the lease: a rotation requested meanwhile changes this very user (and its rollback reads
+      // whether the grace period was revoked), a DELETE may have removed the credential.
+      const credential = await this.#registry.findCredential(credentialId);
+      if (!credential?.spec.gracePeriod || (await this.#rotations.inflightId(credentialId))) {
+        return { outcome: 'done' };
+      }
       ctx = await this.#context(credential);
       const previous = await ctx.store.read(ctx.ref, { stage: 'previous' });
       if (!previous || previous.versionId !== versionId || credential.state.previousRevokedAt) {
@@ -805,9 +830,8 @@ export class RotationEngine {
       } else {
         return { outcome: 'done' };
       }
-      const state: CredentialState = { ...credential.state, previousRevokedAt: nowIso() };
       await lease.commit([
-        ['HSET', this.#keys.credential(credentialId), 'state', JSON.stringify(state)],
+        this.#stateOp(credentialId, { previousRevokedAt: nowIso() }),
         this.#auditOp({
           actor: 'keyturn',
           action: 'credential.previous_revoked',
@@ -873,6 +897,11 @@ export class RotationEngine {
     } catch (err) {
       this.#log.warn({ rotation: rotation.id, err: scrubError(err) }, 'the rotation observer failed');
     }
+  }
+
+  /** Sets these fields of a credential's state and no other (undefined removes one), fenced by the lease. */
+  #stateOp(credentialId: string, changes: Partial<CredentialState>): FencedOp {
+    return mergeFieldsOp(this.#keys.credential(credentialId), 'state', changes);
   }
 
   #auditOp(event: AuditEventInput): FencedOp {

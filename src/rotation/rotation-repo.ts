@@ -20,6 +20,18 @@ redis.call('HSET', KEYS[5], 'state', cjson.encode(state))
 return {'created', ARGV[1]}
 `;
 
+const ABANDON = `
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local status = cjson.decode(raw)['status']
+  if status == 'succeeded' or status == 'failed' then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+return 1
+`;
+
 export type CreateOutcome =
   | { outcome: 'created'; rotation: Rotation }
   | { outcome: 'inflight'; rotation: Rotation }
@@ -130,18 +142,19 @@ export class RotationRepo {
     ];
   }
 
-  /** Ends a rotation whose credential was deleted (no lease exists to fence with). */
+  /**
+   * Ends a rotation whose credential was deleted (no lease exists to fence with), unless it has ended already: the
+   * DELETE that cancelled it wrote why, and a worker's earlier read of the record must not replace that.
+   */
   async abandon(rotation: Rotation): Promise<void> {
-    await this.#redis
-      .multi()
-      .set(this.keys.rotation(rotation.id), JSON.stringify(rotation))
-      .zrem(this.keys.activeRotations(), rotation.id)
-      .exec();
     await this.#redis.eval(
-      "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-      1,
+      ABANDON,
+      3,
+      this.keys.rotation(rotation.id),
+      this.keys.activeRotations(),
       this.keys.inflight(rotation.credentialId),
       rotation.id,
+      JSON.stringify(rotation),
     );
   }
 }

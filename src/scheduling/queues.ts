@@ -71,9 +71,11 @@ export class Queues implements RotationHooks, LeaseRevocationPlanner {
   readonly leases: Queue;
   readonly notifications: Queue;
   readonly #settings: QueueSettings;
+  readonly #registry: Registry;
 
-  constructor(connection: Redis, settings: QueueSettings) {
+  constructor(connection: Redis, settings: QueueSettings, registry: Registry) {
     this.#settings = settings;
+    this.#registry = registry;
     const opts = { connection: connection as unknown as RedisConnection, prefix: settings.prefix };
     this.schedule = new Queue(SCHEDULE_QUEUE, opts as never);
     this.rotations = new Queue(ROTATION_QUEUE, opts as never);
@@ -140,11 +142,9 @@ export class Queues implements RotationHooks, LeaseRevocationPlanner {
   }
 
   async afterSuccess(credential: Credential, _rotation: Rotation): Promise<void> {
-    const { spec, state } = credential;
-    // `every` counts from the last rotation, so a rotate-now moves the next slot (as Vault and AWS do).
-    if ('every' in spec.schedule) {
-      await this.upsertSchedule(spec, state.rotatedAt ? new Date(state.rotatedAt) : new Date());
-    }
+    // `every` counts from the last rotation, so a rotate-now moves the next slot (as Vault and AWS do). From the spec
+    // as it is now, not as the rotation read it: a PATCH may have changed the schedule meanwhile.
+    await this.syncSchedule(credential.spec.id);
     await this.planGraceRevocation(credential);
   }
 
@@ -175,6 +175,41 @@ export class Queues implements RotationHooks, LeaseRevocationPlanner {
   }
 
   // Schedules
+
+  /**
+   * Arms a credential's scheduler and records its next rotation from its spec and last rotation as they are now
+   * (finding 6 of issue 11). A schedule PATCH and a finishing rotation each call this after their own write, and may
+   * race: each arms from what it read, then records the next rotation only if neither the spec nor the last rotation
+   * changed since (else it reads and arms again). So whoever arms last read the newest of both, and neither leaves a
+   * stale scheduler or next rotation behind. A credential deleted meanwhile loses the scheduler it was just given.
+   */
+  async syncSchedule(credentialId: string): Promise<void> {
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const basis = await this.#registry.scheduleBasis(credentialId);
+      if (!basis) return;
+      const last = basis.rotatedAt ? new Date(basis.rotatedAt) : new Date();
+      await this.upsertSchedule(basis.spec, last);
+      const next = this.nextRotationAt(basis.spec, 'every' in basis.spec.schedule ? last : new Date());
+      const outcome = await this.#registry.setNextRotationAt(credentialId, next, basis);
+      if (outcome === 'set') return;
+      if (outcome === 'missing') {
+        await this.removeSchedule(credentialId);
+        return;
+      }
+    }
+    throw new Error(
+      `the schedule of credential "${credentialId}" kept changing while it was armed; the reconciler arms it again`,
+    );
+  }
+
+  /** Whether a credential's scheduler exists and follows its spec's schedule (what the reconciler checks). */
+  async scheduleFollows(spec: CredentialSpec): Promise<boolean> {
+    const scheduler = await this.schedule.getJobScheduler(schedulerId(spec.id));
+    if (!scheduler) return false;
+    const s = spec.schedule;
+    if ('every' in s) return Number(scheduler.every) === parseDuration(s.every);
+    return scheduler.pattern === s.cron && (scheduler.tz ?? 'UTC') === (s.timezone ?? 'UTC');
+  }
 
   /** Creates or replaces a credential's job scheduler; a changed schedule takes effect at once. */
   async upsertSchedule(spec: CredentialSpec, lastRotation: Date = new Date()): Promise<void> {
@@ -457,9 +492,8 @@ export class QueueWorkers {
     const now = Date.now();
     for (const credential of await registry.listCredentials()) {
       const { spec, state } = credential;
-      if (!(await queues.hasSchedule(spec.id))) {
-        await queues.upsertSchedule(spec, state.rotatedAt ? new Date(state.rotatedAt) : new Date());
-      }
+      // Missing, or armed from a schedule the spec no longer has (a crash between a change and its arming).
+      if (!(await queues.scheduleFollows(spec))) await queues.syncSchedule(spec.id);
       // A grace period that ended without its revocation (the process died between finish and planning it).
       const graceOver =
         spec.gracePeriod &&
