@@ -700,12 +700,22 @@ class MysqlSession implements TargetSession {
       username,
       password,
       template.like,
+      undefined,
+      template.exclusive === true,
+    );
+  }
+
+  /** createUser `exclusive`: the account appeared since Keyturn looked; it is someone else's and stays as it is. */
+  #refuseExisting(username: string): never {
+    throw new TargetRefusedError(
+      `account ${this.account(username)} appeared while Keyturn was about to create it: someone else made it, so it was not changed`,
+      'user-exists',
     );
   }
 
   /**
    * Creates `username` with `password` and the grants, roles and default role of `like`; an existing account
-   * only gets the password.
+   * only gets the password, unless `exclusive` (then it is refused, unchanged).
    */
   async #createLike(
     action: string,
@@ -713,12 +723,14 @@ class MysqlSession implements TargetSession {
     password: string,
     like: string,
     vet?: (c: MysqlConnection) => Promise<void>,
+    exclusive = false,
   ): Promise<'created' | 'updated'> {
     return this.asAdmin(
       action,
       async (c) => {
         await vet?.(c);
         if (await this.#exists(c, username)) {
+          if (exclusive) this.#refuseExisting(username);
           await this.#setPassword(c, username, password);
           return 'updated';
         }
@@ -734,6 +746,7 @@ class MysqlSession implements TargetSession {
         } catch (err) {
           // Another worker created it between the look-up and CREATE USER (ER_CANNOT_USER): set its password.
           if (serverErrno(err) !== 1396 || !(await this.#exists(c, username))) throw err;
+          if (exclusive) this.#refuseExisting(username);
           await this.#setPassword(c, username, password);
           return 'updated';
         }
