@@ -94,6 +94,10 @@ interface Context {
 
 const nowIso = (): string => new Date().toISOString();
 
+/** What to do about a `<user>_clone` that is not Keyturn's, in the message of the rotation that left it alone. */
+const FOREIGN_CLONE_ADVICE =
+  'If it is someone else\'s, rename it (or drop it) and rotate again; if it is meant to be this pair\'s second user, delete the credential and register it again with "adoptClone": true';
+
 /** Whether the downstream labels the users Keyturn makes (then the label, not the registry, says whose a clone is). */
 const labelsUsers = (ctx: Context): boolean =>
   !ctx.serviceOwnsUsers && Boolean(ctx.target.labelOf && ctx.target.setLabel);
@@ -384,7 +388,7 @@ export class RotationEngine {
     const madeFor = await this.#registry.madeFor(ctx.connection.id, clone);
     const refuse = (why: string) =>
       new PermanentError(
-        `user "${clone}" exists on connection "${ctx.connection.id}" and ${why}, so its password was not changed and nothing downstream was. If it is someone else's, rename it (or drop it) and rotate again; if it is meant to be this pair's second user, delete the credential and register it again with "adoptClone": true`,
+        `user "${clone}" exists on connection "${ctx.connection.id}" and ${why}, so its password was not changed and nothing downstream was. ${FOREIGN_CLONE_ADVICE}`,
       );
     if (!labelsUsers(ctx)) {
       if (madeFor === spec.id) return { exclusive: false };
@@ -464,7 +468,18 @@ export class RotationEngine {
         ? await ctx.store.read(ctx.ref, { stage: 'current' })
         : null;
     if (clone) {
-      await ctx.target.createUser(login.username, login.password, { like: spec.username, ...clone });
+      try {
+        await ctx.target.createUser(login.username, login.password, { like: spec.username, ...clone });
+      } catch (err) {
+        // The clone changed hands between #claimClone's look and the change: the target refused it, unchanged.
+        if (
+          err instanceof TargetRefusedError &&
+          (err.code === 'user-exists' || err.code === 'not-keyturns')
+        ) {
+          throw new PermanentError(`${err.message}. ${FOREIGN_CLONE_ADVICE}`);
+        }
+        throw err;
+      }
       await this.#recordClone(login.username, ctx);
     } else if (ctx.target.setPasswords && current?.value.username === login.username) {
       // A dual-password downstream: the old password keeps working next to the new one (no window); any older
