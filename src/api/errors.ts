@@ -130,7 +130,7 @@ export function installErrorHandling(app: FastifyInstance): void {
     if (error instanceof ApiError)
       return sendError(reply, error.status, error.code, error.message, error.details);
     if (error instanceof NotFoundError) return sendError(reply, 404, 'not_found', error.message);
-    if (error instanceof ConflictError) return sendError(reply, 409, 'conflict', error.message);
+    if (error instanceof ConflictError) return sendError(reply, 409, error.code, error.message);
     if (error instanceof ForbiddenError) return sendError(reply, 403, 'forbidden', error.message);
     if (error instanceof TooManyRequestsError) {
       reply.header('retry-after', String(error.retryAfterSeconds));

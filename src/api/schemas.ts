@@ -160,7 +160,7 @@ export const CreateCredentialBody = Type.Object(
     adoptClone: Type.Optional(
       Type.Boolean({
         description:
-          "alternating-users: take over an existing <username>_clone that Keyturn did not create (its memberships or grants must match the user's)",
+          "alternating-users: take over an existing <username>_clone that Keyturn did not create (its memberships, grants or ACL rules must match the user's: 409 clone_access_differs otherwise). Without it such a clone is refused (409 clone_exists); a clone Keyturn labelled for this credential id needs no adoptClone",
       }),
     ),
   },

@@ -6,9 +6,12 @@ export class NotFoundError extends Error {
   }
 }
 export class ConflictError extends Error {
-  constructor(message: string) {
+  /** The error code of the 409 answer: "conflict", or a more precise one (e.g. "clone_exists"). */
+  readonly code: string;
+  constructor(message: string, code = 'conflict') {
     super(message);
     this.name = 'ConflictError';
+    this.code = code;
   }
 }
 /** Valid input that cannot be carried out (an unknown connection, a strategy the target cannot do…). */

@@ -9,6 +9,7 @@ import { formatDuration, type LeaseService } from '../leases/lease-service.ts';
 import { openDownstream } from '../rotation/downstream.ts';
 import type { RotationEngine } from '../rotation/engine.ts';
 import type { RotationRepo } from '../rotation/rotation-repo.ts';
+import { cloneLabel, labelledFor } from '../rotation/strategies.ts';
 import type { Rotation } from '../rotation/types.ts';
 import type { Queues } from '../scheduling/queues.ts';
 import { parseDuration, validateSchedule } from '../scheduling/schedule.ts';
@@ -425,10 +426,10 @@ export class RegistryService {
     await this.#checkCredential(spec, connection, { askDownstream: true });
     const store = this.#stores.get(spec.store);
     // Last of the checks, as it asks the downstream: everything the request alone can tell comes first.
-    const adopting =
+    const clone =
       spec.strategy === 'alternating-users' && !targetDriver(connection.type)?.serviceOwnsUsers
         ? await this.#checkClone(spec, connection, input)
-        : false;
+        : 'absent';
 
     if (input.import && input.currentPassword) {
       await this.#checkImport(spec, connection, input.currentPassword, actor);
@@ -442,7 +443,8 @@ export class RegistryService {
       if (err instanceof NotFoundError) throw new UnprocessableError(err.message);
       throw err;
     }
-    if (adopting) await this.#registry.markMade(connection.id, cloneUsername(spec.username), spec.id);
+    if (clone !== 'absent')
+      await this.#registry.markMade(connection.id, cloneUsername(spec.username), spec.id);
     let state: CredentialState = { status: 'pending', failures: 0 };
     if (input.import && input.currentPassword) {
       // A version id like a rotation's: a valid AWS ClientRequestToken (32-64 characters).
@@ -479,7 +481,8 @@ export class RegistryService {
       details: {
         strategy: spec.strategy,
         imported: Boolean(input.import),
-        ...(adopting ? { adoptedClone: cloneUsername(spec.username) } : {}),
+        ...(clone === 'adopted' ? { adoptedClone: cloneUsername(spec.username) } : {}),
+        ...(clone === 'labelled' ? { labelledClone: cloneUsername(spec.username) } : {}),
       },
     });
     try {
@@ -526,17 +529,32 @@ export class RegistryService {
   /**
    * alternating-users makes `<username>_clone` on its first rotation and changes its password on every other one.
    * A clone that already exists and that Keyturn did not make belongs to someone: rotating it would lock its owner
-   * out and hand the service its privileges. So it is refused (409) unless the request adopts it, and adopted only
-   * when its access is the user's. Returns whether the credential adopts an existing clone.
+   * out and hand the service its privileges. So it is refused (409 clone_exists) unless the request adopts it, and
+   * adopted only when its access is the user's (409 clone_access_differs naming the difference). A clone that carries
+   * Keyturn's label for this very credential (PostgreSQL, MySQL 8.0.21+: the credential was deleted and is registered
+   * again) is Keyturn's own and taken back as it is. The label of an adopted clone is written at its first rotation.
+   * Returns what the credential does with the clone: make it (absent), or take the existing one.
    */
-  async #checkClone(spec: CredentialSpec, connection: Connection, input: CredentialInput): Promise<boolean> {
+  async #checkClone(
+    spec: CredentialSpec,
+    connection: Connection,
+    input: CredentialInput,
+  ): Promise<'absent' | 'labelled' | 'adopted'> {
     const clone = cloneUsername(spec.username);
     const { session } = await openDownstream(connection, this.#stores, this.#timeoutMs);
     try {
-      if (!(await session.userExists(clone))) return false;
+      const found = session.labelOf
+        ? await session.labelOf(clone)
+        : (await session.userExists(clone))
+          ? { label: null }
+          : null;
+      if (!found) return 'absent';
+      if (found.label === cloneLabel(spec.id)) return 'labelled';
+      const madeFor = labelledFor(found.label);
       if (!input.adoptClone) {
         throw new ConflictError(
-          `User "${clone}" already exists on connection "${connection.id}" and Keyturn did not create it: alternating-users would change its password, locking out whoever uses it, and give the service its access. Rename or drop it, use single-user, or, if it is meant to be this pair's second user, send "adoptClone": true (its access must match "${spec.username}"'s)`,
+          `User "${clone}" already exists on connection "${connection.id}" and ${madeFor === null ? 'Keyturn did not create it' : `Keyturn made it for another credential, "${madeFor}" (its label says so)`}: alternating-users would change its password, locking out whoever uses it, and give the service its access. Rename or drop it, use single-user, or, if it is meant to be this pair's second user, send "adoptClone": true (its access must match "${spec.username}"'s)`,
+          'clone_exists',
         );
       }
       if (!session.accessOf) {
@@ -551,9 +569,10 @@ export class RegistryService {
         const show = (list: string[]) => list.slice(0, 5).join('; ') + (list.length > 5 ? '; …' : '');
         throw new ConflictError(
           `User "${clone}" cannot be adopted: its access differs from "${spec.username}"'s${missing.length > 0 ? ` (it lacks: ${show(missing)})` : ''}${extra.length > 0 ? ` (it has more: ${show(extra)})` : ''}${mine === null ? ` ("${spec.username}" does not exist)` : ''}. Give both the same memberships or grants, then register again`,
+          'clone_access_differs',
         );
       }
-      return true;
+      return 'adopted';
     } catch (err) {
       if (err instanceof ConflictError || err instanceof UnprocessableError) throw err;
       throw new UnprocessableError(

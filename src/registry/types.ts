@@ -69,6 +69,13 @@ export interface CredentialState {
   previousVersion?: string;
   /** When the previous user's password was replaced after its grace period. */
   previousRevokedAt?: string;
+  /**
+   * alternating-users on a downstream that labels users (PostgreSQL, MySQL 8.0.21+): a rotation of the clone has
+   * succeeded since Keyturn labels its clones, so the clone carries the label, and one without it is not Keyturn's
+   * (someone dropped it and made another under that name). Unset: a clone made before labels is labelled at its
+   * next rotation if the registry records it as Keyturn's.
+   */
+  cloneLabelled?: boolean;
   /** Consecutive failed rotations. */
   failures: number;
 }

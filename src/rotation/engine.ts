@@ -28,7 +28,7 @@ import { type Downstream, openDownstream } from './downstream.ts';
 import type { Failpoints } from './failpoints.ts';
 import { type FencedOp, type Lease, LeaseLostError, type LeaseManager, mergeFieldsOp } from './lease.ts';
 import type { RotationRepo } from './rotation-repo.ts';
-import { alternateUsername } from './strategies.ts';
+import { alternateUsername, cloneLabel, cloneUsername, labelledFor } from './strategies.ts';
 import { type Rotation, type RotationStep, type RotationTrigger, TERMINAL } from './types.ts';
 
 /** What the engine needs from the queueing layer; kept abstract so the engine does not depend on BullMQ. */
@@ -93,6 +93,14 @@ interface Context {
 }
 
 const nowIso = (): string => new Date().toISOString();
+
+/** What to do about a `<user>_clone` that is not Keyturn's, in the message of the rotation that left it alone. */
+const FOREIGN_CLONE_ADVICE =
+  'If it is someone else\'s, rename it (or drop it) and rotate again; if it is meant to be this pair\'s second user, delete the credential and register it again with "adoptClone": true';
+
+/** Whether the downstream labels the users Keyturn makes (then the label, not the registry, says whose a clone is). */
+const labelsUsers = (ctx: Context): boolean =>
+  !ctx.serviceOwnsUsers && Boolean(ctx.target.labelOf && ctx.target.setLabel);
 
 export class RotationEngine {
   readonly #registry: Registry;
@@ -373,22 +381,55 @@ export class RotationEngine {
   }
 
   /**
-   * Before alternating-users changes the clone: it must be Keyturn's, made for this credential (or adopted at
-   * registration). One that appeared since, made by someone else, is left alone: the rotation fails before anything
-   * downstream changes, and says what to do. A clone about to be made is recorded first (write-ahead), so a crash
-   * between the two never makes Keyturn's own clone look foreign.
+   * Before alternating-users changes the clone: it must be Keyturn's, made (or adopted) for this credential. Where the
+   * downstream labels users (PostgreSQL, MySQL 8.0.21+) the label on the clone says so; elsewhere (MariaDB, Redis) the
+   * registry's record of the clones Keyturn made. A clone that is not Keyturn's (made by someone else since the
+   * registration, or after Keyturn's was dropped) is left alone: the rotation fails before anything downstream
+   * changes, and says what to do. A clone that does not exist yet is created `exclusive`: one that appears meanwhile
+   * is refused by the target, not taken over. The registry records a clone only once it exists (see #recordClone),
+   * never ahead: a record left by a creation that failed would vouch for a user someone else makes later.
    */
-  async #claimClone(clone: string, ctx: Context): Promise<void> {
-    const { spec } = ctx.credential;
-    if (ctx.serviceOwnsUsers) return;
+  async #claimClone(clone: string, ctx: Context): Promise<{ exclusive: boolean; label?: string }> {
+    const { spec, state } = ctx.credential;
+    if (ctx.serviceOwnsUsers) return { exclusive: false };
     const madeFor = await this.#registry.madeFor(ctx.connection.id, clone);
-    if (madeFor === spec.id) return;
-    if (await ctx.target.userExists(clone)) {
-      throw new PermanentError(
-        `user "${clone}" exists on connection "${ctx.connection.id}" and Keyturn did not make it for this credential${madeFor ? ` (it was made for credential "${madeFor}")` : ''}, so its password was not changed and nothing downstream was. Rename or drop that user and rotate again, or register the credential again with "adoptClone": true if it is meant to be this pair's second user`,
+    const refuse = (why: string) =>
+      new PermanentError(
+        `user "${clone}" exists on connection "${ctx.connection.id}" and ${why}, so its password was not changed and nothing downstream was. ${FOREIGN_CLONE_ADVICE}`,
       );
+    if (!labelsUsers(ctx)) {
+      if (madeFor === spec.id) return { exclusive: false };
+      if (await ctx.target.userExists(clone)) {
+        throw refuse(
+          `Keyturn did not make it for this credential${madeFor ? ` (it made it for credential "${madeFor}")` : ''}`,
+        );
+      }
+      return { exclusive: true };
     }
-    await this.#registry.markMade(ctx.connection.id, clone, spec.id);
+    const label = cloneLabel(spec.id);
+    const found = await ctx.target.labelOf!(clone);
+    if (!found) return { exclusive: true, label };
+    if (found.label === label) return { exclusive: false, label };
+    const other = labelledFor(found.label);
+    if (other !== null) throw refuse(`Keyturn made it for credential "${other}", not this one (its label)`);
+    if (madeFor === spec.id && !state.cloneLabelled) {
+      // Made or adopted for this credential before Keyturn labelled its clones (the registry's record says so, and
+      // no rotation of this pair has labelled it yet): it gets its label now.
+      await ctx.target.setLabel!(clone, label);
+      return { exclusive: false, label };
+    }
+    throw refuse(
+      `it does not carry Keyturn's label "${label}"${madeFor === spec.id ? ' (Keyturn made the clone of this pair, but that one was labelled: this is another user, made since under that name)' : ''}`,
+    );
+  }
+
+  /** The registry's record that the clone exists as Keyturn's for this credential (idempotent). */
+  async #recordClone(clone: string, ctx: Context): Promise<void> {
+    if (ctx.serviceOwnsUsers) return;
+    const { spec } = ctx.credential;
+    if ((await this.#registry.madeFor(ctx.connection.id, clone)) !== spec.id) {
+      await this.#registry.markMade(ctx.connection.id, clone, spec.id);
+    }
   }
 
   /** Step 2: apply the pending secret downstream, unless it already works there. */
@@ -404,6 +445,10 @@ export class RotationEngine {
         password: generatePassword(spec.password),
       });
       if (!canary.ok) {
+        // The user holds this rotation's own new password: Keyturn set it (a resumed rotation), so a clone is its.
+        if (spec.strategy === 'alternating-users' && login.username !== spec.username) {
+          await this.#recordClone(login.username, ctx);
+        }
         rotation.setStarted = true;
         rotation.setDone = true;
         return 'skipped';
@@ -413,9 +458,11 @@ export class RotationEngine {
         'the downstream accepted a deliberately wrong password: it does not check passwords (trust authentication?), so the test step proves nothing',
       );
     }
-    if (spec.strategy === 'alternating-users' && login.username !== spec.username && !rotation.setStarted) {
-      await this.#claimClone(login.username, ctx);
-    }
+    // Every attempt, a retry's too: the clone may have changed hands since the last one looked.
+    const clone =
+      spec.strategy === 'alternating-users' && login.username !== spec.username
+        ? await this.#claimClone(login.username, ctx)
+        : undefined;
     // Write-ahead: from here the downstream may hold the pending password (I2's other half: a failure now
     // must put the old password back before the pending version may be dropped).
     if (!rotation.setStarted) {
@@ -427,8 +474,20 @@ export class RotationEngine {
       spec.strategy === 'single-user' && ctx.target.setPasswords
         ? await ctx.store.read(ctx.ref, { stage: 'current' })
         : null;
-    if (spec.strategy === 'alternating-users' && login.username !== spec.username) {
-      await ctx.target.createUser(login.username, login.password, { like: spec.username });
+    if (clone) {
+      try {
+        await ctx.target.createUser(login.username, login.password, { like: spec.username, ...clone });
+      } catch (err) {
+        // The clone changed hands between #claimClone's look and the change: the target refused it, unchanged.
+        if (
+          err instanceof TargetRefusedError &&
+          (err.code === 'user-exists' || err.code === 'not-keyturns')
+        ) {
+          throw new PermanentError(`${err.message}. ${FOREIGN_CLONE_ADVICE}`);
+        }
+        throw err;
+      }
+      await this.#recordClone(login.username, ctx);
     } else if (ctx.target.setPasswords && current?.value.username === login.username) {
       // A dual-password downstream: the old password keeps working next to the new one (no window); any older
       // one goes. The grace period, or else the next rotation, removes the old one.
@@ -494,6 +553,12 @@ export class RotationEngine {
       nextRotationAt: next?.toISOString(),
       previousVersion: previousVersionId,
       previousRevokedAt: undefined,
+      // The clone was just set, after its label was checked or written: from now on it must carry it.
+      ...(fresh.spec.strategy === 'alternating-users' &&
+      rotation.username === cloneUsername(fresh.spec.username) &&
+      labelsUsers(ctx)
+        ? { cloneLabelled: true }
+        : {}),
     };
     const state: CredentialState = { ...fresh.state, ...changes };
     await lease.commit([
@@ -763,6 +828,9 @@ export class RotationEngine {
     if (pending && !(await ctx.target.authenticate({ username, password: pending.value.password })).ok) {
       return `user "${username}" does not log in with the pending password, so nothing was changed downstream${await this.#dropPending(ctx, rotation)}`;
     }
+    // It holds the pending password: this rotation set it, so a clone it made (before a crash kept the record from
+    // being written) is Keyturn's.
+    if (pending && username !== spec.username) await this.#recordClone(username, ctx);
     const previous = await ctx.store.read(ctx.ref, { stage: 'previous' });
     const graceOpen = previous?.value.username === username && !state.previousRevokedAt;
     if (graceOpen && previous) {

@@ -26,6 +26,8 @@ const PASSWORDS_OF: Record<SessionVerb, (...args: never[]) => unknown[]> = {
   updatePassword: (_username: string, password: string) => [password],
   deleteUser: () => [],
   accessOf: () => [],
+  labelOf: () => [],
+  setLabel: () => [],
   setPasswords: (_username: string, passwords: { keep: string; password: string }) => [
     passwords?.keep,
     passwords?.password,

@@ -37,6 +37,27 @@ export class TargetRefusedError extends Error {
 export interface UserTemplate {
   /** Create the new user with the same role memberships as this existing user. */
   like: string;
+  /**
+   * Only create: a user of that name that exists already is not Keyturn's to change (someone made it since Keyturn
+   * looked), so createUser refuses it (TargetRefusedError, code "user-exists") and changes nothing.
+   */
+  exclusive?: boolean;
+  /**
+   * Keyturn's label for the user (`keyturn:<credential id>`, see labelOf). A session that can label users sets it in
+   * the statements that create the user, and refuses (TargetRefusedError, code "not-keyturns") to change an existing
+   * user that does not carry it. Ignored by sessions that cannot label users.
+   */
+  label?: string;
+}
+
+/** What labelOf finds: the user exists, with a label or none. */
+export interface UserLabel {
+  /**
+   * The label as the downstream holds it (PostgreSQL: the role's comment, whoever wrote it; MySQL: the "keyturn" key
+   * of the account's attributes), e.g. "keyturn:orders-db" on a user Keyturn made for credential orders-db; null:
+   * none. What it means is decided above the targets (rotation/strategies.ts).
+   */
+  label: string | null;
 }
 
 /** A short-lived user made for one caller (a lease): the access of an existing user, until a given time. */
@@ -67,6 +88,15 @@ export interface TargetSession {
    * adopts an existing `<user>_clone` it checks that the clone gives the service exactly what the user does.
    */
   accessOf?(username: string): Promise<string[] | null>;
+  /**
+   * Downstreams that can label a user (PostgreSQL: COMMENT ON ROLE; MySQL 8.0.21+: the account's ATTRIBUTE): the
+   * user's label (see UserLabel), or null when the user does not exist.
+   * Why: a later check (registration, every rotation of an alternating pair's clone) tells the users Keyturn made from
+   * one someone else made under the same name, even after the credential was deleted and registered again.
+   */
+  labelOf?(username: string): Promise<UserLabel | null>;
+  /** Downstreams that can label a user: puts Keyturn's label on an existing user (adoption; clones made before labels). */
+  setLabel?(username: string, label: string): Promise<void>;
   /**
    * Dual-password targets only (the driver's `dualPassword`): leaves the user with exactly two passwords, `keep`
    * and `password`, so that connections using either work while clients move over. Idempotent.

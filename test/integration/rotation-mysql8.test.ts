@@ -284,6 +284,50 @@ describe.skipIf(skipMysql8)('single-user on MySQL 8 (dual passwords)', () => {
     expect(await passwordCount(name)).toBe(2);
   });
 
+  it('finding 3: alternating-users labels the clone it makes (account attribute) and refuses one it did not make', async () => {
+    const { id, name } = await importedUser({ strategy: 'alternating-users' });
+    created.push(`${name}_clone`);
+    const secret = await rotate(id);
+    expect(secret.username).toBe(`${name}_clone`);
+    expect(await canLogin(secret.username, secret.password)).toBe(true);
+    const attribute = await asRoot(async (c) => {
+      const [rows] = await c.query({
+        sql: 'SELECT ATTRIBUTE FROM INFORMATION_SCHEMA.USER_ATTRIBUTES WHERE USER = ? AND HOST = ?',
+        rowsAsArray: true,
+        values: [secret.username, '%'],
+      });
+      const raw = (rows as unknown[][])[0]?.[0];
+      return typeof raw === 'string' ? JSON.parse(raw) : raw;
+    });
+    expect(attribute).toEqual({ keyturn: `keyturn:${id}` });
+    expect((await rotate(id)).username).toBe(name);
+    expect((await rotate(id)).username).toBe(`${name}_clone`);
+
+    // Someone else's account under the name of another user's clone: registration refuses it, its owner keeps it.
+    const owner = { name: `kt_app_${hex(4)}`, password: newPassword() };
+    const clone = { name: `${owner.name}_clone`, password: newPassword() };
+    created.push(owner.name, clone.name);
+    seen.add(owner.password);
+    await asRoot(async (c) => {
+      for (const u of [owner, clone]) {
+        await c.query('CREATE USER ?@? IDENTIFIED BY ?', [u.name, '%', u.password]);
+        await c.query(`GRANT SELECT ON \`${DATABASE}\`.* TO ?@?`, [u.name, '%']);
+      }
+    });
+    const refused = await kt.api('POST', '/v1/credentials', {
+      id: `my8-${owner.name}`.replaceAll('_', '-'),
+      connection,
+      username: owner.name,
+      strategy: 'alternating-users',
+      schedule: { every: '30d' },
+      import: true,
+      currentPassword: owner.password,
+    });
+    expect(refused.status, refused.text).toBe(409);
+    expect(refused.body.error.code).toBe('clone_exists');
+    expect(await canLogin(clone.name, clone.password)).toBe(true);
+  });
+
   it('a rotation that fails after set is rolled back: only the current password logs in', async () => {
     const { id, name, password } = await importedUser({ gracePeriod: '1h' });
     // From here on a worker process whose test step always fails does the work (the last test that rotates).

@@ -38,6 +38,7 @@ import {
   TargetRefusedError,
   type TargetSession,
   TargetUnavailableError,
+  type UserLabel,
   type UserTemplate,
 } from '../types.ts';
 
@@ -495,6 +496,22 @@ export function supportsDualPasswords(version: string): boolean {
   return minor > 0 || patch >= 14;
 }
 
+/**
+ * Whether a server whose `SELECT VERSION()` answers `version` keeps attributes on accounts (CREATE/ALTER USER …
+ * ATTRIBUTE, INFORMATION_SCHEMA.USER_ATTRIBUTES): MySQL from 8.0.21 on; never MariaDB.
+ */
+export function supportsAccountAttributes(version: string): boolean {
+  if (/mariadb/i.test(version)) return false;
+  const match = /^(\d+)\.(\d+)(?:\.(\d+))?/.exec(version.trim());
+  if (!match) return false;
+  const [major, minor, patch] = [Number(match[1]), Number(match[2]), Number(match[3] ?? 0)];
+  if (major !== 8) return major > 8;
+  return minor > 0 || patch >= 21;
+}
+
+/** The key of an account's attributes under which Keyturn keeps its label. */
+const LABEL_ATTRIBUTE = 'keyturn';
+
 /** How long a server's VERSION() is remembered: each rotation step opens a session, and each asks. */
 const VERSION_TTL_MS = 60_000;
 /** VERSION() by host:port, with when it was asked. */
@@ -700,12 +717,63 @@ class MysqlSession implements TargetSession {
       username,
       password,
       template.like,
+      undefined,
+      template,
     );
   }
 
   /**
+   * An account's label: the "keyturn" key of its attributes (MySQL 8.0.21+, INFORMATION_SCHEMA.USER_ATTRIBUTES;
+   * null when it has none), or null when the account does not exist.
+   */
+  protected async accountLabel(c: MysqlConnection, username: string): Promise<UserLabel | null> {
+    if (!(await this.#exists(c, username))) return null;
+    const rows = await this.query(
+      c,
+      'SELECT ATTRIBUTE FROM INFORMATION_SCHEMA.USER_ATTRIBUTES WHERE USER = ? AND HOST = ?',
+      [username, this.accountHost],
+    );
+    const raw = rows[0]?.[0];
+    let attributes: unknown = raw;
+    if (typeof raw === 'string') {
+      try {
+        attributes = JSON.parse(raw);
+      } catch {
+        attributes = null;
+      }
+    }
+    const label =
+      attributes && typeof attributes === 'object'
+        ? (attributes as Record<string, unknown>)[LABEL_ATTRIBUTE]
+        : null;
+    return { label: typeof label === 'string' ? label : null };
+  }
+
+  /**
+   * createUser on an account that exists: refused, unchanged, when the template says it must be new (it appeared
+   * since Keyturn looked), or, where accounts carry labels, must carry Keyturn's label and does not.
+   */
+  async #mayChange(c: MysqlConnection, username: string, template: Partial<UserTemplate>): Promise<void> {
+    if (template.exclusive) {
+      throw new TargetRefusedError(
+        `account ${this.account(username)} appeared while Keyturn was about to create it: someone else made it, so it was not changed`,
+        'user-exists',
+      );
+    }
+    if (!template.label || !supportsAccountAttributes(this.serverVersion)) return;
+    const found = await this.accountLabel(c, username);
+    if (found && found.label !== template.label) {
+      throw new TargetRefusedError(
+        `account ${this.account(username)} exists without Keyturn's label "${template.label}" (its "${LABEL_ATTRIBUTE}" attribute is ${found.label === null ? 'not set' : `"${found.label}"`}): Keyturn did not make it for this credential, so it was not changed`,
+        'not-keyturns',
+      );
+    }
+  }
+
+  /**
    * Creates `username` with `password` and the grants, roles and default role of `like`; an existing account
-   * only gets the password.
+   * only gets the password, unless `template` refuses it (see #mayChange). Where accounts carry attributes, one made
+   * with `template.label` gets it in its CREATE USER.
    */
   async #createLike(
     action: string,
@@ -713,12 +781,14 @@ class MysqlSession implements TargetSession {
     password: string,
     like: string,
     vet?: (c: MysqlConnection) => Promise<void>,
+    template: Partial<UserTemplate> = {},
   ): Promise<'created' | 'updated'> {
     return this.asAdmin(
       action,
       async (c) => {
         await vet?.(c);
         if (await this.#exists(c, username)) {
+          await this.#mayChange(c, username, template);
           await this.#setPassword(c, username, password);
           return 'updated';
         }
@@ -730,10 +800,19 @@ class MysqlSession implements TargetSession {
         // Read and rewrite every grant before creating anything: a line that cannot be copied leaves no account.
         const grants = await this.#grantsOf(c, like, mysql.format('?@?', [username, this.accountHost]));
         try {
-          await this.query(c, 'CREATE USER ?@? IDENTIFIED BY ?', [username, this.accountHost, password]);
+          const label =
+            template.label && supportsAccountAttributes(this.serverVersion) ? template.label : undefined;
+          // The label in the same statement: an account Keyturn made never exists without it.
+          await this.query(c, `CREATE USER ?@? IDENTIFIED BY ?${label ? ' ATTRIBUTE ?' : ''}`, [
+            username,
+            this.accountHost,
+            password,
+            ...(label ? [JSON.stringify({ [LABEL_ATTRIBUTE]: label })] : []),
+          ]);
         } catch (err) {
           // Another worker created it between the look-up and CREATE USER (ER_CANNOT_USER): set its password.
           if (serverErrno(err) !== 1396 || !(await this.#exists(c, username))) throw err;
+          await this.#mayChange(c, username, template);
           await this.#setPassword(c, username, password);
           return 'updated';
         }
@@ -949,6 +1028,31 @@ class MysqlDualPasswordSession extends MysqlSession {
   }
 }
 
+/**
+ * A session with MySQL 8.0.21+, where an account carries attributes (CREATE/ALTER USER … ATTRIBUTE, a JSON object):
+ * Keyturn labels the clones it makes under the "keyturn" key (see rotation/strategies.ts). MariaDB has no account
+ * attributes or comments (writing mysql.global_priv by hand would be too invasive): there the registry's record is
+ * the only mark of the clones Keyturn made.
+ */
+class MysqlLabelledSession extends MysqlDualPasswordSession {
+  async labelOf(username: string): Promise<UserLabel | null> {
+    return this.asAdmin(`reading the attributes of account ${this.account(username)}`, (c) =>
+      this.accountLabel(c, username),
+    );
+  }
+
+  /** ALTER USER … ATTRIBUTE merges the object into the account's attributes: its other keys stay. */
+  async setLabel(username: string, label: string): Promise<void> {
+    await this.asAdmin(`labelling account ${this.account(username)}`, async (c) => {
+      await this.query(c, 'ALTER USER ?@? ATTRIBUTE ?', [
+        username,
+        this.accountHost,
+        JSON.stringify({ [LABEL_ATTRIBUTE]: label }),
+      ]);
+    });
+  }
+}
+
 export const mysqlTarget: TargetDriver = {
   type: 'mysql',
   engine: 'mysql',
@@ -970,6 +1074,9 @@ export const mysqlTarget: TargetDriver = {
   },
   async open(connection, admin, options) {
     const version = await MysqlSession.versionOf(connection, admin, options.timeoutMs);
+    if (supportsAccountAttributes(version)) {
+      return new MysqlLabelledSession(connection, admin, options.timeoutMs, version);
+    }
     return supportsDualPasswords(version)
       ? new MysqlDualPasswordSession(connection, admin, options.timeoutMs, version)
       : new MysqlSession(connection, admin, options.timeoutMs, version);

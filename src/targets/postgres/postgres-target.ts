@@ -11,6 +11,7 @@ import {
   TargetRefusedError,
   type TargetSession,
   TargetUnavailableError,
+  type UserLabel,
   type UserTemplate,
 } from '../types.ts';
 
@@ -149,6 +150,38 @@ async function groupsOf(c: pg.Client, role: string): Promise<string[]> {
     [role],
   );
   return rows.rows.map((r) => r.rolname);
+}
+
+/**
+ * A role's label: its comment (COMMENT ON ROLE, shared across the cluster's databases), or null when the role does
+ * not exist. Only a superuser, or a role with CREATEROLE (PostgreSQL 16+: with ADMIN OPTION on that role), may set it.
+ */
+async function labelIn(c: pg.Client, role: string): Promise<UserLabel | null> {
+  const found = await c.query<{ label: string | null }>(
+    "SELECT shobj_description(oid, 'pg_authid') AS label FROM pg_roles WHERE rolname = $1",
+    [role],
+  );
+  const row = found.rows[0];
+  return row ? { label: row.label } : null;
+}
+
+/**
+ * createUser on a role that exists: refused, changing nothing, when the template says the role must be new, or must
+ * carry Keyturn's label and does not (someone else's role under the name Keyturn meant to create).
+ */
+function refuseUnlabelled(role: string, existing: UserLabel, template: UserTemplate): void {
+  if (template.exclusive) {
+    throw new TargetRefusedError(
+      `role "${role}" appeared while Keyturn was about to create it: someone else made it, so it was not changed`,
+      'user-exists',
+    );
+  }
+  if (template.label && existing.label !== template.label) {
+    throw new TargetRefusedError(
+      `role "${role}" exists without Keyturn's label "${template.label}" (its comment is ${existing.label === null ? 'empty' : `"${existing.label}"`}): Keyturn did not make it for this credential, so it was not changed`,
+      'not-keyturns',
+    );
+  }
 }
 
 function clientConfig(connection: Connection, login: Login, timeoutMs: number): pg.ClientConfig {
@@ -310,8 +343,9 @@ class PostgresSession implements TargetSession {
   ): Promise<'created' | 'updated'> {
     return this.#asAdmin(`creating role "${username}" like "${template.like}"`, async (c) => {
       const alter = `ALTER ROLE ${ident(username)} WITH LOGIN PASSWORD ${pg.escapeLiteral(password)}`;
-      const exists = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [username]);
-      if (exists.rowCount === 1) {
+      const existing = await labelIn(c, username);
+      if (existing) {
+        refuseUnlabelled(username, existing, template);
         await this.#inQuietTransaction(c, [alter]);
         return 'updated';
       }
@@ -326,11 +360,17 @@ class PostgresSession implements TargetSession {
         await this.#inQuietTransaction(c, [
           `CREATE ROLE ${ident(username)} WITH LOGIN PASSWORD ${pg.escapeLiteral(password)}`,
           ...memberships.map((group) => `GRANT ${ident(group)} TO ${ident(username)}`),
+          // In the same transaction: a role Keyturn made never exists without its label.
+          ...(template.label
+            ? [`COMMENT ON ROLE ${ident(username)} IS ${pg.escapeLiteral(template.label)}`]
+            : []),
         ]);
         return 'created';
       } catch (err) {
-        // Another worker created it between our look-up and CREATE ROLE (duplicate_object): set its password.
+        // Someone created it between our look-up and CREATE ROLE (duplicate_object): another worker of this
+        // rotation (set its password), or not Keyturn at all (refused as above).
         if (sqlState(err) !== '42710') throw err;
+        refuseUnlabelled(username, (await labelIn(c, username)) ?? { label: null }, template);
         await this.#inQuietTransaction(c, [alter]);
         return 'updated';
       }
@@ -343,6 +383,16 @@ class PostgresSession implements TargetSession {
       if (exists.rowCount !== 1) return null;
       const groups = await groupsOf(c, username);
       return groups.map((group) => `member of ${group}`);
+    });
+  }
+
+  async labelOf(username: string): Promise<UserLabel | null> {
+    return this.#asAdmin(`reading the comment of role "${username}"`, (c) => labelIn(c, username));
+  }
+
+  async setLabel(username: string, label: string): Promise<void> {
+    await this.#asAdmin(`labelling role "${username}"`, async (c) => {
+      await c.query(`COMMENT ON ROLE ${ident(username)} IS ${pg.escapeLiteral(label)}`);
     });
   }
 

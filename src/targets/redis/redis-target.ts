@@ -237,11 +237,18 @@ class RedisSession implements TargetSession {
     password: string,
     template: UserTemplate,
   ): Promise<'created' | 'updated'> {
-    if (await this.userExists(username)) {
+    const list = (await this.#acl('listing ACL users', [], 'LIST')) as string[];
+    if (list.some((l) => splitRules(l)[1] === username)) {
+      // Redis has no create-only SETUSER: `exclusive` is this check, a moment before the SETUSER below.
+      if (template.exclusive) {
+        throw new TargetRefusedError(
+          `ACL user "${username}" appeared while Keyturn was about to create it: someone else made it, so it was not changed`,
+          'user-exists',
+        );
+      }
       await this.updatePassword(username, password);
       return 'updated';
     }
-    const list = (await this.#acl('listing ACL users', [], 'LIST')) as string[];
     const line = list.find((l) => splitRules(l)[1] === template.like);
     if (!line) {
       throw new TargetRefusedError(
