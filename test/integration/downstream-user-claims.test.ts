@@ -6,17 +6,15 @@
 // alternating pair is claimed too, and the claims go with the credential.
 import { randomBytes, randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RedisKeys } from '../../src/registry/keys.ts';
 import {
   canLogin,
   createAppRole,
+  createPgAdminRole,
   dropPrefix,
   importCredential,
   type Keyturn,
-  pgAdmin,
-  pgInfo,
   REDIS_URL,
   registerPgConnection,
   startKeyturn,
@@ -37,31 +35,8 @@ afterAll(async () => {
   if (env) await dropPrefix(env.prefix);
 });
 
-/** A CREATEROLE login role with a known password, to be a connection's admin (never the cluster's superuser). */
-async function createAdminRole(name = `kt_admin_${randomBytes(4).toString('hex')}`) {
-  const password = randomBytes(18).toString('base64url');
-  await pgAdmin((c) =>
-    c.query(
-      `CREATE ROLE ${pg.escapeIdentifier(name)} LOGIN CREATEROLE PASSWORD ${pg.escapeLiteral(password)}`,
-    ),
-  );
-  return { name, password };
-}
-
-async function registerConnection(admin: { name: string; password: string }) {
-  const info = pgInfo();
-  const id = `pg-${randomBytes(3).toString('hex')}`;
-  const res = await kt.api('POST', '/v1/connections', {
-    id,
-    type: 'postgres',
-    host: info.host,
-    port: info.port,
-    database: info.database,
-    admin: { username: admin.name, password: admin.password },
-  });
-  expect(res.status, res.text).toBe(201);
-  return id;
-}
+const registerConnection = (admin: { name: string; password: string }) =>
+  registerPgConnection(kt, undefined, undefined, admin);
 
 const credential = (connection: string, username: string, extra: object = {}) => ({
   id: `c-${randomUUID().slice(0, 8)}`,
@@ -74,7 +49,7 @@ const credential = (connection: string, username: string, extra: object = {}) =>
 
 describe("finding 2: the connection's admin cannot be registered as a credential", () => {
   it('refuses the admin user with a 422 that points to the admin rotation, and its password keeps working', async () => {
-    const admin = await createAdminRole();
+    const admin = await createPgAdminRole();
     const connection = await registerConnection(admin);
     const res = await kt.api('POST', '/v1/credentials', credential(connection, admin.name));
     expect(res.status, res.text).toBe(422);
@@ -88,7 +63,7 @@ describe("finding 2: the connection's admin cannot be registered as a credential
 
   it('refuses alternating-users whose clone would be the admin user', async () => {
     const base = `app_${randomBytes(4).toString('hex')}`;
-    const admin = await createAdminRole(`${base}_clone`);
+    const admin = await createPgAdminRole(`${base}_clone`);
     const connection = await registerConnection(admin);
     const res = await kt.api(
       'POST',
@@ -103,7 +78,7 @@ describe("finding 2: the connection's admin cannot be registered as a credential
   });
 
   it("refuses to make a credential's user the connection's admin", async () => {
-    const admin = await createAdminRole();
+    const admin = await createPgAdminRole();
     const connection = await registerConnection(admin);
     const app = await createAppRole();
     const cred = credential(connection, app.name);

@@ -1,19 +1,11 @@
-// Finding 13 of issue 11 (messages), on a downstream that holds two passwords per user (Redis ACL): a rollback after
-// a failed admin login must say what it did. The admin's password is changed behind Keyturn's back, so the set step
-// cannot log in and nothing changes downstream; the rollback must not claim to have taken a pending password away
-// (nor need the admin to do so), and the current password must be the user's only one. The same for
-// alternating-users on PostgreSQL, whose rollback used to give the inactive user its previous password back (or a
-// random one) through the very admin that could not log in.
-import { randomBytes } from 'node:crypto';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   canLogin,
+  createPgAdminRole,
   dropPrefix,
   importCredential,
   type Keyturn,
-  pgAdmin,
-  pgInfo,
+  registerPgConnection,
   startKeyturn,
   type TestEnv,
   testEnv,
@@ -86,34 +78,14 @@ describe('finding 13: rollback messages on a two-password downstream', () => {
 
 /** A CREATEROLE admin of Keyturn's own in the password-checking PostgreSQL, and a connection that uses it. */
 async function ownPgAdmin() {
-  const admin = {
-    name: `kt_adm_${randomBytes(4).toString('hex')}`,
-    password: randomBytes(18).toString('base64url'),
-  };
-  await pgAdmin((c) =>
-    c.query(
-      `CREATE ROLE ${pg.escapeIdentifier(admin.name)} LOGIN CREATEROLE PASSWORD ${pg.escapeLiteral(admin.password)}`,
-    ),
+  const admin = await createPgAdminRole();
+  const connection = await registerPgConnection(
+    kt,
+    `pg-${admin.name}`.replaceAll('_', '-'),
+    undefined,
+    admin,
   );
-  const info = pgInfo();
-  const id = `pg-${admin.name}`.replaceAll('_', '-');
-  const res = await kt.api('POST', '/v1/connections', {
-    id,
-    type: 'postgres',
-    host: info.host,
-    port: info.port,
-    database: info.database,
-    admin: { username: admin.name, password: admin.password },
-  });
-  expect(res.status, res.text).toBe(201);
-  /** Changes the admin's password behind Keyturn's back. */
-  const breakLogin = () =>
-    pgAdmin((c) =>
-      c.query(
-        `ALTER ROLE ${pg.escapeIdentifier(admin.name)} PASSWORD ${pg.escapeLiteral(`${admin.password}x`)}`,
-      ),
-    );
-  return { connection: id, breakLogin };
+  return { connection, breakLogin: admin.breakLogin };
 }
 
 const rotateAndFail = async (id: string) => {

@@ -3,15 +3,13 @@
 //  13. a rollback after a failed admin login said "the current password was put back downstream" though nothing
 //      had changed, and after a failed first rotation the secret read said "its first rotation has not finished".
 import { randomBytes } from 'node:crypto';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   canLogin,
+  createPgAdminRole,
   dropPrefix,
   importCredential,
   type Keyturn,
-  pgAdmin,
-  pgInfo,
   registerPgConnection,
   startKeyturn,
   type TestEnv,
@@ -64,32 +62,11 @@ describe('finding 9: the cache hint', () => {
 
 describe('finding 13: messages that say what happened', () => {
   it('a rollback after a failed admin login says that nothing was changed downstream', async () => {
-    const admin = {
-      name: `kt_adm_${randomBytes(4).toString('hex')}`,
-      password: randomBytes(18).toString('base64url'),
-    };
-    await pgAdmin((c) =>
-      c.query(
-        `CREATE ROLE ${pg.escapeIdentifier(admin.name)} LOGIN CREATEROLE PASSWORD ${pg.escapeLiteral(admin.password)}`,
-      ),
-    );
-    const info = pgInfo();
-    const conn = await kt.api('POST', '/v1/connections', {
-      id: `adm-${admin.name}`,
-      type: 'postgres',
-      host: info.host,
-      port: info.port,
-      database: info.database,
-      admin: { username: admin.name, password: admin.password },
-    });
-    expect(conn.status, conn.text).toBe(201);
-    const cred = await importCredential(kt, `adm-${admin.name}`);
+    const admin = await createPgAdminRole();
+    const conn = await registerPgConnection(kt, `adm-${admin.name}`.replaceAll('_', '-'), undefined, admin);
+    const cred = await importCredential(kt, conn);
     // The admin's password changes behind Keyturn's back: the set step cannot log in.
-    await pgAdmin((c) =>
-      c.query(
-        `ALTER ROLE ${pg.escapeIdentifier(admin.name)} PASSWORD ${pg.escapeLiteral(`${admin.password}x`)}`,
-      ),
-    );
+    await admin.breakLogin();
     const rotate = await kt.api('POST', `/v1/credentials/${cred.id}/rotate`);
     const rotation = await waitForRotation(kt, rotate.body.rotationId);
     expect(rotation.status).toBe('failed');

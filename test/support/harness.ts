@@ -265,11 +265,36 @@ export async function createAppRole(
   return { name, group };
 }
 
-/** Registers the test PostgreSQL as a connection. */
+/**
+ * A CREATEROLE login role of the test's own with a known password, to be a connection's admin: for tests that break
+ * or inspect the admin, which must never be the cluster's superuser that every other test logs in with.
+ */
+export async function createPgAdminRole(
+  name = `kt_adm_${randomBytes(4).toString('hex')}`,
+): Promise<{ name: string; password: string; breakLogin(): Promise<unknown> }> {
+  const password = randomBytes(18).toString('base64url');
+  await pgAdmin((c) =>
+    c.query(
+      `CREATE ROLE ${pg.escapeIdentifier(name)} LOGIN CREATEROLE PASSWORD ${pg.escapeLiteral(password)}`,
+    ),
+  );
+  return {
+    name,
+    password,
+    /** Changes the admin's password behind Keyturn's back: its next admin login fails. */
+    breakLogin: () =>
+      pgAdmin((c) =>
+        c.query(`ALTER ROLE ${pg.escapeIdentifier(name)} PASSWORD ${pg.escapeLiteral(`${password}x`)}`),
+      ),
+  };
+}
+
+/** Registers the test PostgreSQL as a connection, with the cluster's admin or the given one. */
 export async function registerPgConnection(
   kt: Keyturn,
   id = `pg-${randomBytes(3).toString('hex')}`,
   port?: number,
+  admin?: { name: string; password: string },
 ) {
   const info = pgInfo();
   const res = await kt.api('POST', '/v1/connections', {
@@ -278,7 +303,9 @@ export async function registerPgConnection(
     host: info.host,
     port: port ?? info.port,
     database: info.database,
-    admin: { username: info.adminUser, password: info.adminPassword },
+    admin: admin
+      ? { username: admin.name, password: admin.password }
+      : { username: info.adminUser, password: info.adminPassword },
   });
   if (res.status !== 201) throw new Error(`registering connection failed: ${res.status} ${res.text}`);
   return id;
