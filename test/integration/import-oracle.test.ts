@@ -68,20 +68,7 @@ const auditOf = async (actor: string) => {
 
 describe('finding 13: failed imports are audited and rate-limited per principal', () => {
   it('audits each wrong currentPassword, then answers 429 with Retry-After; another principal is not limited', async () => {
-    const app = await createAppRole();
-    const real = randomBytes(18).toString('base64url');
-    await pgAdmin((c) =>
-      c.query(`ALTER ROLE ${pg.escapeIdentifier(app.name)} PASSWORD ${pg.escapeLiteral(real)}`),
-    );
-    const body = (id: string, currentPassword: string) => ({
-      id,
-      connection,
-      username: app.name,
-      strategy: 'single-user',
-      schedule: { every: '30d' },
-      import: true,
-      currentPassword,
-    });
+    const { app, password: real, body } = await importable();
     const guesses = Array.from({ length: 3 }, () => `guess-${randomBytes(12).toString('hex')}`);
     for (const guess of guesses) {
       const res = await kt.api('POST', '/v1/credentials', body('oracle', guess));
