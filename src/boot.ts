@@ -113,6 +113,7 @@ export async function boot(options: { components?: Component[] } = {}): Promise<
     try {
       const redis = await startPrivateRedis(config, logger);
       config.redisUrl = redis.url;
+      config.redis = { ...config.redis, topology: { kind: 'standalone', url: redis.url } };
       stopRedis = redis.stop;
     } catch (err) {
       fail((err as Error).message);

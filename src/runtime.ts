@@ -3,7 +3,6 @@
 import { createPublicKey } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { FastifyInstance } from 'fastify';
-import { Redis } from 'ioredis';
 import { buildApp } from './api/app.ts';
 import type { ApiContext } from './api/context.ts';
 import { httpsOptions } from './api/hardening.ts';
@@ -26,6 +25,8 @@ import { LeaseService } from './leases/lease-service.ts';
 import type { Logger } from './logging/logger.ts';
 import { Metrics } from './metrics/metrics.ts';
 import { Notifier } from './notifications/notifier.ts';
+import { checkRedis } from './redis/checks.ts';
+import { createRedisClient, duplicateClient, probeRedis } from './redis/client.ts';
 import { RedisKeys } from './registry/keys.ts';
 import { Registry } from './registry/registry.ts';
 import { RegistryService } from './registry/service.ts';
@@ -75,15 +76,19 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   // TLS files are read before anything connects too: an unreadable or mismatched file stops the start.
   const https = httpsOptions(config.tls);
   // Commands fail fast when Redis is away, so that an API call answers 503 instead of hanging; BullMQ's
-  // connection must retry forever (its blocking reads would otherwise throw).
-  const redis = new Redis(config.redisUrl, {
-    maxRetriesPerRequest: 2,
-    enableOfflineQueue: true,
-    lazyConnect: true,
-  });
-  const queueRedis = new Redis(config.redisUrl, { maxRetriesPerRequest: null, lazyConnect: true });
+  // connection retries forever (its blocking reads would otherwise throw), so workers pause and resume.
+  // One connection without retries first: a topology that cannot work stops the start with one line.
+  const facts = await probeRedis(config.redis);
+  const durability = checkRedis(facts, config.redis, logger);
+  void durability; // wired into the local store next
+  logger.info(
+    { topology: facts.topology, writeNodes: facts.writeNodes, version: facts.version },
+    'redis reached',
+  );
+  const redis = createRedisClient(config.redis, 'commands', config.prefix);
+  const queueRedis = createRedisClient(config.redis, 'queue', `${config.prefix}:queues`);
   for (const r of [redis, queueRedis])
-    r.on('error', (err) => logger.warn({ err: { message: err.message } }, 'redis connection error'));
+    r.on('error', (err: Error) => logger.warn({ err: { message: err.message } }, 'redis connection error'));
   await Promise.all([redis.connect(), queueRedis.connect()]);
 
   const keys = new RedisKeys(config.prefix);
@@ -180,6 +185,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   const compliance = new ComplianceReport({ registry, clock });
   const ctx: ApiContext = {
     redis,
+    redisSettings: config.redis,
     registry,
     service,
     engine,
@@ -194,8 +200,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     // Nothing connects until the first subscriber: a worker-only process never starts it.
     events: new EventHub({
       redis,
-      connectFollower: () =>
-        redis.duplicate({ maxRetriesPerRequest: null, connectionName: `${config.prefix}:events` }),
+      connectFollower: () => duplicateClient(redis, { blocking: true, name: `${config.prefix}:events` }),
       keys,
       registry,
       logger,

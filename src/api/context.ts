@@ -1,11 +1,13 @@
 // What route plugins get from the runtime.
-import type { Redis } from 'ioredis';
+
 import type { AuditLog } from '../audit/audit-log.ts';
 import type { AuditTrail } from '../audit/trail.ts';
 import type { Clock } from '../clock.ts';
 import type { ComplianceReport } from '../compliance/report.ts';
+import type { RedisSettings } from '../config/redis-topology.ts';
 import type { EventHub } from '../events/event-hub.ts';
 import type { LeaseService } from '../leases/lease-service.ts';
+import type { RedisClient } from '../redis/client.ts';
 import type { Registry } from '../registry/registry.ts';
 import type { RegistryService } from '../registry/service.ts';
 import type { RotationEngine } from '../rotation/engine.ts';
@@ -14,7 +16,9 @@ import type { SecretReader } from '../rotation/secret-reader.ts';
 import type { StoreSet } from '../stores/index.ts';
 
 export interface ApiContext {
-  redis: Redis;
+  redis: RedisClient;
+  /** The configured topology (for /readyz: never a password is shown). */
+  redisSettings: RedisSettings;
   registry: Registry;
   service: RegistryService;
   engine: RotationEngine;

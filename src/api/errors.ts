@@ -4,6 +4,7 @@
 import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify';
 import { scrubError } from '../crypto/scrub.ts';
 import { scrubSecretsInScope } from '../crypto/secret-scope.ts';
+import { isRedisUnavailable } from '../redis/client.ts';
 import {
   ConflictError,
   ForbiddenError,
@@ -147,6 +148,18 @@ export function installErrorHandling(app: FastifyInstance): void {
         503,
         'store_unavailable',
         'The secret store cannot be reached; try again shortly',
+      );
+    }
+    if (isRedisUnavailable(error)) {
+      // No writable master (a failover in progress, Redis restarting): the caller retries, nothing was half-done
+      // that the protocol does not finish (every multi-key change is one script).
+      request.log.warn({ err: scrubError(error) }, 'redis unavailable');
+      reply.header('retry-after', '2');
+      return sendError(
+        reply,
+        503,
+        'unavailable',
+        'Keyturn cannot reach a writable Redis right now (failover or restart in progress); retry in a few seconds',
       );
     }
     // Fastify's own client errors: bad JSON, body too large, wrong content type, bad URL encoding…

@@ -14,9 +14,9 @@ import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import type { Redis } from 'ioredis';
 import type { Clock } from '../clock.ts';
 import type { Logger } from '../logging/logger.ts';
+import type { RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import { AuditLog } from './audit-log.ts';
 import type { ChainStore } from './chain-store.ts';
@@ -44,7 +44,7 @@ const isoDay = (day: number): string => new Date(day * DAY_MS).toISOString().sli
 export const archiveFileName = (day: number): string => `keyturn-audit-${isoDay(day)}.jsonl`;
 
 export class AuditArchiver {
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   readonly #keys: RedisKeys;
   readonly #store: ChainStore;
   readonly #publicKeys: KeyObject[];
@@ -55,7 +55,7 @@ export class AuditArchiver {
   #lastRun = 0;
 
   constructor(options: {
-    redis: Redis;
+    redis: RedisClient;
     keys: RedisKeys;
     store: ChainStore;
     publicKeys: KeyObject[];

@@ -1,8 +1,9 @@
 // The audit stream: one Redis Stream entry per event, appended by the API and the workers. An event names who
 // (actor), what (action), on what (credential, connection, rotation), with what outcome, and when; it never
 // carries a secret value: `details` takes only scalars, and every call site passes ids and scrubbed messages.
-import type { Redis } from 'ioredis';
+
 import { scrubJsonLine } from '../crypto/secret-scope.ts';
+import type { RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 
 export type AuditOutcome = 'success' | 'failure' | 'denied';
@@ -49,12 +50,12 @@ function encode(event: AuditEventInput, time: string): string {
 }
 
 export class AuditLog {
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   readonly #key: string;
   /** Called with each append's duration in seconds (the metrics' audit append latency). */
   onAppendLatency: ((seconds: number) => void) | undefined;
 
-  constructor(redis: Redis, keys: RedisKeys) {
+  constructor(redis: RedisClient, keys: RedisKeys) {
     this.#redis = redis;
     this.#key = keys.audit();
   }

@@ -2,7 +2,7 @@
 // with their chain entries (same ids) and the signed checkpoints between them. The API verifies and exports from
 // this; the archiver writes day files from it. Redis keys: see RedisKeys (audit, auditChain, auditHead,
 // auditCheckpoints, auditAnchor).
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import { type AuditEvent, decodeAuditEntry } from './audit-log.ts';
 import {
@@ -73,10 +73,10 @@ function decodeLoosely(id: string, fields: string[]): AuditEvent {
 }
 
 export class ChainStore {
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   readonly #keys: RedisKeys;
 
-  constructor(redis: Redis, keys: RedisKeys) {
+  constructor(redis: RedisClient, keys: RedisKeys) {
     this.#redis = redis;
     this.#keys = keys;
   }

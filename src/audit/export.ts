@@ -6,8 +6,8 @@
 // byte anywhere, even in white space, fails. CSV carries the same records for spreadsheets; only JSONL is meant
 // for verification.
 import type { KeyObject } from 'node:crypto';
-import type { Redis } from 'ioredis';
 import { type CsvValue, csvRecord, spreadsheetSafe } from '../csv.ts';
+import type { RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import {
   type ChainRecord,
@@ -204,7 +204,7 @@ export async function verifyExportLines(
  * export then ends with events no signature covers yet, which its verification reports as `unsigned`.
  */
 export async function requestCheckpoint(
-  redis: Redis,
+  redis: RedisClient,
   keys: RedisKeys,
   store: ChainStore,
   waitMs: number,

@@ -6,9 +6,9 @@
 // loses that check and starts over, so the chain never forks. It then signs a checkpoint every so many events,
 // every so often, at every UTC day boundary (so each archived day ends on one), and whenever an export asks.
 import { createHash, type KeyObject, randomUUID } from 'node:crypto';
-import type { Redis } from 'ioredis';
 import type { Clock } from '../clock.ts';
 import type { Logger } from '../logging/logger.ts';
+import { duplicateClient, type RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import { decodeAuditEntry } from './audit-log.ts';
 import { checkpointHash, eventDigest, GENESIS_HASH, keyId, linkHash, signCheckpoint } from './chain.ts';
@@ -84,7 +84,7 @@ function digestOf(id: string, fields: string[]): string {
 }
 
 export class AuditSealer {
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   readonly #keys: RedisKeys;
   readonly #store: ChainStore;
   readonly #signer: KeyObject;
@@ -95,12 +95,12 @@ export class AuditSealer {
   readonly #token = randomUUID();
   /** Work done after each round while holding the lock (the archiver). */
   readonly #afterRound: Array<() => Promise<void>> = [];
-  #blocking: Redis | undefined;
+  #blocking: RedisClient | undefined;
   #running: Promise<void> | undefined;
   #closed = false;
 
   constructor(options: {
-    redis: Redis;
+    redis: RedisClient;
     keys: RedisKeys;
     store: ChainStore;
     signer: KeyObject;
@@ -242,7 +242,7 @@ export class AuditSealer {
   /** Starts the sealing loop (worker component). */
   start(): void {
     if (this.#running) return;
-    this.#blocking = this.#redis.duplicate({ maxRetriesPerRequest: null, lazyConnect: false });
+    this.#blocking = duplicateClient(this.#redis, { blocking: true });
     this.#blocking.on('error', () => {});
     this.#running = this.#loop();
   }

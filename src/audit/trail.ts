@@ -1,7 +1,7 @@
 // What the API needs of the audit chain, in one place: reading it, verifying it, exporting it, and the public
 // keys that check its signatures. The API never holds the private key: only the sealer (worker) signs.
 import type { KeyObject } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import type { ExportRecord } from './chain.ts';
 import { ChainStore } from './chain-store.ts';
@@ -11,10 +11,10 @@ import type { VerifyResult } from './verifier.ts';
 export class AuditTrail {
   readonly store: ChainStore;
   readonly publicKeys: KeyObject[];
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   readonly #keys: RedisKeys;
 
-  constructor(redis: Redis, keys: RedisKeys, publicKeys: KeyObject[]) {
+  constructor(redis: RedisClient, keys: RedisKeys, publicKeys: KeyObject[]) {
     this.#redis = redis;
     this.#keys = keys;
     this.store = new ChainStore(redis, keys);

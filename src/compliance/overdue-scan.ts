@@ -10,10 +10,10 @@
 // that read the credential before the rotation raise the old lapse a second time. The script also re-reads the
 // credential's rotatedAt, so a rotation that lands between the scan's read and its write is never reported overdue.
 
-import type { Redis } from 'ioredis';
 import { auditAppendOp } from '../audit/audit-log.ts';
 import type { Clock } from '../clock.ts';
 import type { Logger } from '../logging/logger.ts';
+import type { RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import type { Registry } from '../registry/registry.ts';
 import type { Credential } from '../registry/types.ts';
@@ -49,13 +49,19 @@ export interface OverdueScanResult {
 }
 
 export class OverdueScanner {
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   readonly #keys: RedisKeys;
   readonly #registry: Registry;
   readonly #clock: Clock;
   readonly #log: Logger;
 
-  constructor(deps: { redis: Redis; keys: RedisKeys; registry: Registry; clock: Clock; logger: Logger }) {
+  constructor(deps: {
+    redis: RedisClient;
+    keys: RedisKeys;
+    registry: Registry;
+    clock: Clock;
+    logger: Logger;
+  }) {
     this.#redis = deps.redis;
     this.#keys = deps.keys;
     this.#registry = deps.registry;
@@ -86,7 +92,7 @@ export class OverdueScanner {
     return result;
   }
 
-  #raise(pipeline: ReturnType<Redis['pipeline']>, credential: Credential, now: number): void {
+  #raise(pipeline: ReturnType<RedisClient['pipeline']>, credential: Credential, now: number): void {
     const { spec, state } = credential;
     const setAt = passwordSetAt(credential);
     const deadline = policyDeadline(credential);

@@ -5,15 +5,19 @@ import { Buffer } from 'node:buffer';
 import { parseSigningKey } from '../audit/signing.ts';
 import { NOTIFICATION_EVENTS, type NotificationEvent } from '../notifications/types.ts';
 import { parseDuration } from '../scheduling/schedule.ts';
+import { type RedisSettings, redisSettings } from './redis-topology.ts';
 
 export type Component = 'api' | 'worker';
 
 export interface KeyturnConfig {
   port: number;
   host: string;
+  /** REDIS_URL of the standalone topology ('' for Sentinel and Cluster). */
   redisUrl: string;
-  /** True when REDIS_URL was not given: start-up may then launch a private redis-server. */
+  /** True when no topology was given: start-up may then launch a private redis-server. */
   redisUrlDefaulted: boolean;
+  /** The Redis topology and its node credentials, TLS and durability settings (SPEC, "Redis topologies"). */
+  redis: RedisSettings;
   prefix: string;
   adminToken: string | undefined;
   masterKey: Buffer | undefined;
@@ -169,17 +173,8 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
   const port = int('PORT', 8080, 0, 65535);
   const host = env.HOST?.trim() || '127.0.0.1';
 
-  const redisUrlRaw = env.REDIS_URL?.trim();
-  const redisUrl = redisUrlRaw || 'redis://127.0.0.1:6379';
-  try {
-    const u = new URL(redisUrl);
-    if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') {
-      problems.push(`REDIS_URL must start with redis:// or rediss://, got "${u.protocol}//…"`);
-    }
-  } catch {
-    // The URL may carry a password: name the variable, never echo it.
-    problems.push('REDIS_URL is not a valid URL (expected redis://[user:password@]host:port[/db])');
-  }
+  const redis = redisSettings(env, int, problems);
+  const redisUrl = redis.topology.kind === 'standalone' ? redis.topology.url : '';
 
   const prefix = env.KEYTURN_PREFIX?.trim() || 'keyturn';
   if (!/^[A-Za-z0-9_.-]{1,64}$/.test(prefix)) {
@@ -392,7 +387,15 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
     port,
     host,
     redisUrl,
-    redisUrlDefaulted: !redisUrlRaw,
+    redisUrlDefaulted: redis.urlDefaulted,
+    redis: {
+      topology: redis.topology,
+      ...(redis.username ? { username: redis.username } : {}),
+      ...(redis.password ? { password: redis.password } : {}),
+      ...(redis.tls ? { tls: redis.tls } : {}),
+      minReplicasAck: redis.minReplicasAck,
+      waitTimeoutMs: redis.waitTimeoutMs,
+    },
     prefix,
     adminToken,
     masterKey,

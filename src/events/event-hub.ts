@@ -19,10 +19,10 @@
 // replays only what came after the last heartbeat, not everything since the credential last rotated.
 import type { ServerResponse } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Redis } from 'ioredis';
 import { decodeAuditEntry } from '../audit/audit-log.ts';
 import { globMatch, hasRole, mayUseCredential, type Principal, UNBOUND_ROLES } from '../auth/principal.ts';
 import type { Logger } from '../logging/logger.ts';
+import type { RedisClient } from '../redis/client.ts';
 import { UnavailableError } from '../registry/errors.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import type { Registry } from '../registry/registry.ts';
@@ -48,9 +48,9 @@ export interface EventHubSettings {
 
 export interface EventHubOptions {
   /** The process's command connection: the follower's starting point and replays. */
-  redis: Redis;
+  redis: RedisClient;
   /** Makes the follower's own connection: a blocked XREAD would stall every other command on a shared one. */
-  connectFollower: () => Redis;
+  connectFollower: () => RedisClient;
   keys: RedisKeys;
   registry: Pick<Registry, 'findCredential'>;
   logger: Logger;
@@ -88,8 +88,8 @@ const LABELS_CACHE_MAX = 10_000;
 type Labels = Record<string, string>;
 
 export class EventHub {
-  readonly #redis: Redis;
-  readonly #connectFollower: () => Redis;
+  readonly #redis: RedisClient;
+  readonly #connectFollower: () => RedisClient;
   readonly #key: string;
   readonly #registry: Pick<Registry, 'findCredential'>;
   readonly #log: Logger;
@@ -98,7 +98,7 @@ export class EventHub {
   /** Every entry up to this id has gone out to every subscriber (or was not for it). */
   #delivered = STREAM_START;
   #starting: Promise<void> | undefined;
-  #follower: Redis | undefined;
+  #follower: RedisClient | undefined;
   #loop: Promise<void> | undefined;
   #heartbeat: NodeJS.Timeout | undefined;
   readonly #stop = new AbortController();
@@ -163,7 +163,7 @@ export class EventHub {
     this.#log.info({ from: this.#delivered }, 'following the audit stream for /v1/events');
   }
 
-  async #follow(follower: Redis): Promise<void> {
+  async #follow(follower: RedisClient): Promise<void> {
     let failures = 0;
     while (!this.#closed) {
       try {

@@ -1,8 +1,9 @@
 // Lease records in Redis. Every change is one script that checks the record's `rev` (so a writer that read a
 // stale record is refused and re-reads), writes the record, moves it in the due index and appends its audit event
 // together: an event is never lost or written twice, and the sweep's index never disagrees with the record.
-import type { Redis } from 'ioredis';
+
 import { type AuditEventInput, auditAppendOp } from '../audit/audit-log.ts';
+import type { RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import type { Lease } from './types.ts';
 
@@ -38,10 +39,10 @@ export interface LeaseUpdate {
 }
 
 export class LeaseRepo {
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   readonly #keys: RedisKeys;
 
-  constructor(redis: Redis, keys: RedisKeys) {
+  constructor(redis: RedisClient, keys: RedisKeys) {
     this.#redis = redis;
     this.#keys = keys;
   }

@@ -15,10 +15,10 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Job, Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
 import type { AuditEvent, AuditLog } from '../audit/audit-log.ts';
 import { decodeAuditEntry } from '../audit/audit-log.ts';
 import type { Logger } from '../logging/logger.ts';
+import { duplicateClient, type RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import { EVENT_ID_HEADER, SIGNATURE_HEADER, signWebhook, TIMESTAMP_HEADER } from './signature.ts';
 import type { NotificationBody, NotificationEvent, NotificationJobData } from './types.ts';
@@ -79,19 +79,19 @@ interface Attempt {
 
 export class Notifier {
   readonly settings: NotifierSettings;
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   readonly #streamKey: string;
   readonly #queue: Queue;
   readonly #audit: AuditLog;
   readonly #log: Logger;
   readonly #consumer = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
-  #blocking: Redis | undefined;
+  #blocking: RedisClient | undefined;
   #loop: Promise<void> | undefined;
   #closing = false;
   #lastReclaim = 0;
 
   constructor(deps: {
-    redis: Redis;
+    redis: RedisClient;
     keys: RedisKeys;
     queue: Queue;
     audit: AuditLog;
@@ -118,7 +118,7 @@ export class Notifier {
       this.#log.warn({ err: { message: (err as Error).message } }, 'could not tidy the consumer group'),
     );
     // A connection of its own: a blocking read holds it for up to blockMs.
-    this.#blocking = this.#redis.duplicate();
+    this.#blocking = duplicateClient(this.#redis);
     this.#blocking.on('error', () => {}); // reported by the loop, which retries
     this.#loop = this.#follow();
   }
@@ -130,7 +130,7 @@ export class Notifier {
   }
 
   async #follow(): Promise<void> {
-    const blocking = this.#blocking as Redis;
+    const blocking = this.#blocking as RedisClient;
     while (!this.#closing) {
       try {
         if (Date.now() - this.#lastReclaim >= this.settings.reclaimIdleMs / 2) await this.#reclaim();

@@ -2,7 +2,7 @@
 // when a team registers or changes it) and `state` (written by the rotation engine). Keeping them apart means
 // a PATCH of the schedule and a rotation finishing at the same moment never overwrite each other.
 import { createHash, randomInt } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/client.ts';
 import { ConflictError, NotFoundError } from './errors.ts';
 import type { RedisKeys } from './keys.ts';
 import {
@@ -158,10 +158,10 @@ export class UsernameTakenError extends ConflictError {
 }
 
 export class Registry {
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   readonly keys: RedisKeys;
 
-  constructor(redis: Redis, keys: RedisKeys) {
+  constructor(redis: RedisClient, keys: RedisKeys) {
     this.#redis = redis;
     this.keys = keys;
   }

@@ -3,7 +3,7 @@
 // across different jobs of one credential (a rotation and a grace-period revocation) and fences a worker that
 // stalled and lost its job to another: its writes check the lease token in the same script that applies them.
 import { randomUUID } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 
 /** The pseudo-command of mergeFieldsOp, run by FENCED itself (no Redis command has this name). */
@@ -63,12 +63,12 @@ export class LeaseLostError extends Error {
 export class Lease {
   readonly credentialId: string;
   readonly token: string;
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   readonly #key: string;
   readonly #timer: NodeJS.Timeout;
   #lost = false;
 
-  constructor(redis: Redis, key: string, credentialId: string, token: string, ttlMs: number) {
+  constructor(redis: RedisClient, key: string, credentialId: string, token: string, ttlMs: number) {
     this.#redis = redis;
     this.#key = key;
     this.credentialId = credentialId;
@@ -113,11 +113,11 @@ export class Lease {
 }
 
 export class LeaseManager {
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   readonly #keys: RedisKeys;
   readonly #ttlMs: number;
 
-  constructor(redis: Redis, keys: RedisKeys, ttlMs: number) {
+  constructor(redis: RedisClient, keys: RedisKeys, ttlMs: number) {
     this.#redis = redis;
     this.#keys = keys;
     this.#ttlMs = ttlMs;

@@ -1,7 +1,7 @@
 // Rotation records in Redis. Creation is the I3 gate: one script checks the credential's in-flight pointer
 // and either returns the rotation already in flight or creates the new one, sets the pointer and marks the
 // credential as rotating, all at once. Later writes go through the worker's lease (lease.ts).
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import type { FencedOp } from './lease.ts';
 import type { Rotation } from './types.ts';
@@ -38,10 +38,10 @@ export type CreateOutcome =
   | { outcome: 'missing' };
 
 export class RotationRepo {
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   readonly keys: RedisKeys;
 
-  constructor(redis: Redis, keys: RedisKeys) {
+  constructor(redis: RedisClient, keys: RedisKeys) {
     this.#redis = redis;
     this.keys = keys;
   }

@@ -12,7 +12,6 @@
 // with capped exponential backoff; a job that finds the credential's lease taken is put back, not failed.
 import { randomInt } from 'node:crypto';
 import { DelayedError, type Job, Queue, type RedisConnection, Worker } from 'bullmq';
-import type { Redis } from 'ioredis';
 import type { AuditLog } from '../audit/audit-log.ts';
 import type { OverdueScanner, OverdueScanResult } from '../compliance/overdue-scan.ts';
 import { scrubError } from '../crypto/scrub.ts';
@@ -21,6 +20,7 @@ import type { LeaseRevocationPlanner, LeaseService } from '../leases/lease-servi
 import type { Logger } from '../logging/logger.ts';
 import type { Notifier } from '../notifications/notifier.ts';
 import type { NotificationJobData } from '../notifications/types.ts';
+import type { RedisClient } from '../redis/client.ts';
 import type { Registry } from '../registry/registry.ts';
 import type { Credential, CredentialSpec } from '../registry/types.ts';
 import type { RotationEngine, RotationHooks, RunResult } from '../rotation/engine.ts';
@@ -73,7 +73,7 @@ export class Queues implements RotationHooks, LeaseRevocationPlanner {
   readonly #settings: QueueSettings;
   readonly #registry: Registry;
 
-  constructor(connection: Redis, settings: QueueSettings, registry: Registry) {
+  constructor(connection: RedisClient, settings: QueueSettings, registry: Registry) {
     this.#settings = settings;
     this.#registry = registry;
     const opts = { connection: connection as unknown as RedisConnection, prefix: settings.prefix };
@@ -260,7 +260,7 @@ export class QueueWorkers {
   readonly #workers: Worker[] = [];
   readonly #log: Logger;
   readonly deps: {
-    connection: Redis;
+    connection: RedisClient;
     settings: QueueSettings;
     queues: Queues;
     engine: RotationEngine;

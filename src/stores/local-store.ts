@@ -6,8 +6,9 @@
 //   stages      JSON {"current":vid,"previous":vid,"pending":vid}
 //   v:<vid>     JSON {"createdAt":iso,"sealed":SealedValue}
 // Versions that lose every label are deleted: the local store keeps at most current, previous and pending.
-import type { Redis } from 'ioredis';
+
 import { DecryptionError, type Envelope, type SealedValue } from '../crypto/envelope.ts';
+import type { RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import {
   type SecretDocument,
@@ -99,11 +100,11 @@ function stagesOf(stages: Stages, versionId: string): Stage[] {
 
 export class LocalStore implements SecretStore {
   readonly type = 'local' as const;
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   readonly #keys: RedisKeys;
   readonly #envelope: Envelope;
 
-  constructor(redis: Redis, keys: RedisKeys, envelope: Envelope) {
+  constructor(redis: RedisClient, keys: RedisKeys, envelope: Envelope) {
     this.#redis = redis;
     this.#keys = keys;
     this.#envelope = envelope;
@@ -125,9 +126,12 @@ export class LocalStore implements SecretStore {
       if (err instanceof DecryptionError || err instanceof StoreConflictError) throw err;
       if (err instanceof Error && err.message.includes('NOVERSION'))
         throw new StoreConflictError(err.message);
-      throw new StoreUnavailableError(`Local store (Redis) failed to ${what}: ${(err as Error).message}`, {
-        cause: err,
-      });
+      throw new StoreUnavailableError(
+        `Local store (Redis) failed to ${what}: ${(err as Error).message}`,
+        {
+          cause: err,
+        },
+      );
     }
   }
 

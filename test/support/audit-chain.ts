@@ -1,11 +1,11 @@
 // Helpers for audit chain tests: a chain of made-up events on a fresh prefix, sealed by a sealer the test drives,
 // and the tampering an attacker with write access to Redis could do.
 import { generateKeyPairSync, type KeyObject, randomBytes } from 'node:crypto';
-import type { Redis } from 'ioredis';
 import { AuditSealer, type SealerSettings } from '../../src/audit/sealer.ts';
 import { AuditTrail } from '../../src/audit/trail.ts';
 import { systemClock } from '../../src/clock.ts';
 import { createLogger } from '../../src/logging/logger.ts';
+import type { RedisClient } from '../../src/redis/client.ts';
 import { RedisKeys } from '../../src/registry/keys.ts';
 
 export type Entry = [string, string[]];
@@ -44,7 +44,7 @@ export function eventJson(i: number, time: number): string {
 
 /** Appends `n` events with explicit ids `spacingMs` apart (gaps where a test can insert one), ending ~now. */
 export async function appendEvents(
-  redis: Redis,
+  redis: RedisClient,
   keys: RedisKeys,
   n: number,
   spacingMs: number,
@@ -64,7 +64,7 @@ export async function appendEvents(
 }
 
 export function newSealer(
-  redis: Redis,
+  redis: RedisClient,
   keys: RedisKeys,
   trail: AuditTrail,
   privateKey: KeyObject,
@@ -84,7 +84,7 @@ export function newSealer(
 
 /** A sealed chain of `n` events (checkpoints every 20 by default) on its own prefix. */
 export async function sealedChain(
-  redis: Redis,
+  redis: RedisClient,
   n: number,
   options: { spacingMs?: number; settings?: Partial<SealerSettings> } = {},
 ): Promise<TestChain> {
@@ -100,7 +100,7 @@ export async function sealedChain(
 
 /** Rewrites a stream entry by entry, keeping every id the function returns (as an attacker rebuilding it would). */
 export async function rewriteStream(
-  redis: Redis,
+  redis: RedisClient,
   key: string,
   change: (entries: Entry[]) => Entry[],
 ): Promise<void> {

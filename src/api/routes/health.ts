@@ -2,13 +2,14 @@
 // and every configured secret store answer.
 import type { FastifyPluginAsync } from 'fastify';
 import { scrubError } from '../../crypto/scrub.ts';
+import { describeTopology, writeNodes } from '../../redis/client.ts';
 import type { ApiContext } from '../context.ts';
 
 export const healthRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, { ctx }) => {
   app.get('/healthz', { config: { public: true } }, async () => ({ status: 'ok' }));
 
   app.get('/readyz', { config: { public: true } }, async (_request, reply) => {
-    const checks: Record<string, { ok: boolean; error?: string }> = {};
+    const checks: Record<string, { ok: boolean; error?: string; [fact: string]: unknown }> = {};
     const run = async (name: string, fn: () => Promise<unknown>) => {
       try {
         await Promise.race([
@@ -24,6 +25,13 @@ export const healthRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app,
       run('redis', () => ctx.redis.ping()),
       ...ctx.stores.all().map((store) => run(`store:${store.type}`, () => store.ping())),
     ]);
+    // Which Redis, and the node that takes writes now: after a failover, the new master.
+    checks.redis = {
+      ...checks.redis,
+      ok: checks.redis?.ok ?? false,
+      topology: describeTopology(ctx.redisSettings.topology),
+      writeNodes: await writeNodes(ctx.redis).catch(() => []),
+    };
     const ready = Object.values(checks).every((c) => c.ok);
     return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not ready', checks });
   });
