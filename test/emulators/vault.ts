@@ -54,6 +54,8 @@ export interface VaultEmulator {
   /** ttlSeconds 0 makes a token that never expires (and cannot be renewed, like the root token). */
   createToken(options: { ttlSeconds: number; policies?: string[]; renewable?: boolean }): string;
   revokeToken(token: string): void; // later use → 403 permission denied
+  /** Revokes every token a login path issued ('auth/kubernetes/login'), as sys/leases/revoke-prefix does; returns how many. */
+  revokeTokensFrom(loginPath: string): number;
   /** Adds a role (or, for an existing role name, one more secret ID). `mount` defaults to 'approle'. */
   addAppRole(
     roleName: string,
@@ -1373,6 +1375,17 @@ export async function startVaultEmulator(
     revokeToken(id) {
       const token = tokens.get(id);
       if (token) token.revoked = true;
+    },
+
+    revokeTokensFrom(loginPath) {
+      let count = 0;
+      for (const token of tokens.values()) {
+        if (token.path === loginPath && !token.revoked) {
+          token.revoked = true;
+          count += 1;
+        }
+      }
+      return count;
     },
 
     addAppRole(roleName, roleOptions = {}) {
