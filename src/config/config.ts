@@ -457,7 +457,7 @@ function vaultAuthConfig(env: Env, problems: string[]): VaultAuth | undefined {
       for (const other of VAULT_AUTH_METHODS) {
         if (other !== method && given[other].length > 0) {
           problems.push(
-            `VAULT_AUTH_METHOD is ${method} but ${given[other].join(' and ')} (${other}) is also set: unset it, or set VAULT_AUTH_METHOD=${other}`,
+            `VAULT_AUTH_METHOD is ${method} but ${given[other].join(' and ')} (${other}) ${given[other].length > 1 ? 'are' : 'is'} also set: unset ${given[other].length > 1 ? 'them' : 'it'}, or set VAULT_AUTH_METHOD=${other}`,
           );
         }
       }
@@ -472,7 +472,7 @@ function vaultAuthConfig(env: Env, problems: string[]): VaultAuth | undefined {
       );
     } else if (present.length > 1) {
       problems.push(
-        `Vault authentication is ambiguous: ${present.map((m) => `${given[m].join(' and ')} (${m})`).join(', ')} are all set; set VAULT_AUTH_METHOD to the one Keyturn uses`,
+        `Vault authentication is ambiguous: ${present.map((m) => `${given[m].join(' and ')} (${m})`).join(', ')} are set together; set VAULT_AUTH_METHOD to the one Keyturn uses`,
       );
     } else {
       method = present[0];
