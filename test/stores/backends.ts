@@ -45,6 +45,8 @@ export interface Backend {
   versionsWritten?(ref: SecretRef): Promise<number>;
   /** Versions a promote adds: Vault writes the main path at promote, AWS labels the version put earlier. */
   versionsPerPromote: number;
+  /** A Vault token that reads the secrets directly, as a service would (Keyturn's own may come from a login). */
+  readToken?: string;
   /** Environment that points a Keyturn process at this backend. */
   env: Record<string, string>;
   /** A store spec for a credential or connection in this backend. */
@@ -135,6 +137,7 @@ function vaultBackend(
         ref: () => ({ spec: spec(), name: 'unused' }),
         spec,
         versionsPerPromote: 1,
+        readToken: token,
         async breakNext() {
           if (emulator) emulator.seal();
           else throw new Error('cannot seal a real Vault from a test');
