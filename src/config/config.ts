@@ -80,8 +80,7 @@ export interface KeyturnConfig {
   vault:
     | {
         address: string;
-        token?: string;
-        appRole?: { roleId: string; secretId: string; mount: string };
+        auth: VaultAuth;
         namespace?: string;
         pendingPrefix: string;
       }
@@ -137,6 +136,15 @@ export interface KeyturnConfig {
   failpoints: string;
   maxBodyBytes: number;
 }
+
+/** How the Vault store gets its token (VAULT_AUTH_METHOD). */
+export type VaultAuth =
+  | { method: 'token'; token: string }
+  | { method: 'approle'; roleId: string; secretId: string; mount: string }
+  /** Kubernetes auth: the service-account token is read from `tokenPath` at every login (kubelet rotates it). */
+  | { method: 'kubernetes'; role: string; tokenPath: string; mount: string };
+
+export const VAULT_K8S_DEFAULT_TOKEN_PATH = '/var/run/secrets/kubernetes.io/serviceaccount/token';
 
 export class ConfigError extends Error {
   readonly problems: string[];
@@ -234,29 +242,19 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
     } catch {
       problems.push('VAULT_ADDR must be an http(s) URL such as https://vault.example.com:8200');
     }
-    const token = env.VAULT_TOKEN?.trim() || undefined;
-    const roleId = env.VAULT_ROLE_ID?.trim();
-    const secretId = env.VAULT_SECRET_ID?.trim();
-    if (!token && !(roleId && secretId)) {
-      problems.push(
-        'VAULT_ADDR is set but neither VAULT_TOKEN nor VAULT_ROLE_ID with VAULT_SECRET_ID (AppRole) is',
-      );
-    }
-    if (Boolean(roleId) !== Boolean(secretId))
-      problems.push('VAULT_ROLE_ID and VAULT_SECRET_ID go together (AppRole)');
+    const auth = vaultAuthConfig(env, problems);
     const pendingPrefix = env.KEYTURN_VAULT_PENDING_PREFIX?.trim() || 'keyturn-pending';
     if (!/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/.test(pendingPrefix)) {
       problems.push('KEYTURN_VAULT_PENDING_PREFIX must be a KV path such as "keyturn-pending"');
     }
-    vault = {
-      address: vaultAddress,
-      ...(token ? { token } : {}),
-      ...(roleId && secretId
-        ? { appRole: { roleId, secretId, mount: env.VAULT_APPROLE_MOUNT?.trim() || 'approle' } }
-        : {}),
-      ...(env.VAULT_NAMESPACE?.trim() ? { namespace: env.VAULT_NAMESPACE.trim() } : {}),
-      pendingPrefix,
-    };
+    if (auth) {
+      vault = {
+        address: vaultAddress,
+        auth,
+        ...(env.VAULT_NAMESPACE?.trim() ? { namespace: env.VAULT_NAMESPACE.trim() } : {}),
+        pendingPrefix,
+      };
+    }
   }
 
   let aws: KeyturnConfig['aws'];
@@ -433,6 +431,100 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
 
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
+}
+
+const VAULT_AUTH_METHODS = ['token', 'approle', 'kubernetes'] as const;
+const VAULT_MOUNT = /^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/;
+
+/**
+ * VAULT_AUTH_METHOD and the variables of each method. Without VAULT_AUTH_METHOD the method is inferred from the one
+ * set of credentials given; two sets are ambiguous and refused, as are a method's credentials missing or another
+ * method's credentials given beside an explicit choice. Messages name variables, never their values.
+ */
+function vaultAuthConfig(env: Env, problems: string[]): VaultAuth | undefined {
+  const token = env.VAULT_TOKEN?.trim() || undefined;
+  const roleId = env.VAULT_ROLE_ID?.trim() || undefined;
+  const secretId = env.VAULT_SECRET_ID?.trim() || undefined;
+  const k8sRole = env.VAULT_K8S_ROLE?.trim() || undefined;
+  const given = {
+    token: token ? ['VAULT_TOKEN'] : [],
+    approle: [...(roleId ? ['VAULT_ROLE_ID'] : []), ...(secretId ? ['VAULT_SECRET_ID'] : [])],
+    kubernetes: k8sRole ? ['VAULT_K8S_ROLE'] : [],
+  };
+  const before = problems.length;
+  const raw = env.VAULT_AUTH_METHOD?.trim().toLowerCase() || undefined;
+  let method: VaultAuth['method'] | undefined;
+  if (raw !== undefined) {
+    if ((VAULT_AUTH_METHODS as readonly string[]).includes(raw)) {
+      method = raw as VaultAuth['method'];
+      for (const other of VAULT_AUTH_METHODS) {
+        if (other !== method && given[other].length > 0) {
+          problems.push(
+            `VAULT_AUTH_METHOD is ${method} but ${given[other].join(' and ')} (${other}) ${given[other].length > 1 ? 'are' : 'is'} also set: unset ${given[other].length > 1 ? 'them' : 'it'}, or set VAULT_AUTH_METHOD=${other}`,
+          );
+        }
+      }
+    } else {
+      problems.push(`VAULT_AUTH_METHOD must be token, approle or kubernetes, got "${env.VAULT_AUTH_METHOD}"`);
+    }
+  } else {
+    const present = VAULT_AUTH_METHODS.filter((m) => given[m].length > 0);
+    if (present.length === 0) {
+      problems.push(
+        'VAULT_ADDR is set but no Vault authentication is: set VAULT_TOKEN, VAULT_ROLE_ID with VAULT_SECRET_ID (AppRole), or VAULT_K8S_ROLE (Kubernetes auth)',
+      );
+    } else if (present.length > 1) {
+      problems.push(
+        `Vault authentication is ambiguous: ${present.map((m) => `${given[m].join(' and ')} (${m})`).join(', ')} are set together; set VAULT_AUTH_METHOD to the one Keyturn uses`,
+      );
+    } else {
+      method = present[0];
+    }
+  }
+  if (method === 'token' && !token) {
+    problems.push('VAULT_AUTH_METHOD=token needs VAULT_TOKEN');
+  }
+  if (method === 'approle' && !(roleId && secretId)) {
+    problems.push(
+      roleId || secretId
+        ? 'VAULT_ROLE_ID and VAULT_SECRET_ID go together (AppRole): set both'
+        : 'VAULT_AUTH_METHOD=approle needs VAULT_ROLE_ID and VAULT_SECRET_ID',
+    );
+  }
+  const approleMount = env.VAULT_APPROLE_MOUNT?.trim() || 'approle';
+  if (method === 'approle' && !VAULT_MOUNT.test(approleMount)) {
+    problems.push(
+      'VAULT_APPROLE_MOUNT must be the path the AppRole auth method is mounted at, such as "approle"',
+    );
+  }
+  const k8sMount = env.VAULT_K8S_MOUNT?.trim() || 'kubernetes';
+  const tokenPath = env.VAULT_K8S_TOKEN_PATH?.trim() || VAULT_K8S_DEFAULT_TOKEN_PATH;
+  if (method === 'kubernetes') {
+    if (!k8sRole) {
+      problems.push(
+        "VAULT_AUTH_METHOD=kubernetes needs VAULT_K8S_ROLE, the Vault role bound to Keyturn's service account",
+      );
+    }
+    if (!VAULT_MOUNT.test(k8sMount)) {
+      problems.push(
+        'VAULT_K8S_MOUNT must be the path the Kubernetes auth method is mounted at, such as "kubernetes"',
+      );
+    }
+    if (!tokenPath.startsWith('/')) {
+      problems.push(
+        `VAULT_K8S_TOKEN_PATH must be an absolute file path such as ${VAULT_K8S_DEFAULT_TOKEN_PATH}, got "${tokenPath}"`,
+      );
+    }
+  }
+  if (problems.length > before || !method) return undefined;
+  switch (method) {
+    case 'token':
+      return { method, token: token! };
+    case 'approle':
+      return { method, roleId: roleId!, secretId: secretId!, mount: approleMount };
+    case 'kubernetes':
+      return { method, role: k8sRole!, tokenPath, mount: k8sMount };
+  }
 }
 
 /** KEYTURN_NOTIFY_*: the webhook endpoints, their HMAC key, which events, and the retry policy. */

@@ -8,8 +8,10 @@
 // Every data write carries check-and-set (options.cas), so two writers can never silently overwrite each other;
 // a cas conflict is re-read and retried, and a promote that finds its value already written adopts it instead of
 // writing it twice.
+import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import vaultFactory from 'node-vault';
+import type { VaultAuth } from '../config/config.ts';
 import type { Logger } from '../logging/logger.ts';
 import {
   type SecretDocument,
@@ -23,10 +25,12 @@ import {
   type VersionSelector,
 } from './types.ts';
 
+export type { VaultAuth };
+
 export interface VaultSettings {
   address: string;
-  token?: string;
-  appRole?: { roleId: string; secretId: string; mount: string };
+  /** A fixed token, or a login method (AppRole, Kubernetes) that Keyturn repeats whenever Vault forgets its token. */
+  auth: VaultAuth;
   namespace?: string;
   /** Folder under each mount where pending secrets wait. */
   pendingPrefix: string;
@@ -64,6 +68,29 @@ function parseMarker(marker: string | undefined): { kv: number; id: string } | u
   return m ? { kv: Number(m[1]), id: m[2]! } : undefined;
 }
 
+/**
+ * The service-account token for Kubernetes auth. Its content is a credential: it goes into the login request and
+ * nowhere else, and an error names the file, never what is in it.
+ */
+async function readServiceAccountToken(path: string): Promise<string> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    throw new StoreRefusedError(
+      `cannot read the Kubernetes service-account token at ${path} (${code}) for Vault's Kubernetes auth: mount the service account's token there (automountServiceAccountToken: true, or a projected serviceAccountToken volume) or point VAULT_K8S_TOKEN_PATH at it`,
+    );
+  }
+  const jwt = text.trim();
+  if (jwt === '') {
+    throw new StoreRefusedError(
+      `the Kubernetes service-account token file ${path} is empty: mount the service account's token there or point VAULT_K8S_TOKEN_PATH at it`,
+    );
+  }
+  return jwt;
+}
+
 function sameDocument(a: unknown, b: SecretDocument): boolean {
   if (!a || typeof a !== 'object') return false;
   const x = a as Record<string, unknown>;
@@ -84,15 +111,19 @@ export class VaultStore implements SecretStore {
     this.#client = vaultFactory({
       apiVersion: 'v1',
       endpoint: settings.address,
-      ...(settings.token ? { token: settings.token } : {}),
+      ...(settings.auth.method === 'token' ? { token: settings.auth.token } : {}),
       ...(settings.namespace ? { namespace: settings.namespace } : {}),
       requestOptions: { timeout: settings.timeoutMs },
     });
   }
 
   // Authentication
+  //
+  // One path for every method: a login method (AppRole, Kubernetes) posts its credentials to auth/<mount>/login and
+  // takes the client token; a fixed token is looked up. Either way the renewal is planned from the TTL, and a login
+  // method logs in again when renewal fails or Vault answers 403 to a token it no longer knows.
 
-  /** Logs in (AppRole) or checks the token, and plans its renewal. Called before the first request. */
+  /** Logs in (AppRole, Kubernetes) or checks the token, and plans its renewal. Called before the first request. */
   async #ensureAuth(force = false): Promise<void> {
     if (this.#login && !force) return this.#login;
     this.#login = this.#authenticate().catch((err) => {
@@ -102,30 +133,68 @@ export class VaultStore implements SecretStore {
     return this.#login;
   }
 
+  /** True when Keyturn can get a new token by itself (a login method rather than a fixed token). */
+  get #logsIn(): boolean {
+    return this.#settings.auth.method !== 'token';
+  }
+
   async #authenticate(): Promise<void> {
-    const { appRole } = this.#settings;
+    const { auth } = this.#settings;
     let ttl: number;
     let renewable: boolean;
-    if (appRole) {
-      const res = await this.#raw('logging in with AppRole', () =>
-        this.#client.request({
-          path: `/auth/${appRole.mount}/login`,
-          method: 'POST',
-          json: { role_id: appRole.roleId, secret_id: appRole.secretId },
-        }),
-      );
-      this.#client.token = res.auth.client_token;
-      ttl = Number(res.auth.lease_duration ?? 0);
-      renewable = Boolean(res.auth.renewable);
-    } else {
+    if (auth.method === 'token') {
       const res = await this.#raw('looking up the Vault token', () => this.#client.tokenLookupSelf());
       ttl = Number(res.data.ttl ?? 0);
       renewable = Boolean(res.data.renewable);
+    } else {
+      const res = await this.#logIn(auth);
+      this.#client.token = res.auth.client_token;
+      ttl = Number(res.auth.lease_duration ?? 0);
+      renewable = Boolean(res.auth.renewable);
     }
     this.#planRenewal(ttl, renewable);
   }
 
-  /** Renews at two thirds of the TTL; when renewal fails, logs in again (AppRole) or reports the expiry ahead. */
+  /** POST auth/<mount>/login with the method's credentials; a refusal says what to check, without the credentials. */
+  async #logIn(auth: Exclude<VaultAuth, { method: 'token' }>): Promise<{
+    auth: { client_token: string; lease_duration?: number; renewable?: boolean };
+  }> {
+    let body: Record<string, string>;
+    let what: string;
+    let hint: string;
+    let secret: string;
+    if (auth.method === 'approle') {
+      body = { role_id: auth.roleId, secret_id: auth.secretId };
+      secret = auth.secretId;
+      what = `logging in with AppRole at auth/${auth.mount}`;
+      hint = 'check VAULT_ROLE_ID and VAULT_SECRET_ID (a secret ID may have expired or run out of uses)';
+    } else {
+      // Re-read at every login: the kubelet replaces a projected service-account token before it expires.
+      const jwt = await readServiceAccountToken(auth.tokenPath);
+      body = { role: auth.role, jwt };
+      secret = jwt;
+      what = `logging in with Kubernetes auth (role "${auth.role}" at auth/${auth.mount})`;
+      hint = `check that the role exists on that mount and is bound to this pod's service account and namespace (bound_service_account_names, bound_service_account_namespaces), and that ${auth.tokenPath} holds that service account's token`;
+    }
+    try {
+      return await this.#raw(what, () =>
+        this.#client.request({ path: `/auth/${auth.mount}/login`, method: 'POST', json: body }),
+      );
+    } catch (err) {
+      if (err instanceof StoreUnavailableError) throw err;
+      const status = (err as { status?: number }).status;
+      // Vault's multierror form ("1 error occurred: * permission denied") reads better as its one message.
+      let detail = ((err as { detail?: string }).detail ?? '')
+        .replace(/^\d+ errors? occurred:\s*/, '')
+        .replace(/^\*\s*/, '');
+      if (secret) detail = detail.split(secret).join('[redacted]');
+      throw new StoreRefusedError(
+        `Vault refused ${what} (${status ?? 'error'}${detail ? `: ${detail}` : ''}): ${hint}`,
+      );
+    }
+  }
+
+  /** Renews at two thirds of the TTL; when renewal fails, logs in again (AppRole, Kubernetes) or reports the expiry ahead. */
   #planRenewal(ttlSeconds: number, renewable: boolean): void {
     clearTimeout(this.#renewal);
     if (ttlSeconds <= 0) return; // a token that does not expire
@@ -137,14 +206,14 @@ export class VaultStore implements SecretStore {
             )
           : Promise.reject(new Error('the token is not renewable'));
         renew.catch((err) => {
-          if (this.#settings.appRole) {
+          if (this.#logsIn) {
             this.#ensureAuth(true).catch((e) =>
               this.#log.error({ err: { message: e.message } }, 'Vault re-login failed'),
             );
           } else {
             this.#log.error(
               { err: { message: (err as Error).message } },
-              'the Vault token could not be renewed and will expire: give Keyturn a renewable token or AppRole',
+              'the Vault token could not be renewed and will expire: give Keyturn a renewable token, AppRole or Kubernetes auth',
             );
           }
         });
@@ -160,7 +229,7 @@ export class VaultStore implements SecretStore {
     try {
       return await this.#raw(action, fn);
     } catch (err) {
-      if (err instanceof StoreRefusedError && this.#settings.appRole) {
+      if (err instanceof StoreRefusedError && this.#logsIn) {
         await this.#ensureAuth(true);
         return this.#raw(action, fn);
       }
@@ -178,8 +247,11 @@ export class VaultStore implements SecretStore {
         .replace(/\s+/g, ' ')
         .trim();
       if (status === 403) {
-        throw new StoreRefusedError(
-          `Vault denied ${action} (403 permission denied): the token's policy must allow it (see the README's Vault policy)`,
+        throw Object.assign(
+          new StoreRefusedError(
+            `Vault denied ${action} (403 permission denied): the token's policy must allow it (see the README's Vault policy)`,
+          ),
+          { status, detail },
         );
       }
       if (status === 503 || status === 429 || status === 500 || status === 502 || status === undefined) {
@@ -200,6 +272,7 @@ export class VaultStore implements SecretStore {
         throw new StoreConflictError(`Vault check-and-set conflict while ${action}`);
       throw Object.assign(new Error(`Vault refused ${action} (${status}${detail ? `: ${detail}` : ''})`), {
         status,
+        detail,
       });
     }
   }

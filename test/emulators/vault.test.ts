@@ -614,6 +614,157 @@ describe('tokens and auth (ref B2)', () => {
     expect(res.body.auth.lease_duration).toBe(768 * 3600);
   });
 
+  it('Kubernetes login returns the auth block with the service account in its metadata, and the token works', async () => {
+    emu.addKubernetesRole('keyturn', {
+      serviceAccountNames: ['keyturn'],
+      serviceAccountNamespaces: ['platform'],
+      tokenTtlSeconds: 600,
+      policies: ['kv-writer'],
+    });
+    const jwt = emu.mintServiceAccountToken({ namespace: 'platform', serviceAccount: 'keyturn' });
+    const vault = vaultFactory({ endpoint: emu.url });
+    // node-vault 0.12 renders the default mount from a variable its template never receives (the path comes out
+    // as auth//login), so mount_point is always given; Keyturn's store posts to auth/<mount>/login itself.
+    const login = await vault.kubernetesLogin({ mount_point: 'kubernetes', role: 'keyturn', jwt });
+    expect(Object.keys(login)).toEqual(ENVELOPE_KEYS);
+    expect(login).toMatchObject({ data: null, lease_duration: 0, renewable: false, lease_id: '' });
+    expect(login.auth).toEqual({
+      client_token: expect.stringMatching(/^hvs\./),
+      accessor: expect.any(String),
+      policies: ['default', 'kv-writer'],
+      token_policies: ['default', 'kv-writer'],
+      metadata: {
+        role: 'keyturn',
+        service_account_name: 'keyturn',
+        service_account_namespace: 'platform',
+        service_account_secret_name: '',
+        service_account_uid: expect.any(String),
+      },
+      lease_duration: 600,
+      renewable: true,
+      entity_id: expect.any(String),
+      token_type: 'service',
+      orphan: true,
+      mfa_requirement: null,
+      num_uses: 0,
+    });
+    expect(vault.token).toBe(login.auth.client_token); // node-vault keeps it (tokenSource)
+    await vault.write('secret/data/by-k8s', { data: { a: 1 } });
+    expect((await vault.read('secret/data/by-k8s')).data.data).toEqual({ a: 1 });
+    expect((await vault.tokenLookupSelf()).data).toMatchObject({
+      path: 'auth/kubernetes/login',
+      display_name: 'kubernetes-platform-keyturn',
+      ttl: 600,
+    });
+    const renewed = await vault.tokenRenewSelf();
+    expect(renewed.auth.lease_duration).toBe(600);
+    // The same service account's next (rotated) token logs in too, with the same uid.
+    const next = emu.mintServiceAccountToken({ namespace: 'platform', serviceAccount: 'keyturn' });
+    const again = await raw('POST', 'auth/kubernetes/login', {
+      token: '',
+      body: { role: 'keyturn', jwt: next },
+    });
+    expect(again.status).toBe(200);
+    expect(again.body.auth.metadata.service_account_uid).toBe(login.auth.metadata.service_account_uid);
+  });
+
+  it('Kubernetes login is strict: 400 for a missing field or unknown role, 403 for a JWT the role or TokenReview refuses', async () => {
+    emu.addKubernetesRole('keyturn', {
+      serviceAccountNames: ['keyturn'],
+      serviceAccountNamespaces: ['platform'],
+    });
+    const good = emu.mintServiceAccountToken({ namespace: 'platform', serviceAccount: 'keyturn' });
+    const login = (body: unknown, mount = 'kubernetes') =>
+      raw('POST', `auth/${mount}/login`, { token: '', body });
+    expect(await login({ jwt: good })).toEqual({ status: 400, body: { errors: ['missing role'] } });
+    expect(await login({ role: 'keyturn' })).toEqual({ status: 400, body: { errors: ['missing jwt'] } });
+    expect(await login({ role: 'keyturn', jwt: '' })).toEqual({
+      status: 400,
+      body: { errors: ['missing jwt'] },
+    });
+    // vault-plugin-auth-kubernetes answers an unknown role with 400, not 403.
+    expect(await login({ role: 'nobody', jwt: good })).toEqual({
+      status: 400,
+      body: { errors: ['invalid role name "nobody"'] },
+    });
+    const denied = { status: 403, body: { errors: [PERMISSION_DENIED] } };
+    expect(await login({ role: 'keyturn', jwt: 'not-a-jwt' })).toEqual(denied);
+    // A hand-made JWT with the right claims: it parses, but TokenReview has never seen it.
+    const [header, claims] = good.split('.');
+    expect(await login({ role: 'keyturn', jwt: `${header}.${claims}.Zm9yZ2Vk` })).toEqual(denied);
+    // Bound names and namespaces.
+    const otherAccount = emu.mintServiceAccountToken({ namespace: 'platform', serviceAccount: 'intruder' });
+    expect(await login({ role: 'keyturn', jwt: otherAccount })).toEqual({
+      status: 403,
+      body: { errors: ['service account name not authorized'] },
+    });
+    const otherNamespace = emu.mintServiceAccountToken({ namespace: 'default', serviceAccount: 'keyturn' });
+    expect(await login({ role: 'keyturn', jwt: otherNamespace })).toEqual({
+      status: 403,
+      body: { errors: ['namespace not authorized'] },
+    });
+    // Globs, as bound_service_account_namespaces="team-*".
+    emu.addKubernetesRole('teams', { serviceAccountNames: ['*'], serviceAccountNamespaces: ['team-*'] });
+    const team = emu.mintServiceAccountToken({ namespace: 'team-a', serviceAccount: 'anything' });
+    expect((await login({ role: 'teams', jwt: team })).status).toBe(200);
+    expect((await login({ role: 'teams', jwt: otherNamespace })).status).toBe(403);
+    // A revoked service-account token (its pod deleted) and an expired one.
+    emu.revokeServiceAccountToken(good);
+    expect(await login({ role: 'keyturn', jwt: good })).toEqual(denied);
+    const expired = emu.mintServiceAccountToken({
+      namespace: 'platform',
+      serviceAccount: 'keyturn',
+      ttlSeconds: -1,
+    });
+    expect(await login({ role: 'keyturn', jwt: expired })).toEqual({
+      status: 403,
+      body: { errors: ['invalid exp (expiration time) claim: token is expired'] },
+    });
+    // An audience on the role.
+    emu.addKubernetesRole('aud', {
+      serviceAccountNames: ['keyturn'],
+      serviceAccountNamespaces: ['platform'],
+      audience: 'vault',
+    });
+    const forVault = emu.mintServiceAccountToken({
+      namespace: 'platform',
+      serviceAccount: 'keyturn',
+      audience: 'vault',
+    });
+    const fresh = emu.mintServiceAccountToken({ namespace: 'platform', serviceAccount: 'keyturn' });
+    expect((await login({ role: 'aud', jwt: forVault })).status).toBe(200);
+    expect((await login({ role: 'aud', jwt: fresh })).status).toBe(403);
+    // A read of the login path is not a login.
+    expect((await raw('GET', 'auth/kubernetes/login', { token: '' })).status).toBe(405);
+  });
+
+  it('Kubernetes roles live on their mount: another mount does not know them', async () => {
+    emu.addKubernetesRole('keyturn', {
+      serviceAccountNames: ['keyturn'],
+      serviceAccountNamespaces: ['platform'],
+      mount: 'k8s-prod',
+    });
+    const jwt = emu.mintServiceAccountToken({ namespace: 'platform', serviceAccount: 'keyturn' });
+    const vault = vaultFactory({ endpoint: emu.url });
+    const login = await vault.kubernetesLogin({ mount_point: 'k8s-prod', role: 'keyturn', jwt });
+    expect(login.auth.metadata.role).toBe('keyturn');
+    expect((await vault.tokenLookupSelf()).data.path).toBe('auth/k8s-prod/login');
+    const elsewhere = await rejection(
+      vaultFactory({ endpoint: emu.url }).kubernetesLogin({
+        mount_point: 'kubernetes',
+        role: 'keyturn',
+        jwt,
+      }),
+    );
+    expect(elsewhere.response).toEqual({
+      statusCode: 400,
+      body: { errors: ['invalid role name "keyturn"'] },
+    });
+    // A mount that no auth method is enabled at: the path needs a token like any other.
+    const unmounted = await raw('POST', 'auth/nowhere/login', { token: '', body: { role: 'keyturn', jwt } });
+    expect(unmounted).toEqual({ status: 403, body: { errors: [PERMISSION_DENIED] } });
+  });
+
   it('restrictToken confines a token to path prefixes; lookup-self stays open', async () => {
     const token = emu.createToken({ ttlSeconds: 600 });
     emu.restrictToken(token, ['secret/data/team-a/', 'secret/metadata/team-a/']);

@@ -7,7 +7,17 @@
  * hashicorp/vault-plugin-secrets-kv (path_data.go, path_metadata.go, path_delete.go, path_destroy.go,
  * path_config.go, AddVersion) and Vault's token store, cited as "kv plugin" / "vault".
  *
- * Modelled: one token store and AppRole set for the whole server; data, mount config and metadata per namespace
+ * Kubernetes auth (auth/<mount>/login, after hashicorp/vault-plugin-auth-kubernetes path_login.go): the emulator
+ * cannot verify a JWT signed by a real Kubernetes API server, so it plays that server too. `mintServiceAccountToken`
+ * issues a projected service-account JWT (RS256 header, projected-token claims, a random signature) and remembers
+ * it; the login then does what Vault does without `pem_keys`: it parses the JWT without checking the signature,
+ * checks exp and the role's audience, the role's bound service-account names and namespaces (globs, "*" for any),
+ * and finally asks "Kubernetes" (TokenReview) whether the JWT is genuine, which here means: minted by this
+ * emulator, not revoked with `revokeServiceAccountToken`, not expired. A test therefore chooses which JWTs a role
+ * accepts through the role's bindings and the tokens it mints or revokes; a hand-made JWT with the right claims is
+ * refused as TokenReview would refuse it.
+ *
+ * Modelled: one token store, AppRole and Kubernetes role set for the whole server; data, mount config and metadata per namespace
  * (X-Vault-Namespace) and per mount. Not modelled: policies beyond restrictToken, leases, response wrapping,
  * the namespace-as-path-prefix form (/v1/ns1/secret/...), KV v1 mounts, sys/mounts.
  */
@@ -44,11 +54,38 @@ export interface VaultEmulator {
   /** ttlSeconds 0 makes a token that never expires (and cannot be renewed, like the root token). */
   createToken(options: { ttlSeconds: number; policies?: string[]; renewable?: boolean }): string;
   revokeToken(token: string): void; // later use → 403 permission denied
+  /** Revokes every token a login path issued ('auth/kubernetes/login'), as sys/leases/revoke-prefix does; returns how many. */
+  revokeTokensFrom(loginPath: string): number;
   /** Adds a role (or, for an existing role name, one more secret ID). `mount` defaults to 'approle'. */
   addAppRole(
     roleName: string,
     options?: { tokenTtlSeconds?: number; policies?: string[]; mount?: string },
   ): { roleId: string; secretId: string };
+  /**
+   * Adds (or replaces) a Kubernetes auth role, as `vault write auth/<mount>/role/<name>
+   * bound_service_account_names=… bound_service_account_namespaces=…` does. `mount` defaults to 'kubernetes'.
+   */
+  addKubernetesRole(
+    roleName: string,
+    options: {
+      serviceAccountNames: string[];
+      serviceAccountNamespaces: string[];
+      audience?: string;
+      tokenTtlSeconds?: number;
+      policies?: string[];
+      mount?: string;
+    },
+  ): void;
+  /** As the Kubernetes API server: a service-account JWT that the emulated TokenReview accepts (see the header). */
+  mintServiceAccountToken(options: {
+    namespace: string;
+    serviceAccount: string;
+    /** Lifetime of the JWT (exp - iat); default 3600. */
+    ttlSeconds?: number;
+    audience?: string;
+  }): string;
+  /** TokenReview stops accepting this JWT, as when its pod or service account is deleted: login → 403. */
+  revokeServiceAccountToken(jwt: string): void;
   /** Restrict a token to paths: requests outside every prefix get 403 permission denied. */
   restrictToken(token: string, allowedPathPrefixes: string[]): void;
   requests: RecordedRequest[]; // every request seen, for assertions
@@ -382,6 +419,65 @@ interface AppRoleState {
   policies: string[];
 }
 
+interface KubernetesRoleState {
+  name: string;
+  mount: string;
+  serviceAccountNames: string[];
+  serviceAccountNamespaces: string[];
+  audience?: string;
+  ttl: number;
+  policies: string[];
+}
+/** A service-account JWT as the emulated Kubernetes API server issued it. */
+interface ServiceAccountTokenState {
+  namespace: string;
+  name: string;
+  uid: string;
+  expires: number; // unix seconds
+  revoked: boolean;
+}
+
+/** vault-plugin-auth-kubernetes allowedSigningAlgs: what a service-account JWT may be signed with. */
+const K8S_SIGNING_ALGS = new Set([
+  'RS256',
+  'RS384',
+  'RS512',
+  'ES256',
+  'ES384',
+  'ES512',
+  'PS256',
+  'PS384',
+  'PS512',
+]);
+const K8S_ISSUER = 'https://kubernetes.default.svc.cluster.local';
+
+/** go-secure-stdlib strutil.StrListContainsGlob: "*" matches any run of characters. */
+function globMatches(patterns: string[], value: string): boolean {
+  return patterns.some((p) =>
+    new RegExp(
+      `^${p
+        .split('*')
+        .map((part) => part.replace(/[.+?^${}()|[\]\\]/g, '\\$&'))
+        .join('.*')}$`,
+    ).test(value),
+  );
+}
+
+const base64url = (value: unknown): string => Buffer.from(JSON.stringify(value)).toString('base64url');
+
+/** The JWT's header and claims, unverified (as Vault does without pem_keys); undefined when it is not a JWS. */
+function parseJwt(jwt: string): { header: Json; claims: Json } | undefined {
+  const parts = jwt.split('.');
+  if (parts.length !== 3) return undefined;
+  try {
+    const header = JSON.parse(Buffer.from(parts[0]!, 'base64url').toString('utf8'));
+    const claims = JSON.parse(Buffer.from(parts[1]!, 'base64url').toString('utf8'));
+    return isObject(header) && isObject(claims) ? { header, claims } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 const isDeleted = (v: VersionState): boolean => v.deletion !== null && v.deletion < nowNs();
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -395,6 +491,10 @@ export async function startVaultEmulator(
   const spaces = new Map<string, Map<string, MountState>>();
   const tokens = new Map<string, TokenState>();
   const appRoles = new Map<string, AppRoleState>();
+  const kubernetesRoles = new Map<string, KubernetesRoleState>();
+  /** The emulated Kubernetes API server's service-account JWTs, by JWT. */
+  const serviceAccountTokens = new Map<string, ServiceAccountTokenState>();
+  const serviceAccountUids = new Map<string, string>();
   const faults: Array<{ left: number; status: 403 | 500 | 503; match?: (m: string, p: string) => boolean }> =
     [];
   const clusterId = randomUUID();
@@ -995,6 +1095,71 @@ export async function startVaultEmulator(
     return ok(null, { auth: authBlock(token, token.ttl) });
   }
 
+  /**
+   * POST auth/<kubernetes mount>/login {role, jwt}, in the order of vault-plugin-auth-kubernetes pathLogin: 400 for a
+   * missing field or an unknown role; 403 for a JWT that does not parse (signature check failed: "permission
+   * denied"), has expired or names another audience, a service account or namespace the role is not bound to, and
+   * a JWT that TokenReview does not accept (permission denied).
+   */
+  function kubernetesLogin(mount: string, body: Json): Reply {
+    const roleName = typeof body.role === 'string' ? body.role : '';
+    const jwt = typeof body.jwt === 'string' ? body.jwt : '';
+    if (roleName === '') return badRequest('missing role');
+    if (jwt === '') return badRequest('missing jwt');
+    const role = kubernetesRoles.get(`${mount}/${roleName}`);
+    if (!role) return badRequest(`invalid role name "${roleName}"`);
+    const parsed = parseJwt(jwt);
+    if (!parsed || !K8S_SIGNING_ALGS.has(String(parsed.header.alg))) return PERMISSION_DENIED();
+    const { claims } = parsed;
+    const now = Math.floor(Date.now() / 1000);
+    if (typeof claims.exp === 'number' && claims.exp <= now) {
+      return errorReply(403, 'invalid exp (expiration time) claim: token is expired');
+    }
+    const audiences = Array.isArray(claims.aud) ? claims.aud : [claims.aud];
+    if (role.audience && !audiences.includes(role.audience)) {
+      return errorReply(
+        403,
+        'invalid aud (audience) claim: audience claim does not match any expected audience',
+      );
+    }
+    const k8s = isObject(claims['kubernetes.io']) ? claims['kubernetes.io'] : undefined;
+    const sa = k8s && isObject(k8s.serviceaccount) ? k8s.serviceaccount : undefined;
+    const name = String(sa?.name ?? claims['kubernetes.io/serviceaccount/service-account.name'] ?? '');
+    const namespace = String(k8s?.namespace ?? claims['kubernetes.io/serviceaccount/namespace'] ?? '');
+    if (!(role.serviceAccountNames.length === 1 && role.serviceAccountNames[0] === '*')) {
+      if (!globMatches(role.serviceAccountNames, name)) {
+        return errorReply(403, 'service account name not authorized');
+      }
+    }
+    if (
+      !(role.serviceAccountNamespaces[0] === '*' || globMatches(role.serviceAccountNamespaces, namespace))
+    ) {
+      return errorReply(403, 'namespace not authorized');
+    }
+    // TokenReview: only a JWT this emulator minted, still valid, for the service account its claims name.
+    const reviewed = serviceAccountTokens.get(jwt);
+    if (!reviewed || reviewed.revoked || reviewed.expires <= now) return PERMISSION_DENIED();
+    if (reviewed.name !== name || reviewed.namespace !== namespace) return PERMISSION_DENIED();
+    const token = issueToken({
+      policies: withDefault(role.policies),
+      ttl: role.ttl,
+      renewable: true,
+      displayName: `${mount}-${namespace}-${name}`,
+      path: `auth/${mount}/login`,
+      meta: {
+        role: role.name,
+        service_account_name: name,
+        service_account_namespace: namespace,
+        service_account_secret_name: '',
+        service_account_uid: reviewed.uid,
+      },
+      orphan: true,
+      entityId: randomUUID(),
+      root: false,
+    });
+    return ok(null, { auth: authBlock(token, token.ttl) });
+  }
+
   function liveToken(id: string | undefined): TokenState | undefined {
     const token = id ? tokens.get(id) : undefined;
     if (!token || token.revoked || (token.expires !== null && token.expires <= nowNs())) return undefined;
@@ -1098,6 +1263,10 @@ export async function startVaultEmulator(
     const appRoleMounts = new Set(['approle', ...[...appRoles.values()].map((r) => r.mount)]);
     if (login && appRoleMounts.has(login[1]!)) {
       return op === 'write' ? appRoleLogin(login[1]!, json) : UNSUPPORTED();
+    }
+    const kubernetesMounts = new Set(['kubernetes', ...[...kubernetesRoles.values()].map((r) => r.mount)]);
+    if (login && kubernetesMounts.has(login[1]!)) {
+      return op === 'write' ? kubernetesLogin(login[1]!, json) : UNSUPPORTED();
     }
 
     // Token check: X-Vault-Token or Authorization: Bearer (ref B1); unknown, revoked or expired → 403.
@@ -1208,6 +1377,17 @@ export async function startVaultEmulator(
       if (token) token.revoked = true;
     },
 
+    revokeTokensFrom(loginPath) {
+      let count = 0;
+      for (const token of tokens.values()) {
+        if (token.path === loginPath && !token.revoked) {
+          token.revoked = true;
+          count += 1;
+        }
+      }
+      return count;
+    },
+
     addAppRole(roleName, roleOptions = {}) {
       const mount = roleOptions.mount ?? 'approle';
       const key = `${mount}/${roleName}`;
@@ -1226,6 +1406,64 @@ export async function startVaultEmulator(
       const secretId = randomUUID();
       role.secretIds.add(secretId);
       return { roleId: role.roleId, secretId };
+    },
+
+    addKubernetesRole(roleName, roleOptions) {
+      const mount = roleOptions.mount ?? 'kubernetes';
+      // vault-plugin-auth-kubernetes path_role.go: both bindings are required ("*" for any).
+      if (roleOptions.serviceAccountNames.length === 0 || roleOptions.serviceAccountNamespaces.length === 0) {
+        throw new Error(
+          'addKubernetesRole: "serviceAccountNames" and "serviceAccountNamespaces" can not be empty',
+        );
+      }
+      kubernetesRoles.set(`${mount}/${roleName}`, {
+        name: roleName,
+        mount,
+        serviceAccountNames: [...roleOptions.serviceAccountNames],
+        serviceAccountNamespaces: [...roleOptions.serviceAccountNamespaces],
+        ...(roleOptions.audience ? { audience: roleOptions.audience } : {}),
+        ttl: roleOptions.tokenTtlSeconds ?? SYSTEM_MAX_TTL,
+        policies: roleOptions.policies ?? [],
+      });
+    },
+
+    mintServiceAccountToken({ namespace, serviceAccount, ttlSeconds = 3600, audience = K8S_ISSUER }) {
+      const key = `${namespace}/${serviceAccount}`;
+      const uid = serviceAccountUids.get(key) ?? randomUUID();
+      serviceAccountUids.set(key, uid);
+      const iat = Math.floor(Date.now() / 1000);
+      const claims = {
+        aud: [audience],
+        exp: iat + ttlSeconds,
+        iat,
+        iss: K8S_ISSUER,
+        jti: randomUUID(),
+        'kubernetes.io': {
+          namespace,
+          pod: { name: `${serviceAccount}-${randomId(5).toLowerCase()}`, uid: randomUUID() },
+          serviceaccount: { name: serviceAccount, uid },
+        },
+        nbf: iat,
+        sub: `system:serviceaccount:${namespace}:${serviceAccount}`,
+      };
+      const jwt = [
+        base64url({ alg: 'RS256', kid: randomId(43) }),
+        base64url(claims),
+        randomBytes(256).toString('base64url'),
+      ].join('.');
+      serviceAccountTokens.set(jwt, {
+        namespace,
+        name: serviceAccount,
+        uid,
+        expires: iat + ttlSeconds,
+        revoked: false,
+      });
+      return jwt;
+    },
+
+    revokeServiceAccountToken(jwt) {
+      const state = serviceAccountTokens.get(jwt);
+      if (state) state.revoked = true;
     },
 
     restrictToken(id, allowedPathPrefixes) {

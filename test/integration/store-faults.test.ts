@@ -130,7 +130,7 @@ describe('Vault faults', () => {
     const store = new VaultStore(
       {
         address: emu.url,
-        appRole: { roleId, secretId, mount: 'approle' },
+        auth: { method: 'approle', roleId, secretId, mount: 'approle' },
         pendingPrefix: 'keyturn-pending',
         timeoutMs: 5000,
       },
@@ -165,9 +165,15 @@ describe('Vault store: tokens, namespaces, max_versions', () => {
   afterAll(async () => emu?.close());
 
   const doc = (password: string) => ({ engine: 'postgres', host: 'h', port: 5432, username: 'u', password });
-  const vaultStore = (options: { token: string; namespace?: string }) =>
+  const vaultStore = ({ token, ...options }: { token: string; namespace?: string }) =>
     new VaultStore(
-      { address: emu.url, pendingPrefix: 'keyturn-pending', timeoutMs: 5000, ...options },
+      {
+        address: emu.url,
+        auth: { method: 'token', token },
+        pendingPrefix: 'keyturn-pending',
+        timeoutMs: 5000,
+        ...options,
+      },
       quietLogger(),
     );
   const ref = (): { spec: StoreSpec; name: string } => ({

@@ -1,10 +1,16 @@
 // The secret-store backends the contract suite and the end-to-end tests run against: the local store on Redis,
-// the Vault and AWS emulators, and, when their variables are set, a real Vault (VAULT_ADDR + VAULT_TOKEN) and a
-// real AWS endpoint such as LocalStack (AWS_ENDPOINT_URL). Each says why it is skipped when it cannot run.
+// the Vault emulator (logged in with a token, and with Kubernetes auth), the AWS emulator, and, when their variables
+// are set, a real Vault (VAULT_ADDR + VAULT_TOKEN; VAULT_ADDR + VAULT_K8S_ROLE inside a pod for Kubernetes auth) and
+// a real AWS endpoint such as LocalStack (AWS_ENDPOINT_URL). Each says why it is skipped when it cannot run.
 import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { ListSecretVersionIdsCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { Redis } from 'ioredis';
+import { VAULT_K8S_DEFAULT_TOKEN_PATH, type VaultAuth } from '../../src/config/config.ts';
 import { Envelope } from '../../src/crypto/envelope.ts';
 import { createLogger } from '../../src/logging/logger.ts';
 import { RedisKeys } from '../../src/registry/keys.ts';
@@ -39,6 +45,8 @@ export interface Backend {
   versionsWritten?(ref: SecretRef): Promise<number>;
   /** Versions a promote adds: Vault writes the main path at promote, AWS labels the version put earlier. */
   versionsPerPromote: number;
+  /** A Vault token that reads the secrets directly, as a service would (Keyturn's own may come from a login). */
+  readToken?: string;
   /** Environment that points a Keyturn process at this backend. */
   env: Record<string, string>;
   /** A store spec for a credential or connection in this backend. */
@@ -94,17 +102,33 @@ const local: BackendFactory = {
   },
 };
 
+/** How a Vault backend's store logs in, and the environment that makes a Keyturn process log in the same way. */
+interface VaultLogin {
+  auth: VaultAuth;
+  env: Record<string, string>;
+  /** Removes what the login needed (a token file). */
+  cleanup?(): Promise<void>;
+}
+
 function vaultBackend(
   name: string,
-  connect: () => Promise<{ url: string; token: string; emulator?: VaultEmulator }>,
+  connect: () => Promise<{
+    url: string;
+    /** A token that reads metadata, for versionsWritten (the store's own token when it has a fixed one). */
+    token: string;
+    emulator?: VaultEmulator;
+    /** Default: the fixed token above. */
+    login?: VaultLogin;
+  }>,
 ): BackendFactory {
   return {
     name,
     skipReason: async () => undefined,
     async start() {
-      const { url, token, emulator } = await connect();
+      const { url, token, emulator, login } = await connect();
       const pendingPrefix = `keyturn-pending-${unique()}`;
-      const store = new VaultStore({ address: url, token, pendingPrefix, timeoutMs: 5000 }, quietLogger());
+      const auth: VaultAuth = login?.auth ?? { method: 'token', token };
+      const store = new VaultStore({ address: url, auth, pendingPrefix, timeoutMs: 5000 }, quietLogger());
       const base = `keyturn-test/${unique()}`;
       const spec = (): StoreSpec => ({ type: 'vault', mount: 'secret', path: `${base}/${unique()}` });
       return {
@@ -113,6 +137,7 @@ function vaultBackend(
         ref: () => ({ spec: spec(), name: 'unused' }),
         spec,
         versionsPerPromote: 1,
+        readToken: token,
         async breakNext() {
           if (emulator) emulator.seal();
           else throw new Error('cannot seal a real Vault from a test');
@@ -128,10 +153,15 @@ function vaultBackend(
           if (res.status === 404) return 0;
           return ((await res.json()) as { data: { current_version: number } }).data.current_version;
         },
-        env: { VAULT_ADDR: url, VAULT_TOKEN: token, KEYTURN_VAULT_PENDING_PREFIX: pendingPrefix },
+        env: {
+          VAULT_ADDR: url,
+          ...(login?.env ?? { VAULT_TOKEN: token }),
+          KEYTURN_VAULT_PENDING_PREFIX: pendingPrefix,
+        },
         async close() {
           await store.close();
           await emulator?.close();
+          await login?.cleanup?.();
         },
       };
     },
@@ -221,6 +251,99 @@ export const vaultEmulatorBackend = vaultBackend('Vault emulator', async () => {
   return { url: emulator.url, token: emulator.rootToken, emulator };
 });
 
+/**
+ * The Vault emulator with the store logged in by Kubernetes auth: a role bound to the service account
+ * keyturn/keyturn on its own mount, and a token file holding a JWT the emulated Kubernetes API server minted.
+ */
+export const vaultKubernetesEmulatorBackend = vaultBackend('Vault emulator, Kubernetes auth', async () => {
+  const emulator = await startVaultEmulator();
+  const mount = 'k8s-test';
+  emulator.addKubernetesRole('keyturn', {
+    serviceAccountNames: ['keyturn'],
+    serviceAccountNamespaces: ['keyturn'],
+    mount,
+    tokenTtlSeconds: 3600,
+  });
+  const dir = await mkdtemp(join(tmpdir(), 'keyturn-k8s-'));
+  const tokenPath = join(dir, 'token');
+  await writeFile(
+    tokenPath,
+    emulator.mintServiceAccountToken({ namespace: 'keyturn', serviceAccount: 'keyturn' }),
+    { mode: 0o600 },
+  );
+  return {
+    url: emulator.url,
+    token: emulator.rootToken,
+    emulator,
+    login: {
+      auth: { method: 'kubernetes', role: 'keyturn', tokenPath, mount },
+      env: {
+        VAULT_AUTH_METHOD: 'kubernetes',
+        VAULT_K8S_ROLE: 'keyturn',
+        VAULT_K8S_TOKEN_PATH: tokenPath,
+        VAULT_K8S_MOUNT: mount,
+      },
+      cleanup: () => rm(dir, { recursive: true, force: true }),
+    },
+  };
+});
+
+/** Why a real Vault's Kubernetes auth cannot be tried here, or undefined when it can. */
+export async function realVaultKubernetesSkipReason(): Promise<string | undefined> {
+  if (!process.env.VAULT_ADDR) return 'VAULT_ADDR is not set';
+  if (!process.env.VAULT_K8S_ROLE) {
+    return 'VAULT_K8S_ROLE is not set (a real Vault checks the JWT with a Kubernetes API server, so this runs only in a pod with a bound role)';
+  }
+  const path = process.env.VAULT_K8S_TOKEN_PATH || VAULT_K8S_DEFAULT_TOKEN_PATH;
+  try {
+    await access(path, constants.R_OK);
+    return undefined;
+  } catch {
+    return `no readable service-account token at ${path} (VAULT_K8S_TOKEN_PATH)`;
+  }
+}
+
+/** A real Vault's Kubernetes auth, from VAULT_ADDR, VAULT_K8S_ROLE and the token file, as Keyturn reads them. */
+export function realVaultKubernetesLogin(): {
+  auth: Extract<VaultAuth, { method: 'kubernetes' }>;
+  env: Record<string, string>;
+} {
+  const auth = {
+    method: 'kubernetes' as const,
+    role: process.env.VAULT_K8S_ROLE!,
+    tokenPath: process.env.VAULT_K8S_TOKEN_PATH || VAULT_K8S_DEFAULT_TOKEN_PATH,
+    mount: process.env.VAULT_K8S_MOUNT || 'kubernetes',
+  };
+  return {
+    auth,
+    env: {
+      VAULT_AUTH_METHOD: 'kubernetes',
+      VAULT_K8S_ROLE: auth.role,
+      VAULT_K8S_TOKEN_PATH: auth.tokenPath,
+      VAULT_K8S_MOUNT: auth.mount,
+    },
+  };
+}
+
+const realVaultKubernetes: BackendFactory = {
+  ...vaultBackend('real Vault, Kubernetes auth (VAULT_ADDR, VAULT_K8S_ROLE)', async () => {
+    const login = realVaultKubernetesLogin();
+    // A token of the same role for versionsWritten: the store keeps its own token to itself.
+    const res = await fetch(`${process.env.VAULT_ADDR}/v1/auth/${login.auth.mount}/login`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        role: login.auth.role,
+        jwt: (await readFile(login.auth.tokenPath, 'utf8')).trim(),
+      }),
+    });
+    if (!res.ok) throw new Error(`Kubernetes login to the real Vault answered ${res.status}`);
+    const token = ((await res.json()) as { auth: { client_token: string } }).auth.client_token;
+    return { url: process.env.VAULT_ADDR!, token, login };
+  }),
+  skipReason: realVaultKubernetesSkipReason,
+};
+
 export const awsEmulatorBackend = awsBackend('AWS Secrets Manager emulator', async () => {
   const emulator = await startAwsSecretsManagerEmulator();
   return {
@@ -295,8 +418,10 @@ export async function stopContainers(): Promise<void> {
 export const BACKENDS: BackendFactory[] = [
   local,
   vaultEmulatorBackend,
+  vaultKubernetesEmulatorBackend,
   awsEmulatorBackend,
   realVault,
+  realVaultKubernetes,
   realAws,
   vaultContainer,
   localstackContainer,
