@@ -8,6 +8,7 @@ import type { ApiContext } from './api/context.ts';
 import { httpsOptions } from './api/hardening.ts';
 import { AuditArchiver } from './audit/archive.ts';
 import { AuditLog } from './audit/audit-log.ts';
+import { AuditOutbox } from './audit/outbox.ts';
 import { AuditSealer } from './audit/sealer.ts';
 import { loadAuditKeys } from './audit/signing.ts';
 import { AuditTrail } from './audit/trail.ts';
@@ -91,7 +92,8 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     r.on('error', (err: Error) => logger.warn({ err: { message: err.message } }, 'redis connection error'));
   await Promise.all([redis.connect(), queueRedis.connect()]);
 
-  const keys = new RedisKeys(config.prefix);
+  const keys = new RedisKeys(config.prefix, { clustered: config.redis.topology.kind === 'cluster' });
+  const outbox = new AuditOutbox(redis, keys);
   const registry = new Registry(redis, keys);
   const claimed = await registry.migrateUsernameClaims();
   if (claimed > 0)
@@ -117,6 +119,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     rotations,
     stores,
     audit,
+    outbox,
     leases: new LeaseManager(redis, keys, config.rotation.leaseMs),
     failpoints,
     logger,
@@ -250,6 +253,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
         registry,
         rotations,
         audit,
+        outbox,
         leases,
         logger,
         overdue: new OverdueScanner({ redis, keys, registry, clock, logger }),

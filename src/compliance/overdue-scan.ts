@@ -11,6 +11,7 @@
 // credential's rotatedAt, so a rotation that lands between the scan's read and its write is never reported overdue.
 
 import { auditAppendOp } from '../audit/audit-log.ts';
+import { AuditOutbox } from '../audit/outbox.ts';
 import type { Clock } from '../clock.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { RedisClient } from '../redis/client.ts';
@@ -19,7 +20,7 @@ import type { Registry } from '../registry/registry.ts';
 import type { Credential } from '../registry/types.ts';
 import { DAY_MS, isOverdue, passwordSetAt, policyDeadline } from './policy.ts';
 
-// KEYS: the marks, the credential. ARGV: credential id, lapse (ms), the audit append as a JSON command, then what
+// KEYS: the marks, the credential, its audit outbox. ARGV: credential id, lapse (ms), the audit append as a JSON command, then what
 // the scan judged by ('' for absent): rotatedAt, maxAgeDays, nextRotationAt. Returns 1 when this call raised the
 // lapse, 0 when it was raised before, -1 when the credential changed meanwhile or is gone (the next scan decides).
 const RAISE_LAPSE = `
@@ -51,6 +52,7 @@ export interface OverdueScanResult {
 export class OverdueScanner {
   readonly #redis: RedisClient;
   readonly #keys: RedisKeys;
+  readonly #outbox: AuditOutbox;
   readonly #registry: Registry;
   readonly #clock: Clock;
   readonly #log: Logger;
@@ -64,6 +66,7 @@ export class OverdueScanner {
   }) {
     this.#redis = deps.redis;
     this.#keys = deps.keys;
+    this.#outbox = new AuditOutbox(deps.redis, deps.keys);
     this.#registry = deps.registry;
     this.#clock = deps.clock;
     this.#log = deps.logger.child({ component: 'overdue-scan' });
@@ -76,13 +79,15 @@ export class OverdueScanner {
       const lapsed = batch.filter((c) => isOverdue(c, now));
       result.overdue += lapsed.length;
       if (lapsed.length === 0) continue;
-      const pipeline = this.#redis.pipeline();
-      for (const credential of lapsed) this.#raise(pipeline, credential, now);
-      const answers = (await pipeline.exec()) ?? [];
-      answers.forEach(([err, raised], i) => {
+      const answers = await Promise.allSettled(lapsed.map((credential) => this.#raise(credential, now)));
+      answers.forEach((answer, i) => {
         const id = lapsed[i]?.spec.id;
-        if (err) this.#log.error({ credential: id, err: { message: err.message } }, 'raising a lapse failed');
-        else if (raised === 1 && id) {
+        if (answer.status === 'rejected') {
+          this.#log.error(
+            { credential: id, err: { message: (answer.reason as Error).message } },
+            'raising a lapse failed',
+          );
+        } else if (answer.value === 1 && id) {
           result.raised.push(id);
           this.#log.warn({ credential: id }, 'credential is overdue: past its rotation policy');
         }
@@ -92,11 +97,12 @@ export class OverdueScanner {
     return result;
   }
 
-  #raise(pipeline: ReturnType<RedisClient['pipeline']>, credential: Credential, now: number): void {
+  /** Raises one credential's lapse (mark and audit event in one script of its slot): 1, 0 or -1 as RAISE_LAPSE. */
+  async #raise(credential: Credential, now: number): Promise<number> {
     const { spec, state } = credential;
     const setAt = passwordSetAt(credential);
     const deadline = policyDeadline(credential);
-    const event = auditAppendOp(this.#keys.audit(), {
+    const event = auditAppendOp(this.#keys.auditOutbox(spec.id), {
       actor: 'system',
       action: OVERDUE_ACTION,
       outcome: 'failure',
@@ -110,28 +116,33 @@ export class OverdueScanner {
         version: state.version ?? null,
       },
     });
-    pipeline.eval(
+    await this.#outbox.announce(spec.id);
+    const raised = (await this.#redis.eval(
       RAISE_LAPSE,
-      2,
-      this.#keys.overdueNotified(),
+      3,
+      this.#keys.overdueNotified(spec.id),
       this.#keys.credential(spec.id),
+      this.#keys.auditOutbox(spec.id),
       spec.id,
       setAt,
       JSON.stringify(event),
       state.rotatedAt ?? '',
       spec.maxAgeDays === undefined ? '' : String(spec.maxAgeDays),
       state.nextRotationAt ?? '',
-    );
+    )) as number;
+    if (raised === 1) await this.#outbox.relay(spec.id);
+    return raised;
   }
 
   /** Drops the marks of deleted credentials (a re-registered id starts later, so a stale mark never hides a lapse). */
   async #forgetDeleted(): Promise<void> {
-    const ids = await this.#redis.hkeys(this.#keys.overdueNotified());
+    // In a Cluster each mark is in its credential's slot, and goes with it (Registry.deleteCredential).
+    if (this.#keys.clustered) return;
+    const marks = this.#keys.overdueNotified('');
+    const ids = await this.#redis.hkeys(marks);
     if (ids.length === 0) return;
-    const pipeline = this.#redis.pipeline();
-    for (const id of ids) pipeline.exists(this.#keys.credential(id));
-    const exists = (await pipeline.exec()) ?? [];
-    const gone = ids.filter((_, i) => exists[i]?.[0] === null && exists[i]?.[1] === 0);
-    if (gone.length > 0) await this.#redis.hdel(this.#keys.overdueNotified(), ...gone);
+    const exists = await Promise.all(ids.map((id) => this.#redis.exists(this.#keys.credential(id))));
+    const gone = ids.filter((_, i) => exists[i] === 0);
+    if (gone.length > 0) await this.#redis.hdel(marks, ...gone);
   }
 }

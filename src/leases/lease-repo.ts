@@ -1,32 +1,34 @@
 // Lease records in Redis. Every change is one script that checks the record's `rev` (so a writer that read a
-// stale record is refused and re-reads), writes the record, moves it in the due index and appends its audit event
-// together: an event is never lost or written twice, and the sweep's index never disagrees with the record.
+// stale record is refused and re-reads), writes the record and appends its audit event together (to the credential's
+// outbox: audit/outbox.ts), so an event is never lost or written twice. A lease's keys are its credential's (one
+// hash tag); the sweep's due index is moved around the script: made sooner before it, set exactly after it. A crash
+// in between leaves an entry that is early (the sweep finds the lease not due and puts it back) or one for a revoked
+// lease (the sweep drops it), never a lease the sweep would miss.
 
 import { type AuditEventInput, auditAppendOp } from '../audit/audit-log.ts';
+import { AuditOutbox } from '../audit/outbox.ts';
 import type { RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import type { Lease } from './types.ts';
 
-// KEYS: record, due index, credential's leases, credential hash. ARGV: record JSON, due score, created score, id.
+// KEYS: record, credential's leases, credential hash. ARGV: record JSON, created score, id.
 // A lease is only recorded for a credential that exists at that instant.
 const CREATE = `
-if redis.call('EXISTS', KEYS[4]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX') == false then return -1 end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 return 1
 `;
 
-// KEYS: record, due index, audit stream. ARGV: expected rev, new JSON, due score ('' = leave the index),
-// retention seconds ('' = keep), id, audit entry ('' = none).
+// KEYS: record, the credential's audit outbox. ARGV: expected rev, new JSON, retention seconds ('' = keep), audit
+// entry ('' = none).
 const UPDATE = `
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 if tostring(cjson.decode(raw).rev) ~= ARGV[1] then return -1 end
 redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-if ARGV[3] == '' then redis.call('ZREM', KEYS[2], ARGV[5]) else redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5]) end
-if ARGV[4] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
-if ARGV[6] ~= '' then redis.call('XADD', KEYS[3], '*', 'e', ARGV[6]) end
+if ARGV[3] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('XADD', KEYS[2], '*', 'e', ARGV[4]) end
 return 1
 `;
 
@@ -41,33 +43,46 @@ export interface LeaseUpdate {
 export class LeaseRepo {
   readonly #redis: RedisClient;
   readonly #keys: RedisKeys;
+  readonly #outbox: AuditOutbox;
 
   constructor(redis: RedisClient, keys: RedisKeys) {
     this.#redis = redis;
     this.#keys = keys;
+    this.#outbox = new AuditOutbox(redis, keys);
+  }
+
+  /** Where a lease's record is, knowing only its id (in a Cluster, its credential's slot); null if unknown. */
+  async #recordKey(id: string): Promise<string | null> {
+    if (!this.#keys.clustered) return this.#keys.leaseRecord('', id);
+    const credentialId = await this.#redis.get(this.#keys.leaseOwner(id));
+    return credentialId ? this.#keys.leaseRecord(credentialId, id) : null;
   }
 
   /** Records a new lease; false when its credential no longer exists. */
   async create(lease: Lease, dueAt: Date): Promise<boolean> {
     const k = this.#keys;
+    // Indexed before the record exists: the sweep must find every lease whose user may exist (an entry without a
+    // record, it drops; the due time is ahead, so it never reads the entry before the record is written).
+    if (k.clustered) await this.#redis.set(k.leaseOwner(lease.id), lease.credential);
+    await this.#redis.zadd(k.leasesDue(), dueAt.getTime(), lease.id);
     const r = await this.#redis.eval(
       CREATE,
-      4,
-      k.leaseRecord(lease.id),
-      k.leasesDue(),
+      3,
+      k.leaseRecord(lease.credential, lease.id),
       k.credentialLeases(lease.credential),
       k.credential(lease.credential),
       JSON.stringify(lease),
-      dueAt.getTime(),
       Date.parse(lease.createdAt),
       lease.id,
     );
     if (r === -1) throw new Error(`lease id ${lease.id} is already taken`);
+    if (r !== 1) await this.forgetDue(lease.id);
     return r === 1;
   }
 
   async find(id: string): Promise<Lease | null> {
-    const raw = await this.#redis.get(this.#keys.leaseRecord(id));
+    const key = await this.#recordKey(id);
+    const raw = key ? await this.#redis.get(key) : null;
     return raw ? (JSON.parse(raw) as Lease) : null;
   }
 
@@ -76,22 +91,38 @@ export class LeaseRepo {
    * caller re-reads and decides again.
    */
   async update(current: Lease, next: Omit<Lease, 'rev'>, change: LeaseUpdate): Promise<Lease | null> {
+    const k = this.#keys;
     const written: Lease = { ...next, rev: current.rev + 1 };
-    const audit = change.audit ? (auditAppendOp(this.#keys.audit(), change.audit)[4] ?? '') : '';
+    const audit = change.audit ? (auditAppendOp(k.audit(), change.audit)[4] ?? '') : '';
+    // Sooner first (LT never moves an entry later): a crash after the script cannot leave the sweep's entry late.
+    if (change.dueAt) await this.#redis.zadd(k.leasesDue(), 'LT', change.dueAt.getTime(), current.id);
+    if (audit) await this.#outbox.announce(current.credential);
+    const retain = change.retainMs ? String(Math.ceil(change.retainMs / 1000)) : '';
     const r = await this.#redis.eval(
       UPDATE,
-      3,
-      this.#keys.leaseRecord(current.id),
-      this.#keys.leasesDue(),
-      this.#keys.audit(),
+      2,
+      k.leaseRecord(current.credential, current.id),
+      k.auditOutbox(current.credential),
       String(current.rev),
       JSON.stringify(written),
-      change.dueAt ? String(change.dueAt.getTime()) : '',
-      change.retainMs ? String(Math.ceil(change.retainMs / 1000)) : '',
-      current.id,
+      retain,
       audit,
     );
-    return r === 1 ? written : null;
+    if (r !== 1) return null;
+    if (change.dueAt) await this.#redis.zadd(k.leasesDue(), change.dueAt.getTime(), current.id);
+    else await this.forgetDue(current.id);
+    if (retain && k.clustered) await this.#redis.expire(k.leaseOwner(current.id), retain);
+    if (audit) {
+      await this.#outbox.relay(current.credential).catch(() => {
+        // Left in the outbox: the reconciler relays it (AuditOutbox.sweep).
+      });
+    }
+    return written;
+  }
+
+  /** Puts a lease's entry in the due index back at its due time (the sweep found it early). */
+  async setDue(id: string, dueAt: Date): Promise<void> {
+    await this.#redis.zadd(this.#keys.leasesDue(), 'XX', dueAt.getTime(), id);
   }
 
   /** Ids of leases whose user should be gone by `now`, soonest first. */
@@ -109,7 +140,7 @@ export class LeaseRepo {
     const key = this.#keys.credentialLeases(credentialId);
     const ids = await this.#redis.zrevrange(key, 0, limit - 1);
     if (ids.length === 0) return [];
-    const raws = await this.#redis.mget(...ids.map((id) => this.#keys.leaseRecord(id)));
+    const raws = await this.#redis.mget(...ids.map((id) => this.#keys.leaseRecord(credentialId, id)));
     const gone = ids.filter((_, i) => raws[i] === null);
     if (gone.length > 0) await this.#redis.zrem(key, ...gone);
     return raws.filter((r): r is string => r !== null).map((r) => JSON.parse(r) as Lease);
@@ -122,7 +153,7 @@ export class LeaseRepo {
     const out: Lease[] = [];
     for (let i = 0; i < ids.length; i += 500) {
       const batch = ids.slice(i, i + 500);
-      const raws = await this.#redis.mget(...batch.map((id) => this.#keys.leaseRecord(id)));
+      const raws = await this.#redis.mget(...batch.map((id) => this.#keys.leaseRecord(credentialId, id)));
       for (const raw of raws) {
         if (!raw) continue;
         const lease = JSON.parse(raw) as Lease;

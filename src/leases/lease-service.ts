@@ -348,7 +348,10 @@ export class LeaseService {
         await this.#repo.forgetDue(id);
         return { outcome: 'gone' };
       }
-      if (found.status === 'revoked') return { outcome: 'revoked', lease: found, already: true };
+      if (found.status === 'revoked') {
+        await this.#repo.forgetDue(id); // an entry a crash left behind after the revocation landed
+        return { outcome: 'revoked', lease: found, already: true };
+      }
       const now = Date.now();
       let why = reason;
       if (reason === 'expired' && found.status !== 'revoking') {
@@ -356,7 +359,11 @@ export class LeaseService {
           found.status === 'creating'
             ? Math.min(Date.parse(found.createdAt) + this.stalledAfterMs, Date.parse(found.expiresAt))
             : Date.parse(found.expiresAt);
-        if (due > now) return { outcome: 'not-due', lease: found, dueAt: new Date(due) };
+        if (due > now) {
+          // Found early (an entry made sooner by a change that did not land): back to its due time.
+          await this.#repo.setDue(id, new Date(due));
+          return { outcome: 'not-due', lease: found, dueAt: new Date(due) };
+        }
         if (found.status === 'creating' && Date.parse(found.expiresAt) > now) why = 'creation-stalled';
       }
       let lease = found;

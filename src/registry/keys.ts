@@ -1,16 +1,34 @@
 // The whole Redis key layout in one place (docs/architecture.md explains each). Every key starts with the
-// configured prefix, so several Keyturn installations, or test runs, can share one Redis. Lua scripts that touch
-// several keys of one credential assume a single Redis or a Sentinel set-up; Redis Cluster would need the
-// credential id in a hash tag.
+// configured prefix, so several Keyturn installations, or test runs, can share one Redis.
+//
+// Every script and transaction touches the keys of one owner only, each owner's keys sharing one Redis Cluster hash
+// tag: a credential (its hash, in-flight pointer, execution lease, rotation list and records, lease list and records,
+// audit outbox), a connection (its record, credentials, user-name claims), or the audit trail (stream, chain, head,
+// checkpoints). Indexes over many owners (credentials, connections, active rotations, due leases) are written in
+// steps of their own, ordered so that a crash between two steps leaves an entry readers skip and the reconciler
+// removes, never a record no index finds. In a Cluster the tag is written in braces (`keyturn:cred:{payments}`), so
+// credentials spread over the slots; on one node or Sentinel the keys are as they have always been, and no
+// installation needs migrating.
 
 export class RedisKeys {
   readonly prefix: string;
-  constructor(prefix: string) {
+  /** Redis Cluster: owner ids in hash tags, and audit events through per-credential outboxes. */
+  readonly clustered: boolean;
+  constructor(prefix: string, options: { clustered?: boolean } = {}) {
     this.prefix = prefix;
+    this.clustered = options.clustered ?? false;
+  }
+  /** An owner id as it appears in its keys: in braces (a hash tag) in a Cluster. */
+  #tag(id: string): string {
+    return this.clustered ? `{${id}}` : id;
+  }
+  /** The audit trail's keys share one slot: its scripts read and write several of them. */
+  #audit(): string {
+    return this.clustered ? `${this.prefix}:{${this.prefix}:audit}` : `${this.prefix}:audit`;
   }
   /** JSON of one connection (no secret). */
   connection(id: string): string {
-    return `${this.prefix}:conn:${id}`;
+    return `${this.prefix}:conn:${this.#tag(id)}`;
   }
   /** Sorted set of connection ids by creation time. */
   connections(): string {
@@ -18,7 +36,7 @@ export class RedisKeys {
   }
   /** Set of credential ids that use a connection (deleting the connection is refused while non-empty). */
   connectionUsers(id: string): string {
-    return `${this.prefix}:conn:${id}:creds`;
+    return `${this.prefix}:conn:${this.#tag(id)}:creds`;
   }
   /**
    * Hash of the downstream user names a connection's credentials use → the credential id: its user and, for
@@ -26,7 +44,7 @@ export class RedisKeys {
    * rotate one downstream user (or one's clone) and break each other.
    */
   connectionUsernames(id: string): string {
-    return `${this.prefix}:conn:${id}:users`;
+    return `${this.prefix}:conn:${this.#tag(id)}:users`;
   }
   /**
    * Hash of the downstream users Keyturn made (or was told to adopt) → the credential they were made for: the
@@ -34,7 +52,7 @@ export class RedisKeys {
    * rotated.
    */
   connectionMadeUsers(id: string): string {
-    return `${this.prefix}:conn:${id}:made`;
+    return `${this.prefix}:conn:${this.#tag(id)}:made`;
   }
   /** Count of a principal's failed imports in the current window (expires with it); the name is hashed. */
   importFailures(principalDigest: string): string {
@@ -46,7 +64,7 @@ export class RedisKeys {
   }
   /** Hash of one credential: field `spec` (what the team registered) and field `state` (what rotation made of it). */
   credential(id: string): string {
-    return `${this.prefix}:cred:${id}`;
+    return `${this.prefix}:cred:${this.#tag(id)}`;
   }
   /** Sorted set of credential ids by creation time. */
   credentials(): string {
@@ -54,27 +72,42 @@ export class RedisKeys {
   }
   /** The id of the rotation in flight for a credential (I3: at most one). */
   inflight(credentialId: string): string {
-    return `${this.prefix}:cred:${credentialId}:inflight`;
+    return `${this.prefix}:cred:${this.#tag(credentialId)}:inflight`;
   }
   /** Execution lease: which worker may act on a credential's downstream right now, with a fencing token. */
   lease(credentialId: string): string {
-    return `${this.prefix}:cred:${credentialId}:lease`;
+    return `${this.prefix}:cred:${this.#tag(credentialId)}:lease`;
   }
   /** Sorted set of a credential's rotation ids by start time. */
   credentialRotations(credentialId: string): string {
-    return `${this.prefix}:cred:${credentialId}:rots`;
+    return `${this.prefix}:cred:${this.#tag(credentialId)}:rots`;
   }
   /** JSON of one rotation: its state machine position, steps, attempts and scrubbed error. */
-  rotation(id: string): string {
-    return `${this.prefix}:rot:${id}`;
+  rotation(credentialId: string, id: string): string {
+    return this.clustered
+      ? `${this.prefix}:rot:${this.#tag(credentialId)}:${id}`
+      : `${this.prefix}:rot:${id}`;
+  }
+  /**
+   * Cluster only: the credential a rotation id belongs to, so that a rotation found by id alone (its job, GET
+   * /v1/rotations/:id) is found in its credential's slot. Written before the rotation, never changed.
+   */
+  rotationOwner(id: string): string {
+    return `${this.prefix}:rot:${id}:cred`;
   }
   /** Sorted set of rotations not yet terminal, by start time: what the reconciler checks after a crash. */
   activeRotations(): string {
     return `${this.prefix}:rots:active`;
   }
   /** JSON of one short-lived credential (a lease made by POST /v1/credentials/:id/leases); never its password. */
-  leaseRecord(leaseId: string): string {
-    return `${this.prefix}:lease:${leaseId}`;
+  leaseRecord(credentialId: string, leaseId: string): string {
+    return this.clustered
+      ? `${this.prefix}:lease:${this.#tag(credentialId)}:${leaseId}`
+      : `${this.prefix}:lease:${leaseId}`;
+  }
+  /** Cluster only: the credential a lease id belongs to (as rotationOwner); expires with the lease's record. */
+  leaseOwner(leaseId: string): string {
+    return `${this.prefix}:lease:${leaseId}:cred`;
   }
   /**
    * Sorted set of leases not yet revoked, scored by when their user must be gone (expiry; sooner for one whose
@@ -85,7 +118,7 @@ export class RedisKeys {
   }
   /** Sorted set of a credential's lease ids by creation time. */
   credentialLeases(credentialId: string): string {
-    return `${this.prefix}:cred:${credentialId}:leases`;
+    return `${this.prefix}:cred:${this.#tag(credentialId)}:leases`;
   }
   /** Local store: hash of one secret's sealed versions and its stage labels. */
   localSecret(name: string): string {
@@ -93,45 +126,67 @@ export class RedisKeys {
   }
   /** Audit stream: one entry per event, appended by every process (id: Redis's total order). */
   audit(): string {
-    return `${this.prefix}:audit`;
+    return `${this.#audit()}`;
   }
   /** The chain over the audit stream: one entry per sealed event, with the same id (seq, digest, prev, hash). */
   auditChain(): string {
-    return `${this.prefix}:audit:chain`;
+    return `${this.#audit()}:chain`;
   }
   /** Hash: the sealed head (id, seq, hash) and the last checkpoint (cpN, cpSeq, cpHash, cpAt). */
   auditHead(): string {
-    return `${this.prefix}:audit:head`;
+    return `${this.#audit()}:head`;
   }
   /** Signed checkpoints, each with the id of the event it vouches for. */
   auditCheckpoints(): string {
-    return `${this.prefix}:audit:checkpoints`;
+    return `${this.#audit()}:checkpoints`;
   }
   /** Hash: where the stream's chain starts once archived events were trimmed (seq, hash, checkpoint). */
   auditAnchor(): string {
-    return `${this.prefix}:audit:anchor`;
+    return `${this.#audit()}:anchor`;
   }
   /** Which process seals (token, expiry): one at a time, so they don't all hash the same events. */
   auditSealerLock(): string {
-    return `${this.prefix}:audit:sealer`;
+    return `${this.#audit()}:sealer`;
   }
   /** The id an export wants signed: the sealer checkpoints up to it at once. */
   auditCheckpointWanted(): string {
-    return `${this.prefix}:audit:checkpoint-wanted`;
+    return `${this.#audit()}:checkpoint-wanted`;
   }
   /** Hash: the last day written to the archive folder (day), so trimming never passes it. */
   auditArchive(): string {
-    return `${this.prefix}:audit:archive`;
+    return `${this.#audit()}:archive`;
   }
   /**
    * Hash of credential id → when the password of its last notified overdue lapse was set (ms): the overdue scan's
    * once-only mark, raised in the same script as the `credential.overdue` audit event.
    */
-  overdueNotified(): string {
-    return `${this.prefix}:overdue:notified`;
+  overdueNotified(credentialId: string): string {
+    return this.clustered
+      ? `${this.prefix}:cred:${this.#tag(credentialId)}:overdue`
+      : `${this.prefix}:overdue:notified`;
   }
-  /** BullMQ's own prefix: its queues' keys live below it. */
+  /**
+   * Where a credential's audit events are written together with the change they record. On one node: the audit
+   * stream itself. In a Cluster the stream lives in another slot, so they go to a stream in the credential's slot and
+   * are relayed to the audit stream exactly once (audit/outbox.ts).
+   */
+  auditOutbox(credentialId: string): string {
+    return this.clustered ? `${this.prefix}:cred:${this.#tag(credentialId)}:outbox` : this.audit();
+  }
+  /** Cluster: credentials whose outbox may hold events not yet relayed, scored by when one was last written. */
+  auditOutboxes(): string {
+    return `${this.#audit()}:outboxes`;
+  }
+  /** Cluster: credential → id of the last outbox entry relayed to the stream (what makes a relay exactly-once). */
+  auditRelayed(): string {
+    return `${this.#audit()}:relayed`;
+  }
+  /** Credential id → when it claimed its place on the connection (ms): tells a claim left by a crash from a new one. */
+  connectionClaimTimes(id: string): string {
+    return `${this.prefix}:conn:${this.#tag(id)}:since`;
+  }
+  /** BullMQ's own prefix: its queues' keys live below it (in a Cluster, in one slot, as BullMQ needs). */
   queuePrefix(): string {
-    return `${this.prefix}:q`;
+    return this.clustered ? `${this.prefix}:{${this.prefix}:q}` : `${this.prefix}:q`;
   }
 }

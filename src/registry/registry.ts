@@ -13,75 +13,113 @@ import {
   cloneUsername,
 } from './types.ts';
 
+// Every script below touches the keys of one owner (one Cluster hash tag: keys.ts): a connection, or a credential.
+// The indexes over all of them (`creds`, `conns`) are written in steps of their own; see keys.ts for the order.
+
 const CREATE_CONNECTION = `
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-return 1
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 1 end
+return 0
 `;
 
-// Refuses while any credential uses the connection.
+// Refuses while any credential uses the connection (claims left by a crash are released first: releaseStale).
 const DELETE_CONNECTION = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('SCARD', KEYS[3]) > 0 then return 0 end
-redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5])
-redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 return 1
 `;
 
-// A credential can only be created on an existing connection, and only on downstream user names (ARGV[5..]) no
-// other credential of that connection claims; the checks and the writes are one step.
-const CREATE_CREDENTIAL = `
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
-if redis.call('EXISTS', KEYS[3]) == 0 then return {-1} end
-for i = 5, #ARGV do
-  local holder = redis.call('HGET', KEYS[5], ARGV[i])
+// The connection's half of a registration: the connection exists, and neither the credential id nor any of its
+// downstream user names (ARGV[3..]) is claimed on it; then claims them, with the time (ARGV[2]). The credential's
+// own record is written next (CREATE_CREDENTIAL); a crash between the two leaves claims that releaseStale frees.
+// KEYS: connection, its credentials, user-name claims, claim times.
+const CLAIM = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return {0, '', ARGV[1]} end
+for i = 3, #ARGV do
+  local holder = redis.call('HGET', KEYS[3], ARGV[i])
   if holder then return {-2, ARGV[i], holder} end
 end
-redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'state', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-redis.call('SADD', KEYS[4], ARGV[4])
-for i = 5, #ARGV do redis.call('HSET', KEYS[5], ARGV[i], ARGV[4]) end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
+for i = 3, #ARGV do redis.call('HSET', KEYS[3], ARGV[i], ARGV[1]) end
 return {1}
 `;
 
-// Claims a credential's user names if it still exists and nobody holds them (credentials registered before claims);
-// an alternating pair's clone (ARGV[2], empty for single-user) counts as made by Keyturn: it was created for it.
-const BACKFILL_USERNAMES = `
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-for i = 3, #ARGV do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[1]) end
-if ARGV[2] ~= '' then redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[1]) end
+// Gives back what a credential (ARGV[1]) holds on its connection: its place, its user names and the clones made for
+// it. With a claim time (ARGV[2]), only while the claim is still that one: a registration taking back its own claim
+// never takes another's, and a stale claim is released only if nobody renewed it since it was judged stale. The user
+// names (ARGV[3..]) when known; otherwise every claim and mark naming the credential is looked for.
+// KEYS: the connection's credentials, user-name claims, made users, claim times.
+const RELEASE = `
+if ARGV[2] ~= '' and (redis.call('HGET', KEYS[4], ARGV[1]) or '') ~= ARGV[2] then return 0 end
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+for _, key in ipairs({KEYS[2], KEYS[3]}) do
+  if #ARGV > 2 then
+    for i = 3, #ARGV do
+      if redis.call('HGET', key, ARGV[i]) == ARGV[1] then redis.call('HDEL', key, ARGV[i]) end
+    end
+  else
+    local fields = redis.call('HGETALL', key)
+    for i = 1, #fields, 2 do
+      if fields[i + 1] == ARGV[1] then redis.call('HDEL', key, fields[i]) end
+    end
+  end
+end
 return 1
 `;
 
-// Deletes a credential in one step with the checks that make it safe (finding 7 of issue 11): refused while a worker
-// holds its execution lease (a rotation or revocation is acting downstream), and while a started rotation is in
-// flight; a rotation that has not started (ARGV[2], its record ARGV[3]) is cancelled: its record replaced by ARGV[4]
-// and the in-flight pointer removed. The caller read the pointer and the record; if either changed since, 'retry'.
-// Then every key of the credential goes, and the user-name claims and made-user marks it holds (ARGV[6..]).
+// The credential's half of a registration: its record, unless the id is taken.
+const CREATE_CREDENTIAL = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'state', ARGV[2])
+return 1
+`;
+
+// Claims a credential's user names if nobody holds them (credentials registered before claims); an alternating
+// pair's clone (ARGV[2], empty for single-user) counts as made by Keyturn: it was created for it. KEYS: the
+// connection's user-name claims, made users, credentials, claim times; ARGV[3]: when.
+const BACKFILL_USERNAMES = `
+for i = 4, #ARGV do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[1]) end
+if ARGV[2] ~= '' then redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[1]) end
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('HSETNX', KEYS[4], ARGV[1], ARGV[3])
+return 1
+`;
+
+// Deletes a credential's record in one step with the checks that make it safe (finding 7 of issue 11): refused while
+// a worker holds its execution lease (a rotation or revocation is acting downstream), and while a started rotation is
+// in flight; a rotation that has not started (ARGV[2], its record KEYS[5] as read: ARGV[3]) is cancelled: its record
+// replaced by ARGV[4] and the in-flight pointer removed. The caller read the pointer and the record; if either changed
+// since, 'retry'. Its claims on the connection are released next (RELEASE), then the index entries.
+// KEYS: credential, in-flight pointer, execution lease, rotation list, the in-flight rotation's record (or the
+// credential again when none), overdue mark (Cluster; '' otherwise).
 const DELETE_CREDENTIAL = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', ''} end
 local rid = redis.call('GET', KEYS[2])
 if redis.call('EXISTS', KEYS[3]) == 1 then return {'busy', rid or ''} end
 if (rid or '') ~= ARGV[2] then return {'retry', ''} end
 if rid then
-  local key = ARGV[5] .. rid
-  local raw = redis.call('GET', key)
+  local raw = redis.call('GET', KEYS[5])
   if (raw or '') ~= ARGV[3] then return {'retry', ''} end
   if ARGV[4] == '' then return {'inflight', rid} end
-  if raw then redis.call('SET', key, ARGV[4]) end
-  redis.call('ZREM', KEYS[9], rid)
+  if raw then redis.call('SET', KEYS[5], ARGV[4]) end
   redis.call('DEL', KEYS[2])
 end
-redis.call('DEL', KEYS[1], KEYS[8])
-redis.call('ZREM', KEYS[4], ARGV[1])
-redis.call('SREM', KEYS[5], ARGV[1])
-for i = 6, #ARGV do
-  if redis.call('HGET', KEYS[6], ARGV[i]) == ARGV[1] then redis.call('HDEL', KEYS[6], ARGV[i]) end
-  if redis.call('HGET', KEYS[7], ARGV[i]) == ARGV[1] then redis.call('HDEL', KEYS[7], ARGV[i]) end
-end
+redis.call('DEL', KEYS[1], KEYS[4])
+if ARGV[5] == '1' then redis.call('DEL', KEYS[6]) end
 return {'deleted', rid or ''}
 `;
+
+// Removes an index entry only if it still has the score it was read with (a re-registration gives it another).
+const ZREM_IF_SCORE = `
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+`;
+
+/** A claim older than this whose credential does not exist was left by a registration or delete that crashed. */
+const STALE_CLAIM_MS = 60_000;
 
 const SPEC_SWAP_ATTEMPTS = 30;
 const sleep = (ms: number) => new Promise<void>((done) => setTimeout(done, ms));
@@ -172,14 +210,13 @@ export class Registry {
     const k = this.keys;
     const created = await this.#redis.eval(
       CREATE_CONNECTION,
-      2,
+      1,
       k.connection(connection.id),
-      k.connections(),
       JSON.stringify(connection),
-      Date.parse(connection.createdAt),
-      connection.id,
     );
     if (created !== 1) throw new ConflictError(`Connection "${connection.id}" already exists`);
+    // Listed once it exists; a crash before this line leaves it unlisted until the reconciler lists it (repairIndexes).
+    await this.#redis.zadd(k.connections(), Date.parse(connection.createdAt), connection.id);
   }
 
   async findConnection(id: string): Promise<Connection | null> {
@@ -212,16 +249,17 @@ export class Registry {
   /** Deletes a connection unless credentials use it. */
   async deleteConnection(id: string): Promise<void> {
     const k = this.keys;
+    await this.releaseStaleClaims(id);
     const r = await this.#redis.eval(
       DELETE_CONNECTION,
       5,
       k.connection(id),
-      k.connections(),
       k.connectionUsers(id),
       k.connectionUsernames(id),
       k.connectionMadeUsers(id),
-      id,
+      k.connectionClaimTimes(id),
     );
+    if (r === 1 || r === -1) await this.#redis.zrem(k.connections(), id);
     if (r === -1) throw new NotFoundError(`Connection "${id}" does not exist`);
     if (r === 0) {
       const users = await this.connectionUsers(id);
@@ -233,25 +271,112 @@ export class Registry {
 
   // Credentials
 
+  /**
+   * Registers a credential: first its claims on the connection (its place and its downstream user names, refused
+   * when another credential holds one), then its record (refused when the id is taken, and then the claims are given
+   * back), then its index entry. Two steps because a connection and a credential are two owners (two hash tags).
+   */
   async createCredential(spec: CredentialSpec, state: CredentialState): Promise<void> {
     const k = this.keys;
-    const [r, username, holder] = (await this.#redis.eval(
+    const c = spec.connection;
+    const claimedAt = String(Date.now());
+    for (let attempt = 0; ; attempt++) {
+      const [r, username, holder] = (await this.#redis.eval(
+        CLAIM,
+        4,
+        k.connection(c),
+        k.connectionUsers(c),
+        k.connectionUsernames(c),
+        k.connectionClaimTimes(c),
+        spec.id,
+        claimedAt,
+        ...claimedUsernames(spec),
+      )) as [number, string?, string?];
+      if (r === 1) break;
+      if (r === -1) throw new NotFoundError(`Connection "${c}" does not exist`);
+      // A holder whose registration or delete crashed half-way holds nothing: free it and claim again.
+      if (attempt < 3 && holder && (await this.#releaseIfStale(c, holder))) continue;
+      if (r === 0) throw new ConflictError(`Credential "${spec.id}" already exists`);
+      throw new UsernameTakenError(c, username ?? '', holder ?? '');
+    }
+    const created = await this.#redis.eval(
       CREATE_CREDENTIAL,
-      5,
+      1,
       k.credential(spec.id),
-      k.credentials(),
-      k.connection(spec.connection),
-      k.connectionUsers(spec.connection),
-      k.connectionUsernames(spec.connection),
       JSON.stringify(spec),
       JSON.stringify(state),
-      Date.parse(spec.createdAt),
-      spec.id,
-      ...claimedUsernames(spec),
-    )) as [number, string?, string?];
-    if (r === 0) throw new ConflictError(`Credential "${spec.id}" already exists`);
-    if (r === -1) throw new NotFoundError(`Connection "${spec.connection}" does not exist`);
-    if (r === -2) throw new UsernameTakenError(spec.connection, username ?? '', holder ?? '');
+    );
+    if (created !== 1) {
+      // The id is another connection's credential: give back what this registration claimed, and only that.
+      await this.#release(c, spec.id, claimedAt);
+      throw new ConflictError(`Credential "${spec.id}" already exists`);
+    }
+    await this.#redis.zadd(k.credentials(), Date.parse(spec.createdAt), spec.id);
+  }
+
+  /** Gives back a credential's claims on a connection (see RELEASE); `claimedAt` '' releases whatever it holds. */
+  async #release(connectionId: string, credentialId: string, claimedAt: string, usernames: string[] = []) {
+    const k = this.keys;
+    return (await this.#redis.eval(
+      RELEASE,
+      4,
+      k.connectionUsers(connectionId),
+      k.connectionUsernames(connectionId),
+      k.connectionMadeUsers(connectionId),
+      k.connectionClaimTimes(connectionId),
+      credentialId,
+      claimedAt,
+      ...usernames,
+    )) as number;
+  }
+
+  /**
+   * Frees the claims of `holder` on a connection when they were left by a crash: its record does not exist and the
+   * claim is older than any registration takes between its two steps. True when something was freed.
+   */
+  async #releaseIfStale(connectionId: string, holder: string): Promise<boolean> {
+    const since = (await this.#redis.hget(this.keys.connectionClaimTimes(connectionId), holder)) ?? '';
+    if (since !== '' && Date.now() - Number(since) < STALE_CLAIM_MS) return false;
+    if ((await this.#redis.exists(this.keys.credential(holder))) === 1) return false;
+    if (since === '') {
+      // Claimed before claim times were kept (or by the backfill): its credential is gone, so it is free.
+      return (await this.#release(connectionId, holder, '')) === 1;
+    }
+    return (await this.#release(connectionId, holder, since)) === 1;
+  }
+
+  /** Frees every claim on a connection left by a registration or delete that crashed half-way. */
+  async releaseStaleClaims(connectionId: string): Promise<number> {
+    let freed = 0;
+    for (const holder of await this.#redis.smembers(this.keys.connectionUsers(connectionId))) {
+      if (await this.#releaseIfStale(connectionId, holder)) freed++;
+    }
+    return freed;
+  }
+
+  /**
+   * What the reconciler does for the indexes: lists every credential its connection knows (a crash between a
+   * registration's record and its index entry), and drops entries whose record is gone (a crash during a delete),
+   * each only if unchanged since read. Returns how many entries it changed.
+   */
+  async repairIndexes(): Promise<number> {
+    const k = this.keys;
+    let changed = 0;
+    const now = Date.now();
+    for (const [id, score] of pairs(await this.#redis.zrange(k.credentials(), 0, -1, 'WITHSCORES'))) {
+      if (now - Number(score) < STALE_CLAIM_MS) continue;
+      if ((await this.#redis.exists(k.credential(id))) === 0)
+        changed += (await this.#redis.eval(ZREM_IF_SCORE, 1, k.credentials(), id, score)) as number;
+    }
+    for (const connection of await this.listConnections()) {
+      await this.releaseStaleClaims(connection.id);
+      for (const id of await this.#redis.smembers(k.connectionUsers(connection.id))) {
+        const credential = await this.findCredential(id);
+        if (credential && credential.spec.connection === connection.id)
+          changed += await this.#redis.zadd(k.credentials(), 'NX', Date.parse(credential.spec.createdAt), id);
+      }
+    }
+    return changed;
   }
 
   /** The downstream user names the connection's credentials claim, each with the credential that claims it. */
@@ -317,12 +442,14 @@ export class Registry {
       for (const { spec } of batch) {
         claimed += (await this.#redis.eval(
           BACKFILL_USERNAMES,
-          3,
-          k.credential(spec.id),
+          4,
           k.connectionUsernames(spec.connection),
           k.connectionMadeUsers(spec.connection),
+          k.connectionUsers(spec.connection),
+          k.connectionClaimTimes(spec.connection),
           spec.id,
           spec.strategy === 'alternating-users' ? cloneUsername(spec.username) : '',
+          Date.parse(spec.createdAt),
           ...claimedUsernames(spec),
         )) as number;
       }
@@ -344,16 +471,8 @@ export class Registry {
   }
 
   async listCredentials(): Promise<Credential[]> {
-    const ids = await this.#redis.zrange(this.keys.credentials(), 0, -1);
-    const pipeline = this.#redis.pipeline();
-    for (const id of ids) pipeline.hmget(this.keys.credential(id), 'spec', 'state');
-    const results = (await pipeline.exec()) ?? [];
     const out: Credential[] = [];
-    for (const [err, value] of results) {
-      const [spec, state] = (value ?? []) as [string | null, string | null];
-      if (err || !spec || !state) continue; // deleted between the two reads
-      out.push({ spec: JSON.parse(spec), state: JSON.parse(state) });
-    }
+    for await (const batch of this.credentialBatches()) out.push(...batch);
     return out;
   }
 
@@ -365,14 +484,15 @@ export class Registry {
   async *credentialBatches(batchSize = 500): AsyncGenerator<Credential[]> {
     const ids = await this.#redis.zrange(this.keys.credentials(), 0, -1);
     for (let start = 0; start < ids.length; start += batchSize) {
-      const pipeline = this.#redis.pipeline();
-      for (const id of ids.slice(start, start + batchSize)) {
-        pipeline.hmget(this.keys.credential(id), 'spec', 'state');
-      }
+      // One command per credential, sent together (ioredis pipelines them per node; each credential is in its own
+      // slot of a Cluster). A credential deleted meanwhile (or an entry left by a crash) is left out.
+      const values = await Promise.all(
+        ids
+          .slice(start, start + batchSize)
+          .map((id) => this.#redis.hmget(this.keys.credential(id), 'spec', 'state')),
+      );
       const batch: Credential[] = [];
-      for (const [err, value] of (await pipeline.exec()) ?? []) {
-        if (err) throw err;
-        const [spec, state] = (value ?? []) as [string | null, string | null];
+      for (const [spec, state] of values) {
         if (spec && state) batch.push({ spec: JSON.parse(spec), state: JSON.parse(state) });
       }
       yield batch;
@@ -456,29 +576,39 @@ export class Registry {
     const k = this.keys;
     for (let attempt = 0; attempt < 10; attempt++) {
       const rid = (await this.#redis.get(k.inflight(spec.id))) ?? '';
-      const raw = rid ? ((await this.#redis.get(k.rotation(rid))) ?? '') : '';
+      const recordKey = rid ? k.rotation(spec.id, rid) : k.credential(spec.id);
+      const raw = rid ? ((await this.#redis.get(recordKey)) ?? '') : '';
       const cancelled = raw ? cancel(JSON.parse(raw) as QueuedRotation) : null;
       const [outcome, rotation] = (await this.#redis.eval(
         DELETE_CREDENTIAL,
-        9,
+        6,
         k.credential(spec.id),
         k.inflight(spec.id),
         k.lease(spec.id),
-        k.credentials(),
-        k.connectionUsers(spec.connection),
-        k.connectionUsernames(spec.connection),
-        k.connectionMadeUsers(spec.connection),
         k.credentialRotations(spec.id),
-        k.activeRotations(),
+        recordKey,
+        k.clustered ? k.overdueNotified(spec.id) : k.credential(spec.id),
         spec.id,
         rid,
         raw,
         rid && !raw ? 'gone' : cancelled ? JSON.stringify(cancelled) : '',
-        k.rotation(''),
-        ...claimedUsernames(spec),
+        k.clustered ? '1' : '0',
       )) as [string, string];
       if (outcome === 'retry') continue;
-      if (outcome === 'deleted') return rotation ? { outcome, cancelled: rotation } : { outcome };
+      if (outcome === 'deleted') {
+        // The record is gone: what it held on its connection, then its index entries (each step repeatable; a crash
+        // in between leaves claims and entries the reconciler frees: releaseStaleClaims, repairIndexes).
+        await this.#release(spec.connection, spec.id, '', claimedUsernames(spec));
+        await this.#redis.eval(
+          ZREM_IF_SCORE,
+          1,
+          k.credentials(),
+          spec.id,
+          String(Date.parse(spec.createdAt)),
+        );
+        if (rotation) await this.#redis.zrem(k.activeRotations(), rotation);
+        return rotation ? { outcome, cancelled: rotation } : { outcome };
+      }
       if (outcome === 'missing') return { outcome };
       return { outcome: outcome as 'busy' | 'inflight', ...(rotation ? { rotation } : {}) };
     }
@@ -486,10 +616,17 @@ export class Registry {
   }
 
   async #many<T>(keys: string[], parse: (raw: string) => T): Promise<T[]> {
-    if (keys.length === 0) return [];
-    const values = await this.#redis.mget(...keys);
+    // One GET per key, sent together: an MGET cannot span the slots of a Cluster.
+    const values = await Promise.all(keys.map((key) => this.#redis.get(key)));
     return values.filter((v): v is string => v !== null).map(parse);
   }
+}
+
+/** [member, score, member, score…] as pairs. */
+function pairs(flat: string[]): Array<[string, string]> {
+  const out: Array<[string, string]> = [];
+  for (let i = 0; i + 1 < flat.length; i += 2) out.push([flat[i] as string, flat[i + 1] as string]);
+  return out;
 }
 
 const digest = (value: string): string => createHash('sha256').update(value).digest('hex').slice(0, 32);

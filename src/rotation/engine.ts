@@ -8,6 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import type { AuditEventInput, AuditLog } from '../audit/audit-log.ts';
 import { auditAppendOp } from '../audit/audit-log.ts';
+import type { AuditOutbox } from '../audit/outbox.ts';
 import { generatePassword } from '../crypto/password.ts';
 import { scrubError } from '../crypto/scrub.ts';
 import type { Logger } from '../logging/logger.ts';
@@ -108,6 +109,7 @@ export class RotationEngine {
   readonly #stores: StoreSet;
   readonly #audit: AuditLog;
   readonly #keys: RedisKeys;
+  readonly #outbox: AuditOutbox;
   readonly #leases: LeaseManager;
   readonly #failpoints: Failpoints;
   readonly #log: Logger;
@@ -120,6 +122,8 @@ export class RotationEngine {
     rotations: RotationRepo;
     stores: StoreSet;
     audit: AuditLog;
+    /** Where the audit events of fenced writes go first in a Redis Cluster (audit/outbox.ts). */
+    outbox: AuditOutbox;
     leases: LeaseManager;
     failpoints: Failpoints;
     logger: Logger;
@@ -131,6 +135,7 @@ export class RotationEngine {
     this.#keys = deps.registry.keys;
     this.#stores = deps.stores;
     this.#audit = deps.audit;
+    this.#outbox = deps.outbox;
     this.#leases = deps.leases;
     this.#failpoints = deps.failpoints;
     this.#log = deps.logger.child({ component: 'rotation' });
@@ -300,7 +305,7 @@ export class RotationEngine {
       rotation.step = order[i + 1]!;
       rotation.updatedAt = nowIso();
       // The step's record and its audit event land together.
-      await lease.commit([
+      await this.#commit(lease, [
         this.#rotations.saveOp(rotation),
         this.#auditOp({
           actor: rotation.actor,
@@ -561,22 +566,26 @@ export class RotationEngine {
         : {}),
     };
     const state: CredentialState = { ...fresh.state, ...changes };
-    await lease.commit([
-      ...this.#rotations.endOps(rotation),
-      this.#stateOp(fresh.spec.id, changes),
-      this.#auditOp({
-        actor: rotation.actor,
-        action: 'rotation.succeeded',
-        outcome: 'success',
-        credential: fresh.spec.id,
-        rotation: rotation.id,
-        details: {
-          version: rotation.id,
-          username: state.activeUsername ?? null,
-          attempts: rotation.attempts,
-        },
-      }),
-    ]);
+    await this.#commit(
+      lease,
+      [
+        ...this.#rotations.endOps(rotation),
+        this.#stateOp(fresh.spec.id, changes),
+        this.#auditOp({
+          actor: rotation.actor,
+          action: 'rotation.succeeded',
+          outcome: 'success',
+          credential: fresh.spec.id,
+          rotation: rotation.id,
+          details: {
+            version: rotation.id,
+            username: state.activeUsername ?? null,
+            attempts: rotation.attempts,
+          },
+        }),
+      ],
+      rotation,
+    );
     this.#log.info(
       { rotation: rotation.id, credential: fresh.spec.id, attempts: rotation.attempts },
       'rotation succeeded',
@@ -715,7 +724,7 @@ export class RotationEngine {
         at: nowIso(),
       };
       rotation.updatedAt = nowIso();
-      await lease.commit([
+      await this.#commit(lease, [
         this.#rotations.saveOp(rotation),
         this.#stateOp(credential.spec.id, { status: 'failed' }),
       ]);
@@ -743,28 +752,32 @@ export class RotationEngine {
     });
     // Under the lease only the engine writes `failures`, so this read is the value the commit replaces.
     const fresh = (await this.#registry.findCredential(credential.spec.id)) ?? credential;
-    await lease.commit([
-      ...this.#rotations.endOps(rotation),
-      this.#stateOp(credential.spec.id, {
-        status: 'failed',
-        lastRotationId: rotation.id,
-        lastOutcome: 'failed',
-        failures: (fresh.state.failures ?? 0) + 1,
-      }),
-      this.#auditOp({
-        actor: rotation.actor,
-        action: 'rotation.failed',
-        outcome: 'failure',
-        credential: credential.spec.id,
-        rotation: rotation.id,
-        details: {
-          step: rotation.error?.step ?? rotation.step,
-          error: rotation.error?.message ?? null,
-          attempts: rotation.attempts,
-          rollback: note,
-        },
-      }),
-    ]);
+    await this.#commit(
+      lease,
+      [
+        ...this.#rotations.endOps(rotation),
+        this.#stateOp(credential.spec.id, {
+          status: 'failed',
+          lastRotationId: rotation.id,
+          lastOutcome: 'failed',
+          failures: (fresh.state.failures ?? 0) + 1,
+        }),
+        this.#auditOp({
+          actor: rotation.actor,
+          action: 'rotation.failed',
+          outcome: 'failure',
+          credential: credential.spec.id,
+          rotation: rotation.id,
+          details: {
+            step: rotation.error?.step ?? rotation.step,
+            error: rotation.error?.message ?? null,
+            attempts: rotation.attempts,
+            rollback: note,
+          },
+        }),
+      ],
+      rotation,
+    );
     this.#log.error(
       { rotation: rotation.id, credential: credential.spec.id, error: rotation.error },
       'rotation failed and was rolled back; the credential keeps its current version',
@@ -898,7 +911,7 @@ export class RotationEngine {
       } else {
         return { outcome: 'done' };
       }
-      await lease.commit([
+      await this.#commit(lease, [
         this.#stateOp(credentialId, { previousRevokedAt: nowIso() }),
         this.#auditOp({
           actor: 'keyturn',
@@ -952,7 +965,7 @@ export class RotationEngine {
 
   async #save(lease: Lease, rotation: Rotation): Promise<void> {
     rotation.updatedAt = nowIso();
-    await lease.commit([this.#rotations.saveOp(rotation)]);
+    await this.#commit(lease, [this.#rotations.saveOp(rotation)]);
   }
 
   /** After the terminal commit only, so that a rotation counts once, in the process whose commit won. */
@@ -972,8 +985,30 @@ export class RotationEngine {
     return mergeFieldsOp(this.#keys.credential(credentialId), 'state', changes);
   }
 
-  #auditOp(event: AuditEventInput): FencedOp {
-    return auditAppendOp(this.#keys.audit(), event);
+  /** The append of an audit event about a credential, applied with the fenced writes it records (see #commit). */
+  #auditOp(event: AuditEventInput & { credential: string }): FencedOp {
+    return auditAppendOp(this.#keys.auditOutbox(event.credential), event);
+  }
+
+  /**
+   * Applies fenced writes of the lease's credential. Their audit events land in the credential's outbox, relayed to
+   * the audit stream right after (in a Cluster; on one node the outbox is the stream). `ended`: the rotation these
+   * writes end, taken out of the active index once they landed.
+   */
+  async #commit(lease: Lease, ops: FencedOp[], ended?: Rotation): Promise<void> {
+    await this.#outbox.announce(lease.credentialId);
+    await lease.commit(ops);
+    if (ended) {
+      await this.#rotations.forgetEnded(ended.id).catch(() => {}); // the reconciler drops an ended rotation's entry
+    }
+    await this.#outbox
+      .relay(lease.credentialId)
+      .catch((err) =>
+        this.#log.warn(
+          { credential: lease.credentialId, err: scrubError(err) },
+          'audit events wait in the credential outbox; the reconciler relays them',
+        ),
+      );
   }
 
   async #abandon(rotation: Rotation, reason: string): Promise<void> {

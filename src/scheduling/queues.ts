@@ -13,6 +13,7 @@
 import { randomInt } from 'node:crypto';
 import { DelayedError, type Job, Queue, type RedisConnection, Worker } from 'bullmq';
 import type { AuditLog } from '../audit/audit-log.ts';
+import type { AuditOutbox } from '../audit/outbox.ts';
 import type { OverdueScanner, OverdueScanResult } from '../compliance/overdue-scan.ts';
 import { scrubError } from '../crypto/scrub.ts';
 import { runInNewSecretScope } from '../crypto/secret-scope.ts';
@@ -267,6 +268,8 @@ export class QueueWorkers {
     registry: Registry;
     rotations: RotationRepo;
     audit: AuditLog;
+    /** Audit events a crash left in credential outboxes (Redis Cluster) are relayed by the reconciler. */
+    outbox: AuditOutbox;
     leases: LeaseService;
     logger: Logger;
     overdue: OverdueScanner;
@@ -474,13 +477,24 @@ export class QueueWorkers {
 
   /**
    * Repairs what a crash between two writes can leave: a rotation with no job (the process died after creating
-   * it), a credential without its scheduler, a grace period that ended without its revocation.
+   * it), a credential without its scheduler, a grace period that ended without its revocation, index entries out of
+   * step with their records, audit events waiting in an outbox.
    */
   async reconcile(): Promise<void> {
-    const { rotations, queues, registry } = this.deps;
+    const { rotations, queues, registry, outbox } = this.deps;
+    const relayed = await outbox.sweep();
+    if (relayed > 0) this.#log.warn({ events: relayed }, 'relayed audit events a crash left in outboxes');
+    const repaired = await registry.repairIndexes();
+    if (repaired > 0)
+      this.#log.warn({ entries: repaired }, 'repaired index entries a crash left out of step');
+    const now0 = Date.now();
     for (const id of await rotations.activeIds()) {
       const rotation = await rotations.find(id);
-      if (!rotation) continue;
+      // Ended, or never created (an entry written before a creation that was refused or crashed): not active.
+      if (!rotation || rotation.status === 'succeeded' || rotation.status === 'failed') {
+        if (rotation || now0 - (await rotations.activeSince(id)) > 60_000) await rotations.forgetEnded(id);
+        continue;
+      }
       const rollback = rotation.status === 'rolling_back';
       const job = await queues.rotations.getJob(rollback ? `rollback-${id}` : `rotate-${id}`);
       if (!job) {

@@ -126,12 +126,9 @@ export class LocalStore implements SecretStore {
       if (err instanceof DecryptionError || err instanceof StoreConflictError) throw err;
       if (err instanceof Error && err.message.includes('NOVERSION'))
         throw new StoreConflictError(err.message);
-      throw new StoreUnavailableError(
-        `Local store (Redis) failed to ${what}: ${(err as Error).message}`,
-        {
-          cause: err,
-        },
-      );
+      throw new StoreUnavailableError(`Local store (Redis) failed to ${what}: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
   }
 

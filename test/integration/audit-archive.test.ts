@@ -9,23 +9,22 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { Redis } from 'ioredis';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { AuditArchiver, archiveFileName } from '../../src/audit/archive.ts';
 import { verifyExportLines } from '../../src/audit/export.ts';
 import { AuditTrail } from '../../src/audit/trail.ts';
 import type { Clock } from '../../src/clock.ts';
-import { RedisKeys } from '../../src/registry/keys.ts';
+import type { RedisClient } from '../../src/redis/client.ts';
 import { eventJson, newSealer, quietLogger } from '../support/audit-chain.ts';
-import { dropPrefix, REDIS_URL } from '../support/harness.ts';
+import { dropPrefix, testKeys, testRedis } from '../support/harness.ts';
 
 const DAY = 86_400_000;
-let redis: Redis;
+let redis: RedisClient;
 let dir: string;
 const prefixes: string[] = [];
 
 beforeAll(async () => {
-  redis = new Redis(REDIS_URL);
+  redis = testRedis();
   dir = await mkdtemp(join(tmpdir(), 'keyturn-archive-'));
 });
 afterAll(async () => {
@@ -37,7 +36,7 @@ afterAll(async () => {
 function setup() {
   const prefix = `kt-test-${randomBytes(4).toString('hex')}`;
   prefixes.push(prefix);
-  const keys = new RedisKeys(prefix);
+  const keys = testKeys(prefix);
   const { publicKey, privateKey } = generateKeyPairSync('ed25519');
   const trail = new AuditTrail(redis, keys, [publicKey]);
   return { keys, trail, sealer: newSealer(redis, keys, trail, privateKey), publicKey };
@@ -112,7 +111,8 @@ it('archives each complete day to a file that verifies alone, trims only what is
   await sealer.drain();
   const final = await trail.verify();
   expect(final).toMatchObject({ ok: true, from: { seq: 10 } });
-  const actions = (await redis.xrange(keys.audit(), '-', '+')).map(([, f]) => JSON.parse(f[1]!).action);
+  const entries = (await redis.xrange(keys.audit(), '-', '+')) as Array<[string, string[]]>;
+  const actions = entries.map(([, f]) => JSON.parse(f[1]!).action as string);
   expect(actions.filter((a) => a === 'audit.archive_deleted')).toHaveLength(5);
 }, 60_000);
 

@@ -2,10 +2,11 @@
 // Redis, in each way an attacker with write access could (change a field, delete an event, reorder two, insert
 // one, replace a checkpoint, rewrite a stretch with recomputed hashes), is found, and verification names the first
 // bad event; an untouched chain of 100,000 events verifies, and the test prints how long that took.
+
 import { generateKeyPairSync } from 'node:crypto';
-import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { eventDigest, linkHash, signCheckpoint } from '../../src/audit/chain.ts';
+import type { RedisClient } from '../../src/redis/client.ts';
 import {
   appendEvents,
   type Entry,
@@ -16,13 +17,13 @@ import {
   sealedChain,
   type TestChain,
 } from '../support/audit-chain.ts';
-import { dropPrefix, REDIS_URL } from '../support/harness.ts';
+import { dropPrefix, testRedis } from '../support/harness.ts';
 
-let redis: Redis;
+let redis: RedisClient;
 const prefixes: string[] = [];
 
 beforeAll(() => {
-  redis = new Redis(REDIS_URL);
+  redis = testRedis();
 });
 afterAll(async () => {
   for (const p of prefixes) await dropPrefix(p);

@@ -4,18 +4,16 @@
 import { spawn } from 'node:child_process';
 import { createPrivateKey, createPublicKey } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { Redis } from 'ioredis';
 import { afterAll, expect, it } from 'vitest';
 import { AuditTrail } from '../../src/audit/trail.ts';
-import { RedisKeys } from '../../src/registry/keys.ts';
 import { newSealer } from '../support/audit-chain.ts';
-import { dropPrefix, REDIS_URL, testEnv } from '../support/harness.ts';
+import { dropPrefix, testEnv, testKeys, testRedis } from '../support/harness.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const PROCESSES = 8;
 const EACH = 500;
 const env = testEnv();
-const redis = new Redis(REDIS_URL);
+const redis = testRedis();
 
 afterAll(async () => {
   await dropPrefix(env.prefix);
@@ -40,7 +38,7 @@ it(`${PROCESSES} processes appending at once make one valid chain, nothing lost 
   const elapsed = performance.now() - started;
   for (const r of results) expect(r.code, r.output).toBe(0);
 
-  const keys = new RedisKeys(env.prefix);
+  const keys = testKeys(env.prefix);
   const signer = createPrivateKey(env.env.KEYTURN_AUDIT_SIGNING_KEY!);
   const trail = new AuditTrail(redis, keys, [createPublicKey(signer)]);
   await newSealer(redis, keys, trail, signer).drain();

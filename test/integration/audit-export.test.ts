@@ -20,9 +20,8 @@ import {
 } from '../../src/audit/chain.ts';
 import { verifyExportLines } from '../../src/audit/export.ts';
 import { parsePublicKeys } from '../../src/audit/signing.ts';
-import { RedisKeys } from '../../src/registry/keys.ts';
 import { newSealer } from '../support/audit-chain.ts';
-import { dropPrefix, type Keyturn, startKeyturn, testEnv } from '../support/harness.ts';
+import { dropPrefix, type Keyturn, startKeyturn, testEnv, testKeys } from '../support/harness.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const env = testEnv();
@@ -136,7 +135,7 @@ describe('offline verification with only the public key', () => {
     // while the export is read, as it does under load.
     const eager = newSealer(
       kt.runtime.ctx.redis,
-      new RedisKeys(env.prefix),
+      testKeys(env.prefix),
       kt.runtime.ctx.auditTrail,
       createPrivateKey(env.env.KEYTURN_AUDIT_SIGNING_KEY!),
     );
@@ -249,7 +248,7 @@ describe('the API', () => {
     const events = eventLines();
     const victim = events[60]!.r;
     deleted = victim;
-    await kt.runtime.ctx.redis.xdel(`${env.prefix}:audit`, victim.id);
+    await kt.runtime.ctx.redis.xdel(testKeys(env.prefix).audit(), victim.id);
     const bad = await kt.api('GET', '/v1/audit/verify');
     expect(bad.body).toMatchObject({ ok: false, firstBad: { kind: 'missing', seq: victim.seq } });
     expect(bad.body.count).toBe(victim.seq - 1);

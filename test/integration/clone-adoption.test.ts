@@ -5,7 +5,6 @@
 // PostgreSQL a role comment "keyturn:<credential id>", on MariaDB and Redis the registry's record), and fails a
 // rotation, changing nothing, when the clone is not Keyturn's.
 import { randomBytes } from 'node:crypto';
-import { Redis } from 'ioredis';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Connection } from '../../src/registry/types.ts';
@@ -19,11 +18,11 @@ import {
   type Keyturn,
   pgAdmin,
   pgInfo,
-  REDIS_URL,
   registerPgConnection,
   startKeyturn,
   type TestEnv,
   testEnv,
+  testRedis,
   waitForRotation,
 } from '../support/harness.ts';
 import { asMysqlRoot, MYSQL_SERVER, mysqlCanLogin } from '../support/mysql.ts';
@@ -197,7 +196,7 @@ describe('finding 3: alternating-users refuses an existing <user>_clone it did n
     // As an earlier Keyturn left it: the registry records the clone as made for the credential, and neither the role
     // nor the credential's state knows about labels.
     await pgAdmin((c) => c.query(`COMMENT ON ROLE ${id(clone)} IS NULL`));
-    const redis = new Redis(REDIS_URL);
+    const redis = testRedis();
     try {
       const key = `${env.prefix}:cred:${imported.id}`;
       const state = JSON.parse((await redis.hget(key, 'state')) ?? '{}');

@@ -3,24 +3,25 @@
 // totals, as JSON and as CSV that parses back to the same rows; and the overdue notification fires once: scans run
 // many times, from two worker runtimes at once (same prefix, same clock), raise one `credential.overdue` audit event
 // and one signed delivery, and after a rotation a new lapse raises exactly one more.
+
 import { randomBytes } from 'node:crypto';
-import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OverdueScanner } from '../../src/compliance/overdue-scan.ts';
 import { CSV_COLUMNS } from '../../src/compliance/report.ts';
 import { createLogger } from '../../src/logging/logger.ts';
 import { NOTIFY_GROUP } from '../../src/notifications/notifier.ts';
-import { RedisKeys } from '../../src/registry/keys.ts';
+import type { RedisClient } from '../../src/redis/client.ts';
 import type { Registry } from '../../src/registry/registry.ts';
 import type { Credential } from '../../src/registry/types.ts';
 import {
   dropPrefix,
   importCredential,
   type Keyturn,
-  REDIS_URL,
   registerPgConnection,
   startKeyturn,
   testEnv,
+  testKeys,
+  testRedis,
   waitFor,
   waitForRotation,
 } from '../support/harness.ts';
@@ -38,7 +39,7 @@ let api: Keyturn;
 let workers: Keyturn[] = [];
 let lapsed: Awaited<ReturnType<typeof importCredential>>;
 let fine: Awaited<ReturnType<typeof importCredential>>;
-let redis: Redis;
+let redis: RedisClient;
 let connection = '';
 const LABEL_WITH_COMMA = 'pay,ments "core"';
 
@@ -57,7 +58,7 @@ beforeAll(async () => {
     startKeyturn(env, { components: ['worker'], clock }),
     startKeyturn(env, { components: ['worker'], clock }),
   ]);
-  redis = new Redis(REDIS_URL);
+  redis = testRedis();
   connection = await registerPgConnection(api);
   // Imported with a 30-day schedule: within the days the clock moves, nothing rotates them.
   lapsed = await importCredential(api, connection, {
@@ -139,7 +140,10 @@ const overdueDeliveries = (credentialId: string) =>
 /** Every delivery that could still come has come: nothing pending in the group, the queue drained. */
 async function settled(): Promise<void> {
   await waitFor('notifications to settle', async () => {
-    const pending = (await redis.xpending(`${env.prefix}:audit`, NOTIFY_GROUP)) as [number, ...unknown[]];
+    const pending = (await redis.xpending(testKeys(env.prefix).audit(), NOTIFY_GROUP)) as [
+      number,
+      ...unknown[],
+    ];
     const counts = await api.runtime.queues.notifications.getJobCounts('waiting', 'active', 'delayed');
     return pending[0] === 0 && Object.values(counts).every((n) => n === 0);
   });
@@ -328,7 +332,7 @@ describe('overdue scan against a changing registry', () => {
     const scannerOf = (registry: Registry) =>
       new OverdueScanner({
         redis: api.runtime.ctx.redis,
-        keys: new RedisKeys(env.prefix),
+        keys: testKeys(env.prefix),
         registry,
         clock,
         logger: createLogger({ level: 'silent', format: 'json' }),

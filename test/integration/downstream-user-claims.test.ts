@@ -5,9 +5,7 @@
 // Each (connection, user name) is claimed by one credential in the same Redis step that creates it; the clone of an
 // alternating pair is claimed too, and the claims go with the credential.
 import { randomBytes, randomUUID } from 'node:crypto';
-import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RedisKeys } from '../../src/registry/keys.ts';
 import {
   canLogin,
   createAppRole,
@@ -15,11 +13,12 @@ import {
   dropPrefix,
   importCredential,
   type Keyturn,
-  REDIS_URL,
   registerPgConnection,
   startKeyturn,
   type TestEnv,
   testEnv,
+  testKeys,
+  testRedis,
 } from '../support/harness.ts';
 
 let env: TestEnv;
@@ -151,8 +150,8 @@ describe('finding 5: one credential per downstream user', () => {
     const first = credential(connection, app.name);
     expect((await kt.api('POST', '/v1/credentials', first)).status).toBe(201);
     // As an installation upgraded from a version without claims: no claim hash, no migration marker.
-    const keys = new RedisKeys(env.prefix);
-    const redis = new Redis(REDIS_URL);
+    const keys = testKeys(env.prefix);
+    const redis = testRedis();
     await redis.del(keys.connectionUsernames(connection), keys.usernameClaimsMigrated());
     redis.disconnect();
     await kt.close();

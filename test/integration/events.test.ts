@@ -1,26 +1,27 @@
 // GET /v1/events: the server-sent rotation events. Who sees what (a reader only its credentials, an auditor all),
 // the stream's headers, resuming with Last-Event-ID (exactly the missed events, no duplicate), heartbeats, the
 // subscriber limit, a Redis blip under the follower, a client that does not read, and a prompt shutdown.
+
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sha256Hex } from '../../src/crypto/tokens.ts';
 import { EventHub, MAX_BUFFERED_BYTES } from '../../src/events/event-hub.ts';
 import { createLogger } from '../../src/logging/logger.ts';
-import { RedisKeys } from '../../src/registry/keys.ts';
+import { duplicateClient } from '../../src/redis/client.ts';
 import {
   dropPrefix,
   importCredential,
   type Keyturn,
-  REDIS_URL,
   registerPgConnection,
   startKeyturn,
   testEnv,
+  testKeys,
+  testRedis,
   waitFor,
   waitForRotation,
 } from '../support/harness.ts';
@@ -310,7 +311,7 @@ describe('GET /v1/events', () => {
 
   it('follows on after its Redis connection is killed, from where it was', async () => {
     const stream = await subscribe('auditor');
-    const admin = new Redis(REDIS_URL);
+    const admin = testRedis();
     try {
       const name = `${env.prefix}:events`;
       const list = await admin.client('LIST');
@@ -357,7 +358,7 @@ describe('GET /v1/events', () => {
     await before.until('a resume point', () => before.lastEventId);
     const resumeFrom = before.lastEventId;
     await before.close();
-    const redis = new Redis(REDIS_URL);
+    const redis = testRedis();
     const written: string[] = [];
     let again: SseStream | undefined;
     try {
@@ -367,7 +368,7 @@ describe('GET /v1/events', () => {
         for (let i = 0; i < 10; i++) {
           const rotation = `burst-${burst}-${i}`;
           written.push(rotation);
-          batch.xadd(`${env.prefix}:audit`, '*', 'e', JSON.stringify(madeUpRotation(rotation, 'u')));
+          batch.xadd(testKeys(env.prefix).audit(), '*', 'e', JSON.stringify(madeUpRotation(rotation, 'u')));
         }
         await batch.exec();
         if (burst === 10) again = await subscribe('admin', { lastEventId: resumeFrom });
@@ -412,7 +413,7 @@ describe('GET /v1/events', () => {
       async () => kt.runtime.ctx.events.size === 1 || undefined,
     );
     // Big made-up events, so that the socket buffers fill quickly; written as the engine writes them.
-    const redis = new Redis(REDIS_URL);
+    const redis = testRedis();
     const filler = 'x'.repeat(4000);
     let written = 0;
     try {
@@ -420,7 +421,7 @@ describe('GET /v1/events', () => {
         const batch = redis.pipeline();
         for (let i = 0; i < 500; i++) {
           batch.xadd(
-            `${env.prefix}:audit`,
+            testKeys(env.prefix).audit(),
             '*',
             'e',
             JSON.stringify(madeUpRotation(`filler-${round}-${i}`, filler)),
@@ -467,7 +468,7 @@ describe('shutdown', () => {
       console.log(`closed with 3 subscribers in ${ms.toFixed(0)} ms`);
       expect(ms).toBeLessThan(3000);
       expect(open.map((s) => s.endedBy)).toEqual(['server', 'server', 'server']);
-      const admin = new Redis(REDIS_URL);
+      const admin = testRedis();
       try {
         const list = String(await admin.client('LIST'));
         expect(list).not.toContain(`name=${own.prefix}:events `);
@@ -485,7 +486,7 @@ describe('the hub, directly', () => {
   it('queues live events while a slow replay runs: no gap, no duplicate, in stream order', async () => {
     const prefix = `kt-test-hub-${randomBytes(4).toString('hex')}`;
     const audit = `${prefix}:audit`;
-    const redis = new Redis(REDIS_URL);
+    const redis = testRedis();
     // Replays read through a connection whose XRANGE takes 100 ms: live events surely arrive meanwhile.
     const slow = new Proxy(redis, {
       get(target, name, receiver) {
@@ -501,8 +502,8 @@ describe('the hub, directly', () => {
     });
     const hub = new EventHub({
       redis: slow,
-      connectFollower: () => redis.duplicate({ maxRetriesPerRequest: null }),
-      keys: new RedisKeys(prefix),
+      connectFollower: () => duplicateClient(redis, { blocking: true }),
+      keys: testKeys(prefix),
       registry: { findCredential: async () => null },
       logger: createLogger({ level: 'silent', format: 'json' }),
       settings: { heartbeatMs: 60_000, maxClients: 10 },

@@ -7,20 +7,21 @@
 //   7. DELETE racing a rotate request: the rotation set a password no store holds, and a leftover state hash made
 //      the id unusable (POST 409, GET and DELETE 404);
 //   8. a scheduled rotation waiting out its jitter was handed to "rotate now" and blocked DELETE.
-import { Redis } from 'ioredis';
+
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RedisKeys } from '../../src/registry/keys.ts';
+import type { RedisClient } from '../../src/redis/client.ts';
 import { LeaseManager, mergeFieldsOp } from '../../src/rotation/lease.ts';
 import {
   canLogin,
   dropPrefix,
   importCredential,
   type Keyturn,
-  REDIS_URL,
   registerPgConnection,
   startKeyturn,
   type TestEnv,
   testEnv,
+  testKeys,
+  testRedis,
   waitFor,
   waitForRotation,
 } from '../support/harness.ts';
@@ -30,13 +31,13 @@ const DAY = 86_400_000;
 let env: TestEnv;
 let kt: Keyturn;
 let connection: string;
-let redis: Redis;
+let redis: RedisClient;
 
 beforeAll(async () => {
   env = testEnv();
   kt = await startKeyturn(env, { components: ['api', 'worker'] });
   connection = await registerPgConnection(kt);
-  redis = new Redis(REDIS_URL);
+  redis = testRedis();
 });
 afterAll(async () => {
   await kt?.close();
@@ -169,7 +170,7 @@ describe('finding 6: a schedule PATCH during a rotation', () => {
 
 describe('finding 6: the engine writes only the state fields a step decides', () => {
   it('merges them under the lease, removes the ones set to undefined, and never brings a deleted credential back', async () => {
-    const keys = new RedisKeys(`${env.prefix}-merge`);
+    const keys = testKeys(`${env.prefix}-merge`);
     const lease = await new LeaseManager(redis, keys, 5000).tryAcquire('c1', 'test');
     expect(lease).not.toBeNull();
     const key = keys.credential('c1');
@@ -216,7 +217,7 @@ interface Site {
 
 /** The audit events about one credential, in stream order. */
 async function auditOf(site: Site, id: string): Promise<AuditEvent[]> {
-  const entries = await redis.xrange(`${site.prefix}:audit`, '-', '+');
+  const entries = (await redis.xrange(testKeys(site.prefix).audit(), '-', '+')) as Array<[string, string[]]>;
   return entries
     .map(([, fields]) => JSON.parse(fields[fields.indexOf('e') + 1] as string) as AuditEvent)
     .filter((e) => e.credential === id);

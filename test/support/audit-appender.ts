@@ -1,18 +1,18 @@
 // A process that appends audit events and runs a sealer, as every API and worker process does: the 8-process
 // test starts several of these at once on one prefix. Settings come from the environment.
 import { createPrivateKey, createPublicKey } from 'node:crypto';
-import { Redis } from 'ioredis';
 import { AuditLog } from '../../src/audit/audit-log.ts';
 import { AuditSealer } from '../../src/audit/sealer.ts';
 import { AuditTrail } from '../../src/audit/trail.ts';
 import { compareStreamIds } from '../../src/audit/verifier.ts';
 import { systemClock } from '../../src/clock.ts';
 import { createLogger } from '../../src/logging/logger.ts';
-import { RedisKeys } from '../../src/registry/keys.ts';
+import { testKeys, testRedis } from './harness.ts';
 
-const { REDIS_URL, KEYTURN_PREFIX, APPENDER, COUNT, KEYTURN_AUDIT_SIGNING_KEY } = process.env;
-const redis = new Redis(REDIS_URL ?? 'redis://127.0.0.1:6379');
-const keys = new RedisKeys(KEYTURN_PREFIX!);
+const { KEYTURN_PREFIX, APPENDER, COUNT, KEYTURN_AUDIT_SIGNING_KEY } = process.env;
+// The machine's Redis, or the cluster of the cluster run (KEYTURN_TEST_REDIS_CLUSTER_HOSTS is inherited).
+const redis = testRedis();
+const keys = testKeys(KEYTURN_PREFIX!);
 const signer = createPrivateKey(KEYTURN_AUDIT_SIGNING_KEY!);
 const trail = new AuditTrail(redis, keys, [createPublicKey(signer)]);
 const sealer = new AuditSealer({

@@ -6,7 +6,8 @@ import { AuditTrail } from '../../src/audit/trail.ts';
 import { systemClock } from '../../src/clock.ts';
 import { createLogger } from '../../src/logging/logger.ts';
 import type { RedisClient } from '../../src/redis/client.ts';
-import { RedisKeys } from '../../src/registry/keys.ts';
+import type { RedisKeys } from '../../src/registry/keys.ts';
+import { testKeys } from './harness.ts';
 
 export type Entry = [string, string[]];
 
@@ -89,7 +90,7 @@ export async function sealedChain(
   options: { spacingMs?: number; settings?: Partial<SealerSettings> } = {},
 ): Promise<TestChain> {
   const prefix = `kt-test-${randomBytes(4).toString('hex')}`;
-  const keys = new RedisKeys(prefix);
+  const keys = testKeys(prefix);
   const { publicKey, privateKey } = generateKeyPairSync('ed25519');
   const trail = new AuditTrail(redis, keys, [publicKey]);
   const ids = await appendEvents(redis, keys, n, options.spacingMs ?? 10);

@@ -7,17 +7,40 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 import pg from 'pg';
 import { inject } from 'vitest';
 import type { Clock } from '../../src/clock.ts';
 import { type Component, loadConfig } from '../../src/config/config.ts';
 import { sha256Hex } from '../../src/crypto/tokens.ts';
 import { createLogger } from '../../src/logging/logger.ts';
+import type { RedisClient } from '../../src/redis/client.ts';
+import { RedisKeys } from '../../src/registry/keys.ts';
 import { createRuntime, type Runtime } from '../../src/runtime.ts';
 
 export const REDIS_URL =
   process.env.KEYTURN_TEST_REDIS_URL ?? process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+/**
+ * Set by the cluster run (`npm run test:cluster`, vitest.cluster.config.ts): the suites run against a real Redis
+ * Cluster of three masters instead of the machine's single Redis.
+ */
+export const REDIS_CLUSTER_HOSTS =
+  process.env.KEYTURN_TEST_REDIS_CLUSTER_HOSTS || process.env.REDIS_CLUSTER_HOSTS || '';
+
+/** A connection for a test to look at Keyturn's keys directly: the single node, or the cluster in the cluster run. */
+export function testRedis(): RedisClient {
+  if (!REDIS_CLUSTER_HOSTS) return new Redis(REDIS_URL);
+  const nodes = REDIS_CLUSTER_HOSTS.split(',').map((hp) => {
+    const [host, port] = hp.split(':');
+    return { host: host as string, port: Number(port) };
+  });
+  return new Cluster(nodes, { scaleReads: 'master' });
+}
+
+/** The key layout Keyturn uses under a test prefix (hash tags in the cluster run). */
+export function testKeys(prefix: string): RedisKeys {
+  return new RedisKeys(prefix, { clustered: REDIS_CLUSTER_HOSTS !== '' });
+}
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 export interface TestEnv {
@@ -42,7 +65,7 @@ export function testEnv(overrides: Record<string, string> = {}): TestEnv {
     adminToken,
     masterKey,
     env: {
-      REDIS_URL,
+      ...(REDIS_CLUSTER_HOSTS ? { REDIS_CLUSTER_HOSTS } : { REDIS_URL }),
       KEYTURN_PREFIX: prefix,
       KEYTURN_ADMIN_TOKEN: adminToken,
       KEYTURN_MASTER_KEY: masterKey,
@@ -313,17 +336,26 @@ export async function registerPgConnection(
 
 /** Deletes every key under a test prefix. */
 export async function dropPrefix(prefix: string): Promise<void> {
-  const redis = new Redis(REDIS_URL);
+  const client = testRedis();
+  if (client instanceof Cluster) await clusterReady(client);
+  const nodes = client instanceof Cluster ? client.nodes('master') : [client];
   try {
-    let cursor = '0';
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length) await redis.del(...keys);
-    } while (cursor !== '0');
+    for (const redis of nodes) {
+      let cursor = '0';
+      do {
+        const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+        cursor = next;
+        // One DEL per key: the keys of one scan may sit in different slots of a cluster node.
+        await Promise.all(keys.map((key) => redis.del(key)));
+      } while (cursor !== '0');
+    }
   } finally {
-    redis.disconnect();
+    client.disconnect();
   }
+}
+
+async function clusterReady(cluster: Cluster): Promise<void> {
+  if (cluster.status !== 'ready') await cluster.ping();
 }
 
 /**

@@ -1,0 +1,23 @@
+// `npm run test:cluster`: the rotation, lease and audit suites against a real Redis Cluster of three masters
+// (test/support/cluster-setup.ts), plus the cluster's own tests (test/cluster). Same tests as `npm test` runs
+// against one Redis: only the topology differs.
+import { defineConfig } from 'vitest/config';
+
+export const CLUSTER_SUITES = [
+  'test/cluster/**/*.test.ts',
+  'test/integration/rotation-*.test.ts',
+  'test/integration/rollback-messages.test.ts',
+  'test/integration/leases.test.ts',
+  'test/integration/*-lease-users.test.ts',
+  'test/integration/audit*.test.ts',
+];
+
+export default defineConfig({
+  test: {
+    globalSetup: ['test/support/global-setup.ts', 'test/support/cluster-setup.ts'],
+    include: CLUSTER_SUITES,
+    testTimeout: 60_000,
+    hookTimeout: 120_000,
+    pool: 'forks',
+  },
+});
