@@ -7,6 +7,7 @@ export const CLUSTER_SUITES = [
   'test/cluster/**/*.test.ts',
   'test/integration/rotation-*.test.ts',
   'test/integration/rollback-messages.test.ts',
+  'test/integration/half-done-writes.test.ts',
   'test/integration/leases.test.ts',
   'test/integration/*-lease-users.test.ts',
   'test/integration/audit*.test.ts',

@@ -295,7 +295,7 @@ export class Registry {
       if (r === 1) break;
       if (r === -1) throw new NotFoundError(`Connection "${c}" does not exist`);
       // A holder whose registration or delete crashed half-way holds nothing: free it and claim again.
-      if (attempt < 3 && holder && (await this.#releaseIfStale(c, holder))) continue;
+      if (attempt < 3 && holder && (await this.releaseStaleClaim(c, holder))) continue;
       if (r === 0) throw new ConflictError(`Credential "${spec.id}" already exists`);
       throw new UsernameTakenError(c, username ?? '', holder ?? '');
     }
@@ -334,7 +334,7 @@ export class Registry {
    * Frees the claims of `holder` on a connection when they were left by a crash: its record does not exist and the
    * claim is older than any registration takes between its two steps. True when something was freed.
    */
-  async #releaseIfStale(connectionId: string, holder: string): Promise<boolean> {
+  async releaseStaleClaim(connectionId: string, holder: string): Promise<boolean> {
     const since = (await this.#redis.hget(this.keys.connectionClaimTimes(connectionId), holder)) ?? '';
     if (since !== '' && Date.now() - Number(since) < STALE_CLAIM_MS) return false;
     if ((await this.#redis.exists(this.keys.credential(holder))) === 1) return false;
@@ -349,7 +349,7 @@ export class Registry {
   async releaseStaleClaims(connectionId: string): Promise<number> {
     let freed = 0;
     for (const holder of await this.#redis.smembers(this.keys.connectionUsers(connectionId))) {
-      if (await this.#releaseIfStale(connectionId, holder)) freed++;
+      if (await this.releaseStaleClaim(connectionId, holder)) freed++;
     }
     return freed;
   }

@@ -521,8 +521,10 @@ export class RegistryService {
     const claims = await this.#registry.connectionUsernames(connection.id);
     for (const name of names) {
       const holder = claims[name];
-      if (holder !== undefined && holder !== spec.id)
-        throw new UsernameTakenError(connection.id, name, holder);
+      if (holder === undefined || holder === spec.id) continue;
+      // A holder left by a registration or delete that crashed half-way holds nothing once it is stale.
+      if (await this.#registry.releaseStaleClaim(connection.id, holder)) continue;
+      throw new UsernameTakenError(connection.id, name, holder);
     }
   }
 

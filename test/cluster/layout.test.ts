@@ -3,10 +3,10 @@
 // shares one slot, BullMQ's queues share one slot, the audit chain verifies after rotations and leases, and the
 // audit events written in a credential's slot reach the audit stream exactly once, also after a crash between the
 // two. The suites listed in vitest.cluster.config.ts run here too, unchanged.
-import { Cluster } from 'ioredis';
+import type { Cluster } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AuditOutbox } from '../../src/audit/outbox.ts';
 import { auditAppendOp } from '../../src/audit/audit-log.ts';
+import { AuditOutbox } from '../../src/audit/outbox.ts';
 import {
   dropPrefix,
   importCredential,
