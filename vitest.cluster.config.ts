@@ -11,6 +11,13 @@ export const CLUSTER_SUITES = [
   'test/integration/leases.test.ts',
   'test/integration/*-lease-users.test.ts',
   'test/integration/audit*.test.ts',
+  // What follows the audit stream, and the registration and rotation races.
+  'test/integration/events.test.ts',
+  'test/integration/notifications.test.ts',
+  'test/integration/compliance.test.ts',
+  'test/integration/concurrency.test.ts',
+  'test/integration/downstream-user-claims.test.ts',
+  'test/integration/clone-adoption.test.ts',
 ];
 
 export default defineConfig({

@@ -22,6 +22,7 @@ import {
   startKeyturn,
   type TestEnv,
   testEnv,
+  testKeys,
   testRedis,
   waitForRotation,
 } from '../support/harness.ts';
@@ -198,7 +199,7 @@ describe('finding 3: alternating-users refuses an existing <user>_clone it did n
     await pgAdmin((c) => c.query(`COMMENT ON ROLE ${id(clone)} IS NULL`));
     const redis = testRedis();
     try {
-      const key = `${env.prefix}:cred:${imported.id}`;
+      const key = testKeys(env.prefix).credential(imported.id);
       const state = JSON.parse((await redis.hget(key, 'state')) ?? '{}');
       expect(state.cloneLabelled).toBe(true);
       delete state.cloneLabelled;

@@ -314,7 +314,7 @@ describe('overdue scan against a changing registry', () => {
     // No scheduled scan may run meanwhile: the workers go (this is the file's last test).
     for (const w of workers) await w.close();
     offset = 3 * DAY;
-    const marks = `${env.prefix}:overdue:notified`;
+    const marks = testKeys(env.prefix).overdueNotified(lapsed.id);
     // `lapsed` is overdue; without its mark, only the check against what Redis holds now can stop a raise.
     await redis.hdel(marks, lapsed.id);
     const current = await api.runtime.ctx.registry.getCredential(lapsed.id);

@@ -152,7 +152,8 @@ describe('finding 5: one credential per downstream user', () => {
     // As an installation upgraded from a version without claims: no claim hash, no migration marker.
     const keys = testKeys(env.prefix);
     const redis = testRedis();
-    await redis.del(keys.connectionUsernames(connection), keys.usernameClaimsMigrated());
+    await redis.del(keys.connectionUsernames(connection));
+    await redis.del(keys.usernameClaimsMigrated());
     redis.disconnect();
     await kt.close();
     kt = await startKeyturn(env);

@@ -14,6 +14,7 @@ import { EventHub, MAX_BUFFERED_BYTES } from '../../src/events/event-hub.ts';
 import { createLogger } from '../../src/logging/logger.ts';
 import { duplicateClient } from '../../src/redis/client.ts';
 import {
+  clientList,
   dropPrefix,
   importCredential,
   type Keyturn,
@@ -311,27 +312,18 @@ describe('GET /v1/events', () => {
 
   it('follows on after its Redis connection is killed, from where it was', async () => {
     const stream = await subscribe('auditor');
-    const admin = testRedis();
     try {
       const name = `${env.prefix}:events`;
-      const list = await admin.client('LIST');
-      const id = /id=(\d+) .*name=(\S+)/
-        .exec(
-          String(list)
-            .split('\n')
-            .find((line) => line.includes(`name=${name} `)) ?? '',
-        )
-        ?.at(1);
-      expect(id, `a client named ${name}`).toBeTruthy();
-      await admin.client('KILL', 'ID', id as string);
+      const follower = (await clientList()).find((c) => c.line.includes(`name=${name} `));
+      expect(follower, `a client named ${name}`).toBeTruthy();
+      await follower?.kill();
       const during = await rotate(credB);
       await stream.until('the event appended while the follower was away', () =>
         rotationsIn(stream).some((e) => e.rotation === during.id),
       );
     } finally {
-      admin.disconnect();
+      await stream.close();
     }
-    await stream.close();
   });
 
   it(`serves at most ${MAX_CLIENTS} streams; one more gets 503 with Retry-After`, async () => {
@@ -468,13 +460,8 @@ describe('shutdown', () => {
       console.log(`closed with 3 subscribers in ${ms.toFixed(0)} ms`);
       expect(ms).toBeLessThan(3000);
       expect(open.map((s) => s.endedBy)).toEqual(['server', 'server', 'server']);
-      const admin = testRedis();
-      try {
-        const list = String(await admin.client('LIST'));
-        expect(list).not.toContain(`name=${own.prefix}:events `);
-      } finally {
-        admin.disconnect();
-      }
+      const list = (await clientList()).map((c) => c.line).join('\n');
+      expect(list).not.toContain(`name=${own.prefix}:events `);
     } finally {
       await other.close();
       await dropPrefix(own.prefix);
@@ -485,7 +472,7 @@ describe('shutdown', () => {
 describe('the hub, directly', () => {
   it('queues live events while a slow replay runs: no gap, no duplicate, in stream order', async () => {
     const prefix = `kt-test-hub-${randomBytes(4).toString('hex')}`;
-    const audit = `${prefix}:audit`;
+    const audit = testKeys(prefix).audit();
     const redis = testRedis();
     // Replays read through a connection whose XRANGE takes 100 ms: live events surely arrive meanwhile.
     const slow = new Proxy(redis, {

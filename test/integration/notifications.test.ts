@@ -4,21 +4,23 @@
 // redirect, no answer within the timeout) end in one `notification.failed` audit event each after the configured
 // attempts. No password, admin password, HMAC secret or URL token appears in a delivery, a job, the audit or the
 // logs. An event a dead worker read and never acknowledged is taken over by another (XAUTOCLAIM).
+
 import { createHmac, randomBytes } from 'node:crypto';
-import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NOTIFY_GROUP } from '../../src/notifications/notifier.ts';
 import { signWebhook, verifyWebhookSignature } from '../../src/notifications/signature.ts';
+import type { RedisClient } from '../../src/redis/client.ts';
 import {
   createAppRole,
   dropPrefix,
   importCredential,
   type Keyturn,
   pgInfo,
-  REDIS_URL,
   registerPgConnection,
   startKeyturn,
   testEnv,
+  testKeys,
+  testRedis,
   waitFor,
   waitForRotation,
 } from '../support/harness.ts';
@@ -33,7 +35,7 @@ const DOWN = `/down/${urlToken}`;
 let receiver: Awaited<ReturnType<typeof startNotificationReceiver>>;
 let env: ReturnType<typeof testEnv>;
 let kt: Keyturn;
-let redis: Redis;
+let redis: RedisClient;
 
 beforeAll(async () => {
   receiver = await startNotificationReceiver(secret, {
@@ -53,7 +55,7 @@ beforeAll(async () => {
     LOG_LEVEL: 'debug',
   });
   kt = await startKeyturn(env, { components: ['api', 'worker'] });
-  redis = new Redis(REDIS_URL);
+  redis = testRedis();
 });
 
 afterAll(async () => {
@@ -63,7 +65,7 @@ afterAll(async () => {
   if (env) await dropPrefix(env.prefix);
 });
 
-const streamKey = () => `${env.prefix}:audit`;
+const streamKey = () => testKeys(env.prefix).audit();
 const deliveriesOf = (eventId: string, path?: string) =>
   receiver.deliveries.filter((d) => d.headers['keyturn-event-id'] === eventId && (!path || d.path === path));
 

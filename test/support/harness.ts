@@ -37,6 +37,38 @@ export function testRedis(): RedisClient {
   return new Cluster(nodes, { scaleReads: 'master' });
 }
 
+/** CLIENT LIST of every node Keyturn's connections may be on (each master of the cluster run), one line each. */
+export async function clientList(): Promise<Array<{ line: string; kill(): Promise<unknown> }>> {
+  const client = testRedis();
+  try {
+    if (client instanceof Cluster) await clusterReady(client);
+    const nodes = client instanceof Cluster ? client.nodes('master') : [client];
+    const out: Array<{ line: string; kill(): Promise<unknown> }> = [];
+    for (const node of nodes) {
+      const { host, port } = node.options;
+      for (const line of String(await node.client('LIST'))
+        .split('\n')
+        .filter(Boolean)) {
+        const id = /\bid=(\d+)/.exec(line)?.[1] ?? '';
+        out.push({
+          line,
+          kill: async () => {
+            const r = new Redis({ host, port });
+            try {
+              return await r.client('KILL', 'ID', id);
+            } finally {
+              r.disconnect();
+            }
+          },
+        });
+      }
+    }
+    return out;
+  } finally {
+    client.disconnect();
+  }
+}
+
 /** The key layout Keyturn uses under a test prefix (hash tags in the cluster run). */
 export function testKeys(prefix: string): RedisKeys {
   return new RedisKeys(prefix, { clustered: REDIS_CLUSTER_HOSTS !== '' });
