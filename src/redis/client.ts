@@ -84,7 +84,8 @@ export function createRedisClient(settings: RedisSettings, role: ConnectionRole,
         sentinelRetryStrategy: (times: number) => Math.min(100 * times, 2000),
       });
     case 'cluster': {
-      const { lazyConnect: _lazy, maxRetriesPerRequest, enableOfflineQueue, ...redisOptions } = options;
+      // Per-node options (credentials, TLS, the role's retries) go to every node; the offline queue is the cluster's.
+      const { lazyConnect: _lazy, enableOfflineQueue, ...redisOptions } = options;
       const clusterOptions: ClusterOptions = {
         lazyConnect: true,
         redisOptions,
@@ -92,7 +93,6 @@ export function createRedisClient(settings: RedisSettings, role: ConnectionRole,
         scaleReads: 'master',
         // Commands of one tick are sent as one pipeline per node: listing many credentials stays one round trip.
         enableAutoPipelining: true,
-        ...(maxRetriesPerRequest !== undefined ? { maxRetriesPerRequest } : {}),
         ...(enableOfflineQueue !== undefined ? { enableOfflineQueue } : {}),
         clusterRetryStrategy: (times: number) => Math.min(100 * times, 2000),
         ...(options.tls ? { dnsLookup: (address, callback) => callback(null, address) } : {}),
