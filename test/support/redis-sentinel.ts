@@ -5,7 +5,7 @@
 // exits without calling it) and removes the directory. No mock anywhere: these are the servers Keyturn talks to.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
@@ -336,4 +336,82 @@ export async function startSentinelSet(
     },
     stop,
   };
+}
+
+/** One line of MONITOR: the command and its arguments, and the client (`ip:port`) that sent it. */
+export interface MonitoredCommand {
+  args: string[];
+  source: string;
+}
+
+/** Reads the quoted arguments of a MONITOR line (`"SET" "k" "a\\"b\\x00"`). */
+function monitorArgs(text: string): string[] {
+  const out: string[] = [];
+  let i = 0;
+  while (i < text.length) {
+    if (text[i] !== '"') {
+      i++;
+      continue;
+    }
+    let arg = '';
+    i++;
+    while (i < text.length && text[i] !== '"') {
+      if (text[i] === '\\') {
+        const next = text[i + 1];
+        if (next === 'x') {
+          arg += String.fromCharCode(Number.parseInt(text.slice(i + 2, i + 4), 16));
+          i += 4;
+          continue;
+        }
+        arg += next === 'n' ? '\n' : next === 'r' ? '\r' : next === 't' ? '\t' : (next ?? '');
+        i += 2;
+        continue;
+      }
+      arg += text[i];
+      i++;
+    }
+    out.push(arg);
+    i++;
+  }
+  return out;
+}
+
+/**
+ * MONITOR on a node over a raw connection (ioredis's monitor mode loses its reply queue under load): every command
+ * the node runs, in the order it runs them, goes to `onCommand`.
+ */
+export async function startMonitor(
+  port: number,
+  onCommand: (c: MonitoredCommand) => void,
+  password?: string,
+): Promise<{ close(): void }> {
+  const socket = createConnection({ host: HOST, port });
+  socket.on('error', () => {});
+  await new Promise<void>((done, fail) => {
+    socket.once('connect', done);
+    socket.once('error', fail);
+  });
+  if (password) socket.write(`AUTH ${password}\r\n`);
+  socket.write('MONITOR\r\n');
+  let buffer = '';
+  let ready: () => void = () => {};
+  const started = new Promise<void>((done) => {
+    ready = done;
+  });
+  socket.setEncoding('latin1');
+  socket.on('data', (chunk: string) => {
+    buffer += chunk;
+    for (let nl = buffer.indexOf('\r\n'); nl >= 0; nl = buffer.indexOf('\r\n')) {
+      const line = buffer.slice(0, nl);
+      buffer = buffer.slice(nl + 2);
+      if (line === '+OK') {
+        ready();
+        continue;
+      }
+      const m = /^\+\d+\.\d+ \[\d+ ([^\]]+)\] (.*)$/.exec(line);
+      if (m) onCommand({ source: m[1] as string, args: monitorArgs(m[2] as string) });
+    }
+  });
+  await started;
+  return { close: () => socket.destroy() };
 }
