@@ -268,8 +268,14 @@ export async function startSentinelSet(
         if (named.size !== 1 || only === undefined || only === from) return false;
         const role = await ask(only, (r) => r.call('ROLE') as Promise<unknown[]>, options.password);
         if (role[0] !== 'master') return false;
-        await ask(only, (r) => r.set('keyturn-ha-probe', String(Date.now())), options.password);
-        return only;
+        // It takes writes, or refuses them only for want of replicas (min-replicas-to-write, after a SIGKILL left it
+        // alone: restart() gives it one).
+        const wrote = await ask(
+          only,
+          (r) => r.set('keyturn-ha-probe', String(Date.now())),
+          options.password,
+        ).catch((err: Error) => (/NOREPLICAS/.test(err.message) ? 'NOREPLICAS' : Promise.reject(err)));
+        return wrote ? only : false;
       },
       30_000,
     );
