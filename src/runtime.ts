@@ -81,7 +81,6 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   // One connection without retries first: a topology that cannot work stops the start with one line.
   const facts = await probeRedis(config.redis);
   const durability = checkRedis(facts, config.redis, logger);
-  void durability; // wired into the local store next
   logger.info(
     { topology: facts.topology, writeNodes: facts.writeNodes, version: facts.version },
     'redis reached',
@@ -99,7 +98,12 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   if (claimed > 0)
     logger.info({ credentials: claimed }, 'claimed the downstream user names of existing credentials');
   const audit = new AuditLog(redis, keys);
-  const stores = new StoreSet().add(new LocalStore(redis, keys, new Envelope(options.masterKey)));
+  const stores = new StoreSet().add(
+    new LocalStore(redis, keys, new Envelope(options.masterKey), {
+      durability,
+      connectionName: `${config.prefix}:durable-writes`,
+    }),
+  );
   const timeoutMs = config.rotation.downstreamTimeoutMs;
   if (config.vault) stores.add(new VaultStore({ ...config.vault, timeoutMs }, logger));
   if (config.aws) stores.add(new AwsStore({ ...config.aws, timeoutMs }));

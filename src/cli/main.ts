@@ -93,9 +93,21 @@ program
       failed: count((c) => c.status === 'failed'),
       overdue: count((c) => c.overdue === true),
     };
+    // The Redis topology and the node(s) that take writes now, as /readyz names them (after a failover, the new master).
+    const redis = (
+      ready as {
+        checks?: { redis?: { ok?: boolean; topology?: string; writeNodes?: string[]; error?: string } };
+      }
+    ).checks?.redis;
     print(g, summary, () =>
       [
         `service     ${(ready as { status: string }).status}`,
+        ...(redis
+          ? [
+              `redis       ${redis.topology ?? 'unknown topology'}${redis.ok ? '' : ` (not answering: ${redis.error ?? 'unknown error'})`}`,
+              `writes to   ${redis.writeNodes?.length ? redis.writeNodes.join(', ') : 'no node known'}`,
+            ]
+          : []),
         `credentials ${summary.credentials} (active ${summary.active}, rotating ${summary.rotating}, failed ${summary.failed}, overdue ${summary.overdue})`,
       ].join('\n'),
     );

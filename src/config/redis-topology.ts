@@ -68,7 +68,7 @@ export function redisSettings(
   const set = TOPOLOGY_VARIABLES.filter((name) => env[name]?.trim());
   if (set.length > 1) {
     problems.push(
-      `${set.join(' and ')} are all set: Keyturn uses exactly one Redis topology (REDIS_URL for one node, REDIS_SENTINEL_HOSTS with REDIS_SENTINEL_MASTER_NAME, or REDIS_CLUSTER_HOSTS); unset the others`,
+      `${set.join(' and ')} are ${set.length === 2 ? 'both' : 'all'} set: Keyturn uses exactly one Redis topology (REDIS_URL for one node, REDIS_SENTINEL_HOSTS with REDIS_SENTINEL_MASTER_NAME, or REDIS_CLUSTER_HOSTS); unset the others`,
     );
   }
   const sentinelHosts = env.REDIS_SENTINEL_HOSTS?.trim();

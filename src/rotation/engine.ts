@@ -343,6 +343,9 @@ export class RotationEngine {
     if (existing) {
       // A previous attempt wrote it: reuse it, never generate twice.
       ctx.secrets.add(existing.value.password);
+      // putPending again changes nothing (idempotent) but returns only once the version is durable: the attempt that
+      // wrote it may have failed waiting for the local store's replicas (durable write-ahead), and set comes next.
+      await ctx.store.putPending(ctx.ref, rotation.id, existing.value);
       rotation.username = existing.value.username;
       return 'skipped';
     }

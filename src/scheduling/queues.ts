@@ -82,6 +82,10 @@ export class Queues implements RotationHooks, LeaseRevocationPlanner {
     this.rotations = new Queue(ROTATION_QUEUE, opts as never);
     this.leases = new Queue(LEASE_QUEUE, opts as never);
     this.notifications = new Queue(NOTIFICATION_QUEUE, opts as never);
+    // Without a listener BullMQ prints each error of the shared connection to stderr, stack and all, many times per
+    // failover. The runtime logs that connection's errors once already ("redis connection error"); a producer call
+    // that fails still rejects to its caller (503 unavailable).
+    for (const q of [this.schedule, this.rotations, this.leases, this.notifications]) q.on('error', () => {});
   }
 
   // LeaseRevocationPlanner

@@ -6,9 +6,16 @@
 //   stages      JSON {"current":vid,"previous":vid,"pending":vid}
 //   v:<vid>     JSON {"createdAt":iso,"sealed":SealedValue}
 // Versions that lose every label are deleted: the local store keeps at most current, previous and pending.
+//
+// Durable write-ahead (SPEC, "Durable write-ahead"): a pending secret is confirmed durable before putPending returns,
+// that is before the engine changes the password downstream, so that a failover or a crash of Redis that loses the
+// master's last writes cannot lose a password already set downstream. The write and the WAIT (or WAITAOF) go in one
+// pipeline on a connection of their own: WAIT counts the acknowledgements of the connection's own last write, and in
+// a Redis Cluster the keyed write decides the node the whole pipeline goes to.
 
 import { DecryptionError, type Envelope, type SealedValue } from '../crypto/envelope.ts';
-import type { RedisClient } from '../redis/client.ts';
+import type { Durability } from '../redis/checks.ts';
+import { duplicateClient, type RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import {
   type SecretDocument,
@@ -35,7 +42,12 @@ return {stagesRaw, vid, redis.call('HGET', KEYS[1], 'v:' .. vid)}
 const PUT_PENDING = `
 local stages = cjson.decode(redis.call('HGET', KEYS[1], 'stages') or '{}')
 local token = ARGV[1]
-if redis.call('HEXISTS', KEYS[1], 'v:' .. token) == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'v:' .. token) == 1 then
+  -- Already written (by an attempt that may have failed waiting for replicas): the same value is written again, a
+  -- write of this connection that the WAIT after it waits for, so that a retry confirms the version durable too.
+  redis.call('HSET', KEYS[1], 'v:' .. token, redis.call('HGET', KEYS[1], 'v:' .. token))
+  return 0
+end
 local old = stages['pending']
 if old and old ~= token then
   stages['pending'] = nil
@@ -98,16 +110,78 @@ function stagesOf(stages: Stages, versionId: string): Stage[] {
   return STAGE_NAMES.filter((s) => stages[s] === versionId);
 }
 
+export interface LocalStoreOptions {
+  /** How a pending secret is confirmed durable before putPending returns (src/redis/checks.ts); none by default. */
+  durability?: Durability;
+  /** Name of the connection that makes durable writes (CLIENT LIST), when there is one. */
+  connectionName?: string;
+}
+
 export class LocalStore implements SecretStore {
   readonly type = 'local' as const;
   readonly #redis: RedisClient;
   readonly #keys: RedisKeys;
   readonly #envelope: Envelope;
+  readonly #durability: Durability;
+  /** The connection of durable writes: a WAIT blocks its connection, which must not be the one the API uses. */
+  #writer: RedisClient | undefined;
+  readonly #writerName: string;
 
-  constructor(redis: RedisClient, keys: RedisKeys, envelope: Envelope) {
+  constructor(redis: RedisClient, keys: RedisKeys, envelope: Envelope, options: LocalStoreOptions = {}) {
     this.#redis = redis;
     this.#keys = keys;
     this.#envelope = envelope;
+    this.#durability = options.durability ?? { mode: 'none' };
+    this.#writerName = options.connectionName ?? 'keyturn:durable-writes';
+  }
+
+  #durableWriter(): RedisClient {
+    if (!this.#writer) {
+      this.#writer = duplicateClient(this.#redis, { name: this.#writerName });
+      // Its failures reach the caller as StoreUnavailableError; the shared connection logs the same outages.
+      this.#writer.on('error', () => {});
+    }
+    return this.#writer;
+  }
+
+  /**
+   * Runs a write script and, with a durability mode, WAIT or WAITAOF on the same connection (and node) right after
+   * it; fewer acknowledgements than required fail the write with StoreUnavailableError (the rotation is retried).
+   */
+  async #durably(what: string, key: string, script: string, args: string[]): Promise<unknown> {
+    const d = this.#durability;
+    if (d.mode === 'none') return this.#redis.eval(script, 1, key, ...args);
+    const pipeline = this.#durableWriter()
+      .pipeline()
+      .eval(script, 1, key, ...args);
+    if (d.mode === 'waitaof') pipeline.call('WAITAOF', d.local, d.replicas, d.timeoutMs);
+    else pipeline.call('WAIT', d.replicas, d.timeoutMs);
+    const replies = await pipeline.exec();
+    if (!replies || replies.length < 2) throw new Error('the write pipeline was discarded');
+    const [[writeErr, written], [waitErr, acked]] = replies as [
+      [Error | null, unknown],
+      [Error | null, unknown],
+    ];
+    if (writeErr) throw writeErr;
+    if (waitErr) throw waitErr;
+    const advice =
+      'so nothing was changed downstream and the attempt is retried. Check that the replicas run and replicate (INFO replication on the master), or lower KEYTURN_REDIS_MIN_REPLICAS_ACK / raise KEYTURN_REDIS_WAIT_TIMEOUT_MS';
+    if (d.mode === 'wait') {
+      const replicas = Number(acked);
+      if (replicas < d.replicas) {
+        throw new StoreUnavailableError(
+          `Local store (Redis): ${what} was written but only ${replicas} of the ${d.replicas} replica(s) required (KEYTURN_REDIS_MIN_REPLICAS_ACK) acknowledged it within ${d.timeoutMs} ms (WAIT), ${advice}`,
+        );
+      }
+    } else {
+      const [local, replicas] = (acked as [number, number]).map(Number) as [number, number];
+      if (local < d.local || replicas < d.replicas) {
+        throw new StoreUnavailableError(
+          `Local store (Redis): ${what} was written but not confirmed durable within ${d.timeoutMs} ms (WAITAOF): fsynced on the master ${local} of ${d.local} required, on ${replicas} of the ${d.replicas} replica(s) required (KEYTURN_REDIS_MIN_REPLICAS_ACK), ${advice}`,
+        );
+      }
+    }
+    return written;
   }
 
   #key(ref: SecretRef): string {
@@ -123,7 +197,12 @@ export class LocalStore implements SecretStore {
     try {
       return await fn();
     } catch (err) {
-      if (err instanceof DecryptionError || err instanceof StoreConflictError) throw err;
+      if (
+        err instanceof DecryptionError ||
+        err instanceof StoreConflictError ||
+        err instanceof StoreUnavailableError
+      )
+        throw err;
       if (err instanceof Error && err.message.includes('NOVERSION'))
         throw new StoreConflictError(err.message);
       throw new StoreUnavailableError(`Local store (Redis) failed to ${what}: ${(err as Error).message}`, {
@@ -163,8 +242,9 @@ export class LocalStore implements SecretStore {
 
   async putPending(ref: SecretRef, token: string, value: SecretDocument): Promise<{ created: boolean }> {
     const sealed = this.#seal(ref, token, value);
+    // Returns only once the version is durable (#durably), whether this call wrote it or an earlier one did.
     const created = await this.#call('write a pending version', () =>
-      this.#redis.eval(PUT_PENDING, 1, this.#key(ref), token, sealed),
+      this.#durably('the pending secret', this.#key(ref), PUT_PENDING, [token, sealed]),
     );
     return { created: created === 1 };
   }
@@ -200,6 +280,9 @@ export class LocalStore implements SecretStore {
   }
 
   async close(): Promise<void> {
-    // The Redis connection belongs to the runtime, which closes it.
+    // The shared Redis connection belongs to the runtime, which closes it; the durable-write one is the store's.
+    const writer = this.#writer;
+    this.#writer = undefined;
+    await writer?.quit().catch(() => writer.disconnect());
   }
 }
