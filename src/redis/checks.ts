@@ -57,6 +57,14 @@ export function checkRedis(facts: RedisFacts, settings: RedisSettings, logger: L
       `KEYTURN_REDIS_MIN_REPLICAS_ACK is ${settings.minReplicasAck} but the master has ${facts.connectedReplicas} replica(s) now: local-store rotations fail (and retry) until enough replicas acknowledge`,
     );
   }
+  if (settings.topology.kind === 'sentinel' && facts.minReplicasToWrite === 0) {
+    // Sentinel promotes a replica without stopping the old master first: what the old master takes meanwhile is lost
+    // when it turns replica (test/ha/sentinel-failover.test.ts saw an accepted rotation request vanish).
+    logger.warn(
+      { topology: facts.topology },
+      'the Sentinel master has min-replicas-to-write 0: writes it accepts during a failover, after its replica was promoted, are lost; set min-replicas-to-write 1 (and min-replicas-max-lag) on the data nodes',
+    );
+  }
   const durability = durabilityFor(facts, settings);
   if (durability.mode === 'none') {
     logger.warn(

@@ -152,6 +152,8 @@ export interface RedisFacts {
   maxmemoryPolicy: string | null;
   /** Replicas connected to the master now (the smallest over a Cluster's masters). */
   connectedReplicas: number;
+  /** `min-replicas-to-write` of the master (the smallest over a Cluster's masters), or null when CONFIG is refused. */
+  minReplicasToWrite: number | null;
 }
 
 /** Why start-up could not use Redis, in one line that names the variable to check (never a password). */
@@ -255,6 +257,9 @@ export async function probeRedis(settings: RedisSettings, timeoutMs = 5000): Pro
           facts[0]?.maxmemoryPolicy ??
           null,
         connectedReplicas: Math.min(...facts.map((f) => f.connectedReplicas)),
+        minReplicasToWrite: facts.some((f) => f.minReplicasToWrite === null)
+          ? null
+          : Math.min(...facts.map((f) => f.minReplicasToWrite as number)),
       };
     }
     const f = await nodeFacts(client);
@@ -291,6 +296,7 @@ async function nodeFacts(
     appendonly: aof === undefined ? null : aof === '1',
     maxmemoryPolicy: (await config('maxmemory-policy')) ?? field('maxmemory_policy') ?? null,
     connectedReplicas: Number(field('connected_slaves') ?? 0),
+    minReplicasToWrite: ((v) => (v === null ? null : Number(v)))(await config('min-replicas-to-write')),
     clusterEnabled: field('cluster_enabled') === '1',
   };
 }
