@@ -141,18 +141,13 @@ export function installErrorHandling(app: FastifyInstance): void {
     if (error instanceof UnavailableError) {
       return sendError(reply, 503, 'unavailable', error.message);
     }
-    if (error instanceof StoreUnavailableError) {
-      request.log.error({ err: scrubError(error) }, 'secret store unavailable');
-      return sendError(
-        reply,
-        503,
-        'store_unavailable',
-        'The secret store cannot be reached; try again shortly',
-      );
-    }
-    if (isRedisUnavailable(error)) {
-      // No writable master (a failover in progress, Redis restarting): the caller retries, nothing was half-done
-      // that the protocol does not finish (every multi-key change is one script).
+    // The local store is Redis: its outage is Redis's, answered the same way.
+    if (
+      isRedisUnavailable(error) ||
+      (error instanceof StoreUnavailableError && isRedisUnavailable(error.cause))
+    ) {
+      // No writable master (a failover in progress, Redis restarting): the caller retries. A change cut between its
+      // steps is finished by its job or repaired by the reconciler (docs/architecture.md, "Writes across owners").
       request.log.warn({ err: scrubError(error) }, 'redis unavailable');
       reply.header('retry-after', '2');
       return sendError(
@@ -160,6 +155,16 @@ export function installErrorHandling(app: FastifyInstance): void {
         503,
         'unavailable',
         'Keyturn cannot reach a writable Redis right now (failover or restart in progress); retry in a few seconds',
+      );
+    }
+    if (error instanceof StoreUnavailableError) {
+      request.log.error({ err: scrubError(error) }, 'secret store unavailable');
+      reply.header('retry-after', '5');
+      return sendError(
+        reply,
+        503,
+        'store_unavailable',
+        'The secret store cannot be reached; try again shortly',
       );
     }
     // Fastify's own client errors: bad JSON, body too large, wrong content type, bad URL encoding…
