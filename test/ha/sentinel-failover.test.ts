@@ -145,6 +145,21 @@ async function rotateThrough(
 
 /** Each rotation ended once: one terminal audit event, matching its record. */
 async function checkEndedOnce(outcome: Outcome & { credential: string }): Promise<void> {
+  // Read again after the failover: a status read from the old master just before it was demoted may be one the new
+  // master never received (writes in flight are lost with it). Such a rotation is resumed from its last replicated
+  // step by its job, and must still end exactly once.
+  for (const r of outcome.rotations) {
+    const ended = await waitFor(
+      `rotation ${r.id} to be ended on the new master`,
+      async () => {
+        const res = await kt.api('GET', `/v1/rotations/${r.id}`);
+        return res.status === 200 && ['succeeded', 'failed'].includes(res.body.status) ? res.body : undefined;
+      },
+      120_000,
+      250,
+    );
+    r.status = ended.status;
+  }
   const events = (await kt.api('GET', `/v1/audit?credential=${outcome.credential}&limit=1000`)).body
     .events as any[];
   for (const r of outcome.rotations) {
