@@ -237,7 +237,7 @@ export async function loadAgentConfig(path: string): Promise<AgentConfig> {
   }
   let data: unknown;
   try {
-    data = parse(text, { prettyErrors: false, maxAliasCount: 100 });
+    data = parse(text, { maxAliasCount: 100 });
   } catch (err) {
     // The YAML parser's message quotes the offending line, which could hold anything: keep only its position.
     const pos = err instanceof YAMLError ? err.linePos?.[0] : undefined;
