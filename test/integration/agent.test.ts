@@ -6,6 +6,8 @@ import { randomBytes } from 'node:crypto';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connect } from '../../src/agent/api.ts';
+import { followEvents } from '../../src/agent/events.ts';
 import { agentDir, ENV_TEMPLATE, freePort, readEnvFile, spawnAgent } from '../support/agent.ts';
 import { agentRotations } from '../support/agent-scenario.ts';
 import {
@@ -19,6 +21,7 @@ import {
   testEnv,
   tokensFile,
   waitFor,
+  waitForRotation,
 } from '../support/harness.ts';
 import { assertNoSecretsInAgentOutput } from '../support/leaks.ts';
 
@@ -88,6 +91,53 @@ describe('keyturn agent', () => {
     expect(result.serviceLogins).toBe(result.rotations + 1);
     expect(result.reloads).toBe(result.rotations);
   }, 300_000);
+
+  it('follows /v1/events and resumes with Last-Event-ID: a rotation while the API is down arrives once, after it', async () => {
+    const { id } = await alternating();
+    const api = await connect({
+      url: served.url,
+      auth: { kind: 'token', file: dir.tokenFile },
+      healthHost: '127.0.0.1',
+      templates: [],
+    });
+    const seen: string[] = [];
+    const connected: boolean[] = [];
+    const lost: string[] = [];
+    const follower = followEvents(
+      api,
+      [id],
+      {
+        onRotation: (credential, outcome) => seen.push(`${credential} ${outcome}`),
+        onConnected: (resumed) => connected.push(resumed),
+        onContact: () => {},
+        onDisconnected: (reason) => lost.push(reason),
+      },
+      { minMs: 100, maxMs: 1000 },
+    );
+    const rotate = async () => {
+      const res = await control.api('POST', `/v1/credentials/${id}/rotate`);
+      expect((await waitForRotation(control, res.body.rotationId)).status).toBe('succeeded');
+    };
+    try {
+      await waitFor('the stream to connect', async () => connected.length === 1);
+      await rotate();
+      await waitFor('the first rotation event', async () => seen.length === 1);
+      await served.close();
+      await waitFor('the follower to notice', async () => lost.length >= 1);
+      await rotate();
+      served = await startKeyturn(servedEnv);
+      await waitFor('the missed rotation event', async () => seen.length === 2);
+      // Give a duplicate the time to show up: the resumed stream must start after the last event seen.
+      await rotate();
+      await waitFor('the next rotation event', async () => seen.length >= 3);
+      expect(seen).toEqual([`${id} succeeded`, `${id} succeeded`, `${id} succeeded`]);
+      expect(connected[0]).toBe(false);
+      expect(connected.at(-1)).toBe(true);
+    } finally {
+      follower.close();
+      api.close();
+    }
+  });
 
   it('--once renders every template with its mode and helpers, and exits 0', async () => {
     const { id } = await alternating();
