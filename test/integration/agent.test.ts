@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect } from '../../src/agent/api.ts';
 import { followEvents } from '../../src/agent/events.ts';
-import { agentDir, ENV_TEMPLATE, freePort, readEnvFile, spawnAgent } from '../support/agent.ts';
+import { agentDir, ENV_TEMPLATE, freePort, makeTestPki, readEnvFile, spawnAgent } from '../support/agent.ts';
 import { agentRotations } from '../support/agent-scenario.ts';
 import {
   canLogin,
@@ -179,6 +179,45 @@ describe('keyturn agent', () => {
       [...secrets, secret.body.password, tokens.tokens.agent as string],
       [['agent', [...once.stdout, ...once.stderr, ...again.stdout, ...again.stderr]]],
     );
+  });
+
+  it('reaches an https Keyturn that requires a client certificate, with caFile, certFile and keyFile', async (t) => {
+    const pki = makeTestPki(dir.dir);
+    if (typeof pki === 'string') {
+      console.info(`agent.test.ts: skipping the mTLS test: ${pki}`);
+      t.skip();
+      return;
+    }
+    const { id } = await alternating();
+    // A third API process on the same prefix, serving https and requiring a certificate from the test CA.
+    const tls = await startKeyturn({
+      ...env,
+      env: {
+        ...env.env,
+        KEYTURN_TLS_CERT_FILE: pki.serverCert,
+        KEYTURN_TLS_KEY_FILE: pki.serverKey,
+        KEYTURN_TLS_CLIENT_CA_FILE: pki.caCert,
+        KEYTURN_TLS_REQUIRE_CLIENT_CERT: 'true',
+      },
+    });
+    try {
+      expect(tls.url).toMatch(/^https:/);
+      const destination = join(dir.dir, 'tls.env');
+      const config = await dir.config({
+        url: tls.url,
+        tokenFile: dir.tokenFile,
+        caFile: pki.caCert,
+        certFile: pki.clientCert,
+        keyFile: pki.clientKey,
+        templates: [{ credential: id, destination, template: ENV_TEMPLATE }],
+      });
+      const once = spawnAgent(config, ['--once']);
+      expect(await once.exited, once.stderr.join('\n')).toBe(0);
+      const file = await readEnvFile(destination);
+      expect(await canLogin(file?.PGUSER ?? '', file?.PGPASSWORD ?? '')).toBe(true);
+    } finally {
+      await tls.close();
+    }
   });
 
   it('--once exits non-zero when Keyturn cannot be reached, and leaves no file', async () => {
