@@ -28,8 +28,16 @@ export interface SecretRead {
 export interface KeyturnConnection {
   readonly url: string;
   bearer(): Promise<string>;
-  /** Opens a GET and hands back the response (status and body not read yet). */
-  get(path: string, headers?: Record<string, string>, signal?: AbortSignal): Promise<IncomingMessage>;
+  /**
+   * Opens a GET and hands back the response (status and body not read yet). `idleMs`: the socket is dropped after
+   * that long without a byte (30 s; an event stream, which gets a heartbeat every 15 s by default, passes more).
+   */
+  get(
+    path: string,
+    headers?: Record<string, string>,
+    signal?: AbortSignal,
+    idleMs?: number,
+  ): Promise<IncomingMessage>;
   readSecret(credential: string): Promise<SecretRead>;
   close(): void;
 }
@@ -78,7 +86,12 @@ export async function connect(
     return token;
   };
 
-  const get = async (path: string, headers: Record<string, string> = {}, signal?: AbortSignal) => {
+  const get = async (
+    path: string,
+    headers: Record<string, string> = {},
+    signal?: AbortSignal,
+    idleMs = 30_000,
+  ) => {
     const token = await bearer();
     const target = new URL(`${url.pathname.replace(/\/+$/, '')}${path}`, url);
     return new Promise<IncomingMessage>((resolve, reject) => {
@@ -89,11 +102,11 @@ export async function connect(
           agent,
           headers: { authorization: `Bearer ${token}`, accept: 'application/json', ...headers },
           ...(signal ? { signal } : {}),
-          timeout: 30_000,
+          timeout: idleMs,
         },
         resolve,
       );
-      req.once('timeout', () => req.destroy(new Error('no answer within 30s')));
+      req.once('timeout', () => req.destroy(new Error(`nothing received for ${idleMs / 1000}s`)));
       req.once('error', (err: NodeJS.ErrnoException) =>
         reject(
           new AgentApiError(

@@ -48,6 +48,9 @@ export function followEvents(
         `/v1/events${query}`,
         { accept: 'text/event-stream', ...(lastEventId ? { 'last-event-id': lastEventId } : {}) },
         abort.signal,
+        // Keyturn's heartbeat is 15 s by default (KEYTURN_EVENTS_HEARTBEAT_MS, at most 300 s): a stream silent for
+        // longer than that is dead (a half-open connection) and is opened again.
+        310_000,
       );
     } catch (err) {
       return (err as Error).message;
