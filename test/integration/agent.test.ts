@@ -4,7 +4,10 @@
 // unknown credential and a refused token: one line on stderr and a non-zero exit.
 import { randomBytes } from 'node:crypto';
 import { readFile, stat, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect } from '../../src/agent/api.ts';
 import { followEvents } from '../../src/agent/events.ts';
@@ -217,6 +220,74 @@ describe('keyturn agent', () => {
       expect(await canLogin(file?.PGUSER ?? '', file?.PGPASSWORD ?? '')).toBe(true);
     } finally {
       await tls.close();
+    }
+  });
+
+  it('jwtFile: a Kubernetes service-account token, sent as the bearer and mapped to a reader by Keyturn', async () => {
+    const { id } = await alternating();
+    // A local issuer standing in for the cluster's: its JWKS, and a token with a service account's claims.
+    const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true });
+    const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
+    const idp = createServer((req, res) => {
+      if (req.url === '/jwks')
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: [jwk] }));
+      else res.writeHead(404).end();
+    });
+    await new Promise<void>((resolve) => idp.listen(0, '127.0.0.1', resolve));
+    const issuer = `http://127.0.0.1:${(idp.address() as AddressInfo).port}`;
+    const sub = 'system:serviceaccount:payments:payments-api';
+    const tokensYaml = join(dir.dir, 'jwt-tokens.yaml');
+    await writeFile(
+      tokensYaml,
+      [
+        'jwt:',
+        `  - issuer: ${issuer}`,
+        '    audience: keyturn',
+        `    jwksUrl: ${issuer}/jwks`,
+        '    algorithms: [ES256]',
+        '    rules:',
+        `      - {match: {sub: "${sub}"}, roles: [reader], credentials: ["${id}"]}`,
+        '',
+      ].join('\n'),
+    );
+    const jwt = await new SignJWT({ 'kubernetes.io': { namespace: 'payments' } })
+      .setProtectedHeader({ alg: 'ES256', kid: 'k1', typ: 'JWT' })
+      .setIssuer(issuer)
+      .setAudience('keyturn')
+      .setSubject(sub)
+      .setIssuedAt()
+      .setExpirationTime('10m')
+      .sign(privateKey);
+    const jwtFile = join(dir.dir, 'sa-token');
+    await writeFile(jwtFile, jwt);
+    const kt = await startKeyturn({ ...env, env: { ...env.env, KEYTURN_TOKENS_FILE: tokensYaml } });
+    try {
+      const destination = join(dir.dir, 'jwt.env');
+      const config = await dir.config({
+        url: kt.url,
+        jwtFile,
+        templates: [{ credential: id, destination, template: ENV_TEMPLATE }],
+      });
+      const once = spawnAgent(config, ['--once']);
+      expect(await once.exited, once.stderr.join('\n')).toBe(0);
+      const file = await readEnvFile(destination);
+      expect(await canLogin(file?.PGUSER ?? '', file?.PGPASSWORD ?? '')).toBe(true);
+      assertNoSecretsInAgentOutput(
+        [jwt, file?.PGPASSWORD ?? ''],
+        [['agent', [...once.stdout, ...once.stderr]]],
+      );
+
+      // A token the issuer did not sign: refused at start, naming jwtFile.
+      await writeFile(jwtFile, `${jwt.slice(0, -4)}AAAA`);
+      const refused = spawnAgent(config, ['--once']);
+      expect(await refused.exited).toBe(1);
+      expect(refused.stderr).toEqual([
+        'keyturn agent: Keyturn refused the token in jwtFile (401): is it the right one, and not expired?',
+      ]);
+    } finally {
+      await kt.close();
+      idp.closeAllConnections();
+      await new Promise((resolve) => idp.close(resolve));
     }
   });
 
