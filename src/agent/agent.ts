@@ -138,7 +138,10 @@ export class KeyturnAgent {
   follow(): void {
     const api = this.#api;
     if (!api) throw new Error('start() first');
-    for (const state of this.#credentials.values()) this.#schedule(state, this.#nextPollMs(state));
+    for (const state of this.#credentials.values()) {
+      const unwritten = state.version === undefined || state.templates.some((t) => t.error !== undefined);
+      this.#schedule(state, unwritten ? this.#options.retry.minMs : this.#nextPollMs(state));
+    }
     this.#events = followEvents(
       api,
       [...this.#credentials.keys()],
@@ -203,9 +206,16 @@ export class KeyturnAgent {
     let next: number;
     try {
       const read = await this.#api!.readSecret(state.id);
-      state.failures = 0;
-      await this.#apply(state, read);
-      next = read.maxAgeSeconds === 0 ? this.#options.minPollMs : this.#nextPollMs(state, read.maxAgeSeconds);
+      const failed = await this.#apply(state, read);
+      if (failed > 0) {
+        // A file that could not be written (a full disk, a missing directory): soon again, not at max-age.
+        next = backoffDelay(state.failures, this.#options.retry);
+        state.failures += 1;
+      } else {
+        state.failures = 0;
+        next =
+          read.maxAgeSeconds === 0 ? this.#options.minPollMs : this.#nextPollMs(state, read.maxAgeSeconds);
+      }
     } catch (err) {
       next = backoffDelay(state.failures, this.#options.retry);
       state.failures += 1;

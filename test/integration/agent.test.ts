@@ -3,7 +3,7 @@
 // alternating-users rotations with an API outage half-way (about 15 s here). Then --once, bad configurations, an
 // unknown credential and a refused token: one line on stderr and a non-zero exit.
 import { randomBytes } from 'node:crypto';
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -426,6 +426,37 @@ describe('keyturn agent', () => {
     } finally {
       await otherDir.remove();
       await badDir.remove();
+    }
+  });
+
+  it('a file that cannot be written yet is tried again until it can be, then reloaded', async () => {
+    const { id } = await alternating();
+    const later = join(dir.dir, `later-${randomBytes(3).toString('hex')}`);
+    const marker = join(dir.dir, `reloaded-${randomBytes(3).toString('hex')}`);
+    const config = await dir.config({
+      url: served.url,
+      tokenFile: dir.tokenFile,
+      templates: [
+        {
+          credential: id,
+          destination: join(later, 'db.env'),
+          template: '{{version}}',
+          command: ['touch', marker],
+        },
+      ],
+    });
+    const agent = spawnAgent(config);
+    try {
+      await waitFor('the failed write to be logged', async () =>
+        agent.stdout.some((l) => l.includes('agent: rendering failed') && l.includes('ENOENT')),
+      );
+      await mkdir(later);
+      await waitFor('the file to be written', async () => (await stat(join(later, 'db.env'))).isFile());
+      await waitFor('the reload command to run', async () => (await stat(marker)).isFile());
+      const secret = await control.api('GET', `/v1/credentials/${id}/secret`);
+      expect(await readFile(join(later, 'db.env'), 'utf8')).toBe(secret.body.version);
+    } finally {
+      expect(await agent.kill('SIGTERM')).toBe(0);
     }
   });
 
