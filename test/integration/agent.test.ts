@@ -27,6 +27,7 @@ import {
   waitForRotation,
 } from '../support/harness.ts';
 import { assertNoSecretsInAgentOutput } from '../support/leaks.ts';
+import { openSse } from '../support/sse.ts';
 
 let tokens: Awaited<ReturnType<typeof tokensFile>>;
 let env: TestEnv;
@@ -457,6 +458,46 @@ describe('keyturn agent', () => {
       expect(await readFile(join(later, 'db.env'), 'utf8')).toBe(secret.body.version);
     } finally {
       expect(await agent.kill('SIGTERM')).toBe(0);
+    }
+  });
+
+  it("polls at the secret's max-age when it cannot follow events: a rotation still reaches the file", async () => {
+    const { id } = await alternating();
+    // An API that serves one event stream, taken by someone else, and caches secrets for 2 s at most.
+    const kt = await startKeyturn({
+      ...env,
+      env: { ...env.env, KEYTURN_EVENTS_MAX_CLIENTS: '1', KEYTURN_SECRET_MAX_AGE: '2s' },
+    });
+    const taken = await openSse(`${kt.url}/v1/events`, {
+      headers: { authorization: `Bearer ${env.adminToken}` },
+    });
+    const destination = join(dir.dir, `poll-${randomBytes(3).toString('hex')}.env`);
+    const agent = spawnAgent(
+      await dir.config({
+        url: kt.url,
+        tokenFile: dir.tokenFile,
+        templates: [{ credential: id, destination, template: ENV_TEMPLATE }],
+      }),
+    );
+    try {
+      expect(taken.status).toBe(200);
+      await waitFor('the agent to render', async () => (await readEnvFile(destination))?.KEYTURN_VERSION);
+      await waitFor('the event stream to be refused', async () =>
+        agent.stdout.some((l) => l.includes('event stream lost') && l.includes('answered 503')),
+      );
+      const res = await control.api('POST', `/v1/credentials/${id}/rotate`);
+      const rotation = await waitForRotation(control, res.body.rotationId);
+      expect(rotation.status).toBe('succeeded');
+      const secret = await control.api('GET', `/v1/credentials/${id}/secret`);
+      await waitFor(
+        'the poll to bring the new version',
+        async () => (await readEnvFile(destination))?.KEYTURN_VERSION === secret.body.version,
+      );
+      expect(agent.stdout.some((l) => l.includes('following rotation events'))).toBe(false);
+    } finally {
+      expect(await agent.kill('SIGTERM')).toBe(0);
+      await taken.close();
+      await kt.close();
     }
   });
 
