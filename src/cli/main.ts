@@ -2,6 +2,7 @@
 // waits on show their progress: `keyturn rotate` prints each step as the workers complete it.
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
+import { addAgentCommand } from './agent.ts';
 import { addAuditCommands } from './audit.ts';
 import { ApiClientError, KeyturnClient } from './client.ts';
 import { addTokenCommands } from './token.ts';
@@ -216,6 +217,9 @@ addAuditCommands(program, {
   json: () => Boolean(globals().json),
   fail,
 });
+
+// Files rendered from credentials, and the reload of the service that reads them (src/agent).
+addAgentCommand(program);
 
 // Offline: make a token and its entry for the tokens file, or hash one made elsewhere.
 addTokenCommands(program);

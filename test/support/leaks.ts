@@ -120,3 +120,23 @@ export function assertNoSecrets(
     }
   }
 }
+
+/**
+ * The agent's output (its JSON log lines, its stderr, and what a reload command printed) against every password it
+ * rendered and the token it sent: none may appear, in any form assertNoSecrets knows. The token is checked too.
+ */
+export function assertNoSecretsInAgentOutput(
+  secrets: Iterable<string>,
+  places: ReadonlyArray<readonly [string, readonly string[]]>,
+): void {
+  const all = [...secrets];
+  if (all.length < 2) throw new Error('an agent leak check needs the token and at least one password');
+  assertNoSecrets(all, places);
+  // A redacted field is fine; a field named like a secret holding anything else is not.
+  for (const [where, lines] of places) {
+    for (const line of lines) {
+      if (/"(password|token|authorization)":"(?!\[redacted\])/i.test(line))
+        throw new Error(`a secret-named field appears in the ${where}: ${line.slice(0, 200)}…`);
+    }
+  }
+}
