@@ -240,8 +240,12 @@ describe.skipIf(unavailable !== undefined)('rotation on MySQL/MariaDB', () => {
       250,
     );
     expect(await canLogin(s2.username, s2.password)).toBe(true);
-    const audit = await kt.api('GET', `/v1/audit?credential=${id}&action=credential.previous_revoked`);
-    expect(audit.body.events).toHaveLength(1);
+    // The user's password changes downstream a moment before the revocation's record and audit event are committed.
+    const revoked = await waitFor('the revocation to be audited', async () => {
+      const audit = await kt.api('GET', `/v1/audit?credential=${id}&action=credential.previous_revoked`);
+      return audit.body.events.length > 0 ? audit.body.events : undefined;
+    });
+    expect(revoked).toHaveLength(1);
   });
 
   it('imports a working password without rotating it, and refuses a wrong one with 422', async () => {

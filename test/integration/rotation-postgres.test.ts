@@ -178,8 +178,12 @@ describe('alternating-users on PostgreSQL', () => {
       250,
     );
     expect(await canLogin(s2.username, s2.password)).toBe(true);
-    const audit = await kt.api('GET', `/v1/audit?credential=${id}&action=credential.previous_revoked`);
-    expect(audit.body.events).toHaveLength(1);
+    // The user's password changes downstream a moment before the revocation's record and audit event are committed.
+    const revoked = await waitFor('the revocation to be audited', async () => {
+      const audit = await kt.api('GET', `/v1/audit?credential=${id}&action=credential.previous_revoked`);
+      return audit.body.events.length > 0 ? audit.body.events : undefined;
+    });
+    expect(revoked).toHaveLength(1);
 
     // A third rotation goes back to the clone with a new password.
     const third = await kt.api('POST', `/v1/credentials/${id}/rotate`);
