@@ -63,7 +63,7 @@ describe('Redis topologies', () => {
 
   it('refuses two topologies at once, naming the variables', () => {
     const p = problems({ REDIS_URL: 'redis://:pw@h:6379', REDIS_CLUSTER_HOSTS: 'a:1' });
-    expect(p.join('\n')).toMatch(/REDIS_URL and REDIS_CLUSTER_HOSTS are all set: Keyturn uses exactly one/);
+    expect(p.join('\n')).toMatch(/REDIS_URL and REDIS_CLUSTER_HOSTS are both set: Keyturn uses exactly one/);
     const three = problems({
       REDIS_URL: 'redis://h',
       REDIS_SENTINEL_HOSTS: 'a:1',
