@@ -46,7 +46,7 @@ export interface SyncSettings {
   lockMs: number;
 }
 
-type Outcome = { ok: true; result: SyncResult } | { ok: false; error: Error };
+type Outcome = { ok: true; result: SyncResult } | { ok: false; error: { message: string }; reason: string };
 
 export interface SyncDeps {
   connection: RedisClient;
@@ -165,7 +165,12 @@ export class SyncService {
       const target = targets[spec.type] as SyncTarget<SyncSpec>;
       const outcome: Outcome = await target.push(spec, payload, oracle).then(
         (result) => ({ ok: true as const, result }),
-        (error: unknown) => ({ ok: false as const, error: scrubError(error, secrets) as Error }),
+        (error: unknown) => ({
+          ok: false as const,
+          // Scrubbed before anything keeps it: a message must never carry the password it failed to push.
+          error: scrubError(error, secrets),
+          reason: error instanceof SyncError ? error.reason : 'unavailable',
+        }),
       );
       const where = { type: spec.type, namespace: spec.namespace, name: spec.name };
       if (outcome.ok) {
@@ -195,7 +200,7 @@ export class SyncService {
         );
         continue;
       }
-      const reason = outcome.error instanceof SyncError ? outcome.error.reason : 'unavailable';
+      const { reason } = outcome;
       this.#deps.observer?.syncEnded(spec.type, reason.replace('-', '_'));
       failed.push(index);
       this.#log.warn(
@@ -204,7 +209,7 @@ export class SyncService {
           version: payload.versionId,
           ...where,
           attempt: options.attempt,
-          err: { name: outcome.error.name, message: outcome.error.message },
+          err: { message: outcome.error.message },
         },
         options.last
           ? 'sync failed and gives up; the rotation stands, the next rotation pushes again'

@@ -76,13 +76,14 @@ const KEY = /^[-._a-zA-Z0-9]{1,253}$/;
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
 class StatusError extends Error {
-  constructor(
-    readonly code: number,
-    readonly reason: string,
-    message: string,
-    readonly details?: Json,
-  ) {
+  readonly code: number;
+  readonly reason: string;
+  readonly details: Json | undefined;
+  constructor(code: number, reason: string, message: string, details?: Json) {
     super(message);
+    this.code = code;
+    this.reason = reason;
+    this.details = details;
   }
 }
 
