@@ -41,6 +41,8 @@ import { AwsStore } from './stores/aws-store.ts';
 import { StoreSet } from './stores/index.ts';
 import { LocalStore } from './stores/local-store.ts';
 import { VaultStore } from './stores/vault-store.ts';
+import { syncTargets } from './sync/index.ts';
+import { SyncService } from './sync/sync-jobs.ts';
 import { TARGET_DRIVERS } from './targets/index.ts';
 
 export interface RuntimeOptions {
@@ -146,6 +148,25 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   };
   const queues = new Queues(queueRedis, queueSettings, registry);
   engine.hooks = queues;
+  // Kubernetes Secret sync (src/sync): queued by the engine when a version starts to work, pushed by the workers.
+  const syncTargetMap = syncTargets(config);
+  const sync = new SyncService({
+    connection: queueRedis,
+    settings: {
+      prefix: keys.queuePrefix(),
+      backoffMs: config.rotation.backoffMs,
+      attempts: 12,
+      lockMs: config.rotation.leaseMs,
+    },
+    registry,
+    rotations,
+    stores,
+    audit,
+    targets: syncTargetMap,
+    logger,
+    observer: metrics,
+  });
+  engine.secretObserver = sync;
   const leases = new LeaseService({
     registry,
     repo: new LeaseRepo(redis, keys),
@@ -179,6 +200,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     downstreamTimeoutMs: config.rotation.downstreamTimeoutMs,
     ...(tokens ? { readerBindings: readerBindings(tokens) } : {}),
     importFailures: config.importFailures,
+    sync: { targets: syncTargetMap, service: sync },
   });
   const clock = options.clock ?? systemClock;
   // Workers sign checkpoints (the sealer); the API needs only the public keys.
@@ -306,6 +328,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     sealer,
     async start() {
       if (workers) await workers.start();
+      if (workers) await sync.start();
       sealer?.start();
       return app.listen({ port: config.port, host: config.host });
     },
@@ -315,6 +338,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
       await app.close().catch((err) => logger.error({ err }, 'closing the API failed'));
       await workers?.close().catch((err) => logger.error({ err }, 'closing the workers failed'));
       await sealer?.close().catch((err) => logger.error({ err }, 'closing the audit sealer failed'));
+      await sync.close().catch((err) => logger.error({ err }, 'closing the sync worker failed'));
       await queues.close().catch(() => {});
       await stores.close().catch(() => {});
       await Promise.all([redis.quit().catch(() => {}), queueRedis.quit().catch(() => {})]);

@@ -143,6 +143,46 @@ export const PasswordPolicySchema = Type.Object(
   { additionalProperties: false },
 );
 
+// Kubernetes names (SPEC, "Kubernetes sync"): a namespace is a DNS-1123 label, a Secret or Deployment name a DNS-1123
+// subdomain, a Secret data key letters, digits, "-", "_" and "." (not "." or ".." alone), as the API server checks.
+const DNS1123_LABEL = '^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$';
+const DNS1123_SUBDOMAIN_BODY =
+  '(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*';
+const SECRET_KEY = Type.String({
+  pattern: '^(?!\\.{1,2}$)[-._a-zA-Z0-9]{1,253}$',
+  description: 'A Secret data key: letters, digits, "-", "_" and "."',
+});
+export const SyncSchema = Type.Object(
+  {
+    type: Type.Literal('kubernetes'),
+    namespace: Type.String({ pattern: DNS1123_LABEL, description: 'A DNS-1123 label' }),
+    name: Type.String({ pattern: `^${DNS1123_SUBDOMAIN_BODY}$`, description: 'A DNS-1123 subdomain' }),
+    keys: Type.Optional(
+      Type.Object(
+        {
+          username: Type.Optional(SECRET_KEY),
+          password: Type.Optional(SECRET_KEY),
+          host: Type.Optional(SECRET_KEY),
+          port: Type.Optional(SECRET_KEY),
+          database: Type.Optional(SECRET_KEY),
+        },
+        { additionalProperties: false, minProperties: 1 },
+      ),
+    ),
+    rolloutRestart: Type.Optional(
+      Type.Array(
+        Type.String({
+          pattern: `^deployment/${DNS1123_SUBDOMAIN_BODY}$`,
+          description: '"deployment/<name>" in the same namespace',
+        }),
+        { maxItems: 16, uniqueItems: true },
+      ),
+    ),
+  },
+  { additionalProperties: false },
+);
+const SyncList = Type.Array(SyncSchema, { maxItems: 8 });
+
 export const CreateCredentialBody = Type.Object(
   {
     id: Id,
@@ -163,6 +203,7 @@ export const CreateCredentialBody = Type.Object(
           "alternating-users: take over an existing <username>_clone that Keyturn did not create (its memberships, grants or ACL rules must match the user's: 409 clone_access_differs otherwise). Without it such a clone is refused (409 clone_exists); a clone Keyturn labelled for this credential id needs no adoptClone",
       }),
     ),
+    sync: Type.Optional(SyncList),
   },
   { additionalProperties: false },
 );
@@ -175,6 +216,7 @@ export const PatchCredentialBody = Type.Object(
     maxAgeDays: Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 3650 }), Type.Null()])),
     gracePeriod: Type.Optional(Type.Union([Duration, Type.Null()])),
     labels: Type.Optional(Labels),
+    sync: Type.Optional(Type.Union([SyncList, Type.Null()])),
   },
   { additionalProperties: false, minProperties: 1 },
 );

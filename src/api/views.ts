@@ -19,6 +19,7 @@ export function credentialView(credential: Credential, now = Date.now()) {
     maxAgeDays: spec.maxAgeDays ?? null,
     gracePeriod: spec.gracePeriod ?? null,
     labels: spec.labels,
+    sync: spec.sync ?? [],
     status: state.status,
     version: state.version ?? null,
     activeUsername: state.activeUsername ?? null,

@@ -2,6 +2,8 @@
 // message per bad variable, so that an operator fixes everything in one pass. Nothing secret is ever echoed:
 // for secret variables the message names the variable and the rule, never the value.
 import { Buffer } from 'node:buffer';
+import { existsSync } from 'node:fs';
+import { delimiter } from 'node:path';
 import { parseSigningKey } from '../audit/signing.ts';
 import { NOTIFICATION_EVENTS, type NotificationEvent } from '../notifications/types.ts';
 import { parseDuration } from '../scheduling/schedule.ts';
@@ -95,6 +97,13 @@ export interface KeyturnConfig {
         credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
       }
     | undefined;
+  /**
+   * Where Kubernetes Secret sync (src/sync/kubernetes) reaches the API server: the files of KUBECONFIG, else the pod's
+   * service account (KUBERNETES_SERVICE_HOST set, as in every pod); undefined when neither, and then a credential
+   * that asks for a Kubernetes sync is refused (422). ~/.kube/config is not read implicitly: a server must not pick
+   * up whichever cluster a person's shell last pointed at.
+   */
+  kubernetes: { kubeconfig: string[] } | { inCluster: true } | undefined;
   /** GET /v1/events, the server-sent stream of rotation events. */
   events: {
     /** How often an idle stream gets a keep-alive comment, so that proxies do not cut it. */
@@ -377,6 +386,18 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
   }
 
   const failpoints = env.KEYTURN_FAILPOINTS?.trim() ?? '';
+  let kubernetes: KeyturnConfig['kubernetes'];
+  const kubeconfig = (env.KUBECONFIG ?? '').split(delimiter).filter(Boolean);
+  if (kubeconfig.length > 0) {
+    const missing = kubeconfig.filter((file) => !existsSync(file));
+    if (missing.length > 0) {
+      problems.push(`KUBECONFIG names files that do not exist: ${missing.join(', ')}`);
+    }
+    kubernetes = { kubeconfig };
+  } else if (env.KUBERNETES_SERVICE_HOST?.trim()) {
+    kubernetes = { inCluster: true };
+  }
+
   if (failpoints && production) {
     problems.push('KEYTURN_FAILPOINTS is a test facility and is refused when NODE_ENV=production');
   }
@@ -418,6 +439,7 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
     leases,
     vault,
     aws,
+    kubernetes,
     events: {
       heartbeatMs: int('KEYTURN_EVENTS_HEARTBEAT_MS', 15_000, 100, 300_000),
       maxClients: int('KEYTURN_EVENTS_MAX_CLIENTS', 1000, 1, 100_000),

@@ -29,9 +29,9 @@ import type { Registry } from '../registry/registry.ts';
 import {
   changesCredential,
   compareStreamIds,
-  type RotationEvent,
   rotationEventOf,
   STREAM_START,
+  type StreamEvent,
   sseComment,
   sseEvent,
   sseId,
@@ -198,7 +198,7 @@ export class EventHub {
   }
 
   async #deliver(entries: Array<[string, string[]]>): Promise<void> {
-    const events: RotationEvent[] = [];
+    const events: StreamEvent[] = [];
     for (const [id, fields] of entries) {
       const audit = this.#decode(id, fields);
       if (!audit) continue;
@@ -279,7 +279,7 @@ export class EventHub {
         [string, string[]]
       >;
       if (subscriber.ended) return false;
-      const events: RotationEvent[] = [];
+      const events: StreamEvent[] = [];
       for (const [id, fields] of batch) {
         const audit = this.#decode(id, fields);
         const event = audit && rotationEventOf(audit);
@@ -344,7 +344,7 @@ export class Subscriber {
   /** The last id this client was given (an event's or an id-only message's): nothing at or before it is sent. */
   #lastId = STREAM_START;
   #replaying = true;
-  #queued: RotationEvent[] = [];
+  #queued: StreamEvent[] = [];
   #ended = false;
   /** Rotation events written. */
   sent = 0;
@@ -394,7 +394,7 @@ export class Subscriber {
   }
 
   /** Whether this subscriber may see the event: the credential filter, then the principal's access. */
-  sees(event: RotationEvent, labels: Labels | null | undefined): boolean {
+  sees(event: StreamEvent, labels: Labels | null | undefined): boolean {
     if (this.#filter && !this.#filter(event.credential)) return false;
     if (this.#unbound) return true;
     // A reader: bound by id, glob or label to a credential that still exists.
@@ -403,7 +403,7 @@ export class Subscriber {
   }
 
   /** A live event from the follower. */
-  offer(event: RotationEvent, labels: Labels | null | undefined): void {
+  offer(event: StreamEvent, labels: Labels | null | undefined): void {
     if (this.#ended || !this.sees(event, labels)) return;
     if (!this.#replaying) {
       this.send(event);
@@ -413,7 +413,7 @@ export class Subscriber {
     if (this.#queued.length > MAX_QUEUED_WHILE_REPLAYING) this.end('too many events while replaying');
   }
 
-  send(event: RotationEvent): void {
+  send(event: StreamEvent): void {
     if (compareStreamIds(event.id, this.#lastId) <= 0) return;
     this.#lastId = event.id;
     this.sent++;

@@ -18,8 +18,45 @@ export interface RotationEvent {
   time: string;
 }
 
-/** The rotation event an audit event stands for, or undefined for every other audit event. */
-export function rotationEventOf(event: AuditEvent): RotationEvent | undefined {
+/**
+ * A push of a version to a sync destination (src/sync), from the audit stream's `credential.synced` and
+ * `credential.sync_failed`: sent as `event: sync`, so that a client that only listens for `rotation` is unaffected.
+ * The error is left out, as it is from rotation events.
+ */
+export interface SyncEvent {
+  id: string;
+  credential: string;
+  version: string | null;
+  outcome: 'synced' | 'failed';
+  sync: { type: string; namespace: string | null; name: string | null };
+  time: string;
+}
+
+/** What the stream sends: rotations, and the pushes that follow them. */
+export type StreamEvent = RotationEvent | SyncEvent;
+
+const isSync = (event: StreamEvent): event is SyncEvent => 'sync' in event;
+
+/** The stream event an audit event stands for, or undefined for every other audit event. */
+export function rotationEventOf(event: AuditEvent): StreamEvent | undefined {
+  if (
+    (event.action === 'credential.synced' || event.action === 'credential.sync_failed') &&
+    event.credential
+  ) {
+    const text = (value: unknown) => (typeof value === 'string' ? value : null);
+    return {
+      id: event.id,
+      credential: event.credential,
+      version: text(event.details?.version),
+      outcome: event.action === 'credential.synced' ? 'synced' : 'failed',
+      sync: {
+        type: text(event.details?.type) ?? 'unknown',
+        namespace: text(event.details?.namespace),
+        name: text(event.details?.name),
+      },
+      time: event.time,
+    };
+  }
   if (event.action !== 'rotation.succeeded' && event.action !== 'rotation.failed') return undefined;
   if (!event.credential || !event.rotation) return undefined;
   const succeeded = event.action === 'rotation.succeeded';
@@ -37,6 +74,7 @@ export function rotationEventOf(event: AuditEvent): RotationEvent | undefined {
 
 /** Audit actions after which a credential's labels (which reader bindings may match) must be read again. */
 export function changesCredential(event: AuditEvent): boolean {
+  if (event.action === 'credential.synced' || event.action === 'credential.sync_failed') return false;
   return event.action.startsWith('credential.') && event.credential !== undefined;
 }
 
@@ -60,9 +98,9 @@ export function sseEvent(type: string, data: unknown, id?: string): string {
   return `${id === undefined ? '' : `id: ${id}\n`}event: ${type}\ndata: ${JSON.stringify(data)}\n\n`;
 }
 
-export function sseRotation(event: RotationEvent): string {
+export function sseRotation(event: StreamEvent): string {
   const { id, ...data } = event;
-  return sseEvent('rotation', data, id);
+  return sseEvent(isSync(event) ? 'sync' : 'rotation', data, id);
 }
 
 export function sseComment(text: string): string {

@@ -16,6 +16,7 @@ import { type Clock, systemClock } from '../clock.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { Credential, CredentialStatus } from '../registry/types.ts';
 import type { RotationEnd, RotationObserver } from '../rotation/engine.ts';
+import type { SyncObserver } from '../sync/sync-jobs.ts';
 
 /** What a queue must answer for the depth gauge: BullMQ's Queue does. */
 export interface CountedQueue {
@@ -76,7 +77,7 @@ async function bounded<T>(what: string, work: Promise<T>): Promise<T> {
   }
 }
 
-export class Metrics implements RotationObserver {
+export class Metrics implements RotationObserver, SyncObserver {
   readonly registry = new Registry();
   readonly #log: Logger;
   readonly #rotations: Counter<'outcome' | 'target'>;
@@ -84,6 +85,8 @@ export class Metrics implements RotationObserver {
   readonly #auditAppendSeconds: Histogram;
   readonly #httpRequests: Counter<'method' | 'route' | 'status_class'>;
   readonly #httpSeconds: Histogram<'method' | 'route' | 'status_class'>;
+  readonly #syncs: Counter<'type' | 'result'>;
+  readonly #syncConflicts: Counter<'type'>;
 
   constructor(options: MetricsOptions) {
     const { sources } = options;
@@ -128,6 +131,22 @@ export class Metrics implements RotationObserver {
       buckets: HTTP_BUCKETS,
       registers,
     });
+    this.#syncs = new Counter({
+      name: 'keyturn_sync_total',
+      help: 'Pushes of a credential version to a sync destination (Kubernetes Secret) in this process, by type and result: created, replaced, unchanged, kept_newer, superseded, or the failure (forbidden, not_found, not_keyturns, unauthorized, unavailable, conflict).',
+      labelNames: ['type', 'result'],
+      registers,
+    });
+    for (const result of ['created', 'replaced', 'forbidden', 'not_found', 'unavailable']) {
+      this.#syncs.inc({ type: 'kubernetes', result }, 0);
+    }
+    this.#syncConflicts = new Counter({
+      name: 'keyturn_sync_conflicts_total',
+      help: 'Optimistic-concurrency conflicts (409) a push met and resolved by reading the destination again, by type.',
+      labelNames: ['type'],
+      registers,
+    });
+    this.#syncConflicts.inc({ type: 'kubernetes' }, 0);
     const sourceErrors = new Counter({
       name: 'keyturn_metrics_source_errors_total',
       help: 'Scrapes in which a computed series could not be read (Redis away or slow); the series is then absent.',
@@ -208,6 +227,15 @@ export class Metrics implements RotationObserver {
   rotationEnded(end: RotationEnd): void {
     this.#rotations.inc({ outcome: end.outcome, target: end.target });
     this.#rotationSeconds.observe({ outcome: end.outcome, target: end.target }, end.seconds);
+  }
+
+  /** SyncObserver: one push to one destination ended. */
+  syncEnded(type: string, result: string): void {
+    this.#syncs.inc({ type, result });
+  }
+
+  syncConflicts(type: string, count: number): void {
+    this.#syncConflicts.inc({ type }, count);
   }
 
   /** AuditLog.onAppendLatency. */

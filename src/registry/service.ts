@@ -15,6 +15,7 @@ import type { Queues } from '../scheduling/queues.ts';
 import { parseDuration, validateSchedule } from '../scheduling/schedule.ts';
 import { connectionAdminRef, credentialSecretRef, type StoreSet, secretDocument } from '../stores/index.ts';
 import type { SecretDocument } from '../stores/types.ts';
+import { type SyncTargets, syncProblems } from '../sync/index.ts';
 import { TARGET_DRIVERS, targetDriver } from '../targets/index.ts';
 import { TargetRefusedError, type TargetSession } from '../targets/types.ts';
 import {
@@ -32,6 +33,7 @@ import type {
   CredentialState,
   Schedule,
   StoreSpec,
+  SyncSpec,
   TlsSpec,
 } from './types.ts';
 import { cloneUsername } from './types.ts';
@@ -76,6 +78,7 @@ export interface CredentialInput {
   currentPassword?: string;
   /** alternating-users: adopt an existing `<username>_clone` Keyturn did not create, if its access matches. */
   adoptClone?: boolean;
+  sync?: SyncSpec[];
 }
 
 export interface CredentialPatch {
@@ -84,6 +87,8 @@ export interface CredentialPatch {
   maxAgeDays?: number | null;
   gracePeriod?: string | null;
   labels?: Record<string, string>;
+  /** Replaces the sync destinations; null or [] removes them (the Secrets already written stay). */
+  sync?: SyncSpec[] | null;
 }
 
 /** Who asks for a change, as far as the registry needs to know: the audit name, and whether they hold the admin role. */
@@ -133,6 +138,12 @@ export function sortedJson(record: Record<string, unknown>): string {
   return JSON.stringify(Object.fromEntries(Object.entries(record).sort(([a], [b]) => a.localeCompare(b))));
 }
 
+/** What the registry needs of the sync layer: the destinations' checks, and a push of the version now working. */
+export interface RegistrySync {
+  targets: SyncTargets;
+  service: { secretChanged(credential: Credential, versionId: string): Promise<void> };
+}
+
 export class RegistryService {
   readonly #registry: Registry;
   readonly #stores: StoreSet;
@@ -144,6 +155,7 @@ export class RegistryService {
   readonly #timeoutMs: number;
   readonly #readerBindings: ReaderBinding[];
   readonly #importFailures: { max: number; windowMs: number };
+  readonly #sync: RegistrySync | undefined;
 
   constructor(deps: {
     registry: Registry;
@@ -158,6 +170,8 @@ export class RegistryService {
     readerBindings?: ReaderBinding[];
     /** Failed imports a principal may make per window before imports answer 429. */
     importFailures?: { max: number; windowMs: number };
+    /** Sync destinations (src/sync): checked at registration, pushed when they change. */
+    sync?: RegistrySync;
   }) {
     this.#registry = deps.registry;
     this.#stores = deps.stores;
@@ -169,6 +183,7 @@ export class RegistryService {
     this.#timeoutMs = deps.downstreamTimeoutMs;
     this.#readerBindings = deps.readerBindings ?? [];
     this.#importFailures = deps.importFailures ?? { max: 5, windowMs: 600_000 };
+    this.#sync = deps.sync;
   }
 
   // Connections
@@ -337,6 +352,13 @@ export class RegistryService {
         problems.push(`gracePeriod: ${(err as Error).message}`);
       }
     }
+    if (spec.sync?.length) {
+      problems.push(
+        ...(this.#sync
+          ? syncProblems(this.#sync.targets, spec.sync)
+          : ['sync: this process cannot push secrets']),
+      );
+    }
     if (problems.length > 0) throw new UnprocessableError(problems.join('; '));
     if (options.askDownstream && dual && spec.strategy === 'single-user' && spec.gracePeriod !== undefined) {
       await this.#requireTwoPasswords(connection);
@@ -398,6 +420,7 @@ export class RegistryService {
       ...(input.maxAgeDays ? { maxAgeDays: input.maxAgeDays } : {}),
       ...(input.gracePeriod ? { gracePeriod: input.gracePeriod } : {}),
       labels: input.labels ?? {},
+      ...(input.sync?.length ? { sync: input.sync } : {}),
       createdAt: now.toISOString(),
       updatedAt: now.toISOString(),
     };
@@ -493,7 +516,10 @@ export class RegistryService {
       if (input.import) await store.remove(credentialSecretRef(spec)).catch(() => {});
       throw err;
     }
-    if (input.import) return { credential: { spec, state } };
+    if (input.import) {
+      if (state.version) await this.#pushSync({ spec, state }, state.version);
+      return { credential: { spec, state } };
+    }
     // The service owns the credential from now on: the first rotation replaces whatever password it had.
     const requested = await this.#engine.request(spec.id, 'register', actor);
     const credential = await this.#registry.getCredential(spec.id);
@@ -711,6 +737,8 @@ export class RegistryService {
       else if (patch.maxAgeDays !== undefined) next.maxAgeDays = patch.maxAgeDays;
       if (patch.gracePeriod === null) delete next.gracePeriod;
       else if (patch.gracePeriod !== undefined) next.gracePeriod = patch.gracePeriod;
+      if (patch.sync === null || patch.sync?.length === 0) delete next.sync;
+      else if (patch.sync !== undefined) next.sync = patch.sync;
       return next;
     };
     // The downstream is asked only when the patch sets a grace period: a schedule or label change must not
@@ -724,6 +752,10 @@ export class RegistryService {
     // last rotation as they are when armed, never from what this request read (a rotation may finish meanwhile).
     if (patch.schedule) await this.#queues.syncSchedule(id);
     const credential = await this.#registry.getCredential(id);
+    // New destinations get the version that works now, not only the next rotation's.
+    if (patch.sync?.length && credential.state.version) {
+      await this.#pushSync(credential, credential.state.version);
+    }
     await this.#audit.append({
       actor,
       action: 'credential.updated',
@@ -732,6 +764,11 @@ export class RegistryService {
       details: { fields: Object.keys(patch).join(','), ...labelChange },
     });
     return credential;
+  }
+
+  /** Queues a push of the version that works now; a failure to queue is not the registration's (the job reports). */
+  async #pushSync(credential: Credential, versionId: string): Promise<void> {
+    await this.#sync?.service.secretChanged(credential, versionId).catch(() => {});
   }
 
   async deleteCredential(id: string, actor: string): Promise<void> {

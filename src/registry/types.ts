@@ -37,6 +37,25 @@ export type Schedule =
 
 export type Strategy = 'single-user' | 'alternating-users';
 
+/** The fields of a secret a sync can write, each under a key of the destination's choosing. */
+export const SYNC_FIELDS = ['username', 'password', 'host', 'port', 'database'] as const;
+export type SyncField = (typeof SYNC_FIELDS)[number];
+
+/**
+ * Where a credential's working secret is copied after each rotation (SPEC, "Kubernetes sync"): a Kubernetes Secret
+ * in `namespace`/`name`, its keys named by `keys` (default: the field names), and the Deployments to restart.
+ */
+export interface KubernetesSyncSpec {
+  type: 'kubernetes';
+  namespace: string;
+  name: string;
+  keys?: Partial<Record<SyncField, string>>;
+  /** "deployment/<name>", in the same namespace. */
+  rolloutRestart?: string[];
+}
+
+export type SyncSpec = KubernetesSyncSpec;
+
 export interface CredentialSpec {
   id: string;
   connection: string;
@@ -49,6 +68,8 @@ export interface CredentialSpec {
   /** alternating-users: how long the previous user keeps working after a rotation (duration string). */
   gracePeriod?: string;
   labels: Record<string, string>;
+  /** Destinations the working secret is pushed to (src/sync); none when absent. */
+  sync?: SyncSpec[];
   createdAt: string;
   updatedAt: string;
 }

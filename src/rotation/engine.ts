@@ -58,6 +58,15 @@ export interface RotationObserver {
   rotationEnded(end: RotationEnd): void;
 }
 
+/**
+ * Told when a version becomes the one a secret read returns, after the write that made it so committed: the sync
+ * layer (src/sync) pushes it to Kubernetes Secrets. Kept abstract so that the engine does not depend on it; a failure
+ * here is logged and never touches the rotation (the downstream already works with the version).
+ */
+export interface SecretObserver {
+  secretChanged(credential: Credential, versionId: string): Promise<void>;
+}
+
 export interface EngineSettings {
   maxAttempts: number;
   downstreamTimeoutMs: number;
@@ -116,6 +125,7 @@ export class RotationEngine {
   readonly #settings: EngineSettings;
   readonly #observer: RotationObserver | undefined;
   hooks: RotationHooks | undefined;
+  secretObserver: SecretObserver | undefined;
 
   constructor(deps: {
     registry: Registry;
@@ -316,6 +326,10 @@ export class RotationEngine {
           details: { step, result: outcome, attempt: rotation.attempts },
         }),
       ]);
+      // Single-user: from the moment set landed, reads return the pending version (I1); so does the Secret.
+      if (step === 'set' && ctx.credential.spec.strategy === 'single-user') {
+        await this.#secretChanged(ctx.credential, rotation.id);
+      }
     }
   }
 
@@ -594,6 +608,7 @@ export class RotationEngine {
       'rotation succeeded',
     );
     this.#reportEnd(rotation, 'succeeded', ctx.connection.type);
+    await this.#secretChanged({ spec: fresh.spec, state }, rotation.id);
     await this.#failpoints.hit('finish-after-commit');
     // After the commit: a crash here leaves a finished rotation whose schedule the reconciler re-arms.
     await this.#hooks()
@@ -785,6 +800,10 @@ export class RotationEngine {
       { rotation: rotation.id, credential: credential.spec.id, error: rotation.error },
       'rotation failed and was rolled back; the credential keeps its current version',
     );
+    // A single-user rotation whose set landed may have pushed its pending version: push the current one back.
+    if (rotation.setStarted && credential.spec.strategy === 'single-user' && fresh.state.version) {
+      await this.#secretChanged(fresh, fresh.state.version);
+    }
     if (this.#observer) {
       // A rotation that failed before it opened the downstream has no context: its connection says the type.
       const type =
@@ -969,6 +988,18 @@ export class RotationEngine {
   async #save(lease: Lease, rotation: Rotation): Promise<void> {
     rotation.updatedAt = nowIso();
     await this.#commit(lease, [this.#rotations.saveOp(rotation)]);
+  }
+
+  /** Tells the secret observer (sync) about a version that now works; its failure never touches the rotation. */
+  async #secretChanged(credential: Credential, versionId: string): Promise<void> {
+    await this.secretObserver
+      ?.secretChanged(credential, versionId)
+      .catch((err) =>
+        this.#log.error(
+          { credential: credential.spec.id, version: versionId, err: scrubError(err) },
+          'queueing the sync of a new version failed; the next rotation pushes again',
+        ),
+      );
   }
 
   /** After the terminal commit only, so that a rotation counts once, in the process whose commit won. */

@@ -1,4 +1,4 @@
-// Issue 13's acceptance scenario for `keyturn agent` (test/integration/agent.test.ts runs it with 50 rotations):
+// Issue 13's acceptance scenario for `keyturn agent` (test/slow/agent.test.ts runs it with 50 rotations):
 //   1. `keyturn agent --once` renders the env file, as an init container would, and exits 0;
 //   2. a service process (agent-service.ts) starts, reads the file and logs in to the real PostgreSQL;
 //   3. the agent starts as a sidecar; the service's pid is in its pidFile, SIGHUP is its reload;

@@ -42,6 +42,15 @@ const EXCEPTIONS: Record<string, { kind: 'fixed' | 'extraEnv'; reason: string }>
     reason:
       'the all-services endpoint; aws.endpoint sets AWS_ENDPOINT_URL_SECRETS_MANAGER, which Keyturn reads first',
   },
+  KUBECONFIG: {
+    kind: 'extraEnv',
+    reason:
+      'Kubernetes sync in a pod uses its service account (kubernetesSync.enabled); a kubeconfig file is for a process outside the cluster',
+  },
+  KUBERNETES_SERVICE_HOST: {
+    kind: 'extraEnv',
+    reason: 'set by the kubelet in every pod: it is how Keyturn knows it runs in-cluster, never set by hand',
+  },
   AWS_PROFILE: {
     kind: 'extraEnv',
     reason:

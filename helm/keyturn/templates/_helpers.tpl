@@ -571,7 +571,7 @@ metadata:
   {{- end }}
 spec:
   serviceAccountName: {{ include "keyturn.serviceAccountName" $root }}
-  automountServiceAccountToken: {{ $v.serviceAccount.automountServiceAccountToken }}
+  automountServiceAccountToken: {{ or $v.serviceAccount.automountServiceAccountToken $v.kubernetesSync.enabled }}
   # Service links would inject KEYTURN_*/REDIS_* variables that collide with app config.
   enableServiceLinks: false
   terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}
