@@ -13,9 +13,9 @@
 import { utimes, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { Logger } from 'pino';
+import { backoffDelay, followEvents } from '../client/events.ts';
 import { AgentApiError, connect, type KeyturnConnection, type SecretRead } from './api.ts';
 import type { AgentConfig, AgentTemplate } from './config.ts';
-import { backoffDelay, followEvents } from './events.ts';
 import { writeIfChanged } from './files.ts';
 import { reload } from './reload.ts';
 import { render } from './render.ts';

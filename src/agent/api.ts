@@ -1,60 +1,28 @@
-// The agent's view of Keyturn's API: the secret read, with the bearer token read from its file at each request
-// (a Kubernetes projected service-account token is replaced on disk before it expires), over http or https with
-// the configured CA and client certificate. Errors say what failed and what to do, never the token or the body.
+// The agent's connection to Keyturn: the client's (src/client/connection.ts), with the bearer token read from its
+// file at each request (a Kubernetes projected service-account token is replaced on disk before it expires) and the
+// CA and client certificate read from the configured files.
 import { readFile } from 'node:fs/promises';
-import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
-import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import {
+  KeyturnApiError,
+  type KeyturnConnection,
+  openConnection,
+  type SecretRead,
+} from '../client/connection.ts';
 import type { AgentConfig } from './config.ts';
-import type { SecretFields } from './render.ts';
 
-export class AgentApiError extends Error {
-  /** HTTP status; 0 when Keyturn could not be reached. */
-  readonly status: number;
-  readonly code: string;
-  constructor(status: number, code: string, message: string) {
-    super(message);
-    this.name = 'AgentApiError';
-    this.status = status;
-    this.code = code;
-  }
-}
-
-export interface SecretRead {
-  secret: SecretFields;
-  /** Cache-Control max-age in seconds (0 while a rotation is in flight). */
-  maxAgeSeconds: number;
-}
-
-export interface KeyturnConnection {
-  readonly url: string;
-  bearer(): Promise<string>;
-  /**
-   * Opens a GET and hands back the response (status and body not read yet). `idleMs`: the socket is dropped after
-   * that long without a byte (30 s; an event stream, which gets a heartbeat every 15 s by default, passes more).
-   */
-  get(
-    path: string,
-    headers?: Record<string, string>,
-    signal?: AbortSignal,
-    idleMs?: number,
-  ): Promise<IncomingMessage>;
-  readSecret(credential: string): Promise<SecretRead>;
-  close(): void;
-}
+export { KeyturnApiError as AgentApiError, type KeyturnConnection, type SecretRead };
 
 /** `onToken` sees each token read from the token file (the log scrubber keeps it). */
 export async function connect(
   config: AgentConfig,
   onToken: (token: string) => void = () => {},
 ): Promise<KeyturnConnection> {
-  const url = new URL(config.url);
-  const https = url.protocol === 'https:';
   const readOptional = async (path: string | undefined, what: string) => {
     if (!path) return undefined;
     try {
       return await readFile(path);
     } catch (err) {
-      throw new AgentApiError(
+      throw new KeyturnApiError(
         0,
         'config',
         `${what} ${path} cannot be read (${(err as NodeJS.ErrnoException).code})`,
@@ -64,135 +32,30 @@ export async function connect(
   const ca = await readOptional(config.caFile, 'caFile');
   const cert = await readOptional(config.certFile, 'certFile');
   const key = await readOptional(config.keyFile, 'keyFile');
-  const agent = https
-    ? new HttpsAgent({ keepAlive: true, ...(ca ? { ca } : {}), ...(cert && key ? { cert, key } : {}) })
-    : new HttpAgent({ keepAlive: true });
   const authWhat = config.auth.kind === 'jwt' ? 'jwtFile' : 'tokenFile';
-
   const bearer = async (): Promise<string> => {
     let token: string;
     try {
       token = (await readFile(config.auth.file, 'utf8')).trim();
     } catch (err) {
-      throw new AgentApiError(
+      throw new KeyturnApiError(
         0,
         'config',
         `${authWhat} ${config.auth.file} cannot be read (${(err as NodeJS.ErrnoException).code})`,
       );
     }
     if (!token || /\s/.test(token))
-      throw new AgentApiError(0, 'config', `${authWhat} ${config.auth.file} does not hold one token`);
+      throw new KeyturnApiError(0, 'config', `${authWhat} ${config.auth.file} does not hold one token`);
     onToken(token);
     return token;
   };
-
-  const get = async (
-    path: string,
-    headers: Record<string, string> = {},
-    signal?: AbortSignal,
-    idleMs = 30_000,
-  ) => {
-    const token = await bearer();
-    const target = new URL(`${url.pathname.replace(/\/+$/, '')}${path}`, url);
-    return new Promise<IncomingMessage>((resolve, reject) => {
-      const req = (https ? httpsRequest : httpRequest)(
-        target,
-        {
-          method: 'GET',
-          agent,
-          headers: { authorization: `Bearer ${token}`, accept: 'application/json', ...headers },
-          ...(signal ? { signal } : {}),
-          timeout: idleMs,
-        },
-        resolve,
-      );
-      req.once('timeout', () => req.destroy(new Error(`nothing received for ${idleMs / 1000}s`)));
-      req.once('error', (err: NodeJS.ErrnoException) =>
-        reject(
-          new AgentApiError(
-            0,
-            'unreachable',
-            `cannot reach Keyturn at ${config.url} (${err.code ?? err.message}): is it running, and is url right?`,
-          ),
-        ),
-      );
-      req.end();
-    });
-  };
-
-  const readSecret = async (credential: string): Promise<SecretRead> => {
-    const path = `/v1/credentials/${encodeURIComponent(credential)}/secret`;
-    const res = await get(path);
-    const body = await readBody(res, config.url);
-    if (res.statusCode !== 200) throw replyError(res, body, credential, authWhat);
-    let parsed: Record<string, unknown>;
-    try {
-      parsed = JSON.parse(body) as Record<string, unknown>;
-    } catch {
-      throw new AgentApiError(
-        res.statusCode,
-        'not_keyturn',
-        `GET ${path} did not answer JSON: is url Keyturn?`,
-      );
-    }
-    if (typeof parsed.username !== 'string' || typeof parsed.password !== 'string')
-      throw new AgentApiError(200, 'not_keyturn', `GET ${path} answered without a username and password`);
-    const maxAge = /max-age=(\d+)/.exec(String(res.headers['cache-control'] ?? ''))?.[1];
-    return {
-      secret: {
-        username: parsed.username,
-        password: parsed.password,
-        host: String(parsed.host ?? ''),
-        port: Number(parsed.port ?? 0),
-        database: typeof parsed.database === 'string' ? parsed.database : null,
-        version: String(parsed.version ?? ''),
-        rotatedAt: String(parsed.rotatedAt ?? ''),
-      },
-      maxAgeSeconds: maxAge === undefined ? 0 : Number(maxAge),
-    };
-  };
-
-  return { url: config.url, bearer, get, readSecret, close: () => agent.destroy() };
-}
-
-async function readBody(res: IncomingMessage, url: string): Promise<string> {
-  res.setEncoding('utf8');
-  let body = '';
-  try {
-    for await (const chunk of res as AsyncIterable<string>) {
-      body += chunk;
-      if (body.length > 1_000_000) {
-        res.destroy();
-        break;
-      }
-    }
-  } catch (err) {
-    throw new AgentApiError(0, 'unreachable', `the answer from ${url} was cut (${(err as Error).message})`);
-  }
-  return body;
-}
-
-/** Keyturn's own error message (which names the credential, never a secret), or what the status means here. */
-function replyError(res: IncomingMessage, body: string, credential: string, authWhat: string): AgentApiError {
-  const status = res.statusCode ?? 0;
-  let code = 'error';
-  let message: string | undefined;
-  try {
-    const error = (JSON.parse(body) as { error?: { code?: unknown; message?: unknown } }).error;
-    if (typeof error?.code === 'string') code = error.code;
-    if (typeof error?.message === 'string') message = error.message;
-  } catch {
-    // not Keyturn's JSON
-  }
-  const what: Record<number, string> = {
-    401: `Keyturn refused the token in ${authWhat} (401): is it the right one, and not expired?`,
-    403: `the token in ${authWhat} may not read credential "${credential}" (403): bind it to the credential in Keyturn's tokens file`,
-    404: `Keyturn has no credential "${credential}" (404): check templates[].credential`,
-  };
-  return new AgentApiError(
-    status,
-    code,
-    what[status] ??
-      `reading credential "${credential}" failed with HTTP ${status}${message ? `: ${message}` : ''}`,
-  );
+  return openConnection({
+    url: config.url,
+    bearer,
+    authWhat: `the token in ${authWhat}`,
+    unknownCredentialHint: 'check templates[].credential',
+    ...(ca ? { ca } : {}),
+    ...(cert ? { cert } : {}),
+    ...(key ? { key } : {}),
+  });
 }

@@ -2,18 +2,12 @@
 // insert the secret's fields and apply the helper sections below, which are this module's own functions. Values
 // go in as they are (no HTML escaping: a password with & or < must reach the file unchanged). Names are checked
 // when the configuration is loaded: a misspelt field is a start-up error, not an empty string in a config file.
+
 import Mustache, { type TemplateSpans } from 'mustache';
+import type { SecretFields } from '../client/connection.ts';
 
 /** What GET /v1/credentials/:id/secret answers, as far as templates use it. */
-export interface SecretFields {
-  username: string;
-  password: string;
-  host: string;
-  port: number;
-  database: string | null;
-  version: string;
-  rotatedAt: string;
-}
+export type { SecretFields };
 
 export const FIELDS = ['username', 'password', 'host', 'port', 'database', 'version', 'rotatedAt'] as const;
 

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect } from '../../src/agent/api.ts';
-import { followEvents } from '../../src/agent/events.ts';
+import { followEvents } from '../../src/client/events.ts';
 import { agentDir, ENV_TEMPLATE, freePort, makeTestPki, readEnvFile, spawnAgent } from '../support/agent.ts';
 import { agentRotations } from '../support/agent-scenario.ts';
 import {

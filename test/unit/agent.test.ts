@@ -6,10 +6,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentConfigError, checkAgentConfig, loadAgentConfig } from '../../src/agent/config.ts';
-import { backoffDelay } from '../../src/agent/events.ts';
 import { writeIfChanged } from '../../src/agent/files.ts';
 import { reload } from '../../src/agent/reload.ts';
 import { checkTemplate, render, type SecretFields } from '../../src/agent/render.ts';
+import { backoffDelay } from '../../src/client/events.ts';
 
 const secret: SecretFields = {
   username: 'app_user',

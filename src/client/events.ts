@@ -1,8 +1,8 @@
-// Following GET /v1/events for the agent: one stream, parsed as the WHATWG "Server-sent events" rules say, resumed
+// Following GET /v1/events (the client's watch, and the agent): one stream, parsed as the WHATWG "Server-sent events" rules say, resumed
 // with Last-Event-ID after a disconnect, reconnected with exponential backoff and full jitter. It only says which
-// credential rotated; the agent then reads the secret itself (the read says what works, the event does not).
+// credential rotated; the caller then reads the secret itself (the read says what works, the event does not).
 import type { IncomingMessage } from 'node:http';
-import type { KeyturnConnection } from './api.ts';
+import type { KeyturnConnection } from './connection.ts';
 
 export interface EventHandlers {
   /** A rotation of this credential ended (succeeded or failed). */
