@@ -7,7 +7,7 @@
 import { KeyturnApiError, type KeyturnConnection, openConnection, type SecretFields } from './connection.ts';
 import { followEvents } from './events.ts';
 
-export { createMysqlPool, createPgPool, type RotatingPool } from './pools.ts';
+export { createMysqlPool, createPgPool, followRedisAuth, type RotatingPool } from './pools.ts';
 export { KeyturnApiError, type SecretFields };
 
 export interface KeyturnClientOptions {

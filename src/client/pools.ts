@@ -197,3 +197,25 @@ export async function createMysqlPool(
     end: () => rotating.end(),
   };
 }
+
+/**
+ * Keeps an `ioredis` connection logged in as credential `id` follows its rotations: each new version is sent as AUTH
+ * on the open connection and kept in its options for reconnects (Redis keeps a connection logged in when its
+ * password changes; an alternating pair's new user takes over before the previous one is disabled). `close()` stops.
+ */
+export function followRedisAuth(
+  client: KeyturnClient,
+  id: string,
+  redis: import('ioredis').Redis,
+  onError: (err: Error) => void = () => {},
+): { close(): void } {
+  return client.watch(
+    id,
+    async (s) => {
+      redis.options.username = s.username;
+      redis.options.password = s.password;
+      if (redis.status === 'ready') await redis.auth(s.username, s.password);
+    },
+    onError,
+  );
+}

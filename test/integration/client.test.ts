@@ -4,8 +4,9 @@
 // password-checking PostgreSQL, single-user on MariaDB) with no failed query, old pools closed and no connection of
 // an old login left. The 50-rotation runs are test/slow/client-pools.test.ts.
 import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createMysqlPool, createPgPool, KeyturnClient } from '../../src/client/index.ts';
+import { createMysqlPool, createPgPool, followRedisAuth, KeyturnClient } from '../../src/client/index.ts';
 import { followsCurrent, loadThroughRotations } from '../support/client-scenario.ts';
 import {
   canLogin,
@@ -19,6 +20,7 @@ import {
   waitFor,
 } from '../support/harness.ts';
 import { asMysqlRoot, MYSQL_SERVER } from '../support/mysql.ts';
+import { startRedisAclServer } from '../support/redis-acl-server.ts';
 
 const ROTATIONS = Number(process.env.KEYTURN_TEST_CLIENT_ROTATIONS ?? 5);
 const env = testEnv();
@@ -187,6 +189,100 @@ describe('pools that follow rotations', () => {
         await c.query('DROP USER IF EXISTS ?@?', [app.name, '%']);
         await c.query('DROP USER IF EXISTS ?@?', [admin.name, '%']);
       });
+    }
+  });
+
+  it(`ioredis: alternating-users, ${ROTATIONS} rotations, re-AUTHed on each, no failed command`, async () => {
+    const server = await startRedisAclServer();
+    try {
+      const conn = `acl-${randomBytes(3).toString('hex')}`;
+      const made = await kt.api('POST', '/v1/connections', {
+        id: conn,
+        type: 'redis',
+        host: server.host,
+        port: server.port,
+        admin: { username: server.adminUser, password: server.adminPassword },
+      });
+      expect(made.status, made.text).toBe(201);
+      const name = `capp${randomBytes(3).toString('hex')}`;
+      const password = `initial-password-${name}-0000000`;
+      await server.admin(
+        'ACL',
+        'SETUSER',
+        name,
+        'on',
+        `>${password}`,
+        '~cache:*',
+        '-@all',
+        '+get',
+        '+set',
+        '+ping',
+        '+acl|whoami',
+      );
+      const id = `redis-${name}`;
+      const reg = await kt.api('POST', '/v1/credentials', {
+        id,
+        connection: conn,
+        username: name,
+        strategy: 'alternating-users',
+        gracePeriod: '1s',
+        schedule: { every: '30d' },
+        import: true,
+        currentPassword: password,
+      });
+      expect(reg.status, reg.text).toBe(201);
+      const first = await client.getSecret(id);
+      const redis = new Redis({
+        host: server.host,
+        port: server.port,
+        username: first.username,
+        password: first.password,
+      });
+      const follow = followRedisAuth(client, id, redis);
+      let running = true;
+      const failures: string[] = [];
+      let commands = 0;
+      const loop = (async () => {
+        while (running) {
+          try {
+            await redis.set('cache:k', String(commands));
+            await redis.get('cache:k');
+            commands += 2;
+          } catch (err) {
+            failures.push((err as Error).message);
+          }
+        }
+      })();
+      for (let i = 0; i < ROTATIONS; i++) {
+        const res = await kt.api('POST', `/v1/credentials/${id}/rotate`);
+        const current = await waitFor('the rotation', async () => {
+          const r = await kt.api('GET', `/v1/rotations/${res.body.rotationId}`);
+          return r.body.status === 'succeeded' ? r.body : undefined;
+        });
+        expect(current.status).toBe('succeeded');
+        const secret = await client.getSecret(id, { fresh: true });
+        await waitFor(
+          'the connection to be the new user',
+          async () => (await redis.call('ACL', 'WHOAMI').catch(() => '')) === secret.username || undefined,
+        );
+        // Reconnects log in with the new version too.
+        await redis.disconnect(true);
+        await waitFor(
+          'the reconnect',
+          async () => (await redis.ping().catch(() => '')) === 'PONG' || undefined,
+        );
+      }
+      running = false;
+      await loop;
+      follow.close();
+      redis.disconnect();
+      console.log(
+        `[client] ioredis: ${ROTATIONS} rotations, ${commands} commands, ${failures.length} failed`,
+      );
+      expect(failures.filter((f) => !/Connection is closed|ECONNRESET/.test(f))).toEqual([]);
+      expect(commands).toBeGreaterThan(ROTATIONS);
+    } finally {
+      await server.stop();
     }
   });
 });
