@@ -114,6 +114,28 @@ class Rotating<P> {
   }
 }
 
+/** The pool-like object over a Rotating: `query` runs on the current pool; `refusedCode` is the driver's wrong-password. */
+function poolOf<P, R>(
+  rotating: Rotating<P>,
+  query: (pool: P, text: string, values?: unknown[]) => Promise<R>,
+  refusedCode: string,
+): RotatingPool<(text: string, values?: unknown[]) => Promise<R>> {
+  return {
+    query: (text, values) =>
+      rotating.run(
+        (pool) => query(pool, text, values),
+        (err) => (err as { code?: string }).code === refusedCode,
+      ),
+    get version() {
+      return rotating.version;
+    },
+    get closedPools() {
+      return rotating.closedPools;
+    },
+    end: () => rotating.end(),
+  };
+}
+
 /**
  * A `pg` pool for credential `id` that follows its rotations: `query` as pg's `Pool#query`. `poolConfig` is pg's pool
  * configuration without user and password (host, port and database come from the secret unless given).
@@ -141,20 +163,7 @@ export async function createPgPool(
     },
     (pool) => pool.end(),
   );
-  return {
-    query: (text, values) =>
-      rotating.run(
-        (pool) => pool.query(text, values),
-        (err) => (err as { code?: string }).code === '28P01',
-      ),
-    get version() {
-      return rotating.version;
-    },
-    get closedPools() {
-      return rotating.closedPools;
-    },
-    end: () => rotating.end(),
-  };
+  return poolOf(rotating, (pool, text, values) => pool.query(text, values), '28P01');
 }
 
 /**
@@ -182,20 +191,7 @@ export async function createMysqlPool(
       }),
     (pool) => pool.end(),
   );
-  return {
-    query: (sql, values) =>
-      rotating.run(
-        (pool) => pool.query(sql, values),
-        (err) => (err as { code?: string }).code === 'ER_ACCESS_DENIED_ERROR',
-      ),
-    get version() {
-      return rotating.version;
-    },
-    get closedPools() {
-      return rotating.closedPools;
-    },
-    end: () => rotating.end(),
-  };
+  return poolOf(rotating, (pool, sql, values) => pool.query(sql, values), 'ER_ACCESS_DENIED_ERROR');
 }
 
 /**

@@ -92,6 +92,7 @@ describe('KeyturnClient', () => {
     const failures: Error[] = [];
     const handle = await client.lease(id, { ttl: '3s', onRenewFailed: (e) => failures.push(e) });
     const first = handle.lease.expiresAt;
+    // Past the lease's first expiry (3 s): only a renewal keeps its user alive, which is what is checked.
     await new Promise((r) => setTimeout(r, 4500));
     expect(Date.parse(handle.lease.expiresAt)).toBeGreaterThan(Date.parse(first));
     expect(await canLogin(handle.lease.username, handle.lease.password)).toBe(true);
