@@ -77,7 +77,7 @@ describe('KeyturnClient', () => {
       const res = await kt.api('POST', `/v1/credentials/${id}/rotate`);
       await waitFor(
         'the rotation to reach the watcher',
-        async () => seen.length === i + 2 || undefined,
+        async () => logins.length === i + 2 || undefined,
         20_000,
       );
       expect(seen[i + 1]).toBe(res.body.rotationId);
