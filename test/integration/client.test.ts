@@ -19,6 +19,7 @@ import {
   testEnv,
   waitFor,
 } from '../support/harness.ts';
+import { assertNoSecrets } from '../support/leaks.ts';
 import { asMysqlRoot, MYSQL_SERVER } from '../support/mysql.ts';
 import { startRedisAclServer } from '../support/redis-acl-server.ts';
 
@@ -102,6 +103,56 @@ describe('KeyturnClient', () => {
     expect(failures[0]?.message).toContain(`/v1/leases/${handle.lease.id}/renew`);
     expect(failures[0]?.message).not.toContain(handle.lease.password);
     handle.close();
+  });
+});
+
+describe('secret hygiene of the client', () => {
+  it('never puts the token or a password in an error, whatever fails', async () => {
+    const { id, password } = await importCredential(kt, connection, { idPrefix: 'leak' });
+    const texts: string[] = [];
+    const collect = async (p: Promise<unknown>) => {
+      const err = await p.then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      if (err) texts.push(String(err), err.stack ?? '', JSON.stringify(err));
+    };
+    const badToken = `wrong-${randomBytes(16).toString('hex')}`;
+    const wrong = new KeyturnClient({ url: kt.url, token: badToken });
+    await collect(wrong.getSecret(id)); // 401
+    await collect(client.getSecret('no-such-credential-here')); // 404
+    const down = new KeyturnClient({ url: 'http://127.0.0.1:9', token: env.adminToken });
+    await collect(down.getSecret(id)); // unreachable
+    await collect(down.lease(id, { ttl: '1m' }));
+    await collect(wrong.lease(id, { ttl: '1m' }));
+    const handle = await client.lease(id, {
+      ttl: '2s',
+      onRenewFailed: (e) => texts.push(String(e), e.stack ?? ''),
+    });
+    await kt.api('DELETE', `/v1/leases/${handle.lease.id}`);
+    await waitFor(
+      'the failed renewal',
+      async () => texts.some((t) => t.includes('/renew')) || undefined,
+      10_000,
+    );
+    const errors: string[] = [];
+    const watch = wrong.watch(
+      id,
+      () => {},
+      (e) => errors.push(String(e), e.stack ?? ''),
+    );
+    await waitFor('the watch to report its refused read', async () => errors.length > 0 || undefined);
+    watch.close();
+    for (const c of [wrong, down]) c.close();
+    handle.close();
+    expect(texts.length).toBeGreaterThan(6);
+    assertNoSecrets(
+      [env.adminToken, badToken, password, handle.lease.password],
+      [
+        ['client errors', texts],
+        ['watch errors', errors],
+      ],
+    );
   });
 });
 
