@@ -5,9 +5,10 @@
 import { readFile } from 'node:fs/promises';
 import { constants as os } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import Ajv, { type ErrorObject } from 'ajv';
+import type { ErrorObject } from 'ajv';
 import { Type } from 'typebox';
 import { parse, YAMLError } from 'yaml';
+import { pathOf, schemaValidator, unknownFieldMessage } from '../config/file-schema.ts';
 import { checkTemplate } from './render.ts';
 
 export interface AgentTemplate {
@@ -109,23 +110,7 @@ export const AgentConfigSchema = Type.Object(
   { additionalProperties: false },
 );
 
-let validator: ReturnType<InstanceType<typeof Ajv.default>['compile']> | undefined;
-function validate(data: unknown): ErrorObject[] {
-  if (!validator) {
-    const ajv = new Ajv.default({ allErrors: true, verbose: true, strict: false });
-    validator = ajv.compile(AgentConfigSchema);
-  }
-  return validator(data) ? [] : [...(validator.errors ?? [])];
-}
-
-/** `/templates/1/mode` → `templates[1].mode` */
-function pathOf(instancePath: string, child?: string): string {
-  const parts = instancePath.split('/').slice(1);
-  if (child !== undefined) parts.push(child);
-  let out = '';
-  for (const part of parts) out += /^\d+$/.test(part) ? `[${part}]` : out ? `.${part}` : part;
-  return out || 'the file';
-}
+const validate = schemaValidator(AgentConfigSchema);
 
 const HINTS: Record<string, string> = {
   token: ': the file names a token file (tokenFile), never the token itself',
@@ -145,12 +130,8 @@ function describeError(e: ErrorObject): string | undefined {
   const at = pathOf(e.instancePath);
   const description = (e.parentSchema as { description?: string } | undefined)?.description;
   switch (e.keyword) {
-    case 'additionalProperties': {
-      const field = String((e.params as { additionalProperty: string }).additionalProperty);
-      const known = Object.keys((e.parentSchema as { properties?: object } | undefined)?.properties ?? {});
-      const shown = /^[A-Za-z_][A-Za-z0-9_-]{0,39}$/.test(field) ? `"${field}"` : '(not shown)';
-      return `${at} has an unknown field ${shown}${HINTS[field] ?? ` (known: ${known.join(', ')})`}`;
-    }
+    case 'additionalProperties':
+      return unknownFieldMessage(e, HINTS);
     case 'required':
       return `${pathOf(e.instancePath, String((e.params as { missingProperty: string }).missingProperty))} is required`;
     case 'type':

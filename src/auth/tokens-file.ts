@@ -4,10 +4,10 @@
 // so that an operator fixes everything at once. Messages name positions and rules, not values: a hash is not a
 // secret, but someone who pastes the token itself into `sha256` must not see it echoed into a log.
 import { readFile } from 'node:fs/promises';
-import Ajv, { type ErrorObject } from 'ajv';
-import addFormats from 'ajv-formats';
+import type { ErrorObject } from 'ajv';
 import { Type } from 'typebox';
 import { parse, YAMLError } from 'yaml';
+import { pathOf, schemaValidator, unknownFieldMessage } from '../config/file-schema.ts';
 import { type ReaderBinding, ROLES, type Role } from './principal.ts';
 
 export interface StaticTokenEntry {
@@ -209,29 +209,7 @@ export const TokensFileSchema = Type.Object(
   { additionalProperties: false },
 );
 
-let validator: ReturnType<InstanceType<typeof Ajv.default>['compile']> | undefined;
-function validate(data: unknown): ErrorObject[] {
-  if (!validator) {
-    const ajv = new Ajv.default({ allErrors: true, verbose: true, strict: false });
-    addFormats.default(ajv, ['date-time']);
-    validator = ajv.compile(TokensFileSchema);
-  }
-  return validator(data) ? [] : [...(validator.errors ?? [])];
-}
-
-/** `/tokens/1/sha256` → `tokens[1].sha256` */
-function pathOf(instancePath: string, child?: string): string {
-  const parts = instancePath.split('/').slice(1);
-  if (child !== undefined) parts.push(child);
-  let out = '';
-  for (const raw of parts) {
-    const part = raw.replace(/~1/g, '/').replace(/~0/g, '~');
-    if (/^\d+$/.test(part)) out += `[${part}]`;
-    else if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(part)) out += out ? `.${part}` : part;
-    else out += `[${JSON.stringify(part)}]`;
-  }
-  return out || 'the file';
-}
+const validate = schemaValidator(TokensFileSchema, ['date-time']);
 
 const TYPE_NAMES: Record<string, string> = {
   object: 'a mapping',
@@ -269,9 +247,7 @@ function describeError(e: ErrorObject): string | undefined {
       }
       if (e.instancePath === '')
         return `unknown section "${field}" (the file has tokens, certificates and jwt)`;
-      // A field name is echoed only when it looks like one: a key may be something pasted in the wrong place.
-      const shown = /^[A-Za-z_][A-Za-z0-9_-]{0,39}$/.test(field) ? `"${field}"` : '(not shown)';
-      return `${at} has an unknown field ${shown}${UNKNOWN_FIELD_HINTS[field] ?? ` (known: ${known.join(', ')})`}`;
+      return unknownFieldMessage(e, UNKNOWN_FIELD_HINTS);
     }
     case 'required':
       return `${pathOf(e.instancePath, String((e.params as { missingProperty: string }).missingProperty))} is required`;

@@ -46,6 +46,7 @@ function start(env: Record<string, string>): Promise<{ code: number | null; line
   const collect = (c: Buffer) => lines.push(...String(c).split('\n').filter(Boolean));
   child.stdout.on('data', collect);
   child.stderr.on('data', collect);
+  // A guard, not a wait: a start that hangs instead of exiting fails the test rather than the run.
   const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
   return new Promise((done) =>
     child.once('exit', (code) => {
@@ -101,7 +102,7 @@ describe('refused Redis configurations', () => {
       const deadline = Date.now() + 20_000;
       while (!lines.some((l) => l.includes('keyturn serving on')) && Date.now() < deadline) {
         if (child.exitCode !== null) break;
-        await new Promise((r) => setTimeout(r, 100));
+        await new Promise((r) => setTimeout(r, 100)); // the poll interval of this wait for a line or an exit
       }
       expect(
         lines.some((l) => l.includes('keyturn serving on')),

@@ -103,7 +103,7 @@ async function rotateThrough(
       const res = await call('GET', `/v1/credentials/${cred.id}/secret`, [200]);
       if (!res) {
         out.unavailable += 1;
-        await new Promise((r) => setTimeout(r, 100));
+        await new Promise((r) => setTimeout(r, 100)); // a client backing off after a 503, as Retry-After asks
         continue;
       }
       out.reads += 1;

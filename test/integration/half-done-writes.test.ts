@@ -16,6 +16,7 @@ import {
   testEnv,
   testKeys,
   testRedis,
+  waitForRotation,
 } from '../support/harness.ts';
 
 const env = testEnv();
@@ -126,10 +127,7 @@ describe('the index of active rotations', () => {
     const rotate = await kt.api('POST', `/v1/credentials/${id}/rotate`);
     expect(rotate.status).toBe(202);
     const rid = rotate.body.rotationId as string;
-    for (let i = 0; i < 100; i++) {
-      if ((await kt.api('GET', `/v1/rotations/${rid}`)).body.status === 'succeeded') break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    expect((await waitForRotation(kt, rid)).status).toBe('succeeded');
     expect(await redis.zscore(keys.activeRotations(), rid)).toBeNull();
     // An ended rotation whose entry a crash left, and the entry of a creation that never happened (old enough).
     await redis.zadd(keys.activeRotations(), Date.now(), rid);
