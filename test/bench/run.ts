@@ -5,10 +5,12 @@
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { hotPaths } from './hot-paths.ts';
+import { read } from './read.ts';
 import { BenchReport, type BenchSection } from './report.ts';
 
 const sections: Record<string, (report: BenchSection) => Promise<void>> = {
   'hot-paths': hotPaths,
+  read,
 };
 
 const asked = process.argv.slice(2);

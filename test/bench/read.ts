@@ -1,0 +1,177 @@
+// Issue 14, goal 1: GET /v1/credentials/:id/secret against two references measured in the same run, each server in
+// a child process of its own (read-server.ts), the load generator (autocannon) in this one:
+//   bare    a Fastify route with the same path, a SHA-256 bearer check and an answer of the same size;
+//   floor   the same plus one HMGET, one AES-256-GCM open and one XADD (ioredis, auto-pipelining): the least an
+//           audited read of a sealed secret does;
+//   keyturn the real thing (createRuntime with API and workers, local store, a webhook credential, reader token,
+//           log level info).
+// Goal rows: Keyturn's req/s ÷ the floor's ≥ 0.85, Keyturn's p99 ÷ the floor's ≤ 2 (64 connections). A sweep over
+// 1, 4, 16, 64 and 256 connections goes to the report's series and to docs/bench/read-throughput.svg.
+import { type ChildProcess, fork } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import autocannon from 'autocannon';
+import type { ServerReady, ServerSettings } from './read-server.ts';
+import type { BenchSection } from './report.ts';
+
+const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+const SECONDS = Number(process.env.KEYTURN_BENCH_READ_SECONDS ?? 6);
+const SWEEP_SECONDS = Number(process.env.KEYTURN_BENCH_SWEEP_SECONDS ?? 3);
+const SWEEP = [1, 4, 16, 64, 256];
+const KINDS = ['bare', 'floor', 'keyturn'] as const;
+type Kind = (typeof KINDS)[number];
+
+interface Server {
+  kind: Kind;
+  child: ChildProcess;
+  ready: ServerReady;
+}
+
+async function startServer(settings: ServerSettings): Promise<Server> {
+  // stdout (Keyturn's log lines) is discarded, as a log shipper would take them; stderr shows failures.
+  const child = fork(join(import.meta.dirname, 'read-server.ts'), [], {
+    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+  });
+  const ready = await new Promise<ServerReady>((resolve, reject) => {
+    child.once('message', (msg: { ready?: ServerReady; error?: string }) =>
+      msg.ready ? resolve(msg.ready) : reject(new Error(`the ${settings.kind} server failed: ${msg.error}`)),
+    );
+    child.once('exit', (code) => reject(new Error(`the ${settings.kind} server exited (${code})`)));
+    child.send(settings);
+  });
+  return { kind: settings.kind, child, ready };
+}
+
+async function stopServer(server: Server): Promise<void> {
+  const exited = new Promise((resolve) => server.child.once('exit', resolve));
+  server.child.send('stop');
+  await exited;
+}
+
+interface Load {
+  rps: number;
+  p50: number;
+  p99: number;
+  errors: number;
+}
+
+async function load(server: Server, connections: number, seconds: number): Promise<Load> {
+  const result = await autocannon({
+    url: `${server.ready.url}${server.ready.path}`,
+    connections,
+    duration: seconds,
+    headers: { authorization: `Bearer ${server.ready.token}` },
+  });
+  return {
+    rps: result.requests.average,
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    errors: result.non2xx + result.errors + result.timeouts,
+  };
+}
+
+const fmt = (l: Load) =>
+  `${Math.round(l.rps)} req/s, p50 ${l.p50} ms, p99 ${l.p99} ms${l.errors ? `, ${l.errors} errors/non-2xx` : ''}`;
+
+export async function read(report: BenchSection): Promise<void> {
+  const prefix = `kt-bench-read-${randomBytes(4).toString('hex')}`;
+  const servers: Server[] = [];
+  try {
+    // Keyturn first: the references answer with a body of its shape and size.
+    const keyturn = await startServer({ kind: 'keyturn', redisUrl: REDIS_URL, prefix });
+    servers.push(keyturn);
+    const sample = await fetch(`${keyturn.ready.url}${keyturn.ready.path}`, {
+      headers: { authorization: `Bearer ${keyturn.ready.token}` },
+    });
+    if (sample.status !== 200) throw new Error(`Keyturn's secret read answered ${sample.status}`);
+    const answer = (await sample.json()) as Record<string, unknown>;
+    const body = {
+      ...answer,
+      password: randomBytes(64).toString('base64url').slice(0, String(answer.password).length),
+    };
+    for (const kind of ['bare', 'floor'] as const)
+      servers.push(await startServer({ kind, redisUrl: REDIS_URL, prefix, body }));
+    const byKind = Object.fromEntries(servers.map((s) => [s.kind, s])) as Record<Kind, Server>;
+    report.record(
+      'answer size (bytes, the same for all three)',
+      `${Buffer.byteLength(JSON.stringify(answer))}`,
+    );
+
+    const at64 = {} as Record<Kind, Load>;
+    for (const kind of KINDS) {
+      await load(byKind[kind], 64, 2); // warm-up: JIT, connections, Redis scripts loaded
+      at64[kind] = await load(byKind[kind], 64, SECONDS);
+      report.record(`${kind}: 64 connections, ${SECONDS} s`, fmt(at64[kind]));
+    }
+    report.goal({
+      name: 'secret read throughput, Keyturn ÷ audited-read floor (64 connections)',
+      figure: `${Math.round(at64.keyturn.rps)} req/s`,
+      reference: `floor ${Math.round(at64.floor.rps)} req/s (bare route ${Math.round(at64.bare.rps)} req/s)`,
+      ratio: at64.keyturn.rps / at64.floor.rps,
+      goal: '≥ 0.85',
+      met: at64.keyturn.rps / at64.floor.rps >= 0.85,
+    });
+    report.goal({
+      name: 'secret read p99, Keyturn ÷ audited-read floor (64 connections)',
+      figure: `${at64.keyturn.p99} ms`,
+      reference: `floor ${at64.floor.p99} ms (bare route ${at64.bare.p99} ms)`,
+      ratio: at64.keyturn.p99 / at64.floor.p99,
+      goal: '≤ 2',
+      met: at64.keyturn.p99 / at64.floor.p99 <= 2,
+    });
+
+    const series: Array<{ server: Kind; connections: number; rps: number; p99: number }> = [];
+    for (const connections of SWEEP) {
+      for (const kind of KINDS) {
+        await load(byKind[kind], connections, 1);
+        const l = await load(byKind[kind], connections, SWEEP_SECONDS);
+        series.push({ server: kind, connections, rps: Math.round(l.rps), p99: l.p99 });
+        report.record(`sweep ${kind}, ${connections} connections`, fmt(l));
+      }
+    }
+    report.series('read-sweep', series);
+    const file = join(import.meta.dirname, '../../docs/bench/read-throughput.svg');
+    mkdirSync(join(file, '..'), { recursive: true });
+    writeFileSync(file, await plot(series));
+    report.record('plot', 'docs/bench/read-throughput.svg');
+  } finally {
+    for (const s of servers.reverse()) await stopServer(s).catch(() => s.child.kill('SIGKILL'));
+  }
+}
+
+const LABELS: Record<Kind, string> = {
+  bare: 'bare Fastify route',
+  floor: 'audited-read floor',
+  keyturn: 'Keyturn',
+};
+
+/** Throughput and p99 against connections (log scale), one line per server, as SVG. */
+async function plot(series: Array<{ server: Kind; connections: number; rps: number; p99: number }>) {
+  const vega = await import('vega');
+  const vl = await import('vega-lite');
+  const values = series.map((s) => ({ ...s, server: LABELS[s.server] }));
+  const panel = (field: 'rps' | 'p99', title: string) => ({
+    width: 360,
+    height: 240,
+    mark: { type: 'line', point: true },
+    encoding: {
+      x: {
+        field: 'connections',
+        type: 'quantitative',
+        scale: { type: 'log', base: 2 },
+        title: 'connections',
+      },
+      y: { field, type: 'quantitative', title, ...(field === 'p99' ? { scale: { type: 'log' } } : {}) },
+      color: { field: 'server', type: 'nominal', title: null },
+    },
+  });
+  const spec = {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title: 'GET /v1/credentials/:id/secret: throughput and p99 against connections',
+    data: { values },
+    hconcat: [panel('rps', 'requests/s'), panel('p99', 'p99 latency (ms)')],
+  };
+  const view = new vega.View(vega.parse(vl.compile(spec as any).spec), { renderer: 'none' });
+  return view.toSVG();
+}
