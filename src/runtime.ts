@@ -40,6 +40,7 @@ import { Queues, QueueWorkers } from './scheduling/queues.ts';
 import { AwsStore } from './stores/aws-store.ts';
 import { StoreSet } from './stores/index.ts';
 import { LocalStore } from './stores/local-store.ts';
+import { OpenCache } from './stores/open-cache.ts';
 import { VaultStore } from './stores/vault-store.ts';
 import { syncTargets } from './sync/index.ts';
 import { SyncService } from './sync/sync-jobs.ts';
@@ -100,12 +101,14 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   if (claimed > 0)
     logger.info({ credentials: claimed }, 'claimed the downstream user names of existing credentials');
   const audit = new AuditLog(redis, keys);
-  const stores = new StoreSet().add(
-    new LocalStore(redis, keys, new Envelope(options.masterKey), {
-      durability,
-      connectionName: `${config.prefix}:durable-writes`,
-    }),
-  );
+  // The secret read path's memo of opened values (stores/open-cache.ts): it saves the AES opens of a value read again
+  // and again, never a Redis read; plaintext stays at most 30 s, and at most 1000 values are kept.
+  const localStore = new LocalStore(redis, keys, new Envelope(options.masterKey), {
+    durability,
+    connectionName: `${config.prefix}:durable-writes`,
+    openCache: new OpenCache({ ttlMs: 30_000, maxEntries: 1000, clock: options.clock ?? systemClock }),
+  });
+  const stores = new StoreSet().add(localStore);
   const timeoutMs = config.rotation.downstreamTimeoutMs;
   if (config.vault) stores.add(new VaultStore({ ...config.vault, timeoutMs }, logger));
   if (config.aws) stores.add(new AwsStore({ ...config.aws, timeoutMs }));
@@ -183,9 +186,12 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   });
   leases.planner = queues;
   const secrets = new SecretReader({
-    registry,
-    rotations,
+    redis,
+    keys,
     stores,
+    local: localStore,
+    audit,
+    clock: options.clock ?? systemClock,
     timeoutMs: config.rotation.downstreamTimeoutMs,
     maxAgeMs: config.secretMaxAgeMs,
   });

@@ -5,7 +5,13 @@
 import type { ServerOptions } from 'node:https';
 import Ajv from 'ajv';
 import addFormats from 'ajv-formats';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  LogController,
+} from 'fastify';
 import type { Authenticator } from '../auth/authenticator.ts';
 import { runInNewSecretScope } from '../crypto/secret-scope.ts';
 import type { Logger } from '../logging/logger.ts';
@@ -64,6 +70,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     trustProxy: false,
     routerOptions: { maxParamLength: 256, ignoreTrailingSlash: true },
     frameworkErrors: frameworkError,
+    logController: new RequestLogController(),
   }) as unknown as FastifyInstance;
   // JSON only: a text/plain body is an unsupported media type (415), not a string to validate.
   app.removeContentTypeParser('text/plain');
@@ -114,6 +121,38 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     await app.register(eventRoutes, { ctx });
   }
   return app;
+}
+
+/**
+ * Fastify's two lines per request ("incoming request", "request completed") at info cost about a third of a secret
+ * read's CPU (pino's redaction and serialisation, twice): see "Request logging" in docs/architecture.md. Here an
+ * answered request is one line at debug, built only when debug is on (a level check is all it costs at info);
+ * errored requests, stream errors and the framework's own error lines stay as Fastify writes them, and the error
+ * handler logs every failure it answers.
+ */
+class RequestLogController extends LogController {
+  override incomingRequest(): void {}
+
+  override requestCompleted(
+    error: Error | null | undefined,
+    request: FastifyRequest,
+    reply: FastifyReply,
+  ): void {
+    if (error) {
+      super.requestCompleted(error, request, reply);
+      return;
+    }
+    if (!(reply.log as Logger).isLevelEnabled('debug')) return;
+    reply.log.debug(
+      {
+        method: request.method,
+        route: request.routeOptions.url ?? null,
+        statusCode: reply.statusCode,
+        ms: Math.round(reply.elapsedTime * 10) / 10,
+      },
+      'request completed',
+    );
+  }
 }
 
 /**

@@ -133,6 +133,13 @@ export function installAuthorization(
     }
     // An unknown lease or rotation is the route's 404: a random id tells nobody anything.
     if (credentialId === undefined) return;
+    // Bound by id or glob: allowed whatever the credential's labels, so nothing is read (a secret read then costs
+    // no Redis command here; the route answers 404 for an unknown id, as before).
+    if (mayUseCredential(principal, { id: credentialId, labels: {} })) return;
+    // Bound by nothing that could match (no labels): refused whatever the credential is.
+    if (!principal.labels || Object.keys(principal.labels).length === 0) {
+      return deny(request, reply, `credential "${credentialId}" is not bound to ${principal.name}`);
+    }
     const credential = await options.registry.findCredential(credentialId);
     if (!mayUseCredential(principal, { id: credentialId, labels: credential?.spec.labels ?? {} })) {
       return deny(request, reply, `credential "${credentialId}" is not bound to ${principal.name}`);

@@ -75,6 +75,16 @@ export class Envelope {
   }
 
   decrypt(sealed: SealedValue, context: string): string {
+    const plain = this.decryptBytes(sealed, context);
+    try {
+      return plain.toString('utf8');
+    } finally {
+      plain.fill(0);
+    }
+  }
+
+  /** The plaintext as bytes, which the caller can zero when done with them (stores/open-cache.ts does). */
+  decryptBytes(sealed: SealedValue, context: string): Buffer {
     if (sealed.v !== 1) throw new DecryptionError(`Unknown sealed-value format ${String(sealed.v)}`);
     if (sealed.kid !== this.kid) {
       throw new DecryptionError(
@@ -84,7 +94,7 @@ export class Envelope {
     let dek: Buffer | undefined;
     try {
       dek = open(this.#kek, sealed.dek, Buffer.from(`keyturn:dek:${this.kid}`));
-      return open(dek, sealed.data, Buffer.from(`keyturn:v1:${context}`)).toString('utf8');
+      return open(dek, sealed.data, Buffer.from(`keyturn:v1:${context}`));
     } catch (err) {
       if (err instanceof DecryptionError) throw err;
       throw new DecryptionError(

@@ -57,8 +57,11 @@ function nodeOptions(settings: RedisSettings, role: ConnectionRole, name: string
     ...(settings.username ? { username: settings.username } : {}),
     ...(settings.password ? { password: settings.password } : {}),
     ...(tls ? { tls } : {}),
+    // Commands: the commands issued in one tick by all concurrent requests go out as one pipeline (one write, one
+    // read), so that a hundred concurrent secret reads cost a few socket writes, not hundreds (docs/architecture.md,
+    // "Auto-pipelining"). The queue connection is BullMQ's and keeps its defaults.
     ...(role === 'commands'
-      ? { maxRetriesPerRequest: 2, enableOfflineQueue: true }
+      ? { maxRetriesPerRequest: 2, enableOfflineQueue: true, enableAutoPipelining: true }
       : { maxRetriesPerRequest: null }),
   };
 }
@@ -126,12 +129,13 @@ export function duplicateClient(
   options: { blocking?: boolean; name?: string } = {},
 ): RedisClient {
   const overrides: Partial<RedisOptions> = {
-    ...(options.blocking ? { maxRetriesPerRequest: null } : {}),
+    // A blocking read holds its connection: nothing may be pipelined behind it.
+    ...(options.blocking ? { maxRetriesPerRequest: null, enableAutoPipelining: false } : {}),
     ...(options.name ? { connectionName: options.name } : {}),
   };
   if (client instanceof Cluster) {
     return client.duplicate(undefined, {
-      ...(options.blocking ? { maxRetriesPerRequest: null } : {}),
+      ...(options.blocking ? { maxRetriesPerRequest: null, enableAutoPipelining: false } : {}),
       redisOptions: {
         ...client.options.redisOptions,
         ...(options.name ? { connectionName: options.name } : {}),

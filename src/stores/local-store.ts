@@ -6,6 +6,8 @@
 //   stages      JSON {"current":vid,"previous":vid,"pending":vid}
 //   v:<vid>     JSON {"createdAt":iso,"sealed":SealedValue}
 // Versions that lose every label are deleted: the local store keeps at most current, previous and pending.
+// The secret read path (rotation/secret-reader.ts) reads `stages` and `v:<vid>` in its own script, together with the
+// credential (one round trip), and opens them with openRaw: a change of this layout changes that script too.
 //
 // Durable write-ahead (SPEC, "Durable write-ahead"): a pending secret is confirmed durable before putPending returns,
 // that is before the engine changes the password downstream, so that a failover or a crash of Redis that loses the
@@ -17,6 +19,7 @@ import { DecryptionError, type Envelope, type SealedValue } from '../crypto/enve
 import type { Durability } from '../redis/checks.ts';
 import { duplicateClient, type RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
+import type { OpenCache } from './open-cache.ts';
 import {
   type SecretDocument,
   type SecretRef,
@@ -111,6 +114,8 @@ function stagesOf(stages: Stages, versionId: string): Stage[] {
 }
 
 export interface LocalStoreOptions {
+  /** The secret read path's memo of opened values (open-cache.ts); none: every read opens. */
+  openCache?: OpenCache;
   /** How a pending secret is confirmed durable before putPending returns (src/redis/checks.ts); none by default. */
   durability?: Durability;
   /** Name of the connection that makes durable writes (CLIENT LIST), when there is one. */
@@ -126,6 +131,7 @@ export class LocalStore implements SecretStore {
   /** The connection of durable writes: a WAIT blocks its connection, which must not be the one the API uses. */
   #writer: RedisClient | undefined;
   readonly #writerName: string;
+  readonly #opened: OpenCache | undefined;
 
   constructor(redis: RedisClient, keys: RedisKeys, envelope: Envelope, options: LocalStoreOptions = {}) {
     this.#redis = redis;
@@ -133,6 +139,28 @@ export class LocalStore implements SecretStore {
     this.#envelope = envelope;
     this.#durability = options.durability ?? { mode: 'none' };
     this.#writerName = options.connectionName ?? 'keyturn:durable-writes';
+    this.#opened = options.openCache;
+  }
+
+  /**
+   * A version from the raw fields of the secret's hash (`stages` and `v:<versionId>`), read by the caller in a script
+   * of its own (rotation/secret-reader.ts reads them in the same round trip as the credential). Opened through the
+   * open cache when there is one: a hit needs the exact sealed text, so it returns what opening would.
+   */
+  openRaw(ref: SecretRef, versionId: string, stagesRaw: string | null, raw: string): SecretVersion {
+    const { createdAt, sealed } = JSON.parse(raw) as { createdAt: string; sealed: SealedValue };
+    const context = `${ref.name}:${versionId}`;
+    const open = () => this.#envelope.decryptBytes(sealed, context);
+    const plain = this.#opened ? this.#opened.open(ref.name, versionId, raw, open) : open();
+    const value = JSON.parse(plain.toString('utf8')) as SecretDocument;
+    if (!this.#opened) plain.fill(0);
+    const stages = JSON.parse(stagesRaw ?? '{}') as Stages;
+    return { versionId, stages: stagesOf(stages, versionId), createdAt, value };
+  }
+
+  /** Drops opened values of `ref` that are not among `live` (what Redis just said may still be served). */
+  retainOpened(ref: SecretRef, live: ReadonlyArray<string | null | undefined>): void {
+    this.#opened?.retain(ref.name, live);
   }
 
   #durableWriter(): RedisClient {
@@ -259,6 +287,7 @@ export class LocalStore implements SecretStore {
   }
 
   async discardPending(ref: SecretRef, token: string): Promise<void> {
+    this.#opened?.forget(ref.name);
     await this.#call('discard a pending version', () =>
       this.#redis.eval(DISCARD_PENDING, 1, this.#key(ref), token),
     );
@@ -272,6 +301,7 @@ export class LocalStore implements SecretStore {
   }
 
   async remove(ref: SecretRef): Promise<void> {
+    this.#opened?.forget(ref.name);
     await this.#call('remove a secret', () => this.#redis.del(this.#key(ref)));
   }
 
@@ -281,6 +311,7 @@ export class LocalStore implements SecretStore {
 
   async close(): Promise<void> {
     // The shared Redis connection belongs to the runtime, which closes it; the durable-write one is the store's.
+    this.#opened?.close();
     const writer = this.#writer;
     this.#writer = undefined;
     await writer?.quit().catch(() => writer.disconnect());

@@ -30,8 +30,13 @@ interface Server {
 
 async function startServer(settings: ServerSettings): Promise<Server> {
   // stdout (Keyturn's log lines) is discarded, as a log shipper would take them; stderr shows failures.
+  // KEYTURN_BENCH_READ_PROFILE=<dir>: Keyturn's child writes a CPU profile there (node --cpu-prof) as it exits.
+  const profile = process.env.KEYTURN_BENCH_READ_PROFILE;
   const child = fork(join(import.meta.dirname, 'read-server.ts'), [], {
     stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+    ...(profile && settings.kind === 'keyturn'
+      ? { execArgv: ['--cpu-prof', '--cpu-prof-dir', profile] }
+      : {}),
   });
   const ready = await new Promise<ServerReady>((resolve, reject) => {
     child.once('message', (msg: { ready?: ServerReady; error?: string }) =>
@@ -121,6 +126,8 @@ export async function read(report: BenchSection): Promise<void> {
       met: at64.keyturn.p99 / at64.floor.p99 <= 2,
     });
 
+    // KEYTURN_BENCH_READ_SWEEP=0 skips the sweep and the plot (a quicker look while working on the read path).
+    if (process.env.KEYTURN_BENCH_READ_SWEEP === '0') return;
     const series: Array<{ server: Kind; connections: number; rps: number; p99: number }> = [];
     for (const connections of SWEEP) {
       for (const kind of KINDS) {

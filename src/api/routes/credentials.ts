@@ -156,57 +156,16 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
     },
   );
 
+  // The read, its audit event and its cache hint are the reader's (rotation/secret-reader.ts): the route only
+  // names the reader and turns the result into HTTP.
   app.get<{ Params: IdParams }>(
     '/v1/credentials/:id/secret',
     { schema: { params: IdParams }, config: { access: 'credential-secret' } },
     async (request, reply) => {
-      const credential = await ctx.registry.getCredential(request.params.id);
-      const working = await ctx.secrets.read(credential);
-      const actor = actorOf(request);
-      if (!working) {
-        const id = credential.spec.id;
-        const inflight = await ctx.rotations.inflightId(id);
-        const failed =
-          !inflight && credential.state.lastOutcome === 'failed'
-            ? credential.state.lastRotationId
-            : undefined;
-        await ctx.audit.append({
-          actor,
-          action: 'secret.read',
-          outcome: 'failure',
-          credential: id,
-          details: { reason: failed ? 'first rotation failed' : 'no version yet' },
-        });
-        return reply.code(409).send({
-          error: {
-            code: 'no_secret_yet',
-            message: failed
-              ? `Credential "${id}" has no working version: its first rotation ${failed} failed. GET /v1/rotations/${failed} says why; fix that, then POST /v1/credentials/${id}/rotate to try again`
-              : inflight
-                ? `Credential "${id}" has no working version yet: its first rotation ${inflight} has not finished (GET /v1/rotations/${inflight})`
-                : `Credential "${id}" has no working version yet: POST /v1/credentials/${id}/rotate to make one`,
-          },
-        });
-      }
-      const connection = await ctx.registry.getConnection(credential.spec.connection);
-      await ctx.audit.append({
-        actor,
-        action: 'secret.read',
-        outcome: 'success',
-        credential: credential.spec.id,
-        details: { version: working.version.versionId },
-      });
-      const { value } = working.version;
-      return reply.header('cache-control', `private, max-age=${working.maxAgeSeconds}`).send({
-        username: value.username,
-        password: value.password,
-        version: working.version.versionId,
-        rotatedAt: credential.state.rotatedAt ?? working.version.createdAt,
-        nextRotationAt: credential.state.nextRotationAt ?? null,
-        host: connection.host,
-        port: connection.port,
-        database: connection.database ?? null,
-      });
+      const read = await ctx.secrets.read(request.params.id, actorOf(request));
+      if (!read.found)
+        return reply.code(409).send({ error: { code: 'no_secret_yet', message: read.message } });
+      return reply.header('cache-control', `private, max-age=${read.maxAgeSeconds}`).send(read.answer);
     },
   );
 };
