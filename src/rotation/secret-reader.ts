@@ -12,6 +12,7 @@
 // connection's and the secret's do not: the script reads the credential's, the connection is read beside it, and the
 // store afterwards (after the in-flight pointer, as before: a version read then is one that worked at that moment).
 // Other stores (Vault, AWS) are read through their interface after the script.
+import { createHash } from 'node:crypto';
 import type { AuditLog } from '../audit/audit-log.ts';
 import type { Clock } from '../clock.ts';
 import { noteSecret } from '../crypto/secret-scope.ts';
@@ -71,6 +72,8 @@ if spec['store'] and spec['store']['type'] == 'local' then
 end
 return {cred[1], cred[2], inflight, rot, conn, stages, current, pending}
 `;
+
+const SNAPSHOT_SHA = createHash('sha1').update(SNAPSHOT).digest('hex');
 
 type Raw = string | null;
 
@@ -192,7 +195,13 @@ export class SecretReader {
       keys.push(k.localSecret(credentialSecretRef({ id, store: { type: 'local' } }).name));
       args.push(k.connection(''));
     }
-    const reply = (await this.#redis.eval(SNAPSHOT, keys.length, ...keys, ...args)) as Raw[];
+    // By its SHA: the script's text is not sent (nor hashed by Redis) on every read; once after a restart of Redis.
+    const reply = (await this.#redis
+      .evalsha(SNAPSHOT_SHA, keys.length, ...keys, ...args)
+      .catch((err: Error) => {
+        if (!/NOSCRIPT/.test(err.message)) throw err;
+        return this.#redis.eval(SNAPSHOT, keys.length, ...keys, ...args);
+      })) as Raw[];
     const [spec, state, inflightId = null, rotation = null] = reply;
     if (!spec || !state) throw new NotFoundError(`Credential "${id}" does not exist`);
     const credential = {
