@@ -13,7 +13,7 @@ import Fastify, {
   LogController,
 } from 'fastify';
 import type { Authenticator } from '../auth/authenticator.ts';
-import { runInNewSecretScope } from '../crypto/secret-scope.ts';
+import { currentSecretScope, runInNewSecretScope } from '../crypto/secret-scope.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { Metrics } from '../metrics/metrics.ts';
 import { installAuthentication, installAuthGate, installAuthorization } from './auth.ts';
@@ -234,7 +234,9 @@ export function installSecretScope(app: FastifyInstance): void {
     runInNewSecretScope(done, scope);
   });
   app.addHook('preValidation', (request, _reply, done) => {
-    if (request.secretScope) runInNewSecretScope(done, request.secretScope);
+    // Still in the request's scope (no body was read from the socket, e.g. a GET): nothing to restore.
+    if (request.secretScope && currentSecretScope() !== request.secretScope)
+      runInNewSecretScope(done, request.secretScope);
     else done();
   });
 }
