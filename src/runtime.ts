@@ -10,6 +10,7 @@ import { AuditArchiver } from './audit/archive.ts';
 import { AuditLog } from './audit/audit-log.ts';
 import { AuditOutbox } from './audit/outbox.ts';
 import { AuditSealer } from './audit/sealer.ts';
+import { SealerThread } from './audit/sealer-thread.ts';
 import { loadAuditKeys } from './audit/signing.ts';
 import { AuditTrail } from './audit/trail.ts';
 import { Authenticator } from './auth/authenticator.ts';
@@ -276,6 +277,36 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     });
     sealer.afterRound(() => archiver.runIfDue());
   }
+  // API and workers in one process (`npm start`): the sealing loop runs in a thread of its own, off the API's event
+  // loop (audit/sealer-thread.ts). Not with an injected clock (tests that move time keep the sealer in-process).
+  const sealerThread =
+    sealer && auditKeys.signer && runsApi && !options.clock
+      ? new SealerThread(
+          {
+            redis: config.redis,
+            prefix: config.prefix,
+            clustered: keys.clustered,
+            signerPem: String(auditKeys.signer.export({ type: 'pkcs8', format: 'pem' })),
+            publicKeysPem: auditKeys.publicKeys.map((k) => String(k.export({ type: 'spki', format: 'pem' }))),
+            settings: {
+              checkpointEvents: config.audit.checkpointEvents,
+              checkpointIntervalMs: config.audit.checkpointIntervalMs,
+              batch: 1000,
+            },
+            ...(config.audit.archiveDir
+              ? {
+                  archive: {
+                    dir: config.audit.archiveDir,
+                    retentionDays: config.audit.retentionDays,
+                    streamDays: config.audit.streamDays,
+                  },
+                }
+              : {}),
+            log: { level: config.logLevel, format: config.logFormat },
+          },
+          logger,
+        )
+      : undefined;
   const workers = config.components.includes('worker')
     ? new QueueWorkers({
         connection: queueRedis,
@@ -335,7 +366,8 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     async start() {
       if (workers) await workers.start();
       if (workers) await sync.start();
-      sealer?.start();
+      if (sealerThread) await sealerThread.start();
+      else sealer?.start();
       return app.listen({ port: config.port, host: config.host });
     },
     async close() {
@@ -343,6 +375,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
       closed = true;
       await app.close().catch((err) => logger.error({ err }, 'closing the API failed'));
       await workers?.close().catch((err) => logger.error({ err }, 'closing the workers failed'));
+      await sealerThread?.close().catch((err) => logger.error({ err }, 'closing the audit sealer failed'));
       await sealer?.close().catch((err) => logger.error({ err }, 'closing the audit sealer failed'));
       await sync.close().catch((err) => logger.error({ err }, 'closing the sync worker failed'));
       await queues.close().catch(() => {});
