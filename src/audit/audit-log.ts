@@ -2,6 +2,7 @@
 // (actor), what (action), on what (credential, connection, rotation), with what outcome, and when; it never
 // carries a secret value: `details` takes only scalars, and every call site passes ids and scrubbed messages.
 
+import { randomBytes } from 'node:crypto';
 import { scrubJsonLine } from '../crypto/secret-scope.ts';
 import type { RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
@@ -60,6 +61,16 @@ export class AuditLog {
     this.#key = keys.audit();
   }
 
+  /** The stream events are appended to (for a script that appends one with its read: rotation/secret-reader.ts). */
+  get streamKey(): string {
+    return this.#key;
+  }
+
+  /** Reports the latency of an append made by a script of another module. */
+  appendedBy(seconds: number): void {
+    this.onAppendLatency?.(seconds);
+  }
+
   /** Appends one event and returns its id. */
   async append(event: AuditEventInput): Promise<string> {
     const started = performance.now();
@@ -93,6 +104,26 @@ export class AuditLog {
       start = `(${batch[batch.length - 1]![0]}`;
     }
   }
+}
+
+/** Stands for a value only a script knows (auditEventTemplate); random per process, so no input can forge it. */
+const PLACEHOLDER = `@@${randomBytes(12).toString('hex')}@@`;
+
+/**
+ * An event's stored form cut around one `details` field whose value a script fills in (the secret read's version,
+ * chosen in the same script that appends the event): `prefix + JSON string content + suffix` is what append would
+ * store. The value must need no JSON escaping (a version id does not).
+ */
+export function auditEventTemplate(
+  event: AuditEventInput,
+  field: string,
+): { prefix: string; suffix: string } {
+  const encoded = encode(
+    { ...event, details: { ...event.details, [field]: PLACEHOLDER } },
+    new Date().toISOString(),
+  );
+  const at = encoded.indexOf(PLACEHOLDER);
+  return { prefix: encoded.slice(0, at), suffix: encoded.slice(at + PLACEHOLDER.length) };
 }
 
 /** The append as a raw command, for scripts that apply it together with other writes (Lease.commit). */

@@ -13,7 +13,7 @@
 // store afterwards (after the in-flight pointer, as before: a version read then is one that worked at that moment).
 // Other stores (Vault, AWS) are read through their interface after the script.
 import { createHash } from 'node:crypto';
-import type { AuditLog } from '../audit/audit-log.ts';
+import { type AuditEventInput, type AuditLog, auditEventTemplate } from '../audit/audit-log.ts';
 import type { Clock } from '../clock.ts';
 import { noteSecret } from '../crypto/secret-scope.ts';
 import type { RedisClient } from '../redis/client.ts';
@@ -49,9 +49,11 @@ export type SecretRead =
   /** No working version yet (first rotation running or failed): a 409 with this message. */
   | { found: false; message: string };
 
-// KEYS[1] credential hash, KEYS[2] in-flight pointer, KEYS[3] (one node only) the local store's hash of the secret.
-// ARGV[1] rotation record key without the id, ARGV[2] (one node only) connection key without the id.
-// Returns spec, state, in-flight id, rotation record, connection, stages, current sealed, in-flight version sealed.
+// KEYS[1] credential hash, KEYS[2] in-flight pointer; one node only: KEYS[3] the local store's hash of the secret,
+// KEYS[4] the audit stream. ARGV[1] rotation record key without the id; one node only: ARGV[2] connection key
+// without the id, ARGV[3] and ARGV[4] the success event around its version (AuditLog's auditEventTemplate).
+// Returns spec, state, in-flight id, rotation record, connection, stages, current sealed, in-flight version sealed,
+// and the id of the audit event when the script appended it.
 const SNAPSHOT = `
 local cred = redis.call('HMGET', KEYS[1], 'spec', 'state')
 if not cred[1] or not cred[2] then return {} end
@@ -61,16 +63,20 @@ if inflight then rot = redis.call('GET', ARGV[1] .. inflight) end
 if #KEYS < 3 then return {cred[1], cred[2], inflight, rot} end
 local spec = cjson.decode(cred[1])
 local conn = redis.call('GET', ARGV[2] .. spec['connection'])
-local stages, current, pending = false, false, false
+local stages, current, pending, vid = false, false, false, false
 if spec['store'] and spec['store']['type'] == 'local' then
   stages = redis.call('HGET', KEYS[3], 'stages')
   if stages then
-    local vid = cjson.decode(stages)['current']
+    vid = cjson.decode(stages)['current']
     if vid then current = redis.call('HGET', KEYS[3], 'v:' .. vid) end
   end
   if inflight then pending = redis.call('HGET', KEYS[3], 'v:' .. inflight) end
 end
-return {cred[1], cred[2], inflight, rot, conn, stages, current, pending}
+-- No rotation in flight and a current version: that is the version the read serves, so its audit event is appended
+-- here, with the read (ARGV[3] .. version .. ARGV[4] is the event as AuditLog.append would store it).
+local audited = false
+if ARGV[3] ~= '' and not inflight and current then audited = redis.call('XADD', KEYS[4], '*', 'e', ARGV[3] .. vid .. ARGV[4]) end
+return {cred[1], cred[2], inflight, rot, conn, stages, current, pending, audited}
 `;
 
 const SNAPSHOT_SHA = createHash('sha1').update(SNAPSHOT).digest('hex');
@@ -80,6 +86,8 @@ type Raw = string | null;
 /** Everything a read decides on, read at one instant (the store part only on one node with the local store). */
 interface Snapshot {
   credential: Credential;
+  /** The script appended the read's success event (for the current version, the one a read without rotation serves). */
+  audited: boolean;
   inflightId: string | null;
   rotation: Rotation | null;
   connection: Connection | null;
@@ -91,6 +99,14 @@ interface Working {
   version: SecretVersion;
   rotating: boolean;
 }
+
+const successEvent = (credential: string, actor: string, version: string): AuditEventInput => ({
+  actor,
+  action: 'secret.read',
+  outcome: 'success',
+  credential,
+  details: { version },
+});
 
 export class SecretReader {
   readonly #redis: RedisClient;
@@ -130,9 +146,21 @@ export class SecretReader {
    * was read).
    */
   async read(id: string, actor: string): Promise<SecretRead> {
-    const snap = await this.#snapshot(id);
+    const snap = await this.#snapshot(id, actor);
     const { credential } = snap;
-    const working = await this.#working(snap);
+    const working = await this.#working(snap).catch(async (err: unknown) => {
+      // Audited as read in the script, but the value could not be opened (a wrong master key, an altered value): the
+      // reader got nothing, and the trail says so right after.
+      if (snap.audited)
+        await this.#audit.append({
+          actor,
+          action: 'secret.read',
+          outcome: 'failure',
+          credential: id,
+          details: { reason: 'the version could not be opened' },
+        });
+      throw err;
+    });
     if (!working) {
       const failed =
         !snap.inflightId && credential.state.lastOutcome === 'failed'
@@ -156,13 +184,8 @@ export class SecretReader {
       };
     }
     const connection = snap.connection ?? (await this.#connection(credential.spec.connection));
-    await this.#audit.append({
-      actor,
-      action: 'secret.read',
-      outcome: 'success',
-      credential: id,
-      details: { version: working.version.versionId },
-    });
+    // The script appended the event when it could tell the version (no rotation in flight); else it is appended now.
+    if (!snap.audited) await this.#audit.append(successEvent(id, actor, working.version.versionId));
     const { value } = working.version;
     return {
       found: true,
@@ -186,15 +209,23 @@ export class SecretReader {
     };
   }
 
-  async #snapshot(id: string): Promise<Snapshot> {
+  async #snapshot(id: string, actor: string): Promise<Snapshot> {
     const k = this.#keys;
     const oneNode = !k.clustered;
     const keys = [k.credential(id), k.inflight(id)];
     const args = [k.rotation(id, '')];
     if (oneNode) {
-      keys.push(k.localSecret(credentialSecretRef({ id, store: { type: 'local' } }).name));
-      args.push(k.connection(''));
+      keys.push(
+        k.localSecret(credentialSecretRef({ id, store: { type: 'local' } }).name),
+        this.#audit.streamKey,
+      );
+      // Without the local store's opener here the version is read again later: then the event is appended later too.
+      const event = this.#local
+        ? auditEventTemplate(successEvent(id, actor, ''), 'version')
+        : { prefix: '', suffix: '' };
+      args.push(k.connection(''), event.prefix, event.suffix);
     }
+    const started = performance.now();
     // By its SHA: the script's text is not sent (nor hashed by Redis) on every read; once after a restart of Redis.
     const reply = (await this.#redis
       .evalsha(SNAPSHOT_SHA, keys.length, ...keys, ...args)
@@ -203,6 +234,8 @@ export class SecretReader {
         return this.#redis.eval(SNAPSHOT, keys.length, ...keys, ...args);
       })) as Raw[];
     const [spec, state, inflightId = null, rotation = null] = reply;
+    const audited = oneNode && typeof reply[8] === 'string';
+    if (audited) this.#audit.appendedBy((performance.now() - started) / 1000);
     if (!spec || !state) throw new NotFoundError(`Credential "${id}" does not exist`);
     const credential = {
       spec: JSON.parse(spec) as CredentialSpec,
@@ -210,6 +243,7 @@ export class SecretReader {
     };
     const snap: Snapshot = {
       credential,
+      audited,
       inflightId,
       rotation: rotation ? (JSON.parse(rotation) as Rotation) : null,
       connection: null,
