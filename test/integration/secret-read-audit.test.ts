@@ -101,8 +101,8 @@ describe('secret reads and their audit events', () => {
 
   it('a read whose audit event cannot be written gives no secret (the append is awaited before answering)', async () => {
     const redis = kt.runtime.ctx.redis;
-    const stream = `${env.prefix}:audit`;
-    const kept = `${env.prefix}:audit-kept`;
+    const stream = kt.runtime.ctx.audit.streamKey;
+    const kept = `${stream}-kept`;
     // The stream replaced by a string: XADD fails (WRONGTYPE) for this one read.
     await redis.rename(stream, kept);
     await redis.set(stream, 'not a stream');
