@@ -3,6 +3,7 @@
 // retry policy its callers need:
 // - commands fail fast while no master can take them, so that an API call answers 503 instead of hanging;
 // - BullMQ's connection retries forever (its blocking reads must never throw), so workers pause and resume.
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Cluster, type ClusterOptions, Redis, type RedisOptions } from 'ioredis';
 import { describeTopology, type RedisSettings } from '../config/redis-topology.ts';
@@ -66,15 +67,59 @@ function nodeOptions(settings: RedisSettings, role: ConnectionRole, name: string
   };
 }
 
+// EVAL by SHA. Keyturn's Lua scripts (fenced commits, the local store, the registry) run through `eval` with their
+// text; these clients send EVALSHA instead, and the text only when Redis answers NOSCRIPT (once per script after a
+// restart or failover, since a replica promoted to master may not hold the script cache). A rotation runs about
+// a dozen scripts of up to a few kilobytes each: sending and hashing the text on every call was a tenth of a
+// worker's CPU (issue 14, docs/architecture.md "Scripts by SHA"). Pipelines and MULTI keep plain EVAL.
+const SHAS = new Map<string, string>();
+const shaOf = (script: string): string => {
+  let sha = SHAS.get(script);
+  if (!sha) {
+    sha = createHash('sha1').update(script).digest('hex');
+    SHAS.set(script, sha);
+  }
+  return sha;
+};
+type EvalArg = string | Buffer | number;
+async function evalBySha(
+  client: Redis | Cluster,
+  plainEval: (...args: EvalArg[]) => Promise<unknown>,
+  args: EvalArg[],
+): Promise<unknown> {
+  const [script, ...rest] = args;
+  if (typeof script !== 'string' || typeof rest[rest.length - 1] === 'function') return plainEval(...args);
+  try {
+    return await client.evalsha(shaOf(script), ...(rest as [number, ...EvalArg[]]));
+  } catch (err) {
+    if (!/^NOSCRIPT/.test((err as Error).message)) throw err;
+    return plainEval(...args);
+  }
+}
+
+class ScriptCachingRedis extends Redis {
+  // biome-ignore lint/suspicious/noExplicitAny: the override stands for all of ioredis's overloads of eval
+  override eval(...args: any[]): any {
+    return evalBySha(this, (...a) => super.eval(...(a as [string, number])), args);
+  }
+}
+
+class ScriptCachingCluster extends Cluster {
+  // biome-ignore lint/suspicious/noExplicitAny: the override stands for all of ioredis's overloads of eval
+  override eval(...args: any[]): any {
+    return evalBySha(this, (...a) => super.eval(...(a as [string, number])), args);
+  }
+}
+
 /** A new connection of `role` to the configured topology (not yet connected: call `connect()`). */
 export function createRedisClient(settings: RedisSettings, role: ConnectionRole, name: string): RedisClient {
   const options = nodeOptions(settings, role, name);
   const { topology } = settings;
   switch (topology.kind) {
     case 'standalone':
-      return new Redis(topology.url, options);
+      return new ScriptCachingRedis(topology.url, options);
     case 'sentinel':
-      return new Redis({
+      return new ScriptCachingRedis({
         ...options,
         sentinels: topology.sentinels,
         name: topology.masterName,
@@ -100,7 +145,7 @@ export function createRedisClient(settings: RedisSettings, role: ConnectionRole,
         clusterRetryStrategy: (times: number) => Math.min(100 * times, 2000),
         ...(options.tls ? { dnsLookup: (address, callback) => callback(null, address) } : {}),
       };
-      return new Cluster(topology.nodes, clusterOptions);
+      return new ScriptCachingCluster(topology.nodes, clusterOptions);
     }
   }
 }

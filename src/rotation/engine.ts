@@ -24,7 +24,7 @@ import {
   type SecretVersion,
   StoreRefusedError,
 } from '../stores/types.ts';
-import { TargetRefusedError, type TargetSession } from '../targets/types.ts';
+import { type Login, TargetRefusedError, type TargetSession, wasNothingSent } from '../targets/types.ts';
 import { type Downstream, openDownstream } from './downstream.ts';
 import type { Failpoints } from './failpoints.ts';
 import { type FencedOp, type Lease, LeaseLostError, type LeaseManager, mergeFieldsOp } from './lease.ts';
@@ -103,6 +103,8 @@ interface Context {
 }
 
 const nowIso = (): string => new Date().toISOString();
+/** How often a connection is checked for refusing a wrong password (see #checkPasswordsChecked). */
+const PASSWORD_CHECK_EVERY_MS = 10 * 60_000;
 
 /** What to do about a `<user>_clone` that is not Keyturn's, in the message of the rotation that left it alone. */
 const FOREIGN_CLONE_ADVICE =
@@ -124,6 +126,8 @@ export class RotationEngine {
   readonly #log: Logger;
   readonly #settings: EngineSettings;
   readonly #observer: RotationObserver | undefined;
+  /** Per connection: when this process last saw whether it refuses a wrong password, and whether it did. */
+  readonly #passwordsChecked = new Map<string, { at: number; checks: boolean }>();
   hooks: RotationHooks | undefined;
   secretObserver: SecretObserver | undefined;
 
@@ -459,13 +463,17 @@ export class RotationEngine {
     const { spec } = ctx.credential;
     const pending = await this.#pending(rotation, ctx);
     const login = { username: pending.value.username, password: pending.value.password };
-    if ((await ctx.target.authenticate(login)).ok) {
+    // The pending password can only work already if an earlier attempt may have sent it: setStarted is saved before
+    // the change goes out. A first attempt skips the look, a login bound to fail (a third of a PostgreSQL
+    // rotation's downstream work, and one webhook request in three).
+    if (rotation.setStarted && (await ctx.target.authenticate(login)).ok) {
       // "Already works" proves something only if the downstream checks passwords: a server with trust
       // authentication lets any password in, and skipping would leave the old password in place.
       const canary = await ctx.target.authenticate({
         username: login.username,
         password: generatePassword(spec.password),
       });
+      this.#passwordsChecked.set(ctx.connection.id, { at: Date.now(), checks: !canary.ok });
       if (!canary.ok) {
         // The user holds this rotation's own new password: Keyturn set it (a resumed rotation), so a clone is its.
         if (spec.strategy === 'alternating-users' && login.username !== spec.username) {
@@ -475,10 +483,7 @@ export class RotationEngine {
         rotation.setDone = true;
         return 'skipped';
       }
-      this.#log.warn(
-        { rotation: rotation.id, credential: spec.id },
-        'the downstream accepted a deliberately wrong password: it does not check passwords (trust authentication?), so the test step proves nothing',
-      );
+      this.#warnNoPasswordCheck(rotation, ctx);
     }
     // Every attempt, a retry's too: the clone may have changed hands since the last one looked.
     const clone =
@@ -487,10 +492,31 @@ export class RotationEngine {
         : undefined;
     // Write-ahead: from here the downstream may hold the pending password (I2's other half: a failure now
     // must put the old password back before the pending version may be dropped).
-    if (!rotation.setStarted) {
+    const firstSend = !rotation.setStarted;
+    if (firstSend) {
       rotation.setStarted = true;
       await this.#save(lease, rotation);
     }
+    try {
+      await this.#sendPending(ctx, login, clone);
+    } catch (err) {
+      // The first attempt to send failed before anything reached the downstream (its admin login, say): nothing can
+      // hold the pending password, as the look this attempt skipped would have shown. The failure path saves this.
+      if (firstSend && wasNothingSent(err)) rotation.setStarted = false;
+      throw err;
+    }
+    await this.#failpoints.hit('set-after-downstream');
+    rotation.setDone = true;
+    return 'succeeded';
+  }
+
+  /** The set step's change downstream: the clone made, both passwords kept, or the password replaced. */
+  async #sendPending(
+    ctx: Context,
+    login: Login,
+    clone: { exclusive: boolean; label?: string } | undefined,
+  ): Promise<void> {
+    const { spec } = ctx.credential;
     // Only a dual-password downstream needs the current version here (to keep it next to the new one).
     const current =
       spec.strategy === 'single-user' && ctx.target.setPasswords
@@ -521,9 +547,6 @@ export class RotationEngine {
     } else {
       await ctx.target.updatePassword(login.username, login.password);
     }
-    await this.#failpoints.hit('set-after-downstream');
-    rotation.setDone = true;
-    return 'succeeded';
   }
 
   /** Step 3: log in with the pending secret and run a harmless query. */
@@ -538,7 +561,35 @@ export class RotationEngine {
       rotation.setDone = false;
       throw new Error(`test failed: ${result.message}`);
     }
+    await this.#checkPasswordsChecked(rotation, ctx, pending.value.username);
     return 'succeeded';
+  }
+
+  /**
+   * A login that works proves something only if the downstream refuses a wrong password: a server with trust
+   * authentication lets anyone in. Checked with a deliberately wrong password after a test step that passed, once per
+   * connection every PASSWORD_CHECK_EVERY_MS in this process rather than on every rotation (a failed login costs as
+   * much as a good one); the result only decides a warning, never the rotation.
+   */
+  async #checkPasswordsChecked(rotation: Rotation, ctx: Context, username: string): Promise<void> {
+    const last = this.#passwordsChecked.get(ctx.connection.id);
+    if (last && Date.now() - last.at < PASSWORD_CHECK_EVERY_MS) {
+      if (!last.checks) this.#warnNoPasswordCheck(rotation, ctx);
+      return;
+    }
+    const canary = await ctx.target
+      .authenticate({ username, password: generatePassword(ctx.credential.spec.password) })
+      .catch(() => undefined);
+    if (!canary) return; // unavailable just now: the next rotation looks again
+    this.#passwordsChecked.set(ctx.connection.id, { at: Date.now(), checks: !canary.ok });
+    if (canary.ok) this.#warnNoPasswordCheck(rotation, ctx);
+  }
+
+  #warnNoPasswordCheck(rotation: Rotation, ctx: Context): void {
+    this.#log.warn(
+      { rotation: rotation.id, credential: ctx.credential.spec.id, connection: ctx.connection.id },
+      'the downstream accepted a deliberately wrong password: it does not check passwords (trust authentication?), so the test step proves nothing',
+    );
   }
 
   /** Step 4: pending becomes current, the state and audit event land together, the schedule is re-armed. */

@@ -17,6 +17,8 @@ export type AuthOutcome =
 /** The downstream could not be reached or failed in a way that says nothing about the credentials. */
 export class TargetUnavailableError extends Error {
   readonly code: string | undefined;
+  /** See `nothingSent`. */
+  beforeAnyChange = false;
   constructor(message: string, code?: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = 'TargetUnavailableError';
@@ -27,11 +29,31 @@ export class TargetUnavailableError extends Error {
 /** The downstream refused an administrative change (missing privilege, missing user…): retrying will not help. */
 export class TargetRefusedError extends Error {
   readonly code: string | undefined;
+  /** See `nothingSent`. */
+  beforeAnyChange = false;
   constructor(message: string, code?: string) {
     super(message);
     this.name = 'TargetRefusedError';
     this.code = code;
   }
+}
+
+/**
+ * Marks a target error as raised before the verb could reach the downstream: the admin login failed, the address
+ * refused the connection, the name did not resolve. Why: the engine saves the set step's write-ahead marker before a
+ * password change goes out, and a failed first attempt then obliges it to put the old password back downstream
+ * before it may give up, which cannot be done while the downstream is away. An error marked here proves that
+ * attempt changed nothing, so the rotation fails cleanly instead of waiting for the downstream to come back. Mark
+ * only what is certain: a timeout, a reset or an answer may all follow a change that landed.
+ */
+export function nothingSent<E extends Error>(err: E): E {
+  if (err instanceof TargetUnavailableError || err instanceof TargetRefusedError) err.beforeAnyChange = true;
+  return err;
+}
+
+/** Whether `err` is a target error marked by `nothingSent`. */
+export function wasNothingSent(err: unknown): boolean {
+  return (err instanceof TargetUnavailableError || err instanceof TargetRefusedError) && err.beforeAnyChange;
 }
 
 export interface UserTemplate {

@@ -7,10 +7,12 @@ import { join } from 'node:path';
 import { hotPaths } from './hot-paths.ts';
 import { read } from './read.ts';
 import { BenchReport, type BenchSection } from './report.ts';
+import { rotations } from './rotations.ts';
 
 const sections: Record<string, (report: BenchSection) => Promise<void>> = {
   'hot-paths': hotPaths,
   read,
+  rotations,
 };
 
 const asked = process.argv.slice(2);

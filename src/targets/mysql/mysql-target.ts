@@ -34,6 +34,7 @@ import {
   type AuthOutcome,
   type LeaseUserSpec,
   type Login,
+  nothingSent,
   type TargetDriver,
   TargetRefusedError,
   type TargetSession,
@@ -606,7 +607,9 @@ class MysqlSession implements TargetSession {
       conn = await this.#connect(this.#admin, false);
     } catch (err) {
       const where = `${this.#connection.host}:${this.#connection.port}`;
-      throw classify(`${action}: logging in to ${where} as admin "${this.#admin.username}" failed`, err);
+      throw nothingSent(
+        classify(`${action}: logging in to ${where} as admin "${this.#admin.username}" failed`, err),
+      );
     }
     try {
       // mysql2 escapes with backslashes, which NO_BACKSLASH_ESCAPES would turn into literal characters.

@@ -7,6 +7,7 @@ import {
   type AuthOutcome,
   type LeaseUserSpec,
   type Login,
+  nothingSent,
   type TargetDriver,
   TargetRefusedError,
   type TargetSession,
@@ -275,7 +276,9 @@ class PostgresSession implements TargetSession {
       await client.connect();
     } catch (err) {
       const where = `${this.#connection.host}:${this.#connection.port}`;
-      throw classify(`${action}: logging in to ${where} as admin "${this.#admin.username}" failed`, err);
+      throw nothingSent(
+        classify(`${action}: logging in to ${where} as admin "${this.#admin.username}" failed`, err),
+      );
     }
     try {
       return await fn(client);

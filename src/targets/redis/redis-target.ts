@@ -10,6 +10,7 @@ import type { Connection } from '../../registry/types.ts';
 import {
   type AuthOutcome,
   type Login,
+  nothingSent,
   type TargetDriver,
   TargetRefusedError,
   type TargetSession,
@@ -107,11 +108,13 @@ class RedisSession implements TargetSession {
     } catch (err) {
       client.disconnect();
       if (AUTH_REJECTED.test((err as Error)?.message ?? '')) {
-        throw new TargetRefusedError(
-          `Redis ${where} refused the admin login of "${this.#admin.username}": check the connection's admin secret`,
+        throw nothingSent(
+          new TargetRefusedError(
+            `Redis ${where} refused the admin login of "${this.#admin.username}": check the connection's admin secret`,
+          ),
         );
       }
-      throw this.#fail(`logging in to Redis ${where} as admin "${this.#admin.username}"`, err);
+      throw nothingSent(this.#fail(`logging in to Redis ${where} as admin "${this.#admin.username}"`, err));
     }
     this.#client = client;
     return client;

@@ -37,6 +37,7 @@ import type { Connection } from '../../registry/types.ts';
 import {
   type AuthOutcome,
   type Login,
+  nothingSent,
   type TargetDriver,
   TargetRefusedError,
   type TargetSession,
@@ -131,6 +132,9 @@ interface Answer {
   /** A short, scrubbed reason taken from the body, or '' */
   reason: string;
 }
+
+/** Errors of a connection that was never made: the request cannot have reached the service. */
+const NOT_CONNECTED = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
 
 /** Thrown by one attempt that got no answer. */
 class NoAnswer extends Error {
@@ -272,6 +276,8 @@ class WebhookSession implements TargetSession {
     let last = '';
     let code: string | undefined;
     let attempts = 0;
+    // Whether any attempt may have reached the service: only a connection that was never made proves none did.
+    let mayHaveArrived = false;
     for (;;) {
       attempts += 1;
       const timestamp = Math.floor(Date.now() / 1000);
@@ -288,6 +294,7 @@ class WebhookSession implements TargetSession {
       ]);
       try {
         const answer = await this.#post(action, body, timestamp, signal);
+        mayHaveArrived = true;
         const reason = this.#reason(answer.text, secrets);
         if (!retryable(answer.status)) return { status: answer.status, reason };
         last = `answered ${answer.status}${reason ? ` (${reason})` : ''}`;
@@ -295,6 +302,7 @@ class WebhookSession implements TargetSession {
       } catch (err) {
         if (!(err instanceof NoAnswer)) throw err;
         if (this.#closed.signal.aborted) throw new TargetUnavailableError(`${what}: the session was closed`);
+        if (err.timedOut || !NOT_CONNECTED.has(err.code ?? '')) mayHaveArrived = true;
         last = err.timedOut
           ? `no answer within ${this.#settings.timeoutMs} ms`
           : scrubText(err.message, [...secrets, this.#admin.password]);
@@ -306,10 +314,11 @@ class WebhookSession implements TargetSession {
       await new Promise((resolve) => setTimeout(resolve, pause));
       if (this.#closed.signal.aborted) throw new TargetUnavailableError(`${what}: the session was closed`);
     }
-    throw new TargetUnavailableError(
+    const error = new TargetUnavailableError(
       `${what}: ${last}, after ${attempts} attempt${attempts === 1 ? '' : 's'}`,
       code,
     );
+    throw mayHaveArrived ? error : nothingSent(error);
   }
 
   /** Refuses an answer to set or revoke that is not in `ok`. */

@@ -1,0 +1,121 @@
+// Processes the bench starts and stops: a private redis-server (so that nothing else on the machine's Redis weighs
+// on a figure, and a figure's keys never touch it), and Keyturn itself as `npm start` or its worker entry point, as
+// a user runs them.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+
+const ROOT = join(import.meta.dirname, '../..');
+
+export const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+
+export interface PrivateRedis {
+  url: string;
+  port: number;
+  stop(): Promise<void>;
+}
+
+/** A redis-server on a free loopback port, without persistence, for one figure; stopped and its files removed. */
+export async function startPrivateRedis(): Promise<PrivateRedis> {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'keyturn-bench-redis-'));
+  const child = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir],
+    { stdio: 'ignore' },
+  );
+  const url = `redis://127.0.0.1:${port}`;
+  for (let i = 0; ; i++) {
+    const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    probe.on('error', () => {});
+    try {
+      await probe.connect();
+      await probe.ping();
+      probe.disconnect();
+      break;
+    } catch {
+      probe.disconnect();
+      if (i > 100 || child.exitCode !== null) throw new Error(`redis-server on port ${port} did not start`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  return {
+    url,
+    port,
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill('SIGKILL');
+        await once(child, 'exit');
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface KeyturnProcess {
+  child: ChildProcess;
+  /** The API's base URL, or the worker's health port. */
+  url: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * Keyturn as a user starts it: `node src/main.ts` (API and workers in one process, `npm start`) or
+ * `node workers/rotation-worker.ts`. Its output is discarded (log level as given, `info` by default). Resolves when
+ * /readyz answers 200.
+ */
+export async function startKeyturn(
+  entry: 'main' | 'worker',
+  env: Record<string, string>,
+): Promise<KeyturnProcess> {
+  const port = await freePort();
+  const stateDir = mkdtempSync(join(tmpdir(), 'keyturn-bench-state-'));
+  const script = entry === 'main' ? 'src/main.ts' : 'workers/rotation-worker.ts';
+  // KEYTURN_BENCH_CPU_PROF=<dir>: each Keyturn process writes a V8 CPU profile there when it stops.
+  const prof = process.env.KEYTURN_BENCH_CPU_PROF;
+  const child = spawn(process.execPath, [...(prof ? ['--cpu-prof', '--cpu-prof-dir', prof] : []), script], {
+    cwd: ROOT,
+    env: { ...process.env, ...env, PORT: String(port), HOST: '127.0.0.1', KEYTURN_STATE_DIR: stateDir },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr?.on('data', (chunk: Buffer) => {
+    stderr = (stderr + chunk.toString('utf8')).slice(-4000);
+  });
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; ; i++) {
+    if (child.exitCode !== null) throw new Error(`${script} exited with ${child.exitCode}: ${stderr}`);
+    const ok = await fetch(`${url}/readyz`).then(
+      (r) => r.status === 200,
+      () => false,
+    );
+    if (ok) break;
+    if (i > 600) throw new Error(`${script} was not ready within a minute: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    child,
+    url,
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+        await once(child, 'exit');
+        clearTimeout(timer);
+      }
+      rmSync(stateDir, { recursive: true, force: true });
+    },
+  };
+}
