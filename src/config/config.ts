@@ -425,7 +425,9 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
     rotation: {
       attempts: int('KEYTURN_ROTATION_ATTEMPTS', 5, 1, 100),
       backoffMs: int('KEYTURN_ROTATION_BACKOFF_MS', 2000, 10, 3_600_000),
-      concurrency: int('KEYTURN_ROTATION_CONCURRENCY', 4, 1, 256),
+      // A rotation mostly waits on its downstream and on Redis: 16 in flight keep a worker busy (issue 14: 4 left a
+      // process idle a fifth of the time on a fast downstream). Each holds one downstream session while it runs.
+      concurrency: int('KEYTURN_ROTATION_CONCURRENCY', 16, 1, 256),
       leaseMs: int('KEYTURN_ROTATION_LEASE_MS', 30_000, 1000, 600_000),
       downstreamTimeoutMs: int('KEYTURN_DOWNSTREAM_TIMEOUT_MS', 10_000, 100, 300_000),
       reconcileIntervalMs: int('KEYTURN_RECONCILE_INTERVAL_MS', 30_000, 500, 3_600_000),
