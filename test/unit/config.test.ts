@@ -31,7 +31,7 @@ describe('loadConfig defaults', () => {
     expect(config.rotation).toEqual({
       attempts: 5,
       backoffMs: 2000,
-      concurrency: 4,
+      concurrency: 16,
       leaseMs: 30_000,
       downstreamTimeoutMs: 10_000,
       reconcileIntervalMs: 30_000,
