@@ -18,6 +18,9 @@ export const CLUSTER_SUITES = [
   'test/integration/concurrency.test.ts',
   'test/integration/downstream-user-claims.test.ts',
   'test/integration/clone-adoption.test.ts',
+  // Scheduling: the due-time index is an index over many owners, in a slot of its own.
+  'test/integration/due-index.test.ts',
+  'test/integration/scheduling.test.ts',
 ];
 
 export default defineConfig({

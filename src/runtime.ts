@@ -37,6 +37,7 @@ import { Failpoints } from './rotation/failpoints.ts';
 import { LeaseManager } from './rotation/lease.ts';
 import { RotationRepo } from './rotation/rotation-repo.ts';
 import { SecretReader } from './rotation/secret-reader.ts';
+import { DueIndex } from './scheduling/due-index.ts';
 import { Queues, QueueWorkers } from './scheduling/queues.ts';
 import { AwsStore } from './stores/aws-store.ts';
 import { StoreSet } from './stores/index.ts';
@@ -150,7 +151,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     leaseConcurrency: config.leases.concurrency,
     overdueScanEveryMs: config.overdueScanIntervalMs,
   };
-  const queues = new Queues(queueRedis, queueSettings, registry);
+  const queues = new Queues(queueRedis, queueSettings, registry, new DueIndex(redis, keys));
   engine.hooks = queues;
   // Kubernetes Secret sync (src/sync): queued by the engine when a version starts to work, pushed by the workers.
   const syncTargetMap = syncTargets(config);
@@ -320,6 +321,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
         leases,
         logger,
         overdue: new OverdueScanner({ redis, keys, registry, clock, logger }),
+        observer: metrics,
         ...(config.notifications.webhookUrls.length > 0 && config.notifications.webhookSecret
           ? {
               notifier: new Notifier({

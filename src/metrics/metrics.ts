@@ -83,6 +83,7 @@ export class Metrics implements RotationObserver, SyncObserver {
   readonly #rotations: Counter<'outcome' | 'target'>;
   readonly #rotationSeconds: Histogram<'outcome' | 'target'>;
   readonly #auditAppendSeconds: Histogram;
+  readonly #scheduleLagSeconds: Histogram;
   readonly #httpRequests: Counter<'method' | 'route' | 'status_class'>;
   readonly #httpSeconds: Histogram<'method' | 'route' | 'status_class'>;
   readonly #syncs: Counter<'type' | 'result'>;
@@ -116,6 +117,12 @@ export class Metrics implements RotationObserver, SyncObserver {
       name: 'keyturn_audit_append_duration_seconds',
       help: 'Time to append one audit event to the stream, in this process.',
       buckets: AUDIT_BUCKETS,
+      registers,
+    });
+    this.#scheduleLagSeconds = new Histogram({
+      name: 'keyturn_schedule_lag_seconds',
+      help: "How late a scheduled rotation was asked for: from its credential's due time to a worker taking it from the due-time index, in this process.",
+      buckets: [0.1, 0.5, 1, 2, 5, 15, 30, 60, 120, 300, 600, 1800, 3600],
       registers,
     });
     this.#httpRequests = new Counter({
@@ -241,6 +248,11 @@ export class Metrics implements RotationObserver, SyncObserver {
   /** AuditLog.onAppendLatency. */
   auditAppended(seconds: number): void {
     this.#auditAppendSeconds.observe(seconds);
+  }
+
+  /** ScheduleObserver: one credential taken from the due-time index, this late. */
+  scheduleLag(seconds: number): void {
+    this.#scheduleLagSeconds.observe(seconds);
   }
 
   /** `route` is the matched route's pattern ("/v1/credentials/:id"), never the URL the client sent. */

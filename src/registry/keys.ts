@@ -70,6 +70,10 @@ export class RedisKeys {
   credentials(): string {
     return `${this.prefix}:creds`;
   }
+  /** Sorted set of credential ids by when their next scheduled rotation is due (ms): scheduling/due-index.ts. */
+  dueIndex(): string {
+    return `${this.prefix}:due`;
+  }
   /** The id of the rotation in flight for a credential (I3: at most one). */
   inflight(credentialId: string): string {
     return `${this.prefix}:cred:${this.#tag(credentialId)}:inflight`;

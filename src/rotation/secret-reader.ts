@@ -19,7 +19,8 @@ import { noteSecret } from '../crypto/secret-scope.ts';
 import type { RedisClient } from '../redis/client.ts';
 import { NotFoundError } from '../registry/errors.ts';
 import type { RedisKeys } from '../registry/keys.ts';
-import type { Connection, Credential, CredentialSpec, CredentialState } from '../registry/types.ts';
+import { decodeSpec } from '../registry/spec-codec.ts';
+import type { Connection, Credential, CredentialState } from '../registry/types.ts';
 import { credentialSecretRef, type StoreSet } from '../stores/index.ts';
 import type { LocalStore } from '../stores/local-store.ts';
 import type { SecretRef, SecretVersion } from '../stores/types.ts';
@@ -64,7 +65,8 @@ if #KEYS < 3 then return {cred[1], cred[2], inflight, rot} end
 local spec = cjson.decode(cred[1])
 local conn = redis.call('GET', ARGV[2] .. spec['connection'])
 local stages, current, pending, vid = false, false, false, false
-if spec['store'] and spec['store']['type'] == 'local' then
+-- registry/spec-codec.ts: a spec without 'store' is on the local store.
+if not spec['store'] or spec['store']['type'] == 'local' then
   stages = redis.call('HGET', KEYS[3], 'stages')
   if stages then
     vid = cjson.decode(stages)['current']
@@ -238,7 +240,7 @@ export class SecretReader {
     if (audited) this.#audit.appendedBy((performance.now() - started) / 1000);
     if (!spec || !state) throw new NotFoundError(`Credential "${id}" does not exist`);
     const credential = {
-      spec: JSON.parse(spec) as CredentialSpec,
+      spec: decodeSpec(id, spec),
       state: JSON.parse(state) as CredentialState,
     };
     const snap: Snapshot = {

@@ -1,7 +1,8 @@
 // BullMQ queues, their producers and their workers.
 //
-//   schedule   light jobs: `tick` (made by one job scheduler per credential) asks the engine for a rotation;
-//              `reconcile` (its own scheduler) repairs what a crash may have left half-done.
+//   schedule   light jobs: `reconcile` (its own scheduler) repairs what a crash may have left half-done. Scheduled
+//              rotations are not jobs: every worker process drains the due-time index (scheduling/due-index.ts) and
+//              asks the engine for a rotation of each credential that came due.
 //   rotations  downstream work: `rotate`, `rollback`, `revoke-previous`.
 //   leases     `revoke-lease`, planned at issue for the lease's expiry; the schedule queue's `lease-sweep` (its
 //              own scheduler) catches any revocation that was missed.
@@ -27,6 +28,7 @@ import type { Credential, CredentialSpec } from '../registry/types.ts';
 import type { RotationEngine, RotationHooks, RunResult } from '../rotation/engine.ts';
 import type { RotationRepo } from '../rotation/rotation-repo.ts';
 import type { Rotation } from '../rotation/types.ts';
+import type { DueEntry, DueIndex } from './due-index.ts';
 import { nextRun, parseDuration } from './schedule.ts';
 
 export const SCHEDULE_QUEUE = 'schedule';
@@ -48,7 +50,6 @@ export interface QueueSettings {
 
 type RotateData = { rotationId: string };
 type RevokeData = { credentialId: string; versionId: string };
-type TickData = { credentialId: string };
 type LeaseData = { leaseId: string };
 
 const MAX_BACKOFF_MS = 5 * 60_000;
@@ -58,7 +59,20 @@ const BUSY_RETRY_MS = 1000;
 // Rolling back waits on a downstream that may be down for hours: keep trying, at most every five minutes.
 const ROLLBACK_ATTEMPTS = 2000;
 
-export const schedulerId = (credentialId: string): string => `cred-${credentialId}`;
+/** The BullMQ job scheduler id a credential had before the due-time index (migrated away at start). */
+const LEGACY_SCHEDULER_PREFIX = 'cred-';
+/** Due entries one drain takes at a time, and how many of them are handled at once. */
+const DRAIN_BATCH = 500;
+const DRAIN_PARALLEL = 32;
+/** How often an idle drainer looks for due entries. */
+const DRAIN_IDLE_MS = 500;
+/** How long a claimed entry stays with its drainer before another may take it (its drainer died). */
+const CLAIM_HOLD_MS = 60_000;
+
+/** Told how late each scheduled rotation was asked for (metrics: keyturn_schedule_lag_seconds). */
+export interface ScheduleObserver {
+  scheduleLag(seconds: number): void;
+}
 
 /** Capped exponential backoff: base, 2·base, 4·base… never above five minutes. */
 export function backoffDelay(attemptsMade: number, baseMs: number): number {
@@ -73,10 +87,13 @@ export class Queues implements RotationHooks, LeaseRevocationPlanner {
   readonly notifications: Queue;
   readonly #settings: QueueSettings;
   readonly #registry: Registry;
+  /** When each credential's next scheduled rotation is due. */
+  readonly due: DueIndex;
 
-  constructor(connection: RedisClient, settings: QueueSettings, registry: Registry) {
+  constructor(connection: RedisClient, settings: QueueSettings, registry: Registry, due: DueIndex) {
     this.#settings = settings;
     this.#registry = registry;
+    this.due = due;
     const opts = { connection: connection as unknown as RedisConnection, prefix: settings.prefix };
     this.schedule = new Queue(SCHEDULE_QUEUE, opts as never);
     this.rotations = new Queue(ROTATION_QUEUE, opts as never);
@@ -207,42 +224,36 @@ export class Queues implements RotationHooks, LeaseRevocationPlanner {
     );
   }
 
-  /** Whether a credential's scheduler exists and follows its spec's schedule (what the reconciler checks). */
-  async scheduleFollows(spec: CredentialSpec): Promise<boolean> {
-    const scheduler = await this.schedule.getJobScheduler(schedulerId(spec.id));
-    if (!scheduler) return false;
+  /**
+   * Whether a credential's due entry exists and may follow its spec's schedule (what the reconciler checks): due
+   * already or held by a drainer, or no further out than the schedule allows (for cron: exactly its next slot). An
+   * entry armed from a schedule a PATCH replaced, and not armed again because a process died in between, fails this.
+   */
+  async scheduleFollows(spec: CredentialSpec, now = Date.now()): Promise<boolean> {
+    const at = await this.due.dueAt(spec.id);
+    if (at === undefined) return false;
+    if (at <= now + CLAIM_HOLD_MS) return true;
     const s = spec.schedule;
-    if ('every' in s) return Number(scheduler.every) === parseDuration(s.every);
-    return scheduler.pattern === s.cron && (scheduler.tz ?? 'UTC') === (s.timezone ?? 'UTC');
+    if ('every' in s) return at <= now + parseDuration(s.every) + CLAIM_HOLD_MS;
+    return at === nextRun(s, new Date(now)).getTime();
   }
 
-  /** Creates or replaces a credential's job scheduler; a changed schedule takes effect at once. */
+  /** Arms a credential's next scheduled rotation in the due-time index; a changed schedule takes effect at once. */
   async upsertSchedule(spec: CredentialSpec, lastRotation: Date = new Date()): Promise<void> {
     const s = spec.schedule;
-    const template = {
-      name: 'tick',
-      data: { credentialId: spec.id } satisfies TickData,
-      opts: { removeOnComplete: true, removeOnFail: 100 },
-    };
-    if ('every' in s) {
-      const every = parseDuration(s.every);
-      const start = Math.max(lastRotation.getTime() + every, Date.now() + 1);
-      await this.schedule.upsertJobScheduler(schedulerId(spec.id), { every, startDate: start }, template);
-    } else {
-      await this.schedule.upsertJobScheduler(
-        schedulerId(spec.id),
-        { pattern: s.cron, tz: s.timezone ?? 'UTC' },
-        template,
-      );
-    }
+    const at =
+      'every' in s
+        ? Math.max(lastRotation.getTime() + parseDuration(s.every), Date.now() + 1)
+        : nextRun(s, new Date()).getTime();
+    await this.due.arm(spec.id, at);
   }
 
   async removeSchedule(credentialId: string): Promise<void> {
-    await this.schedule.removeJobScheduler(schedulerId(credentialId));
+    await this.due.disarm(credentialId);
   }
 
   async hasSchedule(credentialId: string): Promise<boolean> {
-    return (await this.schedule.getJobScheduler(schedulerId(credentialId))) !== undefined;
+    return (await this.due.dueAt(credentialId)) !== undefined;
   }
 
   /** Every queue this producer owns, found from its fields so that a queue added later is listed too (metrics). */
@@ -264,6 +275,8 @@ export class Queues implements RotationHooks, LeaseRevocationPlanner {
 export class QueueWorkers {
   readonly #workers: Worker[] = [];
   readonly #log: Logger;
+  readonly #stopping = new AbortController();
+  #draining: Promise<void> | undefined;
   readonly deps: {
     connection: RedisClient;
     settings: QueueSettings;
@@ -279,6 +292,8 @@ export class QueueWorkers {
     overdue: OverdueScanner;
     /** Set when webhook notifications are configured. */
     notifier?: Notifier;
+    /** Told the lag of each scheduled rotation (metrics). */
+    observer?: ScheduleObserver;
   };
 
   constructor(deps: QueueWorkers['deps']) {
@@ -362,6 +377,13 @@ export class QueueWorkers {
     );
     await Promise.all(this.#workers.map((w) => w.waitUntilReady()));
     await notifier?.start();
+    const moved = await this.migrateJobSchedulers();
+    if (moved > 0)
+      this.#log.info(
+        { credentials: moved },
+        'moved credential schedules from BullMQ job schedulers to the due-time index',
+      );
+    this.#draining = this.#drain();
     // A worker that starts after downtime revokes what expired meanwhile at once, not one interval later. Like a job,
     // in a secret scope of its own: it logs in with admin secrets and records what the downstream answered.
     void runInNewSecretScope(() => this.#sweepLeases());
@@ -441,7 +463,8 @@ export class QueueWorkers {
   }
 
   async #scheduleJob(job: Job): Promise<void> {
-    if (job.name === 'tick') return this.#tick(job);
+    // `tick` jobs came from the job schedulers of before the due-time index; one still planned when a worker started
+    // is dropped: start() moved its credential to the index.
     if (job.name === 'reconcile') return this.reconcile();
     if (job.name === 'lease-sweep') return this.#sweepLeases();
     if (job.name === 'overdue-scan') {
@@ -449,17 +472,65 @@ export class QueueWorkers {
     }
   }
 
-  async #tick(job: Job): Promise<void> {
-    const { credentialId } = job.data as TickData;
+  /**
+   * Drains the due-time index until close(): claims what came due (the claim is exactly-once across every worker
+   * process, see due-index.ts), asks for each rotation, and sleeps only when nothing more is due.
+   */
+  async #drain(): Promise<void> {
+    while (!this.#stopping.signal.aborted) {
+      let claimed: DueEntry[] = [];
+      try {
+        claimed = await this.drainOnce();
+      } catch (err) {
+        this.#log.error({ err: scrubError(err) }, 'draining the due-time index failed; retrying');
+      }
+      if (claimed.length < DRAIN_BATCH) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, DRAIN_IDLE_MS);
+          this.#stopping.signal.addEventListener('abort', () => {
+            clearTimeout(timer);
+            resolve();
+          });
+        });
+      }
+    }
+  }
+
+  /** One drain: claims up to a batch of due credentials and asks for their rotations; returns what it claimed. */
+  async drainOnce(now = Date.now()): Promise<DueEntry[]> {
+    const claimed = await this.deps.queues.due.claim(now, DRAIN_BATCH, CLAIM_HOLD_MS);
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: Math.min(DRAIN_PARALLEL, claimed.length) }, async () => {
+        while (next < claimed.length) {
+          const entry = claimed[next++]!;
+          await runInNewSecretScope(() => this.#due(entry)).catch((err) =>
+            // Its claim runs out and another drain takes it again.
+            this.#log.error(
+              { credential: entry.credentialId, err: scrubError(err) },
+              'a scheduled rotation could not be asked for; retried when its claim runs out',
+            ),
+          );
+        }
+      }),
+    );
+    return claimed;
+  }
+
+  /** One credential that came due: a rotation asked for (or a missed window recorded), and its next slot armed. */
+  async #due(entry: DueEntry): Promise<void> {
+    const { credentialId } = entry;
+    const { due } = this.deps.queues;
     const credential = await this.deps.registry.findCredential(credentialId);
     if (!credential) {
-      // Deleted between the tick being planned and running: leave no scheduler behind.
-      await this.deps.queues.removeSchedule(credentialId);
+      // Deleted since it was armed: its entry goes (unless a new credential of that id armed it meanwhile).
+      await due.rearm(entry, undefined);
       return;
     }
     const { schedule } = credential.spec;
-    const plannedAt = job.timestamp + (job.opts.delay ?? 0);
-    const lateMs = Date.now() - plannedAt;
+    const now = Date.now();
+    const lateMs = Math.max(0, now - entry.dueAt);
+    this.deps.observer?.scheduleLag(lateMs / 1000);
     if (schedule.window && lateMs > parseDuration(schedule.window)) {
       // A slot missed during downtime waits for the next one unless its window is still open.
       await this.deps.audit.append({
@@ -467,16 +538,42 @@ export class QueueWorkers {
         action: 'rotation.skipped',
         outcome: 'failure',
         credential: credentialId,
-        details: { reason: 'missed its window', plannedAt: new Date(plannedAt).toISOString(), lateMs },
+        details: { reason: 'missed its window', plannedAt: new Date(entry.dueAt).toISOString(), lateMs },
       });
       this.#log.warn(
         { credential: credentialId, lateMs },
         'scheduled rotation missed its window; waiting for the next slot',
       );
-      return;
+    } else {
+      const jitterMs = schedule.jitter ? randomInt(parseDuration(schedule.jitter) + 1) : 0;
+      await this.deps.engine.request(credentialId, 'schedule', 'scheduler', { delayMs: jitterMs });
     }
-    const jitterMs = schedule.jitter ? randomInt(parseDuration(schedule.jitter) + 1) : 0;
-    await this.deps.engine.request(credentialId, 'schedule', 'scheduler', { delayMs: jitterMs });
+    // The next slot: for cron, the one after now; for `every`, one interval on (a rotation that succeeds arms it
+    // again from its own end, which wins over this if it came first).
+    await due.rearm(entry, nextRun(schedule, new Date(now)).getTime());
+  }
+
+  /**
+   * Moves the credentials of the BullMQ job schedulers Keyturn used before the due-time index into the index, and
+   * removes those schedulers. Idempotent; every worker process does it at start, so an upgrade needs no step of its
+   * own. Returns how many it moved.
+   */
+  async migrateJobSchedulers(): Promise<number> {
+    const { queues } = this.deps;
+    let moved = 0;
+    for (;;) {
+      const page = (await queues.schedule.getJobSchedulers(0, 999, true)).filter((s) =>
+        s.key.startsWith(LEGACY_SCHEDULER_PREFIX),
+      );
+      if (page.length === 0) return moved;
+      for (const scheduler of page) {
+        const credentialId = scheduler.key.slice(LEGACY_SCHEDULER_PREFIX.length);
+        // Armed first, removed after: a crash between the two leaves a scheduler the next start moves again.
+        if (await this.deps.registry.findCredential(credentialId)) await queues.syncSchedule(credentialId);
+        await queues.schedule.removeJobScheduler(scheduler.key);
+        moved++;
+      }
+    }
   }
 
   /**
@@ -511,7 +608,7 @@ export class QueueWorkers {
     for (const credential of await registry.listCredentials()) {
       const { spec, state } = credential;
       // Missing, or armed from a schedule the spec no longer has (a crash between a change and its arming).
-      if (!(await queues.scheduleFollows(spec))) await queues.syncSchedule(spec.id);
+      if (!(await queues.scheduleFollows(spec, now))) await queues.syncSchedule(spec.id);
       // A grace period that ended without its revocation (the process died between finish and planning it).
       const graceOver =
         spec.gracePeriod &&
@@ -525,6 +622,8 @@ export class QueueWorkers {
 
   /** Stops taking jobs and waits for the running ones (each is resumable anyway, I4). */
   async close(): Promise<void> {
+    this.#stopping.abort();
+    await this.#draining;
     await this.deps.notifier?.close();
     await Promise.all(this.#workers.map((w) => w.close()));
   }

@@ -112,6 +112,8 @@ describe('a delete that died after the record went', () => {
 describe('a registration that died between its record and its index entry', () => {
   it('is listed again by the reconciler', async () => {
     const { id } = await importCredential(kt, connection, { idPrefix: 'unlisted' });
+    // A finished registration keeps no claim time: with its record written, its claims cannot be stale (issue 14).
+    expect(await redis.hget(keys.connectionClaimTimes(connection), id)).toBeNull();
     await redis.zrem(keys.credentials(), id);
     const ids = async () =>
       (await kt.api('GET', '/v1/credentials')).body.credentials.map((c: { id: string }) => c.id);

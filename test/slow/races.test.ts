@@ -94,8 +94,9 @@ async function expectConsistent(
   expect(Date.parse(credential.nextRotationAt), `${at}: nextRotationAt follows the new schedule`).toBe(
     Date.parse(credential.rotatedAt) + days * DAY,
   );
-  const scheduler = await k.runtime.queues.schedule.getJobScheduler(`cred-${id}`);
-  expect(Number(scheduler?.every), `${at}: the scheduler follows the new schedule`).toBe(days * DAY);
+  expect(await k.runtime.queues.due.dueAt(id), `${at}: the due-time index follows the new schedule`).toBe(
+    Date.parse(credential.rotatedAt) + days * DAY,
+  );
   const secret = (await k.api('GET', `/v1/credentials/${id}/secret`)).body;
   expect(secret.username, at).toBe(rotation.username);
   expect(await canLogin(secret.username, secret.password), `${at}: the stored secret logs in`).toBe(true);
