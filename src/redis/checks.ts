@@ -32,6 +32,9 @@ export function durabilityFor(facts: RedisFacts, settings: RedisSettings): Durab
   return { mode: 'none' };
 }
 
+/** The hash-max-listpack-value that keeps a credential's record and sealed secret compact (see checkRedis). */
+export const COMPACT_HASH_VALUE = 1024;
+
 /** Refuses what would lose data silently; warns about what weakens durability. Returns the durability to use. */
 export function checkRedis(facts: RedisFacts, settings: RedisSettings, logger: Logger): Durability {
   if (facts.maxmemoryPolicy !== null && facts.maxmemoryPolicy !== 'noeviction') {
@@ -49,6 +52,13 @@ export function checkRedis(facts: RedisFacts, settings: RedisSettings, logger: L
     logger.warn(
       { topology: facts.topology },
       'Redis keeps no append-only file (appendonly no): a restart of a node without replicas loses its latest writes; set appendonly yes for production',
+    );
+  }
+  if (facts.hashListpackValue !== null && facts.hashListpackValue < COMPACT_HASH_VALUE) {
+    // Issue 14: measured by `npm run bench scale`, about 2.3 KB a credential with the default 64, 1.9 KB with 1024.
+    logger.warn(
+      { topology: facts.topology, hashListpackValue: facts.hashListpackValue },
+      `Redis keeps hashes with values over ${facts.hashListpackValue} bytes as hash tables, so each credential's record and sealed secret take about 400 bytes more than they need: set hash-max-listpack-value ${COMPACT_HASH_VALUE} (1,000,000 credentials then fit in 2 GiB)`,
     );
   }
   if (settings.minReplicasAck > facts.connectedReplicas) {

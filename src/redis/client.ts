@@ -199,6 +199,11 @@ export interface RedisFacts {
   /** `appendonly yes` on the write node(s), or null when CONFIG is not allowed (managed Redis). */
   appendonly: boolean | null;
   maxmemoryPolicy: string | null;
+  /**
+   * `hash-max-listpack-value`: the longest hash value Redis keeps in the compact listpack encoding; null when CONFIG
+   * is not allowed. A credential's record and its sealed secret hold values of a few hundred bytes.
+   */
+  hashListpackValue: number | null;
   /** Replicas connected to the master now (the smallest over a Cluster's masters). */
   connectedReplicas: number;
   /** `min-replicas-to-write` of the master (the smallest over a Cluster's masters), or null when CONFIG is refused. */
@@ -306,6 +311,9 @@ export async function probeRedis(settings: RedisSettings, timeoutMs = 5000): Pro
           facts[0]?.maxmemoryPolicy ??
           null,
         connectedReplicas: Math.min(...facts.map((f) => f.connectedReplicas)),
+        hashListpackValue: facts.some((f) => f.hashListpackValue === null)
+          ? null
+          : Math.min(...facts.map((f) => f.hashListpackValue as number)),
         minReplicasToWrite: facts.some((f) => f.minReplicasToWrite === null)
           ? null
           : Math.min(...facts.map((f) => f.minReplicasToWrite as number)),
@@ -345,6 +353,9 @@ async function nodeFacts(
     appendonly: aof === undefined ? null : aof === '1',
     maxmemoryPolicy: (await config('maxmemory-policy')) ?? field('maxmemory_policy') ?? null,
     connectedReplicas: Number(field('connected_slaves') ?? 0),
+    hashListpackValue: ((v) => (v === null ? null : Number(v)))(
+      (await config('hash-max-listpack-value')) ?? (await config('hash-max-ziplist-value')),
+    ),
     minReplicasToWrite: ((v) => (v === null ? null : Number(v)))(await config('min-replicas-to-write')),
     clusterEnabled: field('cluster_enabled') === '1',
   };

@@ -1,7 +1,8 @@
 // The rotation bench's downstream, in a child process of its own: a service behind Keyturn's webhook contract
 // (docs/webhook-target.md) that answers at once. It checks the HMAC signature and the timestamp as the contract
 // says, and keeps a SHA-256 of each user's password (not scrypt, as the example service does: here the downstream
-// is meant to cost next to nothing, so that the figure is Keyturn's). Prints its port on stdout.
+// is meant to cost next to nothing, so that the figure is Keyturn's). A user it never saw a `set` for has the
+// password `initial-<username>`. Prints its port on stdout.
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -35,8 +36,9 @@ const server = createServer((req, res) => {
       users.set(body.username, sha(body.password ?? ''));
       res.writeHead(204).end();
     } else if (body.action === 'test') {
-      const known = users.get(body.username);
-      res.writeHead(known && timingSafeEqual(known, sha(body.password ?? '')) ? 200 : 401).end();
+      // A user never set has the password `initial-<username>` (the scale bench imports 100,000 of them).
+      const known = users.get(body.username) ?? sha(`initial-${body.username}`);
+      res.writeHead(timingSafeEqual(known, sha(body.password ?? '')) ? 200 : 401).end();
     } else if (body.action === 'revoke') {
       users.delete(body.username);
       res.writeHead(204).end();

@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { Redis } from 'ioredis';
 
 const ROOT = join(import.meta.dirname, '../..');
@@ -28,12 +29,24 @@ export interface PrivateRedis {
 }
 
 /** A redis-server on a free loopback port, without persistence, for one figure; stopped and its files removed. */
-export async function startPrivateRedis(): Promise<PrivateRedis> {
+export async function startPrivateRedis(extraArgs: string[] = []): Promise<PrivateRedis> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'keyturn-bench-redis-'));
   const child = spawn(
     'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir],
+    [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--dir',
+      dir,
+      ...extraArgs,
+    ],
     { stdio: 'ignore' },
   );
   const url = `redis://127.0.0.1:${port}`;
@@ -118,4 +131,50 @@ export async function startKeyturn(
       rmSync(stateDir, { recursive: true, force: true });
     },
   };
+}
+
+export type Api = (method: string, path: string, body?: unknown) => Promise<any>;
+
+export function apiOf(url: string, token: string): Api {
+  return async (method, path, body) => {
+    const res = await fetch(`${url}${path}`, {
+      method,
+      headers: {
+        authorization: `Bearer ${token}`,
+        ...(body ? { 'content-type': 'application/json' } : {}),
+      },
+      ...(body ? { body: JSON.stringify(body) } : {}),
+    });
+    const json = res.status === 204 ? undefined : await res.json();
+    if (res.status >= 300)
+      throw new Error(`${method} ${path} answered ${res.status}: ${JSON.stringify(json)}`);
+    return json;
+  };
+}
+
+/** Runs fn over items with `width` in flight. */
+export async function inParallel<T>(
+  items: T[],
+  width: number,
+  fn: (item: T) => Promise<unknown>,
+): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: width }, async () => {
+      while (next < items.length) await fn(items[next++]!);
+    }),
+  );
+}
+
+/** The bench's downstream (cheap-webhook.ts) in a child process; its port once it listens. */
+export async function startWebhook(
+  signingKey: string,
+  keyId: string,
+): Promise<{ child: ChildProcess; port: number }> {
+  const child = spawn(process.execPath, [join(import.meta.dirname, 'cheap-webhook.ts')], {
+    env: { ...process.env, BENCH_SIGNING_KEY: signingKey, BENCH_KEY_ID: keyId },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const [line] = (await once(createInterface({ input: child.stdout! }), 'line')) as [string];
+  return { child, port: Number(line) };
 }

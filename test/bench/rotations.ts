@@ -1,17 +1,17 @@
-// Goal 2 of issue 14: rotations per second on a downstream that costs next to nothing, with `npm start`, then with
-// the API alone and 1 and 2 worker processes; and the engine's cost per PostgreSQL rotation against the bare
-// downstream sequence it cannot avoid (admin login, ALTER ROLE, a login with the new password), measured side by
-// side in interleaved rounds. Keyturn runs as child processes on a private redis-server, as a user starts it.
-import { type ChildProcess, spawn } from 'node:child_process';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
-import { once } from 'node:events';
-import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { createInterface } from 'node:readline';
 import pg from 'pg';
 import { startPasswordPostgres } from '../support/postgres-cluster.ts';
 import { openSse, type SseStream } from '../support/sse.ts';
-import { type KeyturnProcess, type PrivateRedis, startKeyturn, startPrivateRedis } from './processes.ts';
+import {
+  apiOf,
+  inParallel,
+  type KeyturnProcess,
+  type PrivateRedis,
+  startKeyturn,
+  startPrivateRedis,
+  startWebhook,
+} from './processes.ts';
 import type { BenchSection } from './report.ts';
 
 /** Credentials rotated in each throughput round (KEYTURN_BENCH_ROTATIONS overrides). */
@@ -19,35 +19,6 @@ const CREDENTIALS = Number(process.env.KEYTURN_BENCH_ROTATIONS ?? 2000);
 /** Requests to the API in flight while asking for the rotations. */
 const CLIENTS = 32;
 const PG_ROUNDS = 30;
-
-type Api = (method: string, path: string, body?: unknown) => Promise<any>;
-
-function apiOf(url: string, token: string): Api {
-  return async (method, path, body) => {
-    const res = await fetch(`${url}${path}`, {
-      method,
-      headers: {
-        authorization: `Bearer ${token}`,
-        ...(body ? { 'content-type': 'application/json' } : {}),
-      },
-      ...(body ? { body: JSON.stringify(body) } : {}),
-    });
-    const json = res.status === 204 ? undefined : await res.json();
-    if (res.status >= 300)
-      throw new Error(`${method} ${path} answered ${res.status}: ${JSON.stringify(json)}`);
-    return json;
-  };
-}
-
-/** Runs fn over items with `width` in flight. */
-async function inParallel<T>(items: T[], width: number, fn: (item: T) => Promise<unknown>): Promise<void> {
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: width }, async () => {
-      while (next < items.length) await fn(items[next++]!);
-    }),
-  );
-}
 
 /** Counts the `rotation` events on the API's stream (SPEC, Events), by outcome. */
 class Outcomes {
@@ -93,18 +64,6 @@ class Outcomes {
       });
     }
   }
-}
-
-async function startWebhook(
-  signingKey: string,
-  keyId: string,
-): Promise<{ child: ChildProcess; port: number }> {
-  const child = spawn(process.execPath, [join(import.meta.dirname, 'cheap-webhook.ts')], {
-    env: { ...process.env, BENCH_SIGNING_KEY: signingKey, BENCH_KEY_ID: keyId },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const [line] = (await once(createInterface({ input: child.stdout! }), 'line')) as [string];
-  return { child, port: Number(line) };
 }
 
 export async function rotations(report: BenchSection): Promise<void> {

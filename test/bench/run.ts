@@ -8,11 +8,13 @@ import { hotPaths } from './hot-paths.ts';
 import { read } from './read.ts';
 import { BenchReport, type BenchSection } from './report.ts';
 import { rotations } from './rotations.ts';
+import { scale } from './scale.ts';
 
 const sections: Record<string, (report: BenchSection) => Promise<void>> = {
   'hot-paths': hotPaths,
   read,
   rotations,
+  scale,
 };
 
 const asked = process.argv.slice(2);

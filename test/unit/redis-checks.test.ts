@@ -15,6 +15,7 @@ const facts = (over: Partial<RedisFacts> = {}): RedisFacts => ({
   maxmemoryPolicy: 'noeviction',
   connectedReplicas: 1,
   minReplicasToWrite: 1,
+  hashListpackValue: 1024,
   ...over,
 });
 const standalone: RedisSettings = {
@@ -67,6 +68,13 @@ describe('start-up checks of Redis', () => {
     expect(warnings.join('\n')).toContain(
       'KEYTURN_REDIS_MIN_REPLICAS_ACK is 1 but the master has 0 replica(s)',
     );
+  });
+
+  it('warns when hashes of a few hundred bytes are not kept compact (issue 14: ~400 bytes a credential)', () => {
+    expect(run(facts({ hashListpackValue: 64 }), sentinel).warnings.join('\n')).toContain(
+      'set hash-max-listpack-value 1024',
+    );
+    expect(run(facts({ hashListpackValue: null }), sentinel).warnings).toEqual([]);
   });
 
   it('warns when a Sentinel master accepts writes with no replica (lost in a failover)', () => {
