@@ -62,6 +62,13 @@ export class DueIndex {
     return score === null ? undefined : Number(score);
   }
 
+  /** The due times of several credentials in one command, in their order (undefined: no entry). */
+  async dueAtMany(credentialIds: string[]): Promise<Array<number | undefined>> {
+    if (credentialIds.length === 0) return [];
+    const scores = await this.#redis.zmscore(this.#key, ...credentialIds);
+    return scores.map((score) => (score === null ? undefined : Number(score)));
+  }
+
   /** Takes up to `limit` entries due by `now`, each held until `now + holdMs` (see the header). */
   async claim(now: number, limit: number, holdMs: number): Promise<DueEntry[]> {
     const heldUntil = Math.round(now + holdMs);

@@ -225,12 +225,11 @@ export class Queues implements RotationHooks, LeaseRevocationPlanner {
   }
 
   /**
-   * Whether a credential's due entry exists and may follow its spec's schedule (what the reconciler checks): due
+   * Whether a credential's due entry (`at`) exists and may follow its spec's schedule (what the reconciler checks): due
    * already or held by a drainer, or no further out than the schedule allows (for cron: exactly its next slot). An
    * entry armed from a schedule a PATCH replaced, and not armed again because a process died in between, fails this.
    */
-  async scheduleFollows(spec: CredentialSpec, now = Date.now()): Promise<boolean> {
-    const at = await this.due.dueAt(spec.id);
+  scheduleFollows(spec: CredentialSpec, at: number | undefined, now = Date.now()): boolean {
     if (at === undefined) return false;
     if (at <= now + CLAIM_HOLD_MS) return true;
     const s = spec.schedule;
@@ -605,17 +604,21 @@ export class QueueWorkers {
       }
     }
     const now = Date.now();
-    for (const credential of await registry.listCredentials()) {
-      const { spec, state } = credential;
-      // Missing, or armed from a schedule the spec no longer has (a crash between a change and its arming).
-      if (!(await queues.scheduleFollows(spec, now))) await queues.syncSchedule(spec.id);
-      // A grace period that ended without its revocation (the process died between finish and planning it).
-      const graceOver =
-        spec.gracePeriod &&
-        state.rotatedAt &&
-        Date.parse(state.rotatedAt) + parseDuration(spec.gracePeriod) < now;
-      if (graceOver && state.previousVersion && !state.previousRevokedAt) {
-        await queues.planGraceRevocation(credential);
+    // A batch at a time (bounded memory however large the fleet), with the due times of a batch in one command.
+    for await (const batch of registry.credentialBatches()) {
+      const dueTimes = await queues.due.dueAtMany(batch.map((c) => c.spec.id));
+      for (const [i, credential] of batch.entries()) {
+        const { spec, state } = credential;
+        // Missing, or armed from a schedule the spec no longer has (a crash between a change and its arming).
+        if (!queues.scheduleFollows(spec, dueTimes[i], now)) await queues.syncSchedule(spec.id);
+        // A grace period that ended without its revocation (the process died between finish and planning it).
+        const graceOver =
+          spec.gracePeriod &&
+          state.rotatedAt &&
+          Date.parse(state.rotatedAt) + parseDuration(spec.gracePeriod) < now;
+        if (graceOver && state.previousVersion && !state.previousRevokedAt) {
+          await queues.planGraceRevocation(credential);
+        }
       }
     }
   }

@@ -180,6 +180,25 @@ describe('scheduled rotations through the index', () => {
     expect(lagged).toBe(60);
   });
 
+  it('the reconciler arms an entry a crash left missing, or armed from a schedule the spec no longer has', async () => {
+    const [missing, stale, fine] = await register(3, 'recon');
+    const rotatedAt = async (id: string) =>
+      Date.parse((await kt.api('GET', `/v1/credentials/${id}`)).body.rotatedAt);
+    await kt.runtime.queues.removeSchedule(missing!);
+    // Armed from an earlier `every: 90d` whose PATCH to 30d died before re-arming.
+    await kt.runtime.queues.due.arm(stale!, (await rotatedAt(stale!)) + 90 * 86_400_000);
+    const fineAt = await kt.runtime.queues.due.dueAt(fine!);
+    const worker = await startKeyturn(env, { components: ['worker'] });
+    try {
+      await worker.runtime.workers!.reconcile();
+    } finally {
+      await worker.close();
+    }
+    for (const id of [missing!, stale!])
+      expect(await kt.runtime.queues.due.dueAt(id), id).toBe((await rotatedAt(id)) + 30 * 86_400_000);
+    expect(await kt.runtime.queues.due.dueAt(fine!)).toBe(fineAt);
+  });
+
   it('job schedulers of before the index are moved into it at start, once', async () => {
     const [id] = await register(1, 'legacy');
     await kt.runtime.queues.removeSchedule(id!);
