@@ -391,8 +391,19 @@ export class Registry {
   }
 
   /** The downstream user names the connection's credentials claim, each with the credential that claims it. */
-  async connectionUsernames(connectionId: string): Promise<Record<string, string>> {
-    return this.#redis.hgetall(this.keys.connectionUsernames(connectionId));
+  /**
+   * Which credentials hold these downstream user names on a connection (name → credential; names nobody holds are
+   * left out). Asks for the given names only: a connection of 100,000 credentials has a claim hash of megabytes.
+   */
+  async connectionUsernames(connectionId: string, names: string[]): Promise<Record<string, string>> {
+    if (names.length === 0) return {};
+    const holders = await this.#redis.hmget(this.keys.connectionUsernames(connectionId), ...names);
+    const out: Record<string, string> = {};
+    names.forEach((name, i) => {
+      const holder = holders[i];
+      if (holder) out[name] = holder;
+    });
+    return out;
   }
 
   /**

@@ -276,7 +276,7 @@ export class RegistryService {
       );
     }
     if (patch.admin?.username !== undefined && patch.admin.username !== connection.admin.username) {
-      const users = await this.#registry.connectionUsernames(id);
+      const users = await this.#registry.connectionUsernames(id, [patch.admin.username]);
       const holder = users[patch.admin.username];
       if (holder !== undefined) {
         throw new UnprocessableError(
@@ -544,7 +544,7 @@ export class RegistryService {
         `${which}: rotating it as a credential would change the password Keyturn itself logs in with, and lock every credential of the connection out. Change the admin password with PATCH /v1/connections/${connection.id} {"admin": {"password": …}} instead, and register the application's own user`,
       );
     }
-    const claims = await this.#registry.connectionUsernames(connection.id);
+    const claims = await this.#registry.connectionUsernames(connection.id, names);
     for (const name of names) {
       const holder = claims[name];
       if (holder === undefined || holder === spec.id) continue;
