@@ -242,6 +242,15 @@ export const ListCredentialsQuery = Type.Object(
       ]),
     ),
     overdue: Type.Optional(Type.Boolean()),
+    limit: Type.Optional(
+      Type.Integer({ minimum: 1, maximum: 1000, description: 'credentials per page (default 100)' }),
+    ),
+    cursor: Type.Optional(
+      Type.String({
+        maxLength: 400,
+        description: 'the `next` of the previous page: the list goes on after the credential it names',
+      }),
+    ),
   },
   { additionalProperties: false },
 );

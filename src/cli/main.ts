@@ -81,10 +81,15 @@ program
     const ready = await fetch(`${g.url.replace(/\/+$/, '')}/readyz`)
       .then((r) => r.json())
       .catch(() => ({ status: 'unreachable' }));
-    const { credentials } = await client(g).request<{ credentials: Array<Record<string, unknown>> }>(
-      'GET',
-      '/v1/credentials',
-    );
+    // Every page: the list is paged (SPEC, cursor paging), 1000 at a time.
+    const credentials: Array<Record<string, unknown>> = [];
+    for (let cursor: string | null = ''; cursor !== null; ) {
+      const page: { credentials: Array<Record<string, unknown>>; next: string | null } = await client(
+        g,
+      ).request('GET', `/v1/credentials?limit=1000${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`);
+      credentials.push(...page.credentials);
+      cursor = page.next;
+    }
     const count = (pred: (c: Record<string, unknown>) => boolean) => credentials.filter(pred).length;
     const summary = {
       service: ready,

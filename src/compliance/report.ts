@@ -100,31 +100,61 @@ export function complianceRow(credential: Credential, targetType: string | null,
 }
 
 export function complianceTotals(rows: readonly ComplianceRow[]): ComplianceTotals {
-  const overdue = rows.filter((r) => r.overdue).length;
-  const withinPolicy = rows.length - overdue;
-  return {
-    credentials: rows.length,
-    withinPolicy,
-    withinPolicyPercent: rows.length ? Math.round((withinPolicy / rows.length) * 1000) / 10 : null,
-    overdue,
-    failed: rows.filter((r) => r.lastOutcome === 'failed').length,
-    neverRotated: rows.filter((r) => r.neverRotated).length,
+  const totals = new TotalsCounter();
+  for (const row of rows) totals.add(row);
+  return totals.totals();
+}
+
+/** The totals of rows seen one at a time (a streamed report gives them after its rows). */
+export class TotalsCounter {
+  #credentials = 0;
+  #overdue = 0;
+  #failed = 0;
+  #neverRotated = 0;
+
+  add(row: ComplianceRow): void {
+    this.#credentials++;
+    if (row.overdue) this.#overdue++;
+    if (row.lastOutcome === 'failed') this.#failed++;
+    if (row.neverRotated) this.#neverRotated++;
+  }
+
+  totals(): ComplianceTotals {
+    const withinPolicy = this.#credentials - this.#overdue;
+    return {
+      credentials: this.#credentials,
+      withinPolicy,
+      withinPolicyPercent: this.#credentials
+        ? Math.round((withinPolicy / this.#credentials) * 1000) / 10
+        : null,
+      overdue: this.#overdue,
+      failed: this.#failed,
+      neverRotated: this.#neverRotated,
+    };
+  }
+}
+
+/** The CSV form's header row. */
+export function complianceCsvHeader(): string {
+  return csvRecord(CSV_COLUMNS);
+}
+
+/** One row of the CSV form, with the report's asOf. */
+export function complianceCsvRow(row: ComplianceRow, asOf: string): string {
+  const values: Record<(typeof CSV_COLUMNS)[number], CsvValue> = {
+    ...row,
+    asOf,
+    // One cell for any number of labels; JSON keeps commas, quotes and "=" in keys and values unambiguous.
+    labels: JSON.stringify(row.labels),
   };
+  return csvRecord(CSV_COLUMNS.map((column) => values[column]));
 }
 
 /** The CSV form: a header row and one row per credential; the totals are in the JSON form only. */
 export function complianceCsv(report: ComplianceReportData): string {
-  const lines = [csvRecord(CSV_COLUMNS)];
-  for (const row of report.credentials) {
-    const values: Record<(typeof CSV_COLUMNS)[number], CsvValue> = {
-      ...row,
-      asOf: report.asOf,
-      // One cell for any number of labels; JSON keeps commas, quotes and "=" in keys and values unambiguous.
-      labels: JSON.stringify(row.labels),
-    };
-    lines.push(csvRecord(CSV_COLUMNS.map((column) => values[column])));
-  }
-  return lines.join('');
+  return [complianceCsvHeader(), ...report.credentials.map((row) => complianceCsvRow(row, report.asOf))].join(
+    '',
+  );
 }
 
 export class ComplianceReport {
@@ -137,18 +167,33 @@ export class ComplianceReport {
   }
 
   async build(filter: ComplianceFilter = {}): Promise<ComplianceReportData> {
-    const now = this.#clock.now();
-    const types = new Map((await this.#registry.listConnections()).map((c) => [c.id, c.type]));
+    const { asOf, batches } = this.stream(filter);
     const rows: ComplianceRow[] = [];
-    for await (const batch of this.#registry.credentialBatches(READ_BATCH)) {
-      for (const credential of batch) {
-        const { label } = filter;
-        if (label && credential.spec.labels[label.key] !== label.value) continue;
-        const row = complianceRow(credential, types.get(credential.spec.connection) ?? null, now);
-        if (filter.overdue !== undefined && row.overdue !== filter.overdue) continue;
-        rows.push(row);
+    for await (const batch of batches) rows.push(...batch);
+    return { asOf, totals: complianceTotals(rows), credentials: rows };
+  }
+
+  /**
+   * The report's rows a batch at a time, as the registry reads them (GET /v1/compliance streams them): memory stays
+   * one batch however large the fleet, and the caller counts the totals as the rows go by (TotalsCounter).
+   */
+  stream(filter: ComplianceFilter = {}): { asOf: string; batches: AsyncGenerator<ComplianceRow[]> } {
+    const now = this.#clock.now();
+    const registry = this.#registry;
+    async function* batches(): AsyncGenerator<ComplianceRow[]> {
+      const types = new Map((await registry.listConnections()).map((c) => [c.id, c.type]));
+      for await (const batch of registry.credentialBatches(READ_BATCH)) {
+        const rows: ComplianceRow[] = [];
+        for (const credential of batch) {
+          const { label } = filter;
+          if (label && credential.spec.labels[label.key] !== label.value) continue;
+          const row = complianceRow(credential, types.get(credential.spec.connection) ?? null, now);
+          if (filter.overdue !== undefined && row.overdue !== filter.overdue) continue;
+          rows.push(row);
+        }
+        if (rows.length) yield rows;
       }
     }
-    return { asOf: new Date(now).toISOString(), totals: complianceTotals(rows), credentials: rows };
+    return { asOf: new Date(now).toISOString(), batches: batches() };
   }
 }

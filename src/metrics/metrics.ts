@@ -25,8 +25,8 @@ export interface CountedQueue {
 }
 
 export interface MetricSources {
-  /** Every registered credential: the overdue and status gauges. */
-  credentials(): Promise<Credential[]>;
+  /** Every registered credential, a batch at a time: the overdue and status gauges. */
+  credentials(): AsyncIterable<Credential[]>;
   /** Every queue whose depth is reported. */
   queues(): readonly CountedQueue[];
 }
@@ -163,10 +163,23 @@ export class Metrics implements RotationObserver, SyncObserver {
     for (const source of ['registry', 'queues']) sourceErrors.inc({ source }, 0);
     const log = this.#log;
 
-    // The two registry gauges come from one read of the credentials per scrape.
-    let credentialsRead: Promise<Credential[]> | undefined;
+    // The two registry gauges come from one read of the credentials per scrape, counted a batch at a time (a fleet of
+    // 100,000 is never held at once).
+    type Counts = { overdue: number; byStatus: Map<string, number> };
+    let credentialsRead: Promise<Counts> | undefined;
+    const count = async (): Promise<Counts> => {
+      const at = clock.now();
+      const counts: Counts = { overdue: 0, byStatus: new Map() };
+      for await (const batch of sources.credentials()) {
+        for (const c of batch) {
+          if (isOverdue(c, at)) counts.overdue++;
+          counts.byStatus.set(c.state.status, (counts.byStatus.get(c.state.status) ?? 0) + 1);
+        }
+      }
+      return counts;
+    };
     const readCredentials = () => {
-      credentialsRead ??= bounded('the registry', sources.credentials()).finally(() => {
+      credentialsRead ??= bounded('the registry', count()).finally(() => {
         credentialsRead = undefined;
       });
       return credentialsRead;
@@ -177,9 +190,7 @@ export class Metrics implements RotationObserver, SyncObserver {
       registers,
       async collect() {
         try {
-          const credentials = await readCredentials();
-          const at = clock.now();
-          this.set(credentials.filter((c) => isOverdue(c, at)).length);
+          this.set((await readCredentials()).overdue);
         } catch (err) {
           this.reset();
           sourceErrors.inc({ source: 'registry' });
@@ -194,10 +205,9 @@ export class Metrics implements RotationObserver, SyncObserver {
       registers,
       async collect() {
         try {
-          const credentials = await readCredentials();
+          const { byStatus } = await readCredentials();
           this.reset();
-          for (const status of CREDENTIAL_STATUSES) this.set({ status }, 0);
-          for (const c of credentials) this.inc({ status: c.state.status });
+          for (const status of CREDENTIAL_STATUSES) this.set({ status }, byStatus.get(status) ?? 0);
         } catch {
           // Counted and logged once, by the overdue gauge's read of the same source.
           this.reset();

@@ -202,6 +202,12 @@ export class UsernameTakenError extends ConflictError {
   }
 }
 
+/** A place in the credentials index: creation time (ms) and id. What list cursors encode. */
+export interface CredentialCursor {
+  at: number;
+  id: string;
+}
+
 export class Registry {
   readonly #redis: RedisClient;
   readonly keys: RedisKeys;
@@ -499,25 +505,67 @@ export class Registry {
   }
 
   /**
-   * Every credential in creation order, `batchSize` at a time: the ids are read at once (a consistent list, cheap
-   * even for a large fleet), the records one pipelined batch after another, so a fleet of thousands never makes
-   * one huge reply. A credential deleted meanwhile is left out.
+   * Every credential in creation order, `batchSize` at a time: the index is read a page at a time (by creation time and
+   * id, so credentials added or removed meanwhile never make one seen twice or one present throughout missed) and the
+   * records of a page in one pipelined batch. Memory stays one batch however large the fleet. A credential deleted
+   * meanwhile (or an index entry left by a crash) is left out.
    */
   async *credentialBatches(batchSize = 500): AsyncGenerator<Credential[]> {
-    const ids = await this.#redis.zrange(this.keys.credentials(), 0, -1);
-    for (let start = 0; start < ids.length; start += batchSize) {
-      // One command per credential, sent together (ioredis pipelines them per node; each credential is in its own
-      // slot of a Cluster). A credential deleted meanwhile (or an entry left by a crash) is left out.
-      const slice = ids.slice(start, start + batchSize);
-      const values = await Promise.all(
-        slice.map((id) => this.#redis.hmget(this.keys.credential(id), 'spec', 'state')),
-      );
-      const batch: Credential[] = [];
-      values.forEach(([spec, state], i) => {
-        if (spec && state) batch.push({ spec: decodeSpec(slice[i]!, spec), state: JSON.parse(state) });
-      });
-      yield batch;
+    let after: CredentialCursor | undefined;
+    for (;;) {
+      const page = await this.credentialIds(batchSize, after);
+      if (page.length === 0) return;
+      after = page[page.length - 1]!;
+      const batch = await this.credentialsOf(page.map((p) => p.id));
+      if (batch.length) yield batch;
+      if (page.length < batchSize) return;
     }
+  }
+
+  /**
+   * Up to `limit` entries of the credentials index after `after` (exclusive), in creation order: by creation time
+   * (ms), then by id among those created in the same millisecond, which is how Redis orders equal scores.
+   */
+  async credentialIds(limit: number, after?: CredentialCursor): Promise<CredentialCursor[]> {
+    const out: CredentialCursor[] = [];
+    let offset = 0;
+    const min = after ? String(after.at) : '-inf';
+    while (out.length < limit) {
+      const want = limit - out.length;
+      const flat = await this.#redis.zrangebyscore(
+        this.keys.credentials(),
+        min,
+        '+inf',
+        'WITHSCORES',
+        'LIMIT',
+        offset,
+        want + (after ? 16 : 0),
+      );
+      if (flat.length === 0) break;
+      offset += flat.length / 2;
+      for (const [id, score] of pairs(flat)) {
+        const at = Number(score);
+        // Entries of the cursor's own millisecond up to and including its id were on earlier pages.
+        if (after && at === after.at && id <= after.id) continue;
+        if (out.length < limit) out.push({ at, id });
+      }
+      if (flat.length / 2 < want + (after ? 16 : 0)) break;
+    }
+    return out;
+  }
+
+  /** The records of these credentials, in one pipelined batch, in their order; missing ones left out. */
+  async credentialsOf(ids: string[]): Promise<Credential[]> {
+    // One command per credential, sent together (ioredis pipelines them per node; each credential is in its own slot
+    // of a Cluster).
+    const values = await Promise.all(
+      ids.map((id) => this.#redis.hmget(this.keys.credential(id), 'spec', 'state')),
+    );
+    const out: Credential[] = [];
+    values.forEach(([spec, state], i) => {
+      if (spec && state) out.push({ spec: decodeSpec(ids[i]!, spec), state: JSON.parse(state) });
+    });
+    return out;
   }
 
   /**

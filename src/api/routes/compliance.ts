@@ -1,8 +1,16 @@
 // GET /v1/compliance: the compliance report (compliance/report.ts) as JSON, or as CSV with ?format=csv or
 // `Accept: text/csv` (?format wins over Accept). The CSV holds the rows only, each with the report's asOf; the
-// totals are in the JSON form, since a totals line inside a CSV breaks the readers that auditors load it into.
+// totals are in the JSON form, since a totals line inside a CSV breaks the readers that auditors load it into. Both
+// are streamed as the registry is read, so the JSON form's totals come after its rows.
+
+import { Readable } from 'node:stream';
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
-import { complianceCsv } from '../../compliance/report.ts';
+import {
+  type ComplianceRow,
+  complianceCsvHeader,
+  complianceCsvRow,
+  TotalsCounter,
+} from '../../compliance/report.ts';
 import type { ApiContext } from '../context.ts';
 import { ComplianceQuery } from '../schemas.ts';
 
@@ -23,6 +31,37 @@ function wantsCsv(request: FastifyRequest<{ Querystring: ComplianceQuery }>): bo
   return csv > json;
 }
 
+/** Reads the first item of `source` now; the iterable it returns yields it and then the rest. */
+async function startedEarly<T>(source: AsyncGenerator<T>): Promise<AsyncIterable<T>> {
+  const first = await source.next();
+  return (async function* () {
+    if (first.done) return;
+    yield first.value;
+    yield* source;
+  })();
+}
+
+async function* jsonReport(asOf: string, batches: AsyncIterable<ComplianceRow[]>): AsyncGenerator<string> {
+  yield `{"asOf":${JSON.stringify(asOf)},"credentials":[`;
+  const totals = new TotalsCounter();
+  let first = true;
+  for await (const batch of batches) {
+    const parts: string[] = [];
+    for (const row of batch) {
+      totals.add(row);
+      parts.push(JSON.stringify(row));
+    }
+    yield `${first ? '' : ','}${parts.join(',')}`;
+    first = false;
+  }
+  yield `],"totals":${JSON.stringify(totals.totals())}}`;
+}
+
+async function* csvReport(asOf: string, batches: AsyncIterable<ComplianceRow[]>): AsyncGenerator<string> {
+  yield complianceCsvHeader();
+  for await (const batch of batches) yield batch.map((row) => complianceCsvRow(row, asOf)).join('');
+}
+
 export const complianceRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, { ctx }) => {
   app.get<{ Querystring: ComplianceQuery }>(
     '/v1/compliance',
@@ -30,17 +69,24 @@ export const complianceRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
     async (request, reply) => {
       const { label, overdue } = request.query;
       const [key, value] = label ? label.split(/[:=](.*)/s) : [];
-      const report = await ctx.compliance.build({
+      const { asOf, batches: rest } = ctx.compliance.stream({
         ...(key !== undefined && value !== undefined ? { label: { key, value } } : {}),
         ...(overdue !== undefined ? { overdue } : {}),
       });
+      // The first batch before the answer starts: a registry that cannot be read now is a 503 as before, not a 200 cut
+      // short. One that fails later cuts the stream short, which a client sees as invalid JSON or a CSV without end.
+      const batches = await startedEarly(rest);
       reply.header('vary', 'accept');
-      if (!wantsCsv(request)) return report;
-      const stamp = report.asOf.replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+      // Streamed a batch of rows at a time (issue 14: 100,000 credentials in bounded memory). The JSON form's totals
+      // follow its rows, counted as they went by.
+      if (!wantsCsv(request)) {
+        return reply.type('application/json; charset=utf-8').send(Readable.from(jsonReport(asOf, batches)));
+      }
+      const stamp = asOf.replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
       return reply
         .type('text/csv; charset=utf-8; header=present')
         .header('content-disposition', `attachment; filename="keyturn-compliance-${stamp}.csv"`)
-        .send(complianceCsv(report));
+        .send(Readable.from(csvReport(asOf, batches)));
     },
   );
 };

@@ -1,5 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { NotFoundError } from '../../registry/errors.ts';
+import type { CredentialCursor } from '../../registry/registry.ts';
+import type { Credential } from '../../registry/types.ts';
 import { parseDuration } from '../../scheduling/schedule.ts';
 import { actorOf, requesterOf } from '../auth.ts';
 import type { ApiContext } from '../context.ts';
@@ -34,6 +36,27 @@ function checkDurations(body: { schedule?: object; gracePeriod?: string | null }
   }
 }
 
+/** Credentials per page of GET /v1/credentials unless `limit` says otherwise, and index entries one page may read. */
+const LIST_DEFAULT_LIMIT = 100;
+const LIST_SCAN_BUDGET = 5000;
+
+/** A list cursor: the place of the last credential of a page, opaque to clients (base64url of "<ms>:<id>"). */
+function encodeListCursor(at: CredentialCursor): string {
+  return Buffer.from(`${at.at}:${at.id}`, 'utf8').toString('base64url');
+}
+
+function decodeListCursor(cursor: string): CredentialCursor {
+  const text = /^[A-Za-z0-9_-]+$/.test(cursor) ? Buffer.from(cursor, 'base64url').toString('utf8') : '';
+  const m = /^(\d{1,15}):(.{1,200})$/s.exec(text);
+  if (!m)
+    throw new ApiError(
+      400,
+      'invalid_request',
+      'querystring.cursor is not a cursor this API returned: pass the `next` of the previous page as it came, or leave it out to start from the beginning',
+    );
+  return { at: Number(m[1]), id: m[2]! };
+}
+
 const rotationSummary = (r: { id: string; status: string; step: string }) => ({
   id: r.id,
   status: r.status,
@@ -61,16 +84,44 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
     '/v1/credentials',
     { schema: { querystring: ListCredentialsQuery }, config: { access: 'view' } },
     async (request) => {
-      const { label, status, overdue } = request.query;
+      const { label, status, overdue, limit = LIST_DEFAULT_LIMIT, cursor } = request.query;
       const [labelKey, labelValue] = label ? label.split(/[:=](.*)/s) : [];
       const now = ctx.clock.now();
-      const credentials = (await ctx.registry.listCredentials()).filter(
-        (c) =>
-          (!status || c.state.status === status) &&
-          (overdue === undefined || isOverdue(c, now) === overdue) &&
-          (!labelKey || c.spec.labels[labelKey] === labelValue),
-      );
-      return { credentials: credentials.map((c) => credentialView(c, now)) };
+      const wanted = (c: Credential) =>
+        (!status || c.state.status === status) &&
+        (overdue === undefined || isOverdue(c, now) === overdue) &&
+        (!labelKey || c.spec.labels[labelKey] === labelValue);
+      // A page reads the index from the cursor on, `limit` entries at a time, until it has `limit` matches or has
+      // looked at LIST_SCAN_BUDGET entries: a filter that matches little answers a short (even empty) page with a
+      // `next` rather than reading the whole fleet in one request. `next` is null at the end of the list.
+      let after = cursor === undefined ? undefined : decodeListCursor(cursor);
+      const credentials: Credential[] = [];
+      let scanned = 0;
+      let ended = false;
+      while (credentials.length < limit && scanned < LIST_SCAN_BUDGET) {
+        const ids = await ctx.registry.credentialIds(limit, after);
+        const records = new Map(
+          (await ctx.registry.credentialsOf(ids.map((e) => e.id))).map((c) => [c.spec.id, c]),
+        );
+        let taken = 0;
+        for (const entry of ids) {
+          if (credentials.length === limit) break;
+          after = entry;
+          taken++;
+          const c = records.get(entry.id);
+          if (c && wanted(c)) credentials.push(c);
+        }
+        scanned += taken;
+        // Fewer entries than asked for, all of them taken: the index ends here.
+        if (ids.length < limit && taken === ids.length) {
+          ended = true;
+          break;
+        }
+      }
+      return {
+        credentials: credentials.map((c) => credentialView(c, now)),
+        next: ended || !after ? null : encodeListCursor(after),
+      };
     },
   );
 
