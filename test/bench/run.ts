@@ -5,6 +5,7 @@
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { hotPaths } from './hot-paths.ts';
+import { lists } from './lists.ts';
 import { read } from './read.ts';
 import { BenchReport, type BenchSection } from './report.ts';
 import { rotations } from './rotations.ts';
@@ -15,6 +16,7 @@ const sections: Record<string, (report: BenchSection) => Promise<void>> = {
   read,
   rotations,
   scale,
+  lists,
 };
 
 const asked = process.argv.slice(2);

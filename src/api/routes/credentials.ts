@@ -99,7 +99,9 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
       let scanned = 0;
       let ended = false;
       while (credentials.length < limit && scanned < LIST_SCAN_BUDGET) {
-        const ids = await ctx.registry.credentialIds(limit, after);
+        // Unfiltered, a page's worth; filtered, at least 500 at a time, since most of what is read is left out.
+        const chunk = status || overdue !== undefined || labelKey ? Math.max(limit, 500) : limit;
+        const ids = await ctx.registry.credentialIds(chunk, after);
         const records = new Map(
           (await ctx.registry.credentialsOf(ids.map((e) => e.id))).map((c) => [c.spec.id, c]),
         );
@@ -113,7 +115,7 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
         }
         scanned += taken;
         // Fewer entries than asked for, all of them taken: the index ends here.
-        if (ids.length < limit && taken === ids.length) {
+        if (ids.length < chunk && taken === ids.length) {
           ended = true;
           break;
         }
