@@ -70,8 +70,9 @@ describe('finding 13: messages that say what happened', () => {
     const rotate = await kt.api('POST', `/v1/credentials/${cred.id}/rotate`);
     const rotation = await waitForRotation(kt, rotate.body.rotationId);
     expect(rotation.status).toBe('failed');
+    // The admin login failed before anything was sent: the rollback knows it without logging in downstream.
     expect(rotation.rollback.note).toContain(
-      'the current password still logs in, so nothing was changed downstream',
+      'nothing had been changed downstream; the pending version was dropped',
     );
     expect(rotation.rollback.note).not.toContain('put back');
     expect(await canLogin(cred.role.name, cred.password)).toBe(true);
