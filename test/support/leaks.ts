@@ -2,7 +2,7 @@
 // check that no secret value appears in any of it, shared by the secret-leak tests.
 import { connect } from 'node:net';
 import { Redis } from 'ioredis';
-import { REDIS_URL } from './harness.ts';
+import { REDIS_CLUSTER_HOSTS, REDIS_URL } from './harness.ts';
 
 /**
  * Records every Redis command that touches keys under `prefix`, from now until `stop`. A plain socket rather than
@@ -11,10 +11,24 @@ import { REDIS_URL } from './harness.ts';
  * error"; it also unescaped only quotes.
  */
 export async function monitorRedis(prefix: string): Promise<{ commands: string[]; stop(): void }> {
-  const url = new URL(REDIS_URL);
+  // In the cluster run, every node: Keyturn's keys spread over all of them, and the machine's own Redis sees none.
+  const commands: string[] = [];
+  const monitors = await Promise.all(nodeUrls().map((url) => monitorNode(url, prefix, commands)));
+  return { commands, stop: () => monitors.forEach((m) => m.stop()) };
+}
+
+/** The Redis URLs Keyturn writes to in this run: the cluster's nodes, or the single Redis. */
+function nodeUrls(): string[] {
+  if (!REDIS_CLUSTER_HOSTS) return [REDIS_URL];
+  const credentials = new URL(REDIS_URL);
+  const auth = credentials.password ? `${credentials.username}:${credentials.password}@` : '';
+  return REDIS_CLUSTER_HOSTS.split(',').map((host) => `redis://${auth}${host.trim()}`);
+}
+
+async function monitorNode(nodeUrl: string, prefix: string, commands: string[]): Promise<{ stop(): void }> {
+  const url = new URL(nodeUrl);
   const socket = connect(Number(url.port || 6379), url.hostname || '127.0.0.1');
   socket.setEncoding('latin1'); // MONITOR writes ASCII (anything else as \xHH); latin1 keeps every byte as one char
-  const commands: string[] = [];
   const password = url.password ? decodeURIComponent(url.password) : '';
   const username = url.username ? decodeURIComponent(url.username) : '';
   let okToWait = password ? 2 : 1; // AUTH's OK, then MONITOR's
@@ -40,7 +54,7 @@ export async function monitorRedis(prefix: string): Promise<{ commands: string[]
     socket.write(`${password ? resp(auth) : ''}${resp(['MONITOR'])}`);
   });
   socket.on('error', () => {}); // a reset after stop() or at the end of the run
-  return { commands, stop: () => socket.destroy() };
+  return { stop: () => socket.destroy() };
 }
 
 function resp(args: string[]): string {
@@ -78,7 +92,13 @@ function monitorArgs(line: string): string[] {
 
 /** Every value stored under `prefix`, whatever its type, as text. */
 export async function redisValues(prefix: string): Promise<string[]> {
-  const redis = new Redis(REDIS_URL);
+  const values: string[] = [];
+  for (const url of nodeUrls()) values.push(...(await nodeValues(url, prefix)));
+  return values;
+}
+
+async function nodeValues(url: string, prefix: string): Promise<string[]> {
+  const redis = new Redis(url);
   const values: string[] = [];
   try {
     let cursor = '0';
