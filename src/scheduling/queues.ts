@@ -12,6 +12,7 @@
 // Every job carries ids only (I5): a rotation id, a credential id, a version id. Rotation jobs are retried
 // with capped exponential backoff; a job that finds the credential's lease taken is put back, not failed.
 import { randomInt } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { DelayedError, type Job, Queue, type RedisConnection, Worker } from 'bullmq';
 import type { AuditLog } from '../audit/audit-log.ts';
 import type { AuditOutbox } from '../audit/outbox.ts';
@@ -484,13 +485,8 @@ export class QueueWorkers {
         this.#log.error({ err: scrubError(err) }, 'draining the due-time index failed; retrying');
       }
       if (claimed.length < DRAIN_BATCH) {
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, DRAIN_IDLE_MS);
-          this.#stopping.signal.addEventListener('abort', () => {
-            clearTimeout(timer);
-            resolve();
-          });
-        });
+        // Cut short by close(); the rejection that says so is the loop's end.
+        await sleep(DRAIN_IDLE_MS, undefined, { signal: this.#stopping.signal }).catch(() => {});
       }
     }
   }
