@@ -114,6 +114,7 @@ export async function startKeyturn(
     async stop() {
       if (child.exitCode === null) {
         child.kill('SIGTERM');
+        // A bound on the clean shutdown, not a wait: the exit event ends it.
         const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
         await once(child, 'exit');
         clearTimeout(timer);

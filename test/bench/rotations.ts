@@ -60,6 +60,7 @@ class Outcomes {
         throw new Error(`only ${this.succeeded + this.failed} of ${total} rotations ended in time`);
       await new Promise<void>((resolve) => {
         this.#waiters.push(resolve);
+        // Woken by the next outcome; the timer only lets the deadline above be checked while none arrives.
         setTimeout(resolve, 1000);
       });
     }
