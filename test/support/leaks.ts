@@ -14,7 +14,12 @@ export async function monitorRedis(prefix: string): Promise<{ commands: string[]
   // In the cluster run, every node: Keyturn's keys spread over all of them, and the machine's own Redis sees none.
   const commands: string[] = [];
   const monitors = await Promise.all(nodeUrls().map((url) => monitorNode(url, prefix, commands)));
-  return { commands, stop: () => monitors.forEach((m) => m.stop()) };
+  return {
+    commands,
+    stop: () => {
+      for (const m of monitors) m.stop();
+    },
+  };
 }
 
 /** The Redis URLs Keyturn writes to in this run: the cluster's nodes, or the single Redis. */
