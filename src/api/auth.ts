@@ -21,8 +21,8 @@ import {
 } from '../auth/principal.ts';
 import type { LeaseService } from '../leases/lease-service.ts';
 import type { Registry } from '../registry/registry.ts';
-import type { Requester } from '../registry/service.ts';
 import type { RotationRepo } from '../rotation/rotation-repo.ts';
+import type { Requester } from '../service/registry-service.ts';
 import { sendError } from './errors.ts';
 import { isPublic, peerCertificateSubject } from './hardening.ts';
 

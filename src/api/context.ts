@@ -9,10 +9,10 @@ import type { EventHub } from '../events/event-hub.ts';
 import type { LeaseService } from '../leases/lease-service.ts';
 import type { RedisClient } from '../redis/client.ts';
 import type { Registry } from '../registry/registry.ts';
-import type { RegistryService } from '../registry/service.ts';
 import type { RotationEngine } from '../rotation/engine.ts';
 import type { RotationRepo } from '../rotation/rotation-repo.ts';
 import type { SecretReader } from '../rotation/secret-reader.ts';
+import type { RegistryService } from '../service/registry-service.ts';
 import type { StoreSet } from '../stores/index.ts';
 
 export interface ApiContext {

@@ -13,7 +13,7 @@ import {
   UnavailableError,
   UnprocessableError,
 } from '../registry/errors.ts';
-import { StoreUnavailableError } from '../stores/types.ts';
+import { StoreNotConfiguredError, StoreUnavailableError } from '../stores/types.ts';
 
 export class ApiError extends Error {
   readonly status: number;
@@ -137,7 +137,8 @@ export function installErrorHandling(app: FastifyInstance): void {
       reply.header('retry-after', String(error.retryAfterSeconds));
       return sendError(reply, 429, 'too_many_requests', error.message);
     }
-    if (error instanceof UnprocessableError) return sendError(reply, 422, 'unprocessable', error.message);
+    if (error instanceof UnprocessableError || error instanceof StoreNotConfiguredError)
+      return sendError(reply, 422, 'unprocessable', error.message);
     if (error instanceof UnavailableError) {
       return sendError(reply, 503, 'unavailable', error.message);
     }

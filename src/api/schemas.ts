@@ -1,7 +1,7 @@
 // Request schemas (JSON Schema through TypeBox). Every object refuses unknown fields, every string has a length
 // limit and every number a range, so that bad input is a 400 naming the field and never reaches a handler.
 import { type Static, Type } from 'typebox';
-import { DURATION_PATTERN } from '../scheduling/schedule.ts';
+import { DURATION_PATTERN } from '../config/duration.ts';
 
 export const ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$';
 // PostgreSQL/MySQL identifiers Keyturn is willing to manage: letters, digits, _ . -; the _clone suffix must fit.

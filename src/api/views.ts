@@ -3,9 +3,6 @@ import { isOverdue } from '../compliance/policy.ts';
 import type { Lease } from '../leases/types.ts';
 import type { Connection, Credential } from '../registry/types.ts';
 
-// The rule lives with the compliance report; re-exported for the routes and the metrics that import it from here.
-export { isOverdue };
-
 export function credentialView(credential: Credential, now = Date.now()) {
   const { spec, state } = credential;
   return {

@@ -1,9 +1,10 @@
 // The Ed25519 keys of the audit chain. Only the sealer (worker component) needs the private key; the API needs
 // only public keys, to verify and to publish at GET /v1/audit/public-key. Several public keys may be configured
 // (the current one first, then retired ones), so checkpoints signed before a key rotation still verify.
-import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
+import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { devAuditSigningKey } from '../config/dev-state.ts';
+import { parsePublicKeys, parseSigningKey } from '../crypto/ed25519-keys.ts';
 import type { Logger } from '../logging/logger.ts';
 import { keyId } from './chain.ts';
 
@@ -20,40 +21,6 @@ export interface AuditKeys {
   signer: KeyObject | undefined;
   /** Current first. */
   publicKeys: KeyObject[];
-}
-
-/** Parses an Ed25519 private key; throws a message naming what is wrong (never the key). */
-export function parseSigningKey(pem: string, source: string): KeyObject {
-  let key: KeyObject;
-  try {
-    key = createPrivateKey({ key: pem, format: 'pem' });
-  } catch {
-    throw new Error(
-      `${source} is not a PEM private key (make one with \`openssl genpkey -algorithm ed25519\`)`,
-    );
-  }
-  if (key.asymmetricKeyType !== 'ed25519') {
-    throw new Error(`${source} must be an Ed25519 key, got ${key.asymmetricKeyType}`);
-  }
-  return key;
-}
-
-/** Every public key in a PEM text (one or more BEGIN PUBLIC KEY blocks). */
-export function parsePublicKeys(pem: string, source: string): KeyObject[] {
-  const blocks = pem.match(/-----BEGIN PUBLIC KEY-----[\s\S]+?-----END PUBLIC KEY-----/g) ?? [];
-  if (blocks.length === 0) throw new Error(`${source} holds no PEM public key (BEGIN PUBLIC KEY)`);
-  return blocks.map((block, i) => {
-    let key: KeyObject;
-    try {
-      key = createPublicKey(block);
-    } catch {
-      throw new Error(`${source}: public key ${i + 1} does not parse`);
-    }
-    if (key.asymmetricKeyType !== 'ed25519') {
-      throw new Error(`${source}: public key ${i + 1} must be Ed25519, got ${key.asymmetricKeyType}`);
-    }
-    return key;
-  });
 }
 
 export function publicKeyPem(keys: KeyObject[]): string {

@@ -7,8 +7,8 @@ import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
 import { verifyExportLines } from '../audit/export.ts';
-import { parsePublicKeys } from '../audit/signing.ts';
 import type { VerifyResult } from '../audit/verifier.ts';
+import { parsePublicKeys } from '../crypto/ed25519-keys.ts';
 import type { KeyturnClient } from './client.ts';
 
 export interface CliContext {

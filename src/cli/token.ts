@@ -8,8 +8,8 @@ import { basename, dirname, join } from 'node:path';
 import type { Command } from 'commander';
 import { Document, isMap, isScalar, isSeq, parseDocument, YAMLMap, YAMLSeq } from 'yaml';
 import { parseTokensFile, type TokensFile, TokensFileError } from '../auth/tokens-file.ts';
+import { parseDuration } from '../config/duration.ts';
 import { sha256Hex } from '../crypto/tokens.ts';
-import { parseDuration } from '../scheduling/schedule.ts';
 
 /** Exit code for bad input (options, an existing file with problems): nothing was made or written. */
 export const EXIT_BAD_INPUT = 2;

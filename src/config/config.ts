@@ -4,9 +4,9 @@
 import { Buffer } from 'node:buffer';
 import { existsSync } from 'node:fs';
 import { delimiter } from 'node:path';
-import { parseSigningKey } from '../audit/signing.ts';
-import { NOTIFICATION_EVENTS, type NotificationEvent } from '../notifications/types.ts';
-import { parseDuration } from '../scheduling/schedule.ts';
+import { parseSigningKey } from '../crypto/ed25519-keys.ts';
+import { parseDuration } from './duration.ts';
+import { NOTIFICATION_EVENTS, type NotificationEvent } from './notification-events.ts';
 import { type RedisSettings, redisSettings } from './redis-topology.ts';
 
 export type Component = 'api' | 'worker';

@@ -11,8 +11,8 @@
 // Labels are types, outcomes, route patterns and queue names only: never a credential, connection or rotation id
 // (a fleet has thousands; each would be a series), never a username, never anything secret (I5).
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
-import { isOverdue } from '../api/views.ts';
 import { type Clock, systemClock } from '../clock.ts';
+import { isOverdue } from '../compliance/policy.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { Credential, CredentialStatus } from '../registry/types.ts';
 import type { RotationEnd, RotationObserver } from '../rotation/engine.ts';

@@ -17,11 +17,12 @@ import { hostname } from 'node:os';
 import type { Job, Queue } from 'bullmq';
 import type { AuditEvent, AuditLog } from '../audit/audit-log.ts';
 import { decodeAuditEntry } from '../audit/audit-log.ts';
+import type { NotificationEvent } from '../config/notification-events.ts';
 import type { Logger } from '../logging/logger.ts';
 import { duplicateClient, type RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import { EVENT_ID_HEADER, SIGNATURE_HEADER, signWebhook, TIMESTAMP_HEADER } from './signature.ts';
-import type { NotificationBody, NotificationEvent, NotificationJobData } from './types.ts';
+import type { NotificationBody, NotificationJobData } from './types.ts';
 
 export const NOTIFY_GROUP = 'notifications';
 

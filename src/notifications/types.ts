@@ -1,7 +1,5 @@
-// What Keyturn notifies about. Each is an audit action: the notifier follows the audit stream and sends the
-// events of these actions to the configured webhooks.
-export const NOTIFICATION_EVENTS = ['rotation.succeeded', 'rotation.failed', 'credential.overdue'] as const;
-export type NotificationEvent = (typeof NOTIFICATION_EVENTS)[number];
+// Webhook notifications: what a delivery carries, and its job's data.
+import type { NotificationEvent } from '../config/notification-events.ts';
 
 /** The JSON body of a webhook delivery; every field comes from the audit event, which never holds a secret. */
 export interface NotificationBody {

@@ -1,7 +1,7 @@
 // How long a service may cache the secret it read (SPEC, "Cache hint"; finding 9 of issue 11). The hint used to run
 // to the next scheduled rotation, a month away, and a manual rotation then cut a cached password off within its grace
 // period. Rotations can come early (rotate-now, a policy change), so the hint is bounded three ways.
-import { parseDuration } from '../scheduling/schedule.ts';
+import { parseDuration } from '../config/duration.ts';
 
 export interface CacheHintInput {
   /** A rotation is in flight: the answer may be stale in a moment. */

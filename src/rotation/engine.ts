@@ -22,6 +22,7 @@ import {
   type SecretRef,
   type SecretStore,
   type SecretVersion,
+  StoreNotConfiguredError,
   StoreRefusedError,
 } from '../stores/types.ts';
 import { type Login, TargetRefusedError, type TargetSession, wasNothingSent } from '../targets/types.ts';
@@ -291,7 +292,8 @@ export class RotationEngine {
     try {
       downstream = await openDownstream(connection, this.#stores, this.#settings.downstreamTimeoutMs);
     } catch (err) {
-      if (err instanceof UnprocessableError) throw new PermanentError(err.message);
+      if (err instanceof UnprocessableError || err instanceof StoreNotConfiguredError)
+        throw new PermanentError(err.message);
       throw err;
     }
     return {

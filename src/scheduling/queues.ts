@@ -17,6 +17,7 @@ import { DelayedError, type Job, Queue, type RedisConnection, Worker } from 'bul
 import type { AuditLog } from '../audit/audit-log.ts';
 import type { AuditOutbox } from '../audit/outbox.ts';
 import type { OverdueScanner, OverdueScanResult } from '../compliance/overdue-scan.ts';
+import { parseDuration } from '../config/duration.ts';
 import { scrubError } from '../crypto/scrub.ts';
 import { runInNewSecretScope } from '../crypto/secret-scope.ts';
 import type { LeaseRevocationPlanner, LeaseService } from '../leases/lease-service.ts';
@@ -30,7 +31,7 @@ import type { RotationEngine, RotationHooks, RunResult } from '../rotation/engin
 import type { RotationRepo } from '../rotation/rotation-repo.ts';
 import type { Rotation } from '../rotation/types.ts';
 import type { DueEntry, DueIndex } from './due-index.ts';
-import { nextRun, parseDuration } from './schedule.ts';
+import { nextRun } from './schedule.ts';
 
 export const SCHEDULE_QUEUE = 'schedule';
 export const ROTATION_QUEUE = 'rotations';

@@ -1,23 +1,8 @@
 // Schedules (SPEC): {"every": "30d"} or {"cron": "0 3 * * 1", "timezone": "Europe/London"}, each with an
 // optional window (how late a missed slot may still run) and jitter (a random delay spreading rotations).
 import { CronExpressionParser } from 'cron-parser';
+import { parseDuration } from '../config/duration.ts';
 import type { Schedule } from '../registry/types.ts';
-
-const UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-export const DURATION_PATTERN = '^[1-9][0-9]{0,8}[smhd]$';
-
-/** "30d" → milliseconds. */
-/** Ten years: longer intervals are mistakes, and would overflow the dates they are added to. */
-export const MAX_DURATION_MS = 3650 * 86_400_000;
-
-export function parseDuration(text: string): number {
-  const m = /^([1-9][0-9]{0,8})([smhd])$/.exec(text);
-  if (!m)
-    throw new RangeError(`"${text}" is not a duration: a whole number followed by s, m, h or d (e.g. "30d")`);
-  const ms = Number(m[1]) * UNITS[m[2]!]!;
-  if (ms > MAX_DURATION_MS) throw new RangeError(`"${text}" is longer than the 3650 days a duration may be`);
-  return ms;
-}
 
 export function isValidTimezone(tz: string): boolean {
   try {

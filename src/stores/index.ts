@@ -1,9 +1,7 @@
 // The map of secret stores by type, and how a credential or connection names its secret in one.
-
 import { noteSecret } from '../crypto/secret-scope.ts';
-import { UnprocessableError } from '../registry/errors.ts';
 import type { Connection, CredentialSpec, StoreSpec } from '../registry/types.ts';
-import type { SecretDocument, SecretRef, SecretStore } from './types.ts';
+import { type SecretDocument, type SecretRef, type SecretStore, StoreNotConfiguredError } from './types.ts';
 
 /** Notes the password of a secret document (or of a version's `value`) in the current secret scope. */
 function notePasswordOf(value: unknown): void {
@@ -51,7 +49,7 @@ export class StoreSet {
   get(spec: StoreSpec): SecretStore {
     const store = this.#stores.get(spec.type);
     if (!store) {
-      throw new UnprocessableError(
+      throw new StoreNotConfiguredError(
         `The ${spec.type} secret store is not configured on this Keyturn (configured: ${[...this.#stores.keys()].join(', ')})`,
       );
     }

@@ -50,6 +50,17 @@ export class StoreRefusedError extends Error {
   }
 }
 
+/**
+ * The spec names a store this Keyturn has not configured (a credential on Vault, Keyturn started without VAULT_ADDR):
+ * nothing can fix it but configuration, so a rotation fails at once and the API answers 422.
+ */
+export class StoreNotConfiguredError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StoreNotConfiguredError';
+  }
+}
+
 export class StoreConflictError extends Error {
   constructor(message: string) {
     super(message);

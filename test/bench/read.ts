@@ -12,6 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
+import { Redis } from 'ioredis';
 import type { ServerReady, ServerSettings } from './read-server.ts';
 import type { BenchSection } from './report.ts';
 
@@ -60,29 +61,59 @@ interface Load {
   p50: number;
   p99: number;
   errors: number;
+  /** CPU per answered request, in microseconds: the server's process (all its threads) and Redis's. */
+  serverCpu: number;
+  redisCpu: number;
 }
 
-async function load(server: Server, connections: number, seconds: number): Promise<Load> {
+/** CPU used so far by a server's process, in microseconds (read-server.ts answers 'cpu'). */
+function serverCpu(server: Server): Promise<number> {
+  return new Promise((resolve) => {
+    const listener = (msg: { cpu?: number }) => {
+      if (typeof msg.cpu !== 'number') return;
+      server.child.off('message', listener);
+      resolve(msg.cpu);
+    };
+    server.child.on('message', listener);
+    server.child.send('cpu');
+  });
+}
+
+/** CPU used so far by Redis (INFO cpu: user + system), in microseconds. */
+async function redisCpu(redis: Redis): Promise<number> {
+  const info = await redis.info('cpu');
+  const field = (name: string) => Number(new RegExp(`^${name}:([\\d.]+)`, 'm').exec(info)?.[1] ?? 0);
+  return (field('used_cpu_user') + field('used_cpu_sys')) * 1e6;
+}
+
+async function load(server: Server, redis: Redis, connections: number, seconds: number): Promise<Load> {
+  const [server0, redis0] = await Promise.all([serverCpu(server), redisCpu(redis)]);
   const result = await autocannon({
     url: `${server.ready.url}${server.ready.path}`,
     connections,
     duration: seconds,
     headers: { authorization: `Bearer ${server.ready.token}` },
   });
+  const [server1, redis1] = await Promise.all([serverCpu(server), redisCpu(redis)]);
+  const answered = Math.max(1, result.requests.total);
   return {
     rps: result.requests.average,
     p50: result.latency.p50,
     p99: result.latency.p99,
     errors: result.non2xx + result.errors + result.timeouts,
+    serverCpu: (server1 - server0) / answered,
+    redisCpu: (redis1 - redis0) / answered,
   };
 }
 
 const fmt = (l: Load) =>
-  `${Math.round(l.rps)} req/s, p50 ${l.p50} ms, p99 ${l.p99} ms${l.errors ? `, ${l.errors} errors/non-2xx` : ''}`;
+  `${Math.round(l.rps)} req/s, p50 ${l.p50} ms, p99 ${l.p99} ms, CPU/request: server ${Math.round(l.serverCpu)} µs, ` +
+  `Redis ${Math.round(l.redisCpu)} µs${l.errors ? `, ${l.errors} errors/non-2xx` : ''}`;
 
 export async function read(report: BenchSection): Promise<void> {
   const prefix = `kt-bench-read-${randomBytes(4).toString('hex')}`;
   const servers: Server[] = [];
+  const redis = new Redis(REDIS_URL);
   try {
     // Keyturn first: the references answer with a body of its shape and size.
     const keyturn = await startServer({ kind: 'keyturn', redisUrl: REDIS_URL, prefix });
@@ -107,11 +138,11 @@ export async function read(report: BenchSection): Promise<void> {
     // The machine is shared and its load drifts over a run: the three servers are measured in interleaved rounds
     // (bare, floor, Keyturn, bare, …), so a drift weighs on all three alike. Per server: the mean req/s and the
     // median of the rounds' p99.
-    for (const kind of KINDS) await load(byKind[kind], 64, 2); // warm-up: JIT, connections, scripts loaded
+    for (const kind of KINDS) await load(byKind[kind], redis, 64, 2); // warm-up: JIT, connections, scripts loaded
     const rounds = {} as Record<Kind, Load[]>;
     for (const kind of KINDS) rounds[kind] = [];
     for (let round = 0; round < ROUNDS; round++)
-      for (const kind of KINDS) rounds[kind].push(await load(byKind[kind], 64, SECONDS));
+      for (const kind of KINDS) rounds[kind].push(await load(byKind[kind], redis, 64, SECONDS));
     const at64 = {} as Record<Kind, Load>;
     for (const kind of KINDS) {
       const runs = rounds[kind];
@@ -121,6 +152,8 @@ export async function read(report: BenchSection): Promise<void> {
         p50: median(runs.map((r) => r.p50)),
         p99: median(runs.map((r) => r.p99)),
         errors: runs.reduce((sum, r) => sum + r.errors, 0),
+        serverCpu: median(runs.map((r) => r.serverCpu)),
+        redisCpu: median(runs.map((r) => r.redisCpu)),
       };
       report.record(
         `${kind}: 64 connections, ${ROUNDS} rounds of ${SECONDS} s`,
@@ -149,8 +182,8 @@ export async function read(report: BenchSection): Promise<void> {
     const series: Array<{ server: Kind; connections: number; rps: number; p99: number }> = [];
     for (const connections of SWEEP) {
       for (const kind of KINDS) {
-        await load(byKind[kind], connections, 1);
-        const l = await load(byKind[kind], connections, SWEEP_SECONDS);
+        await load(byKind[kind], redis, connections, 1);
+        const l = await load(byKind[kind], redis, connections, SWEEP_SECONDS);
         series.push({ server: kind, connections, rps: Math.round(l.rps), p99: l.p99 });
         report.record(`sweep ${kind}, ${connections} connections`, fmt(l));
       }
@@ -161,6 +194,7 @@ export async function read(report: BenchSection): Promise<void> {
     writeFileSync(file, await plot(series));
     report.record('plot', 'docs/bench/read-throughput.svg');
   } finally {
+    redis.disconnect();
     for (const s of servers.reverse()) await stopServer(s).catch(() => s.child.kill('SIGKILL'));
   }
 }

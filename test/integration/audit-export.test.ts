@@ -19,7 +19,7 @@ import {
   signCheckpoint,
 } from '../../src/audit/chain.ts';
 import { verifyExportLines } from '../../src/audit/export.ts';
-import { parsePublicKeys } from '../../src/audit/signing.ts';
+import { parsePublicKeys } from '../../src/crypto/ed25519-keys.ts';
 import { newSealer } from '../support/audit-chain.ts';
 import { dropPrefix, type Keyturn, startKeyturn, testEnv, testKeys } from '../support/harness.ts';
 

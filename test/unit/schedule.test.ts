@@ -1,12 +1,7 @@
 import { describe, expect, it } from 'vitest';
+import { DURATION_PATTERN, parseDuration } from '../../src/config/duration.ts';
 import type { Schedule } from '../../src/registry/types.ts';
-import {
-  DURATION_PATTERN,
-  isValidTimezone,
-  nextRun,
-  parseDuration,
-  validateSchedule,
-} from '../../src/scheduling/schedule.ts';
+import { isValidTimezone, nextRun, validateSchedule } from '../../src/scheduling/schedule.ts';
 
 describe('parseDuration', () => {
   it.each([
@@ -157,7 +152,7 @@ describe('validateSchedule', () => {
 
   // Regression test (found by review, fixed): durations up to 999999999d are accepted, but
   // anything beyond ~100,000,000 days (Date's range is ±8.64e15 ms) makes nextRun return an Invalid Date, and
-  // 999999999d (8.64e16 ms) is also beyond Number.MAX_SAFE_INTEGER. registry/service.ts then calls
+  // 999999999d (8.64e16 ms) is also beyond Number.MAX_SAFE_INTEGER. service/registry-service.ts then calls
   // .toISOString() on it (RangeError: Invalid time value) when the credential is created. validateSchedule must
   // refuse an interval nextRun cannot represent.
   it('refuses intervals too long to be scheduled (their next run would not be a date)', () => {

@@ -1,8 +1,9 @@
 import type { FastifyPluginAsync } from 'fastify';
+import { isOverdue } from '../../compliance/policy.ts';
+import { parseDuration } from '../../config/duration.ts';
 import { NotFoundError } from '../../registry/errors.ts';
 import type { CredentialCursor } from '../../registry/registry.ts';
 import type { Credential } from '../../registry/types.ts';
-import { parseDuration } from '../../scheduling/schedule.ts';
 import { actorOf, requesterOf } from '../auth.ts';
 import type { ApiContext } from '../context.ts';
 import { ApiError } from '../errors.ts';
@@ -14,7 +15,7 @@ import {
   RotationsQuery,
   UuidParams,
 } from '../schemas.ts';
-import { credentialView, isOverdue } from '../views.ts';
+import { credentialView } from '../views.ts';
 
 /** A duration parseDuration refuses (over 3650 days) is a 400 naming its field. */
 function checkDurations(body: { schedule?: object; gracePeriod?: string | null }): void {

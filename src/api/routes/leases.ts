@@ -1,8 +1,8 @@
 // Short-lived credentials: issue, read, renew, revoke. The password is in the issue response only; every other
 // answer describes the lease without it.
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
+import { parseDuration } from '../../config/duration.ts';
 import type { Lease } from '../../leases/types.ts';
-import { parseDuration } from '../../scheduling/schedule.ts';
 import { actorOf } from '../auth.ts';
 import type { ApiContext } from '../context.ts';
 import { ApiError } from '../errors.ts';

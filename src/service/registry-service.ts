@@ -4,28 +4,17 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { AuditLog } from '../audit/audit-log.ts';
 import { bindingMatches, type ReaderBinding } from '../auth/principal.ts';
+import { parseDuration } from '../config/duration.ts';
 import { DEFAULT_PASSWORD_POLICY, type PasswordPolicy } from '../crypto/password.ts';
 import { formatDuration, type LeaseService } from '../leases/lease-service.ts';
-import { openDownstream } from '../rotation/downstream.ts';
-import type { RotationEngine } from '../rotation/engine.ts';
-import type { RotationRepo } from '../rotation/rotation-repo.ts';
-import { cloneLabel, labelledFor } from '../rotation/strategies.ts';
-import type { Rotation } from '../rotation/types.ts';
-import type { Queues } from '../scheduling/queues.ts';
-import { parseDuration, validateSchedule } from '../scheduling/schedule.ts';
-import { connectionAdminRef, credentialSecretRef, type StoreSet, secretDocument } from '../stores/index.ts';
-import type { SecretDocument } from '../stores/types.ts';
-import { type SyncTargets, syncProblems } from '../sync/index.ts';
-import { TARGET_DRIVERS, targetDriver } from '../targets/index.ts';
-import { TargetRefusedError, type TargetSession } from '../targets/types.ts';
 import {
   ConflictError,
   ForbiddenError,
   NotFoundError,
   TooManyRequestsError,
   UnprocessableError,
-} from './errors.ts';
-import { claimedUsernames, type Registry, UsernameTakenError } from './registry.ts';
+} from '../registry/errors.ts';
+import { claimedUsernames, type Registry, UsernameTakenError } from '../registry/registry.ts';
 import type {
   Connection,
   Credential,
@@ -35,8 +24,20 @@ import type {
   StoreSpec,
   SyncSpec,
   TlsSpec,
-} from './types.ts';
-import { cloneUsername } from './types.ts';
+} from '../registry/types.ts';
+import { cloneUsername } from '../registry/types.ts';
+import { openDownstream } from '../rotation/downstream.ts';
+import type { RotationEngine } from '../rotation/engine.ts';
+import type { RotationRepo } from '../rotation/rotation-repo.ts';
+import { cloneLabel, labelledFor } from '../rotation/strategies.ts';
+import type { Rotation } from '../rotation/types.ts';
+import type { Queues } from '../scheduling/queues.ts';
+import { validateSchedule } from '../scheduling/schedule.ts';
+import { connectionAdminRef, credentialSecretRef, type StoreSet, secretDocument } from '../stores/index.ts';
+import type { SecretDocument } from '../stores/types.ts';
+import { type SyncTargets, syncProblems } from '../sync/index.ts';
+import { TARGET_DRIVERS, targetDriver } from '../targets/index.ts';
+import { TargetRefusedError, type TargetSession } from '../targets/types.ts';
 
 /** The `engine` field of stored secrets: the target driver's name for itself. */
 const engineOf = (connection: Connection): string => targetDriver(connection.type)?.engine ?? connection.type;
