@@ -125,22 +125,6 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     clock: options.clock ?? systemClock,
   });
   audit.onAppendLatency = (seconds) => metrics.auditAppended(seconds);
-  const engine = new RotationEngine({
-    registry,
-    rotations,
-    stores,
-    audit,
-    outbox,
-    leases: new LeaseManager(redis, keys, config.rotation.leaseMs),
-    failpoints,
-    logger,
-    observer: metrics,
-    settings: {
-      maxAttempts: config.rotation.attempts,
-      downstreamTimeoutMs: config.rotation.downstreamTimeoutMs,
-      holder: `${hostname()}:${process.pid}`,
-    },
-  });
   const queueSettings = {
     prefix: keys.queuePrefix(),
     backoffMs: config.rotation.backoffMs,
@@ -152,7 +136,6 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     overdueScanEveryMs: config.overdueScanIntervalMs,
   };
   const queues = new Queues(queueRedis, queueSettings, registry, new DueIndex(redis, keys));
-  engine.hooks = queues;
   // Kubernetes Secret sync (src/sync): queued by the engine when a version starts to work, pushed by the workers.
   const syncTargetMap = syncTargets(config);
   const sync = new SyncService({
@@ -171,7 +154,24 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     logger,
     observer: metrics,
   });
-  engine.secretObserver = sync;
+  const engine = new RotationEngine({
+    registry,
+    rotations,
+    stores,
+    audit,
+    outbox,
+    leases: new LeaseManager(redis, keys, config.rotation.leaseMs),
+    failpoints,
+    logger,
+    hooks: queues,
+    observer: metrics,
+    secretObserver: sync,
+    settings: {
+      maxAttempts: config.rotation.attempts,
+      downstreamTimeoutMs: config.rotation.downstreamTimeoutMs,
+      holder: `${hostname()}:${process.pid}`,
+    },
+  });
   const leases = new LeaseService({
     registry,
     repo: new LeaseRepo(redis, keys),
@@ -185,8 +185,8 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
       retentionMs: config.leases.retentionMs,
       downstreamTimeoutMs: config.rotation.downstreamTimeoutMs,
     },
+    planner: queues,
   });
-  leases.planner = queues;
   const secrets = new SecretReader({
     redis,
     keys,

@@ -52,8 +52,3 @@ export function generatePassword(policy: PasswordPolicy = DEFAULT_PASSWORD_POLIC
   }
   return chars.join('');
 }
-
-/** Bits of entropy a policy gives, for documentation and validation. */
-export function passwordEntropyBits(policy: PasswordPolicy): number {
-  return policy.length * Math.log2(CLASSES[policy.charset].join('').length);
-}

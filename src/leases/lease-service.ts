@@ -106,7 +106,7 @@ export class LeaseService {
   readonly #log: Logger;
   readonly #settings: LeaseSettings;
   readonly #limits = new Map<string, LimitFunction>();
-  planner: LeaseRevocationPlanner | undefined;
+  readonly #planner: LeaseRevocationPlanner;
 
   constructor(deps: {
     registry: Registry;
@@ -115,7 +115,10 @@ export class LeaseService {
     audit: AuditLog;
     logger: Logger;
     settings: LeaseSettings;
+    /** Queues each lease's revocation at its expiry (scheduling/queues.ts). */
+    planner: LeaseRevocationPlanner;
   }) {
+    this.#planner = deps.planner;
     this.#registry = deps.registry;
     this.#repo = deps.repo;
     this.#stores = deps.stores;
@@ -498,7 +501,7 @@ export class LeaseService {
 
   async #plan(leaseId: string, at: Date): Promise<void> {
     try {
-      await this.planner?.planLeaseRevocation(leaseId, at);
+      await this.#planner.planLeaseRevocation(leaseId, at);
     } catch (err) {
       // Not fatal: the sweep revokes a lease whose job is missing, at most one sweep interval late.
       this.#log.warn(

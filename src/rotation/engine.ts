@@ -127,10 +127,10 @@ export class RotationEngine {
   readonly #log: Logger;
   readonly #settings: EngineSettings;
   readonly #observer: RotationObserver | undefined;
+  readonly #hooks: RotationHooks;
+  readonly #secretObserver: SecretObserver | undefined;
   /** Per connection: when this process last saw whether it refuses a wrong password, and whether it did. */
   readonly #passwordsChecked = new Map<string, { at: number; checks: boolean }>();
-  hooks: RotationHooks | undefined;
-  secretObserver: SecretObserver | undefined;
 
   constructor(deps: {
     registry: Registry;
@@ -143,7 +143,11 @@ export class RotationEngine {
     failpoints: Failpoints;
     logger: Logger;
     settings: EngineSettings;
+    /** Queueing and scheduling (scheduling/queues.ts): the engine does not import BullMQ. */
+    hooks: RotationHooks;
     observer?: RotationObserver;
+    /** Told when a version starts to work (sync/ pushes it to Kubernetes Secrets). */
+    secretObserver?: SecretObserver;
   }) {
     this.#registry = deps.registry;
     this.#rotations = deps.rotations;
@@ -156,11 +160,8 @@ export class RotationEngine {
     this.#log = deps.logger.child({ component: 'rotation' });
     this.#settings = deps.settings;
     this.#observer = deps.observer;
-  }
-
-  #hooks(): RotationHooks {
-    if (!this.hooks) throw new Error('RotationEngine used before its queue hooks were attached');
-    return this.hooks;
+    this.#hooks = deps.hooks;
+    this.#secretObserver = deps.secretObserver;
   }
 
   // Requesting
@@ -203,7 +204,7 @@ export class RotationEngine {
       // waiting (finding 8 of issue 11). Only one that has not started; a running one is returned as it is.
       const started = await this.#rotations.startNow(waiting.id);
       if (!started) return { rotation: (await this.#rotations.find(waiting.id)) ?? waiting, created: false };
-      await this.#hooks().promoteRotation(waiting.id);
+      await this.#hooks.promoteRotation(waiting.id);
       await this.#audit.append({
         actor,
         action: 'rotation.requested',
@@ -222,7 +223,7 @@ export class RotationEngine {
       rotation: rotation.id,
       details: { trigger },
     });
-    await this.#hooks().enqueueRotation(rotation.id, options.delayMs);
+    await this.#hooks.enqueueRotation(rotation.id, options.delayMs);
     return { rotation, created: true };
   }
 
@@ -613,7 +614,7 @@ export class RotationEngine {
     rotation.updatedAt = now.toISOString();
     delete rotation.error;
     const fresh = (await this.#registry.findCredential(ctx.credential.spec.id)) ?? ctx.credential;
-    const next = this.#hooks().nextRotationAt(fresh.spec, now);
+    const next = this.#hooks.nextRotationAt(fresh.spec, now);
     // The fields this rotation decides; the commit writes these and nothing else of the state.
     const changes: Partial<CredentialState> = {
       status: 'active',
@@ -664,7 +665,7 @@ export class RotationEngine {
     await this.#secretChanged({ spec: fresh.spec, state }, rotation.id);
     await this.#failpoints.hit('finish-after-commit');
     // After the commit: a crash here leaves a finished rotation whose schedule the reconciler re-arms.
-    await this.#hooks()
+    await this.#hooks
       .afterSuccess({ spec: fresh.spec, state }, rotation)
       .catch((err) =>
         this.#log.error(
@@ -803,7 +804,7 @@ export class RotationEngine {
         { rotation: rotation.id, err: scrubbed },
         'rollback could not restore the downstream yet',
       );
-      await this.#hooks().enqueueRollback(rotation.id);
+      await this.#hooks.enqueueRollback(rotation.id);
       return { outcome: 'done', rotation };
     } finally {
       if (!given) await ctx?.target.close().catch(() => {});
@@ -1045,7 +1046,7 @@ export class RotationEngine {
 
   /** Tells the secret observer (sync) about a version that now works; its failure never touches the rotation. */
   async #secretChanged(credential: Credential, versionId: string): Promise<void> {
-    await this.secretObserver
+    await this.#secretObserver
       ?.secretChanged(credential, versionId)
       .catch((err) =>
         this.#log.error(

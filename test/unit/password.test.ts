@@ -4,7 +4,6 @@ import {
   DEFAULT_PASSWORD_POLICY,
   generatePassword,
   type PasswordPolicy,
-  passwordEntropyBits,
 } from '../../src/crypto/password.ts';
 
 const LOWER = 'abcdefghijklmnopqrstuvwxyz';
@@ -159,22 +158,3 @@ describe('generatePassword has no modulo bias (chi-square goodness of fit)', () 
   });
 });
 
-describe('passwordEntropyBits', () => {
-  it('is length × log2(alphabet size)', () => {
-    expect(passwordEntropyBits({ length: 16, charset: 'hex' })).toBe(64);
-    expect(passwordEntropyBits({ length: 16, charset: 'base64url' })).toBe(96);
-    expect(passwordEntropyBits({ length: 32, charset: 'alphanumeric' })).toBeCloseTo(32 * Math.log2(62), 10);
-    expect(passwordEntropyBits({ length: 32, charset: 'alphanumeric' })).toBeCloseTo(190.535, 2);
-    expect(passwordEntropyBits({ length: 20, charset: 'ascii-printable' })).toBeCloseTo(
-      20 * Math.log2(81),
-      10,
-    );
-  });
-
-  it('does not depend on requireEachClass and grows linearly with length', () => {
-    const a = passwordEntropyBits({ length: 32, charset: 'ascii-printable', requireEachClass: true });
-    const b = passwordEntropyBits({ length: 32, charset: 'ascii-printable', requireEachClass: false });
-    expect(a).toBe(b);
-    expect(passwordEntropyBits({ length: 64, charset: 'ascii-printable' })).toBeCloseTo(2 * a, 10);
-  });
-});
