@@ -1,10 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import {
-  DEFAULT_PASSWORD_POLICY,
-  generatePassword,
-  type PasswordPolicy,
-} from '../../src/crypto/password.ts';
+import { DEFAULT_PASSWORD_POLICY, generatePassword, type PasswordPolicy } from '../../src/crypto/password.ts';
 
 const LOWER = 'abcdefghijklmnopqrstuvwxyz';
 const UPPER = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ';
@@ -157,4 +153,3 @@ describe('generatePassword has no modulo bias (chi-square goodness of fit)', () 
     expect(stat).toBeGreaterThan(CHI2_CRITICAL_DF61_P1E6);
   });
 });
-
