@@ -196,12 +196,7 @@ export class RegistryService {
         `Connection type "${input.type}" is not supported (supported: ${Object.keys(TARGET_DRIVERS).join(', ')})`,
       );
     }
-    const optionProblems = input.options ? (driver.validateOptions?.(input.options) ?? []) : [];
-    if (input.options && !driver.validateOptions && Object.keys(input.options).length > 0) {
-      optionProblems.push(`connections of type "${input.type}" take no options`);
-    }
-    if (optionProblems.length > 0)
-      throw new UnprocessableError(optionProblems.map((p) => `options: ${p}`).join('; '));
+    checkOptions(input.type, input.options);
     const adminStore = input.admin.store ?? { type: 'local' as const };
     const store = this.#stores.get(adminStore);
     const now = new Date().toISOString();
@@ -285,12 +280,7 @@ export class RegistryService {
         );
       }
     }
-    if (patch.options) {
-      const problems = targetDriver(connection.type)?.validateOptions?.(patch.options) ?? [
-        `connections of type "${connection.type}" take no options`,
-      ];
-      if (problems.length > 0) throw new UnprocessableError(problems.map((p) => `options: ${p}`).join('; '));
-    }
+    checkOptions(connection.type, patch.options);
     const store = this.#stores.get(connection.adminStore);
     const ref = connectionAdminRef(connection);
     if (patch.admin) {
@@ -824,4 +814,19 @@ export class RegistryService {
     if (spec.store.type === 'local') await this.#stores.get(spec.store).remove(credentialSecretRef(spec));
     await this.#audit.append({ actor, action: 'credential.deleted', outcome: 'success', credential: id });
   }
+}
+
+/**
+ * A connection's target-specific options, the same on create and on change: the driver's own check, or, for a
+ * driver that takes none, any option named is refused (an empty object names none). 422 naming each problem.
+ */
+function checkOptions(type: string, options: Record<string, string | number | boolean> | undefined): void {
+  if (!options) return;
+  const driver = targetDriver(type);
+  const problems = driver?.validateOptions
+    ? driver.validateOptions(options)
+    : Object.keys(options).length > 0
+      ? [`connections of type "${type}" take no options`]
+      : [];
+  if (problems.length > 0) throw new UnprocessableError(problems.map((p) => `options: ${p}`).join('; '));
 }
