@@ -61,6 +61,26 @@ const CURRENT = 'keyturn_current';
 const PREVIOUS = 'keyturn_previous';
 const CAS_RETRIES = 5;
 
+/** Vault refused a write's check-and-set: someone wrote in between. Read again and retry (casRetry). */
+class CasConflictError extends StoreConflictError {}
+
+/**
+ * Runs `turn` (read, decide, write with check-and-set) until no check-and-set conflict interrupts it, at most
+ * CAS_RETRIES times with a growing pause; each turn re-reads, so it sees the other writer's value and may find its
+ * work done. Every other error ends it at once.
+ */
+async function casRetry<T>(where: string, turn: () => Promise<T>): Promise<T> {
+  for (let attempt = 0; attempt < CAS_RETRIES; attempt++) {
+    try {
+      return await turn();
+    } catch (err) {
+      if (!(err instanceof CasConflictError)) throw err;
+      await sleep(20 * (attempt + 1));
+    }
+  }
+  throw new StoreConflictError(`Vault kept changing ${where} under Keyturn; another writer is active`);
+}
+
 const statusOf = (err: unknown): number | undefined => (err as VaultApiError).response?.statusCode;
 
 function parseMarker(marker: string | undefined): { kv: number; id: string } | undefined {
@@ -269,7 +289,7 @@ export class VaultStore implements SecretStore {
         );
       }
       if (status === 400 && /check-and-set/.test(detail))
-        throw new StoreConflictError(`Vault check-and-set conflict while ${action}`);
+        throw new CasConflictError(`Vault check-and-set conflict while ${action}`);
       throw Object.assign(new Error(`Vault refused ${action} (${status}${detail ? `: ${detail}` : ''})`), {
         status,
         detail,
@@ -386,7 +406,7 @@ export class VaultStore implements SecretStore {
 
   async putPending(ref: SecretRef, token: string, value: SecretDocument): Promise<{ created: boolean }> {
     const p = this.#paths(ref);
-    for (let attempt = 0; attempt < CAS_RETRIES; attempt++) {
+    return casRetry(p.pendingData, async () => {
       const [pending, meta] = await Promise.all([this.#pending(ref), this.#metadata(ref)]);
       if (pending?.value.version === token || this.#markers(meta).current?.id === token)
         return { created: false };
@@ -394,27 +414,19 @@ export class VaultStore implements SecretStore {
       // between, ours is refused and the next turn finds theirs. A leftover of another rotation is replaced.
       // (The pending key is removed whole when a rotation ends, so an absent one is at version 0.)
       const cas = pending?.kv ?? 0;
-      try {
-        await this.#call(`writing the pending secret of ${p.where}`, () =>
-          this.#client.write(p.pendingData, {
-            options: { cas },
-            data: { version: token, secret: value } satisfies PendingData,
-          }),
-        );
-        return { created: true };
-      } catch (err) {
-        if (!(err instanceof StoreConflictError)) throw err;
-        await sleep(20 * (attempt + 1));
-      }
-    }
-    throw new StoreConflictError(
-      `Vault kept changing ${p.pendingData} under Keyturn; another writer is active`,
-    );
+      await this.#call(`writing the pending secret of ${p.where}`, () =>
+        this.#client.write(p.pendingData, {
+          options: { cas },
+          data: { version: token, secret: value } satisfies PendingData,
+        }),
+      );
+      return { created: true };
+    });
   }
 
   async promote(ref: SecretRef, token: string): Promise<{ promoted: boolean; previousVersionId?: string }> {
     const p = this.#paths(ref);
-    for (let attempt = 0; attempt < CAS_RETRIES; attempt++) {
+    return casRetry(p.where, async () => {
       const [meta, pending] = await Promise.all([this.#metadata(ref), this.#pending(ref)]);
       const { current } = this.#markers(meta);
       if (current?.id === token) {
@@ -424,17 +436,11 @@ export class VaultStore implements SecretStore {
       if (!pending || pending.value.version !== token) {
         throw new StoreConflictError(`NOVERSION: no pending version ${token} at ${p.where}`);
       }
-      try {
-        const kv = await this.#writeMain(ref, meta, pending.value.secret);
-        await this.#mark(ref, meta, { kv, id: token }, current);
-        await this.#deletePending(ref);
-        return current ? { promoted: true, previousVersionId: current.id } : { promoted: true };
-      } catch (err) {
-        if (!(err instanceof StoreConflictError)) throw err;
-        await sleep(20 * (attempt + 1));
-      }
-    }
-    throw new StoreConflictError(`Vault kept changing ${p.where} under Keyturn; another writer is active`);
+      const kv = await this.#writeMain(ref, meta, pending.value.secret);
+      await this.#mark(ref, meta, { kv, id: token }, current);
+      await this.#deletePending(ref);
+      return current ? { promoted: true, previousVersionId: current.id } : { promoted: true };
+    });
   }
 
   /**
@@ -497,22 +503,13 @@ export class VaultStore implements SecretStore {
   }
 
   async putCurrent(ref: SecretRef, token: string, value: SecretDocument): Promise<void> {
-    for (let attempt = 0; attempt < CAS_RETRIES; attempt++) {
+    await casRetry(this.#paths(ref).where, async () => {
       const meta = await this.#metadata(ref);
       const { current } = this.#markers(meta);
       if (current?.id === token) return;
-      try {
-        const kv = await this.#writeMain(ref, meta, value);
-        await this.#mark(ref, meta, { kv, id: token }, current);
-        return;
-      } catch (err) {
-        if (!(err instanceof StoreConflictError)) throw err;
-        await sleep(20 * (attempt + 1));
-      }
-    }
-    throw new StoreConflictError(
-      `Vault kept changing ${this.#paths(ref).where} under Keyturn; another writer is active`,
-    );
+      const kv = await this.#writeMain(ref, meta, value);
+      await this.#mark(ref, meta, { kv, id: token }, current);
+    });
   }
 
   async remove(ref: SecretRef): Promise<void> {
