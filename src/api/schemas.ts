@@ -2,6 +2,7 @@
 // limit and every number a range, so that bad input is a 400 naming the field and never reaches a handler.
 import { type Static, Type } from 'typebox';
 import { DURATION_PATTERN } from '../config/duration.ts';
+import { StoreSpecSchema } from '../registry/store-spec.ts';
 
 export const ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$';
 // PostgreSQL/MySQL identifiers Keyturn is willing to manage: letters, digits, _ . -; the _clone suffix must fit.
@@ -24,30 +25,6 @@ const Labels = Type.Record(
     additionalProperties: false, // without it a key not matching the pattern was accepted with a value of any type
   },
 );
-
-export const StoreSpecSchema = Type.Union([
-  Type.Object({ type: Type.Literal('local') }, { additionalProperties: false }),
-  Type.Object(
-    {
-      type: Type.Literal('vault'),
-      // No "." or ".." segments: "../../sys/x" passed and would climb out of the mount once a Vault client joins it.
-      mount: Type.String({ pattern: '^(?!\\.\\.?$)[A-Za-z0-9_.-]{1,128}$' }),
-      path: Type.String({
-        pattern: '^(?!\\.\\.?(/|$))[A-Za-z0-9_.-]+(/(?!\\.\\.?(/|$))[A-Za-z0-9_.-]+){0,15}$',
-        maxLength: 512,
-      }),
-    },
-    { additionalProperties: false },
-  ),
-  Type.Object(
-    {
-      type: Type.Literal('aws'),
-      secretId: Type.String({ minLength: 1, maxLength: 2048 }),
-      region: Type.Optional(Type.String({ pattern: '^[a-z]{2}(-[a-z]+)+-[0-9]$' })),
-    },
-    { additionalProperties: false },
-  ),
-]);
 
 const TlsSchema = Type.Object(
   {

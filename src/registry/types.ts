@@ -1,11 +1,9 @@
 // What the registry keeps about connections and credentials. Secrets are never part of these records: a
 // connection's admin password and a credential's passwords live in a secret store and are referenced here.
 import type { PasswordPolicy } from '../crypto/password.ts';
+import type { StoreSpec } from './store-spec.ts';
 
-export type StoreSpec =
-  | { type: 'local' }
-  | { type: 'vault'; mount: string; path: string }
-  | { type: 'aws'; secretId: string; region?: string };
+export type { StoreSpec };
 
 export interface TlsSpec {
   /** disable: plain TCP; require: TLS without verification; verify-full: TLS, certificate and host name checked. */
