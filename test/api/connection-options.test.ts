@@ -57,7 +57,9 @@ describe('connection options: the same check on POST and PATCH', () => {
       const changed = await kt.api('PATCH', `/v1/connections/${id}`, { options: bad });
       expect(changed.status, changed.text).toBe(422);
       expect((changed.body as any).error).toEqual((created.body as any).error);
-      expect((changed.body as any).error.message).toMatch(/^options: .*noSuchOption|^options: connections of type/);
+      expect((changed.body as any).error.message).toMatch(
+        /^options: .*noSuchOption|^options: connections of type/,
+      );
     });
   }
 });
