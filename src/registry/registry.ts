@@ -3,6 +3,7 @@
 // a PATCH of the schedule and a rotation finishing at the same moment never overwrite each other.
 import { createHash, randomInt } from 'node:crypto';
 import type { RedisClient } from '../redis/client.ts';
+import { type FencedOp, mergeFieldsOp } from '../redis/fenced-op.ts';
 import { ConflictError, NotFoundError } from './errors.ts';
 import type { RedisKeys } from './keys.ts';
 import { decodeSpec, encodeSpec } from './spec-codec.ts';
@@ -484,6 +485,14 @@ export class Registry {
     }
     await this.#redis.set(k.usernameClaimsMigrated(), new Date().toISOString());
     return claimed;
+  }
+
+  /**
+   * The write that sets these fields of a credential's state and no other (undefined removes one), for a writer that
+   * holds the credential's execution lease to apply with its other fenced writes (the engine's commits).
+   */
+  stateChangeOp(id: string, changes: Partial<CredentialState>): FencedOp {
+    return mergeFieldsOp(this.keys.credential(id), 'state', changes);
   }
 
   async findCredential(id: string): Promise<Credential | null> {

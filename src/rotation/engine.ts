@@ -12,6 +12,7 @@ import type { AuditOutbox } from '../audit/outbox.ts';
 import { generatePassword } from '../crypto/password.ts';
 import { scrubError } from '../crypto/scrub.ts';
 import type { Logger } from '../logging/logger.ts';
+import type { FencedOp } from '../redis/fenced-op.ts';
 import { UnprocessableError } from '../registry/errors.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import type { Registry } from '../registry/registry.ts';
@@ -28,9 +29,18 @@ import {
 import { type Login, TargetRefusedError, type TargetSession, wasNothingSent } from '../targets/types.ts';
 import { type Downstream, openDownstream } from './downstream.ts';
 import type { Failpoints } from './failpoints.ts';
-import { type FencedOp, type Lease, LeaseLostError, type LeaseManager, mergeFieldsOp } from './lease.ts';
+import { type Lease, LeaseLostError, type LeaseManager } from './lease.ts';
 import type { RotationRepo } from './rotation-repo.ts';
 import { alternateUsername, cloneLabel, cloneUsername, labelledFor } from './strategies.ts';
+import {
+  moveToAbandoned,
+  moveToRetrying,
+  moveToRollbackPending,
+  moveToRolledBack,
+  moveToRollingBack,
+  moveToRunning,
+  moveToSucceeded,
+} from './transitions.ts';
 import { type Rotation, type RotationStep, type RotationTrigger, TERMINAL } from './types.ts';
 
 /** What the engine needs from the queueing layer; kept abstract so the engine does not depend on BullMQ. */
@@ -265,9 +275,11 @@ export class RotationEngine {
         return { outcome: 'done', rotation: current };
       }
       Object.assign(rotation, current);
-      rotation.attempts += 1;
-      rotation.status = 'running';
-      rotation.startedAt ??= nowIso();
+      // Another worker moved it to rolling_back after the read above: its rollback, never its steps, goes on (should
+      // that fail, #onFailure refuses to move a rolling_back rotation anywhere else, and the job is retried).
+      if (current.status === 'rolling_back')
+        return await this.#rollbackWith(lease, rotation, credential, undefined);
+      moveToRunning(rotation, nowIso());
       await this.#save(lease, rotation);
       ctx = await this.#context(credential);
       await this.#steps(lease, rotation, ctx);
@@ -609,10 +621,7 @@ export class RotationEngine {
       attempt: rotation.attempts,
       at: now.toISOString(),
     });
-    rotation.status = 'succeeded';
-    rotation.finishedAt = now.toISOString();
-    rotation.updatedAt = now.toISOString();
-    delete rotation.error;
+    moveToSucceeded(rotation, now.toISOString());
     const fresh = (await this.#registry.findCredential(ctx.credential.spec.id)) ?? ctx.credential;
     const next = this.#hooks.nextRotationAt(fresh.spec, now);
     // The fields this rotation decides; the commit writes these and nothing else of the state.
@@ -708,9 +717,7 @@ export class RotationEngine {
       last ? 'rotation step failed; rolling back' : 'rotation step failed; will retry',
     );
     if (!last) {
-      rotation.status = 'retrying';
-      // A failed test means the downstream does not hold the pending password: retry from set, which checks first.
-      if (rotation.step === 'test') rotation.step = 'set';
+      moveToRetrying(rotation, nowIso());
       await this.#save(lease, rotation).catch(() => {});
       await this.#audit
         .append({
@@ -724,7 +731,7 @@ export class RotationEngine {
         .catch(() => {});
       return { outcome: 'retry', rotation };
     }
-    rotation.status = 'rolling_back';
+    moveToRollingBack(rotation, nowIso());
     await this.#save(lease, rotation);
     return this.#rollbackWith(lease, rotation, credential, ctx);
   }
@@ -751,7 +758,6 @@ export class RotationEngine {
         await this.#abandon(current, 'the credential was deleted during rollback');
         return { outcome: 'done', rotation: current };
       }
-      current.status = 'rolling_back';
       return await this.#rollbackWith(lease, current, fresh, undefined);
     } finally {
       await lease.release();
@@ -790,12 +796,11 @@ export class RotationEngine {
       }
     } catch (err) {
       const scrubbed = scrubError(err, ctx?.secrets ?? []);
-      rotation.rollback = {
-        outcome: 'pending',
-        note: `restoring the previous password failed (${scrubbed.message}); will retry`,
-        at: nowIso(),
-      };
-      rotation.updatedAt = nowIso();
+      moveToRollbackPending(
+        rotation,
+        `restoring the previous password failed (${scrubbed.message}); will retry`,
+        nowIso(),
+      );
       await this.#commit(lease, [
         this.#rotations.saveOp(rotation),
         this.#stateOp(credential.spec.id, { status: 'failed' }),
@@ -811,10 +816,7 @@ export class RotationEngine {
     }
 
     const now = nowIso();
-    rotation.status = 'failed';
-    rotation.finishedAt = now;
-    rotation.updatedAt = now;
-    rotation.rollback = { outcome: 'done', note, at: now };
+    moveToRolledBack(rotation, note, now);
     rotation.steps.push({
       step: 'rollback',
       outcome: 'succeeded',
@@ -1070,7 +1072,7 @@ export class RotationEngine {
 
   /** Sets these fields of a credential's state and no other (undefined removes one), fenced by the lease. */
   #stateOp(credentialId: string, changes: Partial<CredentialState>): FencedOp {
-    return mergeFieldsOp(this.#keys.credential(credentialId), 'state', changes);
+    return this.#registry.stateChangeOp(credentialId, changes);
   }
 
   /** The append of an audit event about a credential, applied with the fenced writes it records (see #commit). */
@@ -1100,11 +1102,7 @@ export class RotationEngine {
   }
 
   async #abandon(rotation: Rotation, reason: string): Promise<void> {
-    const now = nowIso();
-    rotation.status = 'failed';
-    rotation.finishedAt = now;
-    rotation.updatedAt = now;
-    rotation.error = { step: rotation.step, message: reason, at: now };
+    moveToAbandoned(rotation, reason, nowIso());
     await this.#rotations.abandon(rotation);
   }
 }

@@ -4,10 +4,8 @@
 // stalled and lost its job to another: its writes check the lease token in the same script that applies them.
 import { randomUUID } from 'node:crypto';
 import type { RedisClient } from '../redis/client.ts';
+import { type FencedOp, MERGE_FIELDS } from '../redis/fenced-op.ts';
 import type { RedisKeys } from '../registry/keys.ts';
-
-/** The pseudo-command of mergeFieldsOp, run by FENCED itself (no Redis command has this name). */
-const MERGE = 'KEYTURN_MERGE_FIELDS';
 
 const RENEW = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -17,12 +15,13 @@ const RELEASE = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 `;
-// Applies a list of writes only while the lease is held. Each op is [command, key, args…], or a field merge (below).
+// Applies a list of writes only while the lease is held. Each op is [command, key, args…], or a field merge
+// (redis/fenced-op.ts).
 const FENCED = `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('LEASE_LOST') end
 local ops = cjson.decode(ARGV[2])
 for _, op in ipairs(ops) do
-  if op[1] == '${MERGE}' then
+  if op[1] == '${MERGE_FIELDS}' then
     local raw = redis.call('HGET', op[2], op[3])
     if raw then
       local value = cjson.decode(raw)
@@ -37,19 +36,6 @@ for _, op in ipairs(ops) do
 end
 return #ops
 `;
-
-export type FencedOp = [string, ...(string | number)[]];
-
-/**
- * A fenced op that sets some fields of the JSON object in a hash field and leaves the others as they are (`null`
- * removes a field); nothing is written when the field is gone, so a deleted credential is never brought back. The
- * engine writes a credential's state this way: only what the step changed, never a copy read earlier that another
- * writer (a PATCH's next rotation, a grace-period revocation) may have changed since (finding 6 of issue 11).
- */
-export function mergeFieldsOp(key: string, field: string, changes: Record<string, unknown>): FencedOp {
-  const json = JSON.stringify(changes, (_name, v) => (v === undefined ? null : v));
-  return [MERGE, key, field, json];
-}
 
 export class LeaseLostError extends Error {
   constructor(credentialId: string) {

@@ -4,8 +4,8 @@
 // its credential's (one hash tag); the index of active rotations is written before creation and after the end, so
 // the reconciler never misses a rotation that is not finished (an entry for one that is, it drops).
 import type { RedisClient } from '../redis/client.ts';
+import type { FencedOp } from '../redis/fenced-op.ts';
 import type { RedisKeys } from '../registry/keys.ts';
-import type { FencedOp } from './lease.ts';
 import type { Rotation } from './types.ts';
 
 // KEYS: in-flight pointer, record, the credential's rotation list, credential.

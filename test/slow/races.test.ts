@@ -10,7 +10,8 @@
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RedisClient } from '../../src/redis/client.ts';
-import { LeaseManager, mergeFieldsOp } from '../../src/rotation/lease.ts';
+import { mergeFieldsOp } from '../../src/redis/fenced-op.ts';
+import { LeaseManager } from '../../src/rotation/lease.ts';
 import {
   canLogin,
   dropPrefix,
