@@ -16,8 +16,9 @@ export async function openDownstream(
   connection: Connection,
   stores: StoreSet,
   timeoutMs: number,
+  drivers: (type: string) => TargetDriver | undefined = targetDriver,
 ): Promise<Downstream> {
-  const driver = targetDriver(connection.type);
+  const driver = drivers(connection.type);
   if (!driver) throw new UnprocessableError(`no target driver for connection type "${connection.type}"`);
   const adminVersion = await stores
     .get(connection.adminStore)

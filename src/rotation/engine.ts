@@ -26,7 +26,14 @@ import {
   StoreNotConfiguredError,
   StoreRefusedError,
 } from '../stores/types.ts';
-import { type Login, TargetRefusedError, type TargetSession, wasNothingSent } from '../targets/types.ts';
+import { targetDriver } from '../targets/index.ts';
+import {
+  type Login,
+  type TargetDriver,
+  TargetRefusedError,
+  type TargetSession,
+  wasNothingSent,
+} from '../targets/types.ts';
 import { type Downstream, openDownstream } from './downstream.ts';
 import type { Failpoints } from './failpoints.ts';
 import { type Lease, LeaseLostError, type LeaseManager } from './lease.ts';
@@ -139,6 +146,7 @@ export class RotationEngine {
   readonly #observer: RotationObserver | undefined;
   readonly #hooks: RotationHooks;
   readonly #secretObserver: SecretObserver | undefined;
+  readonly #drivers: (type: string) => TargetDriver | undefined;
   /** Per connection: when this process last saw whether it refuses a wrong password, and whether it did. */
   readonly #passwordsChecked = new Map<string, { at: number; checks: boolean }>();
 
@@ -158,6 +166,8 @@ export class RotationEngine {
     observer?: RotationObserver;
     /** Told when a version starts to work (sync/ pushes it to Kubernetes Secrets). */
     secretObserver?: SecretObserver;
+    /** The target drivers by connection type: targets/index.ts's map, unless a test brings an in-memory one. */
+    drivers?: (type: string) => TargetDriver | undefined;
   }) {
     this.#registry = deps.registry;
     this.#rotations = deps.rotations;
@@ -172,6 +182,7 @@ export class RotationEngine {
     this.#observer = deps.observer;
     this.#hooks = deps.hooks;
     this.#secretObserver = deps.secretObserver;
+    this.#drivers = deps.drivers ?? targetDriver;
   }
 
   // Requesting
@@ -303,7 +314,12 @@ export class RotationEngine {
     if (!connection) throw new PermanentError(`connection "${credential.spec.connection}" no longer exists`);
     let downstream: Downstream;
     try {
-      downstream = await openDownstream(connection, this.#stores, this.#settings.downstreamTimeoutMs);
+      downstream = await openDownstream(
+        connection,
+        this.#stores,
+        this.#settings.downstreamTimeoutMs,
+        this.#drivers,
+      );
     } catch (err) {
       if (err instanceof UnprocessableError || err instanceof StoreNotConfiguredError)
         throw new PermanentError(err.message);

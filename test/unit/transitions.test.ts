@@ -14,7 +14,7 @@ const AT = '2026-12-04T10:00:00.000Z';
 /** The rows of the transition table in docs/architecture.md: [from, to, move]. */
 function documentedRows(): Array<[RotationStatus, RotationStatus, string]> {
   const doc = readFileSync(join(import.meta.dirname, '../../docs/architecture.md'), 'utf8');
-  const start = doc.indexOf('| from | to | move | when |');
+  const start = doc.search(/^\|\s*from\s*\|\s*to\s*\|\s*move\s*\|\s*when\s*\|/m);
   expect(start, 'the transition table in docs/architecture.md').toBeGreaterThan(0);
   const rows: Array<[RotationStatus, RotationStatus, string]> = [];
   for (const line of doc.slice(start).split('\n').slice(2)) {
