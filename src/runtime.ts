@@ -114,7 +114,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   const timeoutMs = config.rotation.downstreamTimeoutMs;
   if (config.vault) stores.add(new VaultStore({ ...config.vault, timeoutMs }, logger));
   if (config.aws) stores.add(new AwsStore({ ...config.aws, timeoutMs }));
-  const rotations = new RotationRepo(redis, keys);
+  const rotations = new RotationRepo(redis, keys, options.clock ?? systemClock);
   const failpoints = new Failpoints(config.failpoints);
   if (failpoints.enabled) logger.warn({ failpoints: config.failpoints }, 'test failpoints are enabled');
   // One registry per runtime. Its computed series are read at scrape time only, when the queues below exist.
@@ -164,6 +164,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     failpoints,
     logger,
     hooks: queues,
+    clock: options.clock ?? systemClock,
     observer: metrics,
     secretObserver: sync,
     settings: {

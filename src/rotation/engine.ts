@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import type { AuditEventInput, AuditLog } from '../audit/audit-log.ts';
 import { auditAppendOp } from '../audit/audit-log.ts';
 import type { AuditOutbox } from '../audit/outbox.ts';
+import { type Clock, systemClock } from '../clock.ts';
 import { generatePassword } from '../crypto/password.ts';
 import { scrubError } from '../crypto/scrub.ts';
 import type { Logger } from '../logging/logger.ts';
@@ -120,7 +121,6 @@ interface Context {
   secrets: Set<string>;
 }
 
-const nowIso = (): string => new Date().toISOString();
 /** How often a connection is checked for refusing a wrong password (see #checkPasswordsChecked). */
 const PASSWORD_CHECK_EVERY_MS = 10 * 60_000;
 
@@ -147,6 +147,8 @@ export class RotationEngine {
   readonly #hooks: RotationHooks;
   readonly #secretObserver: SecretObserver | undefined;
   readonly #drivers: (type: string) => TargetDriver | undefined;
+  /** The time records are stamped with (rotatedAt is what policy judges a credential's age by). */
+  readonly #clock: Clock;
   /** Per connection: when this process last saw whether it refuses a wrong password, and whether it did. */
   readonly #passwordsChecked = new Map<string, { at: number; checks: boolean }>();
 
@@ -168,6 +170,8 @@ export class RotationEngine {
     secretObserver?: SecretObserver;
     /** The target drivers by connection type: targets/index.ts's map, unless a test brings an in-memory one. */
     drivers?: (type: string) => TargetDriver | undefined;
+    /** The runtime's clock (tests move it); the system clock by default. */
+    clock?: Clock;
   }) {
     this.#registry = deps.registry;
     this.#rotations = deps.rotations;
@@ -183,6 +187,11 @@ export class RotationEngine {
     this.#hooks = deps.hooks;
     this.#secretObserver = deps.secretObserver;
     this.#drivers = deps.drivers ?? targetDriver;
+    this.#clock = deps.clock ?? systemClock;
+  }
+
+  #nowIso(): string {
+    return new Date(this.#clock.now()).toISOString();
   }
 
   // Requesting
@@ -197,7 +206,7 @@ export class RotationEngine {
     actor: string,
     options: { delayMs?: number } = {},
   ): Promise<{ rotation: Rotation; created: boolean } | null> {
-    const now = nowIso();
+    const now = this.#nowIso();
     const rotation: Rotation = {
       id: randomUUID(),
       credentialId,
@@ -218,7 +227,7 @@ export class RotationEngine {
     if (result.outcome === 'missing') return null;
     if (result.outcome === 'inflight') {
       const waiting = result.rotation;
-      if (trigger !== 'manual' || !waiting.notBefore || Date.parse(waiting.notBefore) <= Date.now()) {
+      if (trigger !== 'manual' || !waiting.notBefore || Date.parse(waiting.notBefore) <= this.#clock.now()) {
         return { rotation: waiting, created: false };
       }
       // Rotate-now on a scheduled rotation still waiting out its jitter: that one starts now, rather than the request
@@ -290,7 +299,7 @@ export class RotationEngine {
       // that fail, #onFailure refuses to move a rolling_back rotation anywhere else, and the job is retried).
       if (current.status === 'rolling_back')
         return await this.#rollbackWith(lease, rotation, credential, undefined);
-      moveToRunning(rotation, nowIso());
+      moveToRunning(rotation, this.#nowIso());
       await this.#save(lease, rotation);
       ctx = await this.#context(credential);
       await this.#steps(lease, rotation, ctx);
@@ -346,9 +355,9 @@ export class RotationEngine {
       const outcome = await this.#bounded(step, this.#runStep(step, lease, rotation, ctx));
       await this.#failpoints.hit(`after-${step}`);
       if (step === 'finish') return; // #finish committed the terminal record itself
-      rotation.steps.push({ step, outcome, attempt: rotation.attempts, at: nowIso() });
+      rotation.steps.push({ step, outcome, attempt: rotation.attempts, at: this.#nowIso() });
       rotation.step = order[i + 1]!;
-      rotation.updatedAt = nowIso();
+      rotation.updatedAt = this.#nowIso();
       // The step's record and its audit event land together.
       await this.#commit(lease, [
         this.#rotations.saveOp(rotation),
@@ -504,7 +513,7 @@ export class RotationEngine {
         username: login.username,
         password: generatePassword(spec.password),
       });
-      this.#passwordsChecked.set(ctx.connection.id, { at: Date.now(), checks: !canary.ok });
+      this.#passwordsChecked.set(ctx.connection.id, { at: this.#clock.now(), checks: !canary.ok });
       if (!canary.ok) {
         // The user holds this rotation's own new password: Keyturn set it (a resumed rotation), so a clone is its.
         if (spec.strategy === 'alternating-users' && login.username !== spec.username) {
@@ -604,7 +613,7 @@ export class RotationEngine {
    */
   async #checkPasswordsChecked(rotation: Rotation, ctx: Context, username: string): Promise<void> {
     const last = this.#passwordsChecked.get(ctx.connection.id);
-    if (last && Date.now() - last.at < PASSWORD_CHECK_EVERY_MS) {
+    if (last && this.#clock.now() - last.at < PASSWORD_CHECK_EVERY_MS) {
       if (!last.checks) this.#warnNoPasswordCheck(rotation, ctx);
       return;
     }
@@ -612,7 +621,7 @@ export class RotationEngine {
       .authenticate({ username, password: generatePassword(ctx.credential.spec.password) })
       .catch(() => undefined);
     if (!canary) return; // unavailable just now: the next rotation looks again
-    this.#passwordsChecked.set(ctx.connection.id, { at: Date.now(), checks: !canary.ok });
+    this.#passwordsChecked.set(ctx.connection.id, { at: this.#clock.now(), checks: !canary.ok });
     if (canary.ok) this.#warnNoPasswordCheck(rotation, ctx);
   }
 
@@ -630,7 +639,7 @@ export class RotationEngine {
     // From the labels, not from promote's answer: a resumed finish finds the promotion already done.
     const labels = (await ctx.store.describe(ctx.ref)) ?? {};
     const previousVersionId = Object.keys(labels).find((v) => labels[v]?.includes('previous'));
-    const now = new Date();
+    const now = new Date(this.#clock.now());
     rotation.steps.push({
       step: 'finish',
       outcome: 'succeeded',
@@ -713,12 +722,12 @@ export class RotationEngine {
     const scrubbed = scrubError(err, ctx?.secrets ?? []);
     const permanent =
       err instanceof PermanentError || err instanceof TargetRefusedError || err instanceof StoreRefusedError;
-    rotation.error = { step: rotation.step, ...scrubbed, at: nowIso() };
+    rotation.error = { step: rotation.step, ...scrubbed, at: this.#nowIso() };
     rotation.steps.push({
       step: rotation.step,
       outcome: 'failed',
       attempt: rotation.attempts,
-      at: nowIso(),
+      at: this.#nowIso(),
       note: scrubbed.message,
     });
     const last = permanent || rotation.attempts >= rotation.maxAttempts;
@@ -733,7 +742,7 @@ export class RotationEngine {
       last ? 'rotation step failed; rolling back' : 'rotation step failed; will retry',
     );
     if (!last) {
-      moveToRetrying(rotation, nowIso());
+      moveToRetrying(rotation, this.#nowIso());
       await this.#save(lease, rotation).catch(() => {});
       await this.#audit
         .append({
@@ -747,7 +756,7 @@ export class RotationEngine {
         .catch(() => {});
       return { outcome: 'retry', rotation };
     }
-    moveToRollingBack(rotation, nowIso());
+    moveToRollingBack(rotation, this.#nowIso());
     await this.#save(lease, rotation);
     return this.#rollbackWith(lease, rotation, credential, ctx);
   }
@@ -815,7 +824,7 @@ export class RotationEngine {
       moveToRollbackPending(
         rotation,
         `restoring the previous password failed (${scrubbed.message}); will retry`,
-        nowIso(),
+        this.#nowIso(),
       );
       await this.#commit(lease, [
         this.#rotations.saveOp(rotation),
@@ -831,7 +840,7 @@ export class RotationEngine {
       if (!given) await ctx?.target.close().catch(() => {});
     }
 
-    const now = nowIso();
+    const now = this.#nowIso();
     moveToRolledBack(rotation, note, now);
     rotation.steps.push({
       step: 'rollback',
@@ -1006,7 +1015,7 @@ export class RotationEngine {
         return { outcome: 'done' };
       }
       await this.#commit(lease, [
-        this.#stateOp(credentialId, { previousRevokedAt: nowIso() }),
+        this.#stateOp(credentialId, { previousRevokedAt: this.#nowIso() }),
         this.#auditOp({
           actor: 'keyturn',
           action: 'credential.previous_revoked',
@@ -1058,7 +1067,7 @@ export class RotationEngine {
   }
 
   async #save(lease: Lease, rotation: Rotation): Promise<void> {
-    rotation.updatedAt = nowIso();
+    rotation.updatedAt = this.#nowIso();
     await this.#commit(lease, [this.#rotations.saveOp(rotation)]);
   }
 
@@ -1077,7 +1086,7 @@ export class RotationEngine {
   /** After the terminal commit only, so that a rotation counts once, in the process whose commit won. */
   #reportEnd(rotation: Rotation, outcome: RotationEnd['outcome'], target: string): void {
     if (!this.#observer) return;
-    const ended = Date.parse(rotation.finishedAt ?? nowIso());
+    const ended = Date.parse(rotation.finishedAt ?? this.#nowIso());
     const started = Date.parse(rotation.startedAt ?? rotation.createdAt);
     try {
       this.#observer.rotationEnded({ target, outcome, seconds: Math.max(0, ended - started) / 1000 });
@@ -1118,7 +1127,7 @@ export class RotationEngine {
   }
 
   async #abandon(rotation: Rotation, reason: string): Promise<void> {
-    moveToAbandoned(rotation, reason, nowIso());
+    moveToAbandoned(rotation, reason, this.#nowIso());
     await this.#rotations.abandon(rotation);
   }
 }

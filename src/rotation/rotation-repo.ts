@@ -3,6 +3,7 @@
 // credential as rotating, all at once. Later writes go through the worker's lease (lease.ts). A rotation's keys are
 // its credential's (one hash tag); the index of active rotations is written before creation and after the end, so
 // the reconciler never misses a rotation that is not finished (an entry for one that is, it drops).
+import { type Clock, systemClock } from '../clock.ts';
 import type { RedisClient } from '../redis/client.ts';
 import type { FencedOp } from '../redis/fenced-op.ts';
 import type { RedisKeys } from '../registry/keys.ts';
@@ -41,11 +42,13 @@ export type CreateOutcome =
 
 export class RotationRepo {
   readonly #redis: RedisClient;
+  readonly #clock: Clock;
   readonly keys: RedisKeys;
 
-  constructor(redis: RedisClient, keys: RedisKeys) {
+  constructor(redis: RedisClient, keys: RedisKeys, clock: Clock = systemClock) {
     this.#redis = redis;
     this.keys = keys;
+    this.#clock = clock;
   }
 
   /** Creates `rotation` unless one is in flight for its credential, which is returned instead (I3). */
@@ -90,7 +93,7 @@ export class RotationRepo {
       const rotation = JSON.parse(raw) as Rotation;
       if (rotation.status !== 'queued' || rotation.attempts > 0 || !rotation.notBefore) return null;
       delete rotation.notBefore;
-      rotation.updatedAt = new Date().toISOString();
+      rotation.updatedAt = new Date(this.#clock.now()).toISOString();
       const swapped = await this.#redis.eval(
         "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end return 0",
         1,

@@ -39,16 +39,15 @@ import {
 } from '../../src/targets/types.ts';
 import { dropPrefix, testKeys, testRedis } from '../support/harness.ts';
 
+type StoredVersion = { stages: Stage[]; value: SecretDocument; createdAt: string };
+
 /** The SecretStore contract's staging model in a Map: versions by id, each with its labels. */
 class MemoryStore implements SecretStore {
   readonly type = 'local' as const;
-  readonly secrets = new Map<
-    string,
-    Map<string, { stages: Stage[]; value: SecretDocument; createdAt: string }>
-  >();
+  readonly secrets = new Map<string, Map<string, StoredVersion>>();
 
   #versions(ref: SecretRef) {
-    const versions = this.secrets.get(ref.name) ?? new Map();
+    const versions = this.secrets.get(ref.name) ?? new Map<string, StoredVersion>();
     this.secrets.set(ref.name, versions);
     return versions;
   }
@@ -185,6 +184,9 @@ let rotations: RotationRepo;
 let store: MemoryStore;
 let downstream: MemoryDownstream;
 let engine: RotationEngine;
+/** The engine's clock: real time moved by `offset` (a test moves it; each starts at 0). */
+let offset = 0;
+const clock = { now: () => Date.now() + offset };
 const queued: string[] = [];
 const rollbacks: string[] = [];
 
@@ -236,6 +238,7 @@ let credentialId: string;
 const OLD = 'old-password-0123456789';
 
 beforeEach(async () => {
+  offset = 0;
   store = new MemoryStore();
   downstream = new MemoryDownstream();
   downstream.users.set('admin', 'admin-password-0123456789');
@@ -251,6 +254,7 @@ beforeEach(async () => {
     logger: createLogger({ level: 'silent', format: 'json' }),
     hooks,
     drivers: (type) => (type === 'memory' ? downstream.driver : undefined),
+    clock,
     settings: { maxAttempts: 3, downstreamTimeoutMs: 5000, holder: 'engine-test' },
   });
   credentialId = `cred-${randomBytes(4).toString('hex')}`;
@@ -466,5 +470,20 @@ describe('the rotation engine, every transition, in memory', () => {
     expect((await engine.run(rotation.id)).rotation?.status).toBe('succeeded');
     expect((await engine.rollback(rotation.id)).rotation?.status).toBe('succeeded');
     expect(downstream.calls.length).toBe(calls);
+  });
+
+  it("stamps the records with the runtime's clock: rotatedAt, the rotation's start and end", async () => {
+    offset = 40 * 86_400_000;
+    const rotation = await requested();
+    const before = clock.now();
+    const done = (await engine.run(rotation.id)).rotation!;
+    const after = clock.now();
+    for (const at of [done.startedAt!, done.finishedAt!, done.updatedAt]) {
+      expect(Date.parse(at)).toBeGreaterThanOrEqual(before);
+      expect(Date.parse(at)).toBeLessThanOrEqual(after);
+    }
+    const rotatedAt = Date.parse((await registry.findCredential(credentialId))!.state.rotatedAt!);
+    expect(rotatedAt).toBeGreaterThanOrEqual(before);
+    expect(rotatedAt).toBeLessThanOrEqual(after);
   });
 });
