@@ -93,8 +93,16 @@ describe('KeyturnClient', () => {
     const failures: Error[] = [];
     const handle = await client.lease(id, { ttl: '3s', onRenewFailed: (e) => failures.push(e) });
     const first = handle.lease.expiresAt;
-    // Past the lease's first expiry (3 s): only a renewal keeps its user alive, which is what is checked.
-    await new Promise((r) => setTimeout(r, 4500));
+    // Past the lease's first expiry (3 s), with a renewal seen: only the renewal keeps its user alive, which is what
+    // is checked (PostgreSQL's VALID UNTIL runs on real time, so real time has to pass it).
+    await waitFor(
+      'a renewal, and the first expiry passed',
+      async () =>
+        (Date.parse(handle.lease.expiresAt) > Date.parse(first) && Date.now() > Date.parse(first) + 500) ||
+        undefined,
+      15_000,
+      50,
+    );
     expect(Date.parse(handle.lease.expiresAt)).toBeGreaterThan(Date.parse(first));
     expect(await canLogin(handle.lease.username, handle.lease.password)).toBe(true);
     // Revoked behind the client's back: its next renewal fails and is reported.

@@ -195,7 +195,8 @@ describe('GET /v1/events', () => {
     await readerA.until('2 rotation events', () => rotationsIn(readerA).length >= 2);
     await readerB.until('2 rotation events', () => rotationsIn(readerB).length >= 2);
     await operator.until('2 rotation events', () => rotationsIn(operator).length >= 2);
-    // The last event any of them gets arrived: give a wrong extra event the time to show up too.
+    // The last event any of them gets arrived: give a wrong extra event the time to show up too (only waiting can
+    // show that none comes: nothing else can work for an absence).
     await new Promise((r) => setTimeout(r, 300));
 
     expect(rotationsIn(auditor).map((e) => e.rotation)).toEqual(done.map((r) => r.id));
@@ -234,6 +235,8 @@ describe('GET /v1/events', () => {
     expect(glob.status).toBe(200);
     const rotated = [await rotate(credB), await rotate(credA)];
     await glob.until('A’s rotation', () => rotationsIn(glob).length >= 1);
+    // A wrong extra event (a duplicate, another credential's) would come after the last expected one, and only waiting
+    // can show that none comes: nothing else can work for an absence.
     await new Promise((r) => setTimeout(r, 200));
     expect(rotationsIn(glob).map((e) => e.rotation)).toEqual([rotated[1]?.id]);
     await glob.close();
@@ -251,6 +254,8 @@ describe('GET /v1/events', () => {
     await again.until('the two missed events', () => rotationsIn(again).length >= 2);
     const after = await rotate(credA);
     await again.until('the live event', () => rotationsIn(again).length >= 3);
+    // A wrong extra event (a duplicate, another credential's) would come after the last expected one, and only waiting
+    // can show that none comes: nothing else can work for an absence.
     await new Promise((r) => setTimeout(r, 200));
     expect(rotationsIn(again).map((e) => e.rotation)).toEqual([missed[0]?.id, missed[2]?.id, after.id]);
     expect(rotationsIn(again).map((e) => e.rotation)).not.toContain(before.id);
@@ -371,6 +376,8 @@ describe('GET /v1/events', () => {
     }
     const stream = again as SseStream;
     await stream.until('all 300 events', () => rotationsIn(stream).length >= written.length);
+    // A wrong extra event (a duplicate, another credential's) would come after the last expected one, and only waiting
+    // can show that none comes: nothing else can work for an absence.
     await new Promise((r) => setTimeout(r, 200));
     expect(rotationsIn(stream).map((e) => e.rotation)).toEqual(written);
     expect(stream.events('missed')).toEqual([]);

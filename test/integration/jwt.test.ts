@@ -502,6 +502,8 @@ describe('JWKS key rotation', () => {
     expect(refused(await auth.verify(newToken))).toBe('no matching key in JWKS');
     expect(idp.jwksFetches).toBe(1);
 
+    // jose's remote JWKS set keeps its cooldown on its own Date.now(), which no injected clock reaches: real time has
+    // to pass it.
     await new Promise((r) => setTimeout(r, 1_200));
     expect(refused(await auth.verify(oldToken))).toBe('no matching key in JWKS');
     accepted(await auth.verify(newToken));
@@ -514,10 +516,11 @@ describe('JWKS key rotation', () => {
     idp.keys = [k];
     const auth = new JwtAuthenticator([config(idp)], { cooldownMs: 0, cacheMaxAgeMs: 300 });
     accepted(await auth.verify(await sign(k, claims(idp))));
+    // Past the 300 ms cache max age, which jose's JWKS set also keeps on its own Date.now(): real time has to pass.
     await new Promise((r) => setTimeout(r, 400));
     accepted(await auth.verify(await sign(k, claims(idp))));
     expect(idp.discoveryFetches).toBe(2);
-    // Discovery then fails: the JWKS found before keeps being used.
+    // Discovery then fails: the JWKS found before keeps being used. (Past the max age again, as above.)
     await new Promise((r) => setTimeout(r, 400));
     idp.failWith = 503;
     const first = await auth.verify(await sign(k, claims(idp)));

@@ -139,8 +139,16 @@ it('a slot missed during downtime is skipped when its window has closed', async 
       currentPassword: password,
     });
     expect(res.status).toBe(201);
-    // No worker for 4.5 s: the first slot (at 2 s) is 2.5 s late when a worker comes up, past its 1 s window.
-    await new Promise((r) => setTimeout(r, 4500));
+    // No worker until the first slot is past its 1 s window (by half a second more): the slot's own due time, read
+    // from the credential, decides when, not a guess of how long registration takes.
+    const due = Date.parse((await api.api('GET', `/v1/credentials/${id}`)).body.nextRotationAt);
+    expect(Number.isFinite(due)).toBe(true);
+    await waitFor(
+      'the first slot to be past its window',
+      async () => Date.now() > due + 1500 || undefined,
+      10_000,
+      50,
+    );
     const worker = spawnWorker(offline);
     try {
       const skipped = await waitFor(

@@ -16,6 +16,7 @@ import {
   registerPgConnection,
   startKeyturn,
   testEnv,
+  waitFor,
   waitForRotation,
 } from '../support/harness.ts';
 
@@ -187,8 +188,16 @@ describe('Vault store: tokens, namespaces, max_versions', () => {
     try {
       const r = ref();
       await store.putCurrent(r, 'import-renewal-000000000000000000000000', doc('renewal-password-1'));
-      // Past the original TTL: without renewal the token would be gone.
-      await new Promise((resolve) => setTimeout(resolve, 3500));
+      // Past the original TTL (2 s, by half a second), with a renewal seen: without it the token would be gone.
+      const issued = Date.now();
+      await waitFor(
+        'a renewal, and the first TTL passed',
+        async () =>
+          (emu.requests.some((q) => q.path === 'auth/token/renew-self') && Date.now() > issued + 2500) ||
+          undefined,
+        15_000,
+        50,
+      );
       expect((await store.read(r, { stage: 'current' }))?.value.password).toBe('renewal-password-1');
       expect(emu.requests.some((q) => q.path === 'auth/token/renew-self')).toBe(true);
     } finally {
