@@ -18,9 +18,8 @@ import { UnprocessableError } from '../registry/errors.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import type { Registry } from '../registry/registry.ts';
 import type { Connection, Credential, CredentialSpec, CredentialState } from '../registry/types.ts';
-import { credentialSecretRef, type StoreSet, secretDocument } from '../stores/index.ts';
+import { credentialSecretRef, rotationDocument, type StoreSet } from '../stores/index.ts';
 import {
-  type SecretDocument,
   type SecretRef,
   type SecretStore,
   type SecretVersion,
@@ -414,13 +413,7 @@ export class RotationEngine {
         : alternateUsername(spec.username, state.activeUsername ?? spec.username);
     const password = generatePassword(spec.password);
     ctx.secrets.add(password);
-    const document: SecretDocument = {
-      ...secretDocument(ctx.connection, ctx.engine, { username, password }),
-      // The AWS multi-user templates name the admin secret that can change the other user.
-      ...(spec.strategy === 'alternating-users' && ctx.connection.adminStore.type === 'aws'
-        ? { masterarn: ctx.connection.adminStore.secretId }
-        : {}),
-    };
+    const document = rotationDocument(ctx.connection, ctx.engine, { username, password }, spec.strategy);
     await ctx.store.putPending(ctx.ref, rotation.id, document);
     rotation.username = username;
     await this.#failpoints.hit('create-after-store-write');

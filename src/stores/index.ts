@@ -88,3 +88,22 @@ export function secretDocument(
     password: login.password,
   };
 }
+
+/**
+ * The document a rotation stores for a credential's user: secretDocument, plus what the store's own layout adds. The
+ * AWS multi-user rotation templates name the admin secret that can change the other user (`masterarn`), so an
+ * alternating pair whose connection keeps its admin in AWS carries it; the engine knows no store's layout.
+ */
+export function rotationDocument(
+  connection: Pick<Connection, 'host' | 'port' | 'database' | 'adminStore'>,
+  engine: string,
+  login: { username: string; password: string },
+  strategy: CredentialSpec['strategy'],
+): SecretDocument {
+  return {
+    ...secretDocument(connection, engine, login),
+    ...(strategy === 'alternating-users' && connection.adminStore.type === 'aws'
+      ? { masterarn: connection.adminStore.secretId }
+      : {}),
+  };
+}
