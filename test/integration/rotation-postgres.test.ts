@@ -84,52 +84,31 @@ describe('single-user on PostgreSQL', () => {
     const role = await createAppRole();
     const { pgAdmin } = await import('../support/harness.ts');
     await pgAdmin((c) => c.query(`ALTER ROLE "${role.name}" PASSWORD 'imported-password-123'`));
-    const bad = await kt.api('POST', '/v1/credentials', {
-      id: `imp-bad-${role.name}`,
-      connection,
-      username: role.name,
-      strategy: 'single-user',
-      schedule: { every: '30d' },
-      import: true,
-      currentPassword: 'not-the-password',
-    });
+    // The same registration each time, only the id and the password it claims the user has change.
+    const importAs = (id: string, currentPassword: string) =>
+      kt.api('POST', '/v1/credentials', {
+        id,
+        connection,
+        username: role.name,
+        strategy: 'single-user',
+        schedule: { every: '30d' },
+        import: true,
+        currentPassword,
+      });
+    const bad = await importAs(`imp-bad-${role.name}`, 'not-the-password');
     expect(bad.status).toBe(422);
     expect(bad.text).not.toContain('not-the-password');
-    const ok = await kt.api('POST', '/v1/credentials', {
-      id: `imp-${role.name}`,
-      connection,
-      username: role.name,
-      strategy: 'single-user',
-      schedule: { every: '30d' },
-      import: true,
-      currentPassword: 'imported-password-123',
-    });
+    const ok = await importAs(`imp-${role.name}`, 'imported-password-123');
     expect(ok.status).toBe(201);
     expect(ok.body.rotation).toBeNull();
     expect(ok.body.version).toMatch(/^import-[0-9a-f-]{36}$/);
     expect((await readSecret(`imp-${role.name}`)).password).toBe('imported-password-123');
     // Importing again under the same id is a conflict, and leaves the existing credential's secret alone.
-    const again = await kt.api('POST', '/v1/credentials', {
-      id: `imp-${role.name}`,
-      connection,
-      username: role.name,
-      strategy: 'single-user',
-      schedule: { every: '30d' },
-      import: true,
-      currentPassword: 'imported-password-123',
-    });
+    const again = await importAs(`imp-${role.name}`, 'imported-password-123');
     expect(again.status).toBe(409);
     const { pgAdmin: admin } = await import('../support/harness.ts');
     await admin((c) => c.query(`ALTER ROLE "${role.name}" PASSWORD 'another-password-456'`));
-    const other = await kt.api('POST', '/v1/credentials', {
-      id: `imp-${role.name}`,
-      connection,
-      username: role.name,
-      strategy: 'single-user',
-      schedule: { every: '30d' },
-      import: true,
-      currentPassword: 'another-password-456',
-    });
+    const other = await importAs(`imp-${role.name}`, 'another-password-456');
     expect(other.status).toBe(409);
     const kept = await readSecret(`imp-${role.name}`);
     expect(kept.password).toBe('imported-password-123');
