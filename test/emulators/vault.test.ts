@@ -454,6 +454,7 @@ describe('LIST (ref B1)', () => {
     const closed = new Promise((resolve) => socket.on('close', resolve));
     for (let i = 0; i < wire.length; i += 7) {
       socket.write(wire.slice(i, i + 7));
+      // Paces the 7-byte chunks, so the server reads a request split across packets; no assertion waits on it.
       await new Promise((resolve) => setTimeout(resolve, 1));
     }
     await closed;
@@ -515,6 +516,7 @@ describe('tokens and auth (ref B2)', () => {
     const self = await vault.tokenLookupSelf();
     expect(self.data).toMatchObject({ ttl: 1, creation_ttl: 1, renewable: true, policies: ['default'] });
     await vault.write('secret/data/short', { data: { a: 1 } });
+    // The emulator expires tokens on real time, as Vault does: the TTL has to pass.
     await new Promise((resolve) => setTimeout(resolve, 1100));
     const err = await rejection(vault.read('secret/data/short'));
     expect(err.response?.statusCode).toBe(403);

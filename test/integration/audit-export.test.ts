@@ -149,6 +149,7 @@ describe('offline verification with only the public key', () => {
           outcome: 'success',
           credential: 'cred-busy',
         });
+        // Paces the concurrent appends (the load's shape); no assertion waits on it.
         await new Promise((resolve) => setTimeout(resolve, 2));
       }
     })();

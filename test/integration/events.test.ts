@@ -369,6 +369,7 @@ describe('GET /v1/events', () => {
         }
         await batch.exec();
         if (burst === 10) again = await subscribe('admin', { lastEventId: resumeFrom });
+        // Paces the bursts (the load's shape); no assertion waits on it.
         await new Promise((r) => setTimeout(r, 5));
       }
     } finally {
@@ -428,6 +429,7 @@ describe('GET /v1/events', () => {
         }
         await batch.exec();
         written += 500;
+        // Paces the filler rounds (the load's shape); no assertion waits on it.
         await new Promise((r) => setTimeout(r, 50));
       }
       await waitFor(
@@ -486,6 +488,7 @@ describe('the hub, directly', () => {
       get(target, name, receiver) {
         if (name === 'xrange') {
           return async (...args: unknown[]) => {
+            // The replay's slowed XRANGE (above): it widens the window in which live events arrive; no assertion waits on it.
             await new Promise((r) => setTimeout(r, 100));
             return (target.xrange as (...a: unknown[]) => Promise<unknown>)(...args);
           };

@@ -431,6 +431,7 @@ describe('webhook target on the wire', () => {
 
       const slow = await webhookTarget.open(webhookConnection(capture.port), admin, { timeoutMs: 10_000 });
       const pending = slow.updatePassword('app', 'pw-hang-1234').catch((e: unknown) => e);
+      // Lets the request reach the server that never answers, so close() cuts one in flight; a shorter wait only tests less.
       await new Promise((r) => setTimeout(r, 100));
       const closedAt = Date.now();
       await slow.close();
