@@ -1,7 +1,15 @@
 // Downstream targets other than PostgreSQL, as fixtures the target-generic tests (SIGKILL, secret leaks) run
 // against: each starts or reaches its server, registers as a connection body, makes users and checks logins.
 import { randomBytes, scryptSync, timingSafeEqual } from 'node:crypto';
-import type { Keyturn } from './harness.ts';
+import pg from 'pg';
+import {
+  createAppRole,
+  createPgAdminRole,
+  type Keyturn,
+  pgAdmin,
+  canLogin as pgCanLogin,
+  pgInfo,
+} from './harness.ts';
 import { asMysqlRoot, MYSQL_SERVER, mysqlCanLogin } from './mysql.ts';
 import { startRedisAclServer } from './redis-acl-server.ts';
 import { startWebhookServer } from './webhook-server.ts';
@@ -148,6 +156,51 @@ const mariadb: TargetFixture = {
 };
 
 export const TARGET_FIXTURES: TargetFixture[] = [redisAcl, webhook, mariadb];
+
+/**
+ * PostgreSQL as a fixture, on the test run's password-checking cluster (test/support/postgres-cluster.ts), with an
+ * admin role of its own (CREATEROLE, not the cluster's superuser). The SIGKILL and leak suites have PostgreSQL tests
+ * of their own; the target contract runs it with the others.
+ */
+const postgres: TargetFixture = {
+  name: 'PostgreSQL',
+  skipReason: async () => undefined,
+  async start() {
+    const info = pgInfo();
+    const admin = await createPgAdminRole();
+    const made: string[] = [];
+    return {
+      connection: {
+        type: 'postgres',
+        host: info.host,
+        port: info.port,
+        database: info.database,
+        admin: { username: admin.name, password: admin.password },
+      },
+      dualPassword: false,
+      async createUser() {
+        const role = await createAppRole(`kt_ct_${randomBytes(4).toString('hex')}`);
+        const password = randomBytes(18).toString('base64url');
+        await pgAdmin((c) =>
+          c.query(`ALTER ROLE ${pg.escapeIdentifier(role.name)} PASSWORD ${pg.escapeLiteral(password)}`),
+        );
+        made.push(role.name, `${role.name}_clone`, role.group);
+        return { username: role.name, password };
+      },
+      canLogin: (username, password) => pgCanLogin(username, password),
+      secrets: [admin.password],
+      async stop() {
+        await pgAdmin(async (c) => {
+          for (const role of [...made, admin.name])
+            await c.query(`DROP ROLE IF EXISTS ${pg.escapeIdentifier(role)}`);
+        });
+      },
+    };
+  },
+};
+
+/** Every target the contract suite (test/targets/contract.test.ts) runs against. */
+export const CONTRACT_FIXTURES: TargetFixture[] = [postgres, ...TARGET_FIXTURES];
 
 /** Registers a target's user as an imported credential (no rotation at registration); returns its id. */
 export async function importTargetUser(

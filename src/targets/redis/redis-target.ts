@@ -229,8 +229,9 @@ class RedisSession implements TargetSession {
         `<${passwords.remove}`,
       );
     } catch (err) {
-      // Already gone (an earlier attempt, or a rotation that replaced the list): nothing to do.
-      if (!/no such password|password.*not found/i.test((err as Error).message)) throw err;
+      // Already gone (an earlier attempt, or a rotation that replaced the list): nothing to do. Redis 7 says "The
+      // password you are trying to remove from the user does not exist" (the target contract's second call found it).
+      if (!/no such password|password.*(not found|does not exist)/i.test((err as Error).message)) throw err;
     }
     await this.#persist();
   }
