@@ -383,6 +383,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
       await sync.close().catch((err) => logger.error({ err }, 'closing the sync worker failed'));
       await queues.close().catch(() => {});
       await stores.close().catch(() => {});
+      metrics.close();
       await Promise.all([redis.quit().catch(() => {}), queueRedis.quit().catch(() => {})]);
     },
   };

@@ -10,6 +10,8 @@
 //
 // Labels are types, outcomes, route patterns and queue names only: never a credential, connection or rotation id
 // (a fleet has thousands; each would be a series), never a username, never anything secret (I5).
+
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { type Clock, systemClock } from '../clock.ts';
 import { isOverdue } from '../compliance/policy.ts';
@@ -17,6 +19,7 @@ import type { Logger } from '../logging/logger.ts';
 import type { Credential, CredentialStatus } from '../registry/types.ts';
 import type { RotationEnd, RotationObserver } from '../rotation/engine.ts';
 import type { SyncObserver } from '../sync/sync-jobs.ts';
+import { TARGET_CALL_CHANNEL, type TargetCall } from '../targets/middleware.ts';
 
 /** What a queue must answer for the depth gauge: BullMQ's Queue does. */
 export interface CountedQueue {
@@ -88,6 +91,10 @@ export class Metrics implements RotationObserver, SyncObserver {
   readonly #httpSeconds: Histogram<'method' | 'route' | 'status_class'>;
   readonly #syncs: Counter<'type' | 'result'>;
   readonly #syncConflicts: Counter<'type'>;
+  readonly #targetCalls: Counter<'target' | 'verb' | 'outcome'>;
+  readonly #targetCallSeconds: Histogram<'target' | 'verb'>;
+  /** Subscribed to the targets' middleware channel until close(). */
+  readonly #onTargetCall = (message: unknown) => this.targetCalled(message as TargetCall);
 
   constructor(options: MetricsOptions) {
     const { sources } = options;
@@ -153,6 +160,20 @@ export class Metrics implements RotationObserver, SyncObserver {
       labelNames: ['type'],
       registers,
     });
+    this.#targetCalls = new Counter({
+      name: 'keyturn_target_calls_total',
+      help: 'Calls of a target session verb by this process (targets/middleware.ts), by target type, verb and outcome (ok, unavailable, refused, timeout: cancelled at its deadline, error).',
+      labelNames: ['target', 'verb', 'outcome'],
+      registers,
+    });
+    this.#targetCallSeconds = new Histogram({
+      name: 'keyturn_target_call_duration_seconds',
+      help: 'How long a target session verb took, by target type and verb.',
+      labelNames: ['target', 'verb'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    });
+    subscribe(TARGET_CALL_CHANNEL, this.#onTargetCall);
     this.#syncConflicts.inc({ type: 'kubernetes' }, 0);
     const sourceErrors = new Counter({
       name: 'keyturn_metrics_source_errors_total',
@@ -263,6 +284,17 @@ export class Metrics implements RotationObserver, SyncObserver {
   /** ScheduleObserver: one credential taken from the due-time index, this late. */
   scheduleLag(seconds: number): void {
     this.#scheduleLagSeconds.observe(seconds);
+  }
+
+  /** One call of a target session verb ended (published by targets/middleware.ts). */
+  targetCalled(call: TargetCall): void {
+    this.#targetCalls.inc({ target: call.target, verb: call.verb, outcome: call.outcome });
+    this.#targetCallSeconds.observe({ target: call.target, verb: call.verb }, call.seconds);
+  }
+
+  /** Stops listening to the targets' channel (the runtime closes). */
+  close(): void {
+    unsubscribe(TARGET_CALL_CHANNEL, this.#onTargetCall);
   }
 
   /** `route` is the matched route's pattern ("/v1/credentials/:id"), never the URL the client sent. */

@@ -90,61 +90,93 @@ export interface LeaseUserSpec {
   expiresAt: Date;
 }
 
-/** One open session with a downstream, made with the connection's admin login. */
+/**
+ * What every verb of a session is given last, by the middleware that wraps every session (targets/middleware.ts).
+ * Why: a verb that outlives its deadline must stop, not land later. After the engine gave up on a set and restored the
+ * old password, a late ALTER ROLE would put the new one back behind its back: a lockout. A driver that can cancel its
+ * I/O (the webhook: its request; PostgreSQL: its client) does so when `signal` aborts; the middleware rejects the call
+ * at the deadline either way.
+ */
+export interface CallOptions {
+  signal?: AbortSignal;
+}
+
+/**
+ * One open session with a downstream, made with the connection's admin login. Every verb takes `call` last
+ * (CallOptions), given by the middleware, never by the engine.
+ */
 export interface TargetSession {
   /** What the server says it is (e.g. "10.11.6-MariaDB"), where the driver asked: for messages only. */
   readonly serverVersion?: string;
   /** Connects as `login` and runs a harmless query (SELECT 1, PING…). Throws TargetUnavailableError. */
-  authenticate(login: Login): Promise<AuthOutcome>;
+  authenticate(login: Login, call?: CallOptions): Promise<AuthOutcome>;
   /** Whether a user exists. */
-  userExists(username: string): Promise<boolean>;
+  userExists(username: string, call?: CallOptions): Promise<boolean>;
   /** NewUser: creates `username` with `password`, copying the template's memberships; updates it if present. */
-  createUser(username: string, password: string, template: UserTemplate): Promise<'created' | 'updated'>;
+  createUser(
+    username: string,
+    password: string,
+    template: UserTemplate,
+    call?: CallOptions,
+  ): Promise<'created' | 'updated'>;
   /** UpdateUser: sets the password of an existing user. */
-  updatePassword(username: string, password: string): Promise<void>;
+  updatePassword(username: string, password: string, call?: CallOptions): Promise<void>;
   /** DeleteUser. */
-  deleteUser(username: string): Promise<void>;
+  deleteUser(username: string, call?: CallOptions): Promise<void>;
   /**
    * A user's access in a form two users can be compared by (PostgreSQL: its group roles; MySQL: its grants with
    * its own name left out; Redis: its ACL rules), sorted; null when the user does not exist. Why: before Keyturn
    * adopts an existing `<user>_clone` it checks that the clone gives the service exactly what the user does.
    */
-  accessOf?(username: string): Promise<string[] | null>;
+  accessOf?(username: string, call?: CallOptions): Promise<string[] | null>;
   /**
    * Downstreams that can label a user (PostgreSQL: COMMENT ON ROLE; MySQL 8.0.21+: the account's ATTRIBUTE): the
    * user's label (see UserLabel), or null when the user does not exist.
    * Why: a later check (registration, every rotation of an alternating pair's clone) tells the users Keyturn made from
    * one someone else made under the same name, even after the credential was deleted and registered again.
    */
-  labelOf?(username: string): Promise<UserLabel | null>;
+  labelOf?(username: string, call?: CallOptions): Promise<UserLabel | null>;
   /** Downstreams that can label a user: puts Keyturn's label on an existing user (adoption; clones made before labels). */
-  setLabel?(username: string, label: string): Promise<void>;
+  setLabel?(username: string, label: string, call?: CallOptions): Promise<void>;
   /**
    * Dual-password targets only (the driver's `dualPassword`): leaves the user with exactly two passwords, `keep`
    * and `password`, so that connections using either work while clients move over. Idempotent.
    */
-  setPasswords?(username: string, passwords: { keep: string; password: string }): Promise<void>;
+  setPasswords?(
+    username: string,
+    passwords: { keep: string; password: string },
+    call?: CallOptions,
+  ): Promise<void>;
   /**
    * Dual-password targets only: leaves the user with only `keep`; removes `remove` if it still has it.
    * Idempotent. `keep` never stops working meanwhile. Both are given because some downstreams cannot remove a
    * password by its value (MySQL drops only the secondary one, so it first makes `keep` the primary).
    */
-  removePassword?(username: string, passwords: { remove: string; keep: string }): Promise<void>;
+  removePassword?(
+    username: string,
+    passwords: { remove: string; keep: string },
+    call?: CallOptions,
+  ): Promise<void>;
   /**
    * Lease targets only (the driver's `leases`): creates the short-lived user `username` with the access of
    * `spec.of`. Idempotent: an existing user of that name gets `password` and the expiry again.
    */
-  createLeaseUser?(username: string, password: string, spec: LeaseUserSpec): Promise<void>;
+  createLeaseUser?(
+    username: string,
+    password: string,
+    spec: LeaseUserSpec,
+    call?: CallOptions,
+  ): Promise<void>;
   /**
    * Lease targets only (renewal): moves a lease user's expiry, where the downstream enforces one, after checking that
    * the lease user still cannot change other users' passwords (TargetRefusedError when it can: not extended).
    */
-  extendLeaseUser?(username: string, expiresAt: Date): Promise<void>;
+  extendLeaseUser?(username: string, expiresAt: Date, call?: CallOptions): Promise<void>;
   /**
    * Lease targets only: drops a lease user and ends its open sessions; whatever it owns goes to `of`, never
    * deleted. Idempotent: a missing user is fine.
    */
-  dropLeaseUser?(username: string, spec: { of: string }): Promise<void>;
+  dropLeaseUser?(username: string, spec: { of: string }, call?: CallOptions): Promise<void>;
   /** Close: releases connections. */
   close(): Promise<void>;
 }

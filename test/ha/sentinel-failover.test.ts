@@ -4,6 +4,7 @@
 // once, the final secret logs in, no login right after a read fails, and the API answers 503 with Retry-After or
 // succeeds, never anything else. Keyturn's workers resume, and it follows the new master.
 import { spawn } from 'node:child_process';
+import { connect } from 'node:net';
 import { resolve } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import {
@@ -222,13 +223,19 @@ describe('Sentinel failover during rotations', () => {
     const cred = await importCredential(kt, connection, { strategy: 'alternating-users' });
     // The killed master comes back as soon as a new one is elected: with min-replicas-to-write 1 the new master takes
     // writes only once it has a replica again.
+    const from = await set.masterPort();
     const killed = set.killMaster().then(async (f) => {
       await set.restart(f.from);
       return f;
     });
-    // Asked only once Keyturn has lost the master (its readiness says so), so the request meets the outage.
-    await waitFor('Keyturn to lose the master', async () =>
-      (await kt.api('GET', '/readyz')).status === 503 ? true : undefined,
+    // Asked as soon as the master's process is gone (its port refuses connections), so the request meets the outage:
+    // the failover takes at least the sentinels' down-after (1 s) and the restart of a replica. (Waiting for /readyz to
+    // say 503 instead could take longer than the outage itself on a loaded machine: its probe waits out a timeout.)
+    await waitFor(
+      'the master to be gone',
+      async () => ((await refuses(from)) ? true : undefined),
+      10_000,
+      10,
     );
     // Asked while no master takes writes: 503 with Retry-After until one does, then accepted.
     const statuses: number[] = [];
@@ -280,3 +287,15 @@ describe('Sentinel failover during rotations', () => {
     expect(output).toContain(`writes to   127.0.0.1:${f.to}`);
   });
 });
+
+/** Whether nothing listens on a loopback port any more (a connection is refused). */
+function refuses(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(false);
+    });
+    socket.once('error', () => resolve(true));
+  });
+}

@@ -1,10 +1,12 @@
 // PostgreSQL target on node-postgres. Passwords are set with ALTER ROLE … PASSWORD: the literal is quoted by
 // the driver's escapeLiteral and statements are never logged by Keyturn; the server's own log_statement could
 // still record it, so each password statement runs in a transaction with log_statement switched off.
+import { AsyncLocalStorage } from 'node:async_hooks';
 import pg from 'pg';
 import type { Connection } from '../../registry/types.ts';
 import {
   type AuthOutcome,
+  type CallOptions,
   type LeaseUserSpec,
   type Login,
   nothingSent,
@@ -248,6 +250,28 @@ async function close(client: pg.Client, timeoutMs: number): Promise<void> {
   clearTimeout(timer);
 }
 
+/** The cancellation signal of the verb being run (CallOptions), for every client it opens (#client). */
+const callSignal = new AsyncLocalStorage<AbortSignal | undefined>();
+
+/** Runs each verb of the session with its call's signal in reach of the clients it opens. */
+function withCallSignal(session: PostgresSession): TargetSession {
+  return new Proxy(session, {
+    get(target, prop) {
+      const value = Reflect.get(target, prop, target);
+      if (typeof value !== 'function') return value;
+      return (...args: unknown[]) => {
+        const call = args.find(
+          (a): a is CallOptions =>
+            typeof a === 'object' && a !== null && (a as CallOptions).signal instanceof AbortSignal,
+        );
+        return callSignal.run(call?.signal, () =>
+          (value as (...a: unknown[]) => unknown).apply(target, args),
+        );
+      };
+    },
+  });
+}
+
 class PostgresSession implements TargetSession {
   readonly #connection: Connection;
   readonly #admin: Login;
@@ -266,6 +290,20 @@ class PostgresSession implements TargetSession {
     );
     // An error event after connect (server restart) must not crash the process; the pending query fails anyway.
     client.on('error', () => {});
+    // The verb's call was cancelled (the middleware's deadline): cut the connection, so that nothing it was sending
+    // lands later; the statement then fails, and PostgreSQL ends the backend when it notices.
+    const signal = callSignal.getStore();
+    if (signal) {
+      const cut = () =>
+        (
+          client as unknown as { connection?: { stream?: { destroy(): void } } }
+        ).connection?.stream?.destroy();
+      if (signal.aborted) cut();
+      else {
+        signal.addEventListener('abort', cut, { once: true });
+        client.once('end', () => signal.removeEventListener('abort', cut));
+      }
+    }
     return client;
   }
 
@@ -633,6 +671,6 @@ export const postgresTarget: TargetDriver = {
   leases: true,
   validateOptions,
   async open(connection, admin, options) {
-    return new PostgresSession(connection, admin, options.timeoutMs);
+    return withCallSignal(new PostgresSession(connection, admin, options.timeoutMs));
   },
 };

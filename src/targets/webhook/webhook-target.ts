@@ -36,12 +36,14 @@ import { scrubText } from '../../crypto/scrub.ts';
 import type { Connection } from '../../registry/types.ts';
 import {
   type AuthOutcome,
+  type CallOptions,
   type Login,
   nothingSent,
   type TargetDriver,
   TargetRefusedError,
   type TargetSession,
   TargetUnavailableError,
+  type UserTemplate,
 } from '../types.ts';
 
 export type WebhookAction = 'set' | 'test' | 'revoke';
@@ -267,11 +269,19 @@ class WebhookSession implements TargetSession {
    * One call: POSTs `action`, retrying answers that mean "not now" and network errors with a new requestId and
    * timestamp each time. All attempts share one deadline (timeoutMs), so a hanging service costs one timeout.
    */
-  async #call(action: WebhookAction, username: string, password: string | undefined): Promise<Answer> {
+  async #call(
+    action: WebhookAction,
+    username: string,
+    password: string | undefined,
+    cancel: AbortSignal | undefined,
+  ): Promise<Answer> {
     const where = `${this.#origin}${this.#settings.basePath}/${action}`;
     const what = `webhook ${action} for "${username}" at ${where}`;
     const secrets = [password];
-    if (this.#closed.signal.aborted) throw new TargetUnavailableError(`${what}: the session is closed`);
+    // The session closing and the middleware's deadline (`cancel`) both end the call, and abort a request in flight.
+    const stop = cancel ? AbortSignal.any([this.#closed.signal, cancel]) : this.#closed.signal;
+    if (stop.aborted)
+      throw new TargetUnavailableError(`${what}: the session is closed or the call was cancelled`);
     const deadline = Date.now() + this.#settings.timeoutMs;
     let last = '';
     let code: string | undefined;
@@ -288,10 +298,7 @@ class WebhookSession implements TargetSession {
         requestId: randomUUID(),
         timestamp,
       });
-      const signal = AbortSignal.any([
-        this.#closed.signal,
-        AbortSignal.timeout(Math.max(1, deadline - Date.now())),
-      ]);
+      const signal = AbortSignal.any([stop, AbortSignal.timeout(Math.max(1, deadline - Date.now()))]);
       try {
         const answer = await this.#post(action, body, timestamp, signal);
         mayHaveArrived = true;
@@ -301,7 +308,8 @@ class WebhookSession implements TargetSession {
         code = `HTTP_${answer.status}`;
       } catch (err) {
         if (!(err instanceof NoAnswer)) throw err;
-        if (this.#closed.signal.aborted) throw new TargetUnavailableError(`${what}: the session was closed`);
+        if (stop.aborted)
+          throw new TargetUnavailableError(`${what}: the session was closed or the call cancelled`);
         if (err.timedOut || !NOT_CONNECTED.has(err.code ?? '')) mayHaveArrived = true;
         last = err.timedOut
           ? `no answer within ${this.#settings.timeoutMs} ms`
@@ -312,7 +320,8 @@ class WebhookSession implements TargetSession {
       // Retry only while a retry still has time to be answered.
       if (attempts > this.#settings.retries || Date.now() + pause + BACKOFF_MS >= deadline) break;
       await new Promise((resolve) => setTimeout(resolve, pause));
-      if (this.#closed.signal.aborted) throw new TargetUnavailableError(`${what}: the session was closed`);
+      if (stop.aborted)
+        throw new TargetUnavailableError(`${what}: the session was closed or the call cancelled`);
     }
     const error = new TargetUnavailableError(
       `${what}: ${last}, after ${attempts} attempt${attempts === 1 ? '' : 's'}`,
@@ -338,8 +347,8 @@ class WebhookSession implements TargetSession {
     );
   }
 
-  async authenticate(login: Login): Promise<AuthOutcome> {
-    const answer = await this.#call('test', login.username, login.password);
+  async authenticate(login: Login, call?: CallOptions): Promise<AuthOutcome> {
+    const answer = await this.#call('test', login.username, login.password, call?.signal);
     if (answer.status === 200) return { ok: true };
     if (answer.status === 401 || answer.status === 403) {
       return {
@@ -359,18 +368,28 @@ class WebhookSession implements TargetSession {
     return true;
   }
 
-  async createUser(username: string, password: string): Promise<'created' | 'updated'> {
+  async createUser(
+    username: string,
+    password: string,
+    _template?: UserTemplate,
+    call?: CallOptions,
+  ): Promise<'created' | 'updated'> {
     // The template's memberships mean nothing here: the service decides what the second username may do.
-    await this.updatePassword(username, password);
+    await this.updatePassword(username, password, call);
     return 'updated';
   }
 
-  async updatePassword(username: string, password: string): Promise<void> {
-    this.#expect('set', username, await this.#call('set', username, password), [200, 204]);
+  async updatePassword(username: string, password: string, call?: CallOptions): Promise<void> {
+    this.#expect('set', username, await this.#call('set', username, password, call?.signal), [200, 204]);
   }
 
-  async deleteUser(username: string): Promise<void> {
-    this.#expect('revoke', username, await this.#call('revoke', username, undefined), [200, 204, 404]);
+  async deleteUser(username: string, call?: CallOptions): Promise<void> {
+    this.#expect(
+      'revoke',
+      username,
+      await this.#call('revoke', username, undefined, call?.signal),
+      [200, 204, 404],
+    );
   }
 
   async close(): Promise<void> {

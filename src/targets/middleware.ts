@@ -1,0 +1,163 @@
+// The one wrapper every target driver gets (targets/index.ts applies it to each line of the map), in the spirit of
+// Vault's dbplugin middleware, which wraps every database plugin once for metrics and error sanitising. Here every
+// session verb, whatever the driver:
+//   - notes its passwords in the current secret scope before the driver sees them, so that whatever the downstream
+//     echoes in an error is scrubbed everywhere (finding 10 of issue 11);
+//   - runs under a deadline with an AbortSignal (`call.signal`, CallOptions in types.ts): at the deadline the signal
+//     aborts (drivers that can cancel their I/O do) and the call rejects as unavailable, so the engine retries or
+//     rolls back knowing the verb was cancelled;
+//   - is measured: each call's target, verb, outcome and duration is published on the diagnostics channel
+//     `keyturn:target-call`, which the runtime's metrics subscribe to (the targets layer imports no metrics library).
+import { channel } from 'node:diagnostics_channel';
+import { noteSecret } from '../crypto/secret-scope.ts';
+import {
+  type CallOptions,
+  type Login,
+  type TargetDriver,
+  TargetRefusedError,
+  type TargetSession,
+  TargetUnavailableError,
+} from './types.ts';
+
+export type SessionVerb = {
+  [K in keyof TargetSession]-?: NonNullable<TargetSession[K]> extends (...args: never[]) => unknown
+    ? K
+    : never;
+}[keyof TargetSession];
+
+/**
+ * Per verb: how many arguments it takes before `call` (its arity), and where it takes a password. A Record over every
+ * verb: a new verb does not compile until it says both.
+ */
+const VERBS: Record<SessionVerb, { arity: number; passwords: (...args: never[]) => unknown[] }> = {
+  authenticate: { arity: 1, passwords: (login: Login) => [login?.password] },
+  userExists: { arity: 1, passwords: () => [] },
+  createUser: { arity: 3, passwords: (_username: string, password: string) => [password] },
+  updatePassword: { arity: 2, passwords: (_username: string, password: string) => [password] },
+  deleteUser: { arity: 1, passwords: () => [] },
+  accessOf: { arity: 1, passwords: () => [] },
+  labelOf: { arity: 1, passwords: () => [] },
+  setLabel: { arity: 2, passwords: () => [] },
+  setPasswords: {
+    arity: 2,
+    passwords: (_username: string, p: { keep: string; password: string }) => [p?.keep, p?.password],
+  },
+  removePassword: {
+    arity: 2,
+    passwords: (_username: string, p: { remove: string; keep: string }) => [p?.remove, p?.keep],
+  },
+  createLeaseUser: { arity: 3, passwords: (_username: string, password: string) => [password] },
+  extendLeaseUser: { arity: 2, passwords: () => [] },
+  dropLeaseUser: { arity: 2, passwords: () => [] },
+  close: { arity: 0, passwords: () => [] },
+};
+
+/** The diagnostics channel every target call is published on (metrics/metrics.ts subscribes). */
+export const TARGET_CALL_CHANNEL = 'keyturn:target-call';
+
+/** One finished call of a session verb: names and a duration only, never a user name or a secret. */
+export interface TargetCall {
+  target: string;
+  verb: SessionVerb;
+  /** ok; unavailable or refused as the driver classified it; timeout: cancelled at the deadline; error: anything else. */
+  outcome: 'ok' | 'unavailable' | 'refused' | 'timeout' | 'error';
+  seconds: number;
+}
+
+const calls = channel(TARGET_CALL_CHANNEL);
+
+/**
+ * A verb's deadline, from the connection's timeout: each network step of a driver is bounded by the timeout (connect,
+ * query, close), and a verb takes a few of them (PostgreSQL: log in, run, close). Four of them, as the lease service
+ * allows for a lease's creation; past that, something does not answer and the verb is cancelled.
+ */
+export const DEADLINE_STEPS = 4;
+
+class DeadlineError extends TargetUnavailableError {
+  constructor(target: string, verb: string, ms: number) {
+    super(
+      `${target} ${verb} did not finish within ${ms} ms (${DEADLINE_STEPS} × the connection's timeout) and was cancelled; check that the downstream answers, then retry`,
+      'DEADLINE',
+    );
+  }
+}
+
+function outcomeOf(err: unknown): TargetCall['outcome'] {
+  if (err instanceof DeadlineError) return 'timeout';
+  if (err instanceof TargetUnavailableError) return 'unavailable';
+  if (err instanceof TargetRefusedError) return 'refused';
+  return 'error';
+}
+
+function wrapSession(session: TargetSession, target: string, deadlineMs: number): TargetSession {
+  return new Proxy(session, {
+    get(inner, prop) {
+      const value = Reflect.get(inner, prop, inner);
+      if (typeof value !== 'function' || !Object.hasOwn(VERBS, prop)) return value;
+      const verb = prop as SessionVerb;
+      const { arity, passwords } = VERBS[verb] as {
+        arity: number;
+        passwords: (...a: unknown[]) => unknown[];
+      };
+      return async (...given: unknown[]) => {
+        const args = given.slice(0, arity);
+        for (const p of passwords(...args)) noteSecret(p);
+        const outer = (given[arity] as CallOptions | undefined)?.signal;
+        const controller = new AbortController();
+        const started = performance.now();
+        let timer: NodeJS.Timeout | undefined;
+        // The caller's own signal (a rotation being stopped) cancels the call as the deadline does.
+        const onOuterAbort = () =>
+          controller.abort(
+            new TargetUnavailableError(`${target} ${verb} was cancelled by its caller`, 'CANCELLED'),
+          );
+        if (outer?.aborted) onOuterAbort();
+        else outer?.addEventListener('abort', onOuterAbort, { once: true });
+        // Settles (rejects) only when the call is cancelled: at the deadline, or by the caller.
+        const cancelled = new Promise<never>((_, reject) => {
+          const onAbort = () => reject(controller.signal.reason);
+          if (controller.signal.aborted) onAbort();
+          else controller.signal.addEventListener('abort', onAbort, { once: true });
+          timer = setTimeout(() => controller.abort(new DeadlineError(target, verb, deadlineMs)), deadlineMs);
+          timer.unref();
+        });
+        cancelled.catch(() => {}); // rejected after the verb settled: nobody waits on it any more
+        let outcome: TargetCall['outcome'] = 'ok';
+        try {
+          while (args.length < arity) args.push(undefined);
+          const call: CallOptions = { signal: controller.signal };
+          return await Promise.race([
+            (value as (...a: unknown[]) => Promise<unknown>).apply(inner, [...args, call]),
+            cancelled,
+          ]);
+        } catch (err) {
+          outcome = outcomeOf(err);
+          throw err;
+        } finally {
+          clearTimeout(timer);
+          outer?.removeEventListener('abort', onOuterAbort);
+          if (calls.hasSubscribers) {
+            calls.publish({
+              target,
+              verb,
+              outcome,
+              seconds: (performance.now() - started) / 1000,
+            } satisfies TargetCall);
+          }
+        }
+      };
+    },
+  });
+}
+
+/** The driver with the middleware around its admin login and every session it opens. */
+export function withMiddleware(driver: TargetDriver): TargetDriver {
+  return {
+    ...driver,
+    async open(connection, admin, options) {
+      noteSecret(admin.password);
+      const session = await driver.open(connection, admin, options);
+      return wrapSession(session, driver.type, DEADLINE_STEPS * options.timeoutMs);
+    },
+  };
+}
