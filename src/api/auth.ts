@@ -3,8 +3,9 @@
 //   onRequest   authenticate: a verified client certificate or a bearer token → request.principal, or the reason
 //               it was refused (kept, not answered yet, so that the rate limit counts refused callers too)
 //   onRequest   gate (after the rate limit): no principal on a non-public route → 401, audited
-//   preHandler  authorize (after validation): the route's declared `access` against the principal's roles and,
-//               for a credential's secret or a lease, the reader's bindings → 403, audited
+//   onRequest   authorize (after the gate, before the body is read or anything validated): the route's declared
+//               `access` against the principal's roles → 403, audited
+//   preHandler  bind (after validation): for a credential's secret or a lease, the reader's bindings → 403, audited
 //
 // Deny by default: a route that declares no `access` makes the app refuse to start.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
@@ -90,7 +91,7 @@ export function installAuthGate(app: FastifyInstance, options: { audit: AuditLog
   });
 }
 
-/** Step 3: may this principal do this? Declared per route; checked after the input is validated. */
+/** Step 3: may this principal do this? Its roles before anything is parsed; a reader's bindings after validation. */
 export function installAuthorization(
   app: FastifyInstance,
   options: { registry: Registry; leases: LeaseService; rotations: RotationRepo; audit: AuditLog },
@@ -103,7 +104,9 @@ export function installAuthorization(
       );
     }
   });
-  app.addHook('preHandler', async (request, reply) => {
+  // The route's roles, before anything of the request is parsed or validated: a caller without access gets 403 and
+  // learns nothing of the route's schema (a 400 would describe it), and costs no body parsing.
+  app.addHook('onRequest', async (request, reply) => {
     // No route matched: the not-found handler answers 404 (after the gate, so unauthenticated callers learn nothing).
     if (isPublic(request) || request.is404) return;
     const principal = request.principal;
@@ -116,6 +119,14 @@ export function installAuthorization(
         `needs ${describe(access)}; ${principal.name} has ${principal.roles.join(', ')}`,
       );
     }
+  });
+  // A reader's bindings, after validation: they need the route's parameters as validated (and, for a lease or a
+  // rotation, a read of what the parameter names).
+  app.addHook('preHandler', async (request, reply) => {
+    if (isPublic(request) || request.is404) return;
+    const principal = request.principal;
+    const access = request.routeOptions.config?.access;
+    if (!principal || !access || access === 'public') return deny(request, reply, 'no access declared');
     if (hasRole(principal, UNBOUND_ROLES[access])) return;
     // A reader: the credential the route concerns must be bound to it.
     const id = (request.params as { id?: string }).id ?? '';

@@ -456,6 +456,33 @@ describe('authentication failures are 401 on every route', () => {
   }
 });
 
+describe("roles before parsing (issue 17): a caller without access learns nothing of a route's schema", () => {
+  const refusals: Array<[string, string, string, unknown]> = [
+    ['no body', 'POST', '/v1/connections', undefined],
+    ['an empty object', 'POST', '/v1/connections', {}],
+    ['a body that is not JSON', 'POST', '/v1/connections', '{"id": '],
+    ['fields the schema refuses', 'PATCH', '/v1/connections/no-such-connection', { nonsense: [1, 2, 3] }],
+    ['a query the route does not take', 'GET', '/v1/audit?limit=not-a-number&bogus=1', undefined],
+  ];
+  for (const [what, method, path, body] of refusals) {
+    it(`a reader sending ${what} to ${method} ${path.split('?')[0]} gets 403, not a 400 that describes the schema`, async () => {
+      const res = await call('readerA', method, path, body);
+      expect(res.status, res.text).toBe(403);
+      expect(res.body.error.code).toBe('forbidden');
+      expect(res.text).not.toMatch(/must have required property|must NOT have additional|must be|schema/i);
+      // An admin sending the same gets the validation's answer: the schema speaks only to those who may use it.
+      const admin = await call('admin', method, path, body);
+      expect(admin.status, admin.text).toBeGreaterThanOrEqual(400);
+      expect(admin.status).not.toBe(403);
+    });
+  }
+
+  it('a body the caller may not send is not even read: a reader posting past the body limit gets 403, not 413', async () => {
+    const res = await call('readerA', 'POST', '/v1/connections', { padding: 'x'.repeat(2 * 1024 * 1024) });
+    expect(res.status).toBe(403);
+  });
+});
+
 describe('audit of decisions', () => {
   it('a denial names the principal, never its token; a secret read names the reader', async () => {
     const denied = await call('readerB', 'GET', `/v1/credentials/${credA}/secret`);
