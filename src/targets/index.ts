@@ -5,6 +5,7 @@
 import { withMiddleware } from './middleware.ts';
 import { mysqlTarget } from './mysql/mysql-target.ts';
 import { postgresTarget } from './postgres/postgres-target.ts';
+import { rabbitmqTarget } from './rabbitmq/rabbitmq-target.ts';
 import { redisTarget } from './redis/redis-target.ts';
 import type { TargetDriver } from './types.ts';
 import { webhookTarget } from './webhook/webhook-target.ts';
@@ -14,6 +15,7 @@ export const TARGET_DRIVERS: Readonly<Record<string, TargetDriver>> = {
   [mysqlTarget.type]: withMiddleware(mysqlTarget),
   [webhookTarget.type]: withMiddleware(webhookTarget),
   [redisTarget.type]: withMiddleware(redisTarget),
+  [rabbitmqTarget.type]: withMiddleware(rabbitmqTarget),
 };
 
 export function targetDriver(type: string): TargetDriver | undefined {

@@ -451,6 +451,30 @@ const connectionCases: Case[] = [
     code: 'unprocessable',
     field: 'oracle',
   },
+  // RabbitMQ connections (issue 16): their options are the target's to check, with a 422 naming each problem.
+  ...(
+    [
+      ['an amqpPort out of range', { amqpPort: 70_000 }, 'amqpPort must be a port number'],
+      ['an amqpPort that is text', { amqpPort: '5672' }, 'amqpPort must be a port number'],
+      ['an empty vhost', { vhost: '' }, 'vhost must be a virtual host name'],
+      ['a vhost with a control character', { vhost: 'pay\u0000ments' }, 'vhost must be a virtual host name'],
+      [
+        'an option it does not take',
+        { exchange: 'amq.topic' },
+        '"exchange" is not an option of rabbitmq connections',
+      ],
+    ] as const
+  ).map(
+    ([name, options, field]): Case => ({
+      name: `a rabbitmq connection with ${name}`,
+      method: 'POST',
+      path: '/v1/connections',
+      body: { ...validConnection, type: 'rabbitmq', port: 15672, options },
+      status: 422,
+      code: 'unprocessable',
+      field,
+    }),
+  ),
   {
     name: 'a store this Keyturn has not configured',
     method: 'POST',
@@ -1770,7 +1794,7 @@ const FIELD_BREAKS: Record<string, fc.Arbitrary<unknown>> = {
 type Fields = Record<string, fc.Arbitrary<unknown>>;
 const connectionFields: Fields = {
   id: fc.oneof(fc.constantFrom(...POOL, CONN), notAnId),
-  type: v(fc.constantFrom('postgres', 'mysql', 'redis', 'webhook')),
+  type: v(fc.constantFrom('postgres', 'mysql', 'redis', 'webhook', 'rabbitmq')),
   host: v(fc.constantFrom('127.0.0.1', 'localhost', 'bad host', '')),
   port: v(fc.integer({ min: -10, max: 70_000 })),
   database: v(fc.string({ maxLength: 70 })),

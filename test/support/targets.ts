@@ -155,7 +155,107 @@ const mariadb: TargetFixture = {
   },
 };
 
-export const TARGET_FIXTURES: TargetFixture[] = [redisAcl, webhook, mariadb];
+/** The machine's RabbitMQ: its management API (the plugin) and AMQP on loopback, administered as `guest`. */
+export const RABBITMQ = {
+  host: '127.0.0.1',
+  managementPort: Number(process.env.KEYTURN_TEST_RABBITMQ_MANAGEMENT_PORT ?? 15672),
+  amqpPort: Number(process.env.KEYTURN_TEST_RABBITMQ_AMQP_PORT ?? 5672),
+  admin: {
+    username: process.env.KEYTURN_TEST_RABBITMQ_USER ?? 'guest',
+    password: process.env.KEYTURN_TEST_RABBITMQ_PASSWORD ?? 'guest',
+  },
+};
+
+/** A management API call as the machine's RabbitMQ administrator; throws on anything but 2xx (and 404 on DELETE). */
+export async function rabbitAdmin(method: string, path: string, body?: unknown): Promise<unknown> {
+  const res = await fetch(`http://${RABBITMQ.host}:${RABBITMQ.managementPort}${path}`, {
+    method,
+    headers: {
+      authorization: `Basic ${Buffer.from(`${RABBITMQ.admin.username}:${RABBITMQ.admin.password}`).toString('base64')}`,
+      ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+    },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    signal: AbortSignal.timeout(5000),
+  });
+  if (!res.ok && !(method === 'DELETE' && res.status === 404)) {
+    throw new Error(`RabbitMQ ${method} ${path}: ${res.status} ${await res.text()}`);
+  }
+  const text = await res.text();
+  return text ? JSON.parse(text) : null;
+}
+
+/** Whether an AMQP login with this password works on vhost "/" (false when RabbitMQ refuses it). */
+export async function rabbitCanLogin(username: string, password: string): Promise<boolean> {
+  const amqp = (await import('amqplib')).default;
+  try {
+    const connection = await amqp.connect(
+      {
+        protocol: 'amqp',
+        hostname: RABBITMQ.host,
+        port: RABBITMQ.amqpPort,
+        username,
+        password,
+        vhost: '/',
+        heartbeat: 0,
+      },
+      { timeout: 5000 },
+    );
+    await connection.close();
+    return true;
+  } catch (err) {
+    if (/ACCESS_REFUSED|403/.test(String((err as Error).message))) return false;
+    throw err;
+  }
+}
+
+const rabbitmq: TargetFixture = {
+  name: 'RabbitMQ',
+  async skipReason() {
+    return rabbitAdmin('GET', '/api/overview').then(
+      () => undefined,
+      (err: Error) =>
+        `the RabbitMQ management API does not answer at ${RABBITMQ.host}:${RABBITMQ.managementPort} (${err.message}); start RabbitMQ and enable the plugin: rabbitmq-plugins enable rabbitmq_management`,
+    );
+  },
+  async start() {
+    const admin = {
+      name: `kt_fx_admin_${randomBytes(4).toString('hex')}`,
+      password: randomBytes(18).toString('base64url'),
+    };
+    const users: string[] = [admin.name];
+    await rabbitAdmin('PUT', `/api/users/${admin.name}`, { password: admin.password, tags: 'administrator' });
+    return {
+      connection: {
+        type: 'rabbitmq',
+        host: RABBITMQ.host,
+        port: RABBITMQ.managementPort,
+        tls: { mode: 'disable' },
+        options: { amqpPort: RABBITMQ.amqpPort, vhost: '/' },
+        admin: { username: admin.name, password: admin.password },
+      },
+      dualPassword: false,
+      async createUser() {
+        const username = `kt_fx_${randomBytes(4).toString('hex')}`;
+        const password = randomBytes(18).toString('base64url');
+        users.push(username, `${username}_clone`);
+        await rabbitAdmin('PUT', `/api/users/${username}`, { password, tags: 'monitoring' });
+        await rabbitAdmin('PUT', `/api/permissions/%2F/${username}`, {
+          configure: `^${username}\\.`,
+          write: `^${username}\\.`,
+          read: '.*',
+        });
+        return { username, password };
+      },
+      canLogin: rabbitCanLogin,
+      secrets: [admin.password],
+      async stop() {
+        for (const user of users) await rabbitAdmin('DELETE', `/api/users/${user}`).catch(() => {});
+      },
+    };
+  },
+};
+
+export const TARGET_FIXTURES: TargetFixture[] = [redisAcl, webhook, mariadb, rabbitmq];
 
 /**
  * PostgreSQL as a fixture, on the test run's password-checking cluster (test/support/postgres-cluster.ts), with an

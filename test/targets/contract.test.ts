@@ -1,6 +1,7 @@
 // One contract, every target (issue 16): the same cases run against every downstream driver of src/targets, through
 // targets/index.ts's map (the wrapper every session gets), on real servers: PostgreSQL (the run's password-checking
-// cluster), MySQL/MariaDB, a Redis ACL server the fixture starts, and the signed webhook service. The suite prints
+// cluster), MySQL/MariaDB, a Redis ACL server the fixture starts, the signed webhook service and the machine's
+// RabbitMQ (its management API). The suite prints
 // which targets ran and why any did not; a case a target does not declare (dual passwords, leases, a user look-up)
 // is skipped for it with the reason.
 //
