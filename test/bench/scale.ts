@@ -73,6 +73,7 @@ async function fleet(
         direct.hget(keys.auditHead(), 'seq'),
       ]);
       if (Number(head) >= len) return;
+      // The poll interval of this wait on a condition (the sealer caught up), not a guess of how long it takes.
       await new Promise((r) => setTimeout(r, 1000));
     }
   };
@@ -166,6 +167,7 @@ async function fleet(
     let counts: number[] = [];
     const deadline = minute + 900_000;
     for (;;) {
+      // The poll interval: each look counts 100,000 records, so it is not taken more often than this.
       await new Promise((r) => setTimeout(r, 5000));
       counts = await started();
       const waiting = counts.filter((n) => n === 0).length;
