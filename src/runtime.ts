@@ -119,7 +119,12 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   if (failpoints.enabled) logger.warn({ failpoints: config.failpoints }, 'test failpoints are enabled');
   // One registry per runtime. Its computed series are read at scrape time only, when the queues below exist.
   const metrics = new Metrics({
-    sources: { credentials: () => registry.credentialBatches(), queues: () => queues.all() },
+    sources: {
+      credentials: () => registry.credentialBatches(),
+      queues: () => queues.all(),
+      pausedConnections: async () =>
+        new Set((await registry.listConnections()).filter((c) => c.pausedAt).map((c) => c.id)),
+    },
     logger,
     targetTypes: Object.keys(TARGET_DRIVERS),
     clock: options.clock ?? systemClock,

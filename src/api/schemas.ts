@@ -83,6 +83,12 @@ export const PatchConnectionBody = Type.Object(
     ),
     options: Type.Optional(ConnectionOptions),
     labels: Type.Optional(Labels),
+    paused: Type.Optional(
+      Type.Boolean({
+        description:
+          'true stops the scheduled rotations of every credential on it; a manual rotate still runs',
+      }),
+    ),
   },
   { additionalProperties: false, minProperties: 1 },
 );
@@ -194,6 +200,9 @@ export const PatchCredentialBody = Type.Object(
     gracePeriod: Type.Optional(Type.Union([Duration, Type.Null()])),
     labels: Type.Optional(Labels),
     sync: Type.Optional(Type.Union([SyncList, Type.Null()])),
+    paused: Type.Optional(
+      Type.Boolean({ description: 'true stops its scheduled rotations; a manual rotate still runs' }),
+    ),
   },
   { additionalProperties: false, minProperties: 1 },
 );

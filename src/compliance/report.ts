@@ -33,6 +33,10 @@ export interface ComplianceRow {
   /** When it left its policy (see policy.ts); null while it is within it. */
   overdueSince: string | null;
   neverRotated: boolean;
+  /** Its scheduled rotations are stopped (PATCH {"paused": true} on it or on its connection); a manual rotate still runs. */
+  paused: boolean;
+  /** Since when (its own pause, else its connection's); null while not paused. */
+  pausedSince: string | null;
 }
 
 export interface ComplianceTotals {
@@ -44,6 +48,8 @@ export interface ComplianceTotals {
   /** Last rotation failed. */
   failed: number;
   neverRotated: number;
+  /** Scheduled rotations stopped, by the credential's pause or its connection's. */
+  paused: number;
 }
 
 export interface ComplianceReportData {
@@ -70,20 +76,33 @@ export const CSV_COLUMNS = [
   'overdue',
   'overdueSince',
   'neverRotated',
+  'paused',
+  'pausedSince',
   'labels',
 ] as const;
 
 const READ_BATCH = 500;
 
-export function complianceRow(credential: Credential, targetType: string | null, now: number): ComplianceRow {
+/** What a row needs of the credential's connection: its type, and when it was paused (if it is). */
+export interface RowConnection {
+  type: string;
+  pausedAt?: string;
+}
+
+export function complianceRow(
+  credential: Credential,
+  connection: RowConnection | null,
+  now: number,
+): ComplianceRow {
   const { spec, state } = credential;
+  const pausedSince = spec.pausedAt ?? connection?.pausedAt ?? null;
   const overdue = isOverdue(credential, now);
   const deadline = policyDeadline(credential);
   const never = neverRotated(credential);
   return {
     id: spec.id,
     connection: spec.connection,
-    targetType,
+    targetType: connection?.type ?? null,
     strategy: spec.strategy,
     status: state.status,
     labels: spec.labels,
@@ -96,6 +115,8 @@ export function complianceRow(credential: Credential, targetType: string | null,
     overdue,
     overdueSince: overdue && deadline !== undefined ? new Date(deadline).toISOString() : null,
     neverRotated: never,
+    paused: pausedSince !== null,
+    pausedSince,
   };
 }
 
@@ -111,12 +132,14 @@ export class TotalsCounter {
   #overdue = 0;
   #failed = 0;
   #neverRotated = 0;
+  #paused = 0;
 
   add(row: ComplianceRow): void {
     this.#credentials++;
     if (row.overdue) this.#overdue++;
     if (row.lastOutcome === 'failed') this.#failed++;
     if (row.neverRotated) this.#neverRotated++;
+    if (row.paused) this.#paused++;
   }
 
   totals(): ComplianceTotals {
@@ -130,6 +153,7 @@ export class TotalsCounter {
       overdue: this.#overdue,
       failed: this.#failed,
       neverRotated: this.#neverRotated,
+      paused: this.#paused,
     };
   }
 }
@@ -181,13 +205,15 @@ export class ComplianceReport {
     const now = this.#clock.now();
     const registry = this.#registry;
     async function* batches(): AsyncGenerator<ComplianceRow[]> {
-      const types = new Map((await registry.listConnections()).map((c) => [c.id, c.type]));
+      const connections = new Map<string, RowConnection>(
+        (await registry.listConnections()).map((c) => [c.id, { type: c.type, pausedAt: c.pausedAt }]),
+      );
       for await (const batch of registry.credentialBatches(READ_BATCH)) {
         const rows: ComplianceRow[] = [];
         for (const credential of batch) {
           const { label } = filter;
           if (label && credential.spec.labels[label.key] !== label.value) continue;
-          const row = complianceRow(credential, types.get(credential.spec.connection) ?? null, now);
+          const row = complianceRow(credential, connections.get(credential.spec.connection) ?? null, now);
           if (filter.overdue !== undefined && row.overdue !== filter.overdue) continue;
           rows.push(row);
         }

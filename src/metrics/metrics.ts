@@ -32,6 +32,8 @@ export interface MetricSources {
   credentials(): AsyncIterable<Credential[]>;
   /** Every queue whose depth is reported. */
   queues(): readonly CountedQueue[];
+  /** The ids of the paused connections: their credentials count as paused. */
+  pausedConnections?(): Promise<ReadonlySet<string>>;
 }
 
 export interface MetricsOptions {
@@ -186,14 +188,16 @@ export class Metrics implements RotationObserver, SyncObserver {
 
     // The two registry gauges come from one read of the credentials per scrape, counted a batch at a time (a fleet of
     // 100,000 is never held at once).
-    type Counts = { overdue: number; byStatus: Map<string, number> };
+    type Counts = { overdue: number; paused: number; byStatus: Map<string, number> };
     let credentialsRead: Promise<Counts> | undefined;
     const count = async (): Promise<Counts> => {
       const at = clock.now();
-      const counts: Counts = { overdue: 0, byStatus: new Map() };
+      const counts: Counts = { overdue: 0, paused: 0, byStatus: new Map() };
+      const pausedConnections = (await sources.pausedConnections?.()) ?? new Set<string>();
       for await (const batch of sources.credentials()) {
         for (const c of batch) {
           if (isOverdue(c, at)) counts.overdue++;
+          if (c.spec.pausedAt !== undefined || pausedConnections.has(c.spec.connection)) counts.paused++;
           counts.byStatus.set(c.state.status, (counts.byStatus.get(c.state.status) ?? 0) + 1);
         }
       }
@@ -216,6 +220,19 @@ export class Metrics implements RotationObserver, SyncObserver {
           this.reset();
           sourceErrors.inc({ source: 'registry' });
           log.warn({ err: { message: (err as Error).message } }, 'overdue credentials could not be counted');
+        }
+      },
+    });
+    new Gauge({
+      name: 'keyturn_credentials_paused',
+      help: 'Credentials whose scheduled rotations are stopped (paused themselves, or their connection is).',
+      registers,
+      async collect() {
+        try {
+          this.set((await readCredentials()).paused);
+        } catch {
+          // Counted and logged once, by the overdue gauge's read of the same source.
+          this.reset();
         }
       },
     });

@@ -25,6 +25,11 @@ export interface Connection {
   /** Where the admin password lives. */
   adminStore: StoreSpec;
   labels: Record<string, string>;
+  /**
+   * Set by PATCH {"paused": true}, removed by {"paused": false}: while set, scheduled rotations are skipped (each slot an
+   * audited rotation.skipped); a manual rotate still runs. When, so the report and the metrics can say for how long.
+   */
+  pausedAt?: string;
   createdAt: string;
   updatedAt: string;
 }
@@ -66,6 +71,11 @@ export interface CredentialSpec {
   /** alternating-users: how long the previous user keeps working after a rotation (duration string). */
   gracePeriod?: string;
   labels: Record<string, string>;
+  /**
+   * Set by PATCH {"paused": true}, removed by {"paused": false}: while set, scheduled rotations are skipped (each slot an
+   * audited rotation.skipped); a manual rotate still runs. When, so the report and the metrics can say for how long.
+   */
+  pausedAt?: string;
   /** Destinations the working secret is pushed to (src/sync); none when absent. */
   sync?: SyncSpec[];
   createdAt: string;

@@ -527,7 +527,27 @@ export class QueueWorkers {
     const now = Date.now();
     const lateMs = Math.max(0, now - entry.dueAt);
     this.deps.observer?.scheduleLag(lateMs / 1000);
-    if (schedule.window && lateMs > parseDuration(schedule.window)) {
+    // Paused (PATCH {"paused": true} on the credential or its connection): this slot is skipped, audited, and the next
+    // one armed as usual, so that resuming picks the schedule up where it stands.
+    const connectionPausedAt = credential.spec.pausedAt
+      ? undefined
+      : (await this.deps.registry.findConnection(credential.spec.connection))?.pausedAt;
+    const pausedSince = credential.spec.pausedAt ?? connectionPausedAt;
+    if (pausedSince) {
+      await this.deps.audit.append({
+        actor: 'scheduler',
+        action: 'rotation.skipped',
+        outcome: 'success',
+        credential: credentialId,
+        details: {
+          reason: 'paused',
+          pausedBy: credential.spec.pausedAt ? 'credential' : 'connection',
+          pausedSince,
+          plannedAt: new Date(entry.dueAt).toISOString(),
+        },
+      });
+      this.#log.info({ credential: credentialId, pausedSince }, 'scheduled rotation skipped: paused');
+    } else if (schedule.window && lateMs > parseDuration(schedule.window)) {
       // A slot missed during downtime waits for the next one unless its window is still open.
       await this.deps.audit.append({
         actor: 'scheduler',

@@ -62,6 +62,8 @@ export interface ConnectionPatch {
   admin?: { username?: string; password?: string };
   options?: Record<string, string | number | boolean>;
   labels?: Record<string, string>;
+  /** Stops (true) or resumes (false) the scheduled rotations of every credential on the connection. */
+  paused?: boolean;
 }
 
 export interface CredentialInput {
@@ -90,6 +92,18 @@ export interface CredentialPatch {
   labels?: Record<string, string>;
   /** Replaces the sync destinations; null or [] removes them (the Secrets already written stay). */
   sync?: SyncSpec[] | null;
+  /** Stops (true) or resumes (false) its scheduled rotations; a manual rotate still runs. */
+  paused?: boolean;
+}
+
+/** pausedAt after a PATCH's `paused`: kept while paused (the first pause is when it began), gone once resumed. */
+function pausedAfter(
+  pausedAt: string | undefined,
+  paused: boolean | undefined,
+  now: string,
+): string | undefined {
+  if (paused === undefined) return pausedAt;
+  return paused ? (pausedAt ?? now) : undefined;
 }
 
 /** Who asks for a change, as far as the registry needs to know: the audit name, and whether they hold the admin role. */
@@ -121,6 +135,7 @@ export function connectionChanges(before: Connection, after: Connection): Record
     options: (c) => sortedJson(c.options ?? {}),
     labels: (c) => sortedJson(c.labels),
     'admin.username': (c) => c.admin.username,
+    pausedAt: (c) => c.pausedAt ?? '',
   };
   const changes: Record<string, string> = {};
   for (const [field, value] of Object.entries(show)) {
@@ -255,6 +270,9 @@ export class RegistryService {
       admin: { username: patch.admin?.username ?? connection.admin.username },
       updatedAt: new Date().toISOString(),
     };
+    const pausedAt = pausedAfter(connection.pausedAt, patch.paused, updated.updatedAt);
+    if (pausedAt) updated.pausedAt = pausedAt;
+    else delete updated.pausedAt;
     const changes = connectionChanges(connection, updated);
     const repointed = REPOINTING_FIELDS.filter((f) => `${f}.from` in changes || `${f}.to` in changes);
     if (repointed.length > 0 && !who.admin) {
@@ -730,6 +748,9 @@ export class RegistryService {
       else if (patch.gracePeriod !== undefined) next.gracePeriod = patch.gracePeriod;
       if (patch.sync === null || patch.sync?.length === 0) delete next.sync;
       else if (patch.sync !== undefined) next.sync = patch.sync;
+      const pausedAt = pausedAfter(current.pausedAt, patch.paused, next.updatedAt);
+      if (pausedAt) next.pausedAt = pausedAt;
+      else delete next.pausedAt;
       return next;
     };
     // The downstream is asked only when the patch sets a grace period: a schedule or label change must not
@@ -752,7 +773,13 @@ export class RegistryService {
       action: 'credential.updated',
       outcome: 'success',
       credential: id,
-      details: { fields: Object.keys(patch).join(','), ...labelChange },
+      details: {
+        fields: Object.keys(patch).join(','),
+        ...labelChange,
+        ...(patch.paused !== undefined
+          ? { paused: patch.paused, pausedAt: credential.spec.pausedAt ?? null }
+          : {}),
+      },
     });
     return credential;
   }

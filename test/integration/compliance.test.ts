@@ -173,6 +173,8 @@ describe('compliance report', () => {
       overdue: false,
       overdueSince: null,
       neverRotated: true,
+      paused: false,
+      pausedSince: null,
     });
     expect(rowOf(t0, fine.id)).toMatchObject({ maxAgeDays: null, overdue: false, neverRotated: true });
     expect(t0.totals).toEqual({
@@ -182,6 +184,7 @@ describe('compliance report', () => {
       overdue: 0,
       failed: 0,
       neverRotated: 2,
+      paused: 0,
     });
 
     offset = 3 * DAY;
@@ -199,6 +202,7 @@ describe('compliance report', () => {
       overdue: 1,
       failed: 0,
       neverRotated: 2,
+      paused: 0,
     });
     // The credential's own view judges by the same clock.
     expect((await api.api('GET', `/v1/credentials/${lapsed.id}`)).body.overdue).toBe(true);
