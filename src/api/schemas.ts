@@ -61,6 +61,12 @@ export const CreateConnectionBody = Type.Object(
     ),
     options: Type.Optional(ConnectionOptions),
     labels: Type.Optional(Labels),
+    verify: Type.Optional(
+      Type.Boolean({
+        description:
+          'true (the default): log in with the admin and check the privileges rotations need before saving; false: save unchecked (offline registration)',
+      }),
+    ),
   },
   { additionalProperties: false },
 );
@@ -87,6 +93,12 @@ export const PatchConnectionBody = Type.Object(
       Type.Boolean({
         description:
           'true stops the scheduled rotations of every credential on it; a manual rotate still runs',
+      }),
+    ),
+    verify: Type.Optional(
+      Type.Boolean({
+        description:
+          'true (the default): log in with the admin and check the privileges rotations need before saving; false: save unchecked (offline registration)',
       }),
     ),
   },
@@ -241,6 +253,18 @@ export const ListCredentialsQuery = Type.Object(
   { additionalProperties: false },
 );
 export type ListCredentialsQuery = Static<typeof ListCredentialsQuery>;
+
+export const RotateQuery = Type.Object(
+  {
+    dryRun: Type.Optional(
+      Type.Boolean({
+        description:
+          'true: check everything the rotation needs (admin login and privileges, the user, the store) and change nothing; 200 with {ok, checks}',
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
 
 export const RotationsQuery = Type.Object(
   {

@@ -37,7 +37,13 @@ import { connectionAdminRef, credentialSecretRef, type StoreSet, secretDocument 
 import type { SecretDocument } from '../stores/types.ts';
 import { type SyncTargets, syncProblems } from '../sync/index.ts';
 import { TARGET_DRIVERS, targetDriver } from '../targets/index.ts';
-import { TargetRefusedError, type TargetSession } from '../targets/types.ts';
+import {
+  type Check,
+  type Login,
+  TargetRefusedError,
+  type TargetSession,
+  TargetUnavailableError,
+} from '../targets/types.ts';
 
 /** The `engine` field of stored secrets: the target driver's name for itself. */
 const engineOf = (connection: Connection): string => targetDriver(connection.type)?.engine ?? connection.type;
@@ -52,6 +58,8 @@ export interface ConnectionInput {
   admin: { username: string; password: string; store?: StoreSpec };
   options?: Record<string, string | number | boolean>;
   labels?: Record<string, string>;
+  /** false: register without logging in to the downstream (offline registration); default true. */
+  verify?: boolean;
 }
 
 export interface ConnectionPatch {
@@ -64,7 +72,18 @@ export interface ConnectionPatch {
   labels?: Record<string, string>;
   /** Stops (true) or resumes (false) the scheduled rotations of every credential on the connection. */
   paused?: boolean;
+  /** false: change where or how Keyturn logs in without checking the new settings downstream; default true. */
+  verify?: boolean;
 }
+
+/** What a dry run reports (POST /v1/credentials/:id/rotate?dryRun=true). */
+export interface DryRun {
+  ok: boolean;
+  checks: Check[];
+}
+
+/** Connection fields whose change is checked downstream (verify) before it is saved. */
+const VERIFIED_FIELDS = ['host', 'port', 'database', 'tls', 'options', 'admin'] as const;
 
 export interface CredentialInput {
   id: string;
@@ -229,6 +248,8 @@ export class RegistryService {
       createdAt: now,
       updatedAt: now,
     };
+    const verified = input.verify !== false;
+    if (verified) await this.#verifyAdmin(connection, input.admin);
     await this.#registry.createConnection(connection);
     try {
       await store.putCurrent(
@@ -246,8 +267,139 @@ export class RegistryService {
       action: 'connection.created',
       outcome: 'success',
       connection: connection.id,
+      details: { verified },
     });
     return connection;
+  }
+
+  /**
+   * verify (a connection's registration or change, unless `verify: false`): logs in with the admin being saved and
+   * checks the privileges rotations need (the session's checkAdmin), before anything is saved. Why: an admin that
+   * cannot rotate would otherwise show only at the first rotation, weeks later. 422 naming what failed.
+   */
+  async #verifyAdmin(connection: Connection, admin: Login): Promise<void> {
+    const driver = targetDriver(connection.type);
+    if (!driver) return;
+    const where = `connection "${connection.id}" (${connection.type} at ${connection.host}:${connection.port})`;
+    const skip = 'or send verify: false to save it unchecked (offline registration)';
+    let session: TargetSession | undefined;
+    try {
+      session = await driver.open(connection, admin, { timeoutMs: this.#timeoutMs });
+      const failed = (await session.checkAdmin()).filter((c) => !c.ok);
+      if (failed.length > 0) {
+        throw new UnprocessableError(
+          `verify: the admin "${admin.username}" of ${where} lacks what rotations need: ${failed.map((c) => `${c.name}: ${c.message}`).join('; ')}; grant it, ${skip}`,
+        );
+      }
+    } catch (err) {
+      if (err instanceof TargetRefusedError) {
+        throw new UnprocessableError(`verify: ${where} refused the check: ${err.message}; ${skip}`);
+      }
+      if (err instanceof TargetUnavailableError) {
+        throw new UnprocessableError(`verify: ${where} could not be checked: ${err.message}; ${skip}`);
+      }
+      throw err;
+    } finally {
+      await session?.close().catch(() => {});
+    }
+  }
+
+  /**
+   * Everything a rotation of credential `id` needs, checked without changing anything a service uses: the admin's
+   * login and privileges, the current secret in the store, the user downstream and its current password, and that
+   * the store takes a write (a probe version written and removed). Audited as rotation.dry_run.
+   */
+  async dryRun(id: string, actor: string): Promise<DryRun> {
+    const credential = await this.#registry.getCredential(id);
+    const spec = credential.spec;
+    const connection = await this.#registry.getConnection(spec.connection);
+    const checks: Check[] = [];
+    const add = (name: string, ok: boolean, message: string) => checks.push({ name, ok, message });
+    const failure = (err: unknown) =>
+      err instanceof Error ? err.message : `failed (${typeof err}); see the server's log`;
+    const store = this.#stores.get(spec.store);
+    const current = await store.read(credentialSecretRef(spec), { stage: 'current' }).then(
+      (version) => {
+        if (version) add('current secret', true, `the store holds the current version ${version.versionId}`);
+        else add('current secret', false, `the store has no current version of "${id}": import it again`);
+        return version;
+      },
+      (err: unknown) => {
+        add('current secret', false, `reading it from the store failed: ${failure(err)}`);
+        return null;
+      },
+    );
+    let session: TargetSession | undefined;
+    try {
+      ({ session } = await openDownstream(connection, this.#stores, this.#timeoutMs));
+      const privileges = await session.checkAdmin();
+      add(
+        'admin login',
+        true,
+        `"${connection.admin.username}" logged in to ${connection.type} at ${connection.host}:${connection.port}`,
+      );
+      checks.push(...privileges);
+      if (current) {
+        const username = current.value.username;
+        const exists = await session.userExists(username);
+        add(
+          'user exists',
+          exists,
+          exists
+            ? `"${username}" exists downstream`
+            : `"${username}" does not exist downstream: create it, or register the credential again`,
+        );
+        if (exists) {
+          const login = await session.authenticate({ username, password: current.value.password });
+          add(
+            'current password',
+            login.ok,
+            login.ok
+              ? `"${username}" logs in with the current secret`
+              : `the downstream refuses the current secret of "${username}" (${login.message}): services using it fail now; a rotation sets a new one`,
+          );
+        }
+      }
+    } catch (err) {
+      add('admin login', false, `${failure(err)}`);
+    } finally {
+      await session?.close().catch(() => {});
+    }
+    const probe = { spec: spec.store, name: `probe/${id}/${randomUUID()}` };
+    try {
+      await store.putCurrent(probe, randomUUID(), {
+        engine: 'probe',
+        host: connection.host,
+        port: connection.port,
+        username: 'keyturn-probe',
+        password: randomUUID(),
+      });
+      await store.remove(probe);
+      add('store writable', true, `the ${spec.store.type} store took a probe version, which was removed`);
+    } catch (err) {
+      await store.remove(probe).catch(() => {});
+      add(
+        'store writable',
+        false,
+        `writing a probe version to the ${spec.store.type} store failed: ${failure(err)}`,
+      );
+    }
+    const ok = checks.every((c) => c.ok);
+    await this.#audit.append({
+      actor,
+      action: 'rotation.dry_run',
+      outcome: ok ? 'success' : 'failure',
+      credential: id,
+      connection: connection.id,
+      details: {
+        checks: checks.length,
+        failed: checks
+          .filter((c) => !c.ok)
+          .map((c) => c.name)
+          .join(','),
+      },
+    });
+    return { ok, checks };
   }
 
   #adminDocument(connection: Connection, password: string): SecretDocument {
@@ -301,14 +453,18 @@ export class RegistryService {
     checkOptions(connection.type, patch.options);
     const store = this.#stores.get(connection.adminStore);
     const ref = connectionAdminRef(connection);
-    if (patch.admin) {
-      let password = patch.admin.password;
-      if (password === undefined) {
-        const current = await store.read(ref, { stage: 'current' });
-        if (!current)
-          throw new UnprocessableError(`The admin secret of "${id}" is missing; send admin.password`);
-        password = current.value.password;
-      }
+    const verified = patch.verify !== false && VERIFIED_FIELDS.some((f) => patch[f] !== undefined);
+    let password = patch.admin?.password;
+    if ((patch.admin || verified) && password === undefined) {
+      const current = await store.read(ref, { stage: 'current' });
+      if (!current)
+        throw new UnprocessableError(`The admin secret of "${id}" is missing; send admin.password`);
+      password = current.value.password;
+    }
+    if (verified && password !== undefined) {
+      await this.#verifyAdmin(updated, { username: updated.admin.username, password });
+    }
+    if (patch.admin && password !== undefined) {
       await store.putCurrent(ref, randomUUID(), this.#adminDocument(updated, password));
     }
     await this.#registry.saveConnection(updated);
@@ -319,6 +475,7 @@ export class RegistryService {
       connection: id,
       details: {
         fields: Object.keys(patch).join(','),
+        verified,
         adminSecretChanged: patch.admin?.password !== undefined,
         ...changes,
       },

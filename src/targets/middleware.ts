@@ -31,6 +31,7 @@ export type SessionVerb = {
  */
 const VERBS: Record<SessionVerb, { arity: number; passwords: (...args: never[]) => unknown[] }> = {
   authenticate: { arity: 1, passwords: (login: Login) => [login?.password] },
+  checkAdmin: { arity: 0, passwords: () => [] },
   userExists: { arity: 1, passwords: () => [] },
   createUser: { arity: 3, passwords: (_username: string, password: string) => [password] },
   updatePassword: { arity: 2, passwords: (_username: string, password: string) => [password] },

@@ -101,6 +101,15 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
+/** One thing rotations need of the downstream or of its admin, checked without changing anything a service uses. */
+export interface Check {
+  /** What was checked, short: "CREATEROLE", "administrator tag", "write under ou=services,dc=example,dc=org". */
+  name: string;
+  ok: boolean;
+  /** What was found; when not ok, what to grant or change. Never a secret. */
+  message: string;
+}
+
 /**
  * One open session with a downstream, made with the connection's admin login. Every verb takes `call` last
  * (CallOptions), given by the middleware, never by the engine.
@@ -110,6 +119,14 @@ export interface TargetSession {
   readonly serverVersion?: string;
   /** Connects as `login` and runs a harmless query (SELECT 1, PING…). Throws TargetUnavailableError. */
   authenticate(login: Login, call?: CallOptions): Promise<AuthOutcome>;
+  /**
+   * Logs in as the admin and checks the privileges rotations need (PostgreSQL: CREATEROLE; MySQL: CREATE USER;
+   * Redis: ACL SETUSER; RabbitMQ: the administrator tag; LDAP: a write under the accounts' container), changing
+   * nothing a service uses. Why: a connection registered with an admin that cannot rotate fails only at the first
+   * rotation, weeks later, as an incident; verify (registration) and dry run ask first. A refused admin login throws
+   * as in every verb; a missing privilege is a check with ok false naming it.
+   */
+  checkAdmin(call?: CallOptions): Promise<Check[]>;
   /** Whether a user exists. */
   userExists(username: string, call?: CallOptions): Promise<boolean>;
   /** NewUser: creates `username` with `password`, copying the template's memberships; updates it if present. */

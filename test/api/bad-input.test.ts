@@ -41,6 +41,7 @@ beforeAll(async () => {
     port: 1,
     database: 'nothing',
     admin: { username: 'admin', password: 'not-a-real-password' },
+    verify: false, // nothing listens there: the connection exists for its routes, never rotates
   });
   expect(conn.status, conn.text).toBe(201);
   await registerPgConnection(kt, PG_CONN);
@@ -306,6 +307,8 @@ const validConnection = {
   tls: { mode: 'verify-full', ca: '-----BEGIN CERTIFICATE-----' },
   admin: { username: 'admin', password: 'admin-password', store: { type: 'local' } },
   labels: { team: 'payments' },
+  // Registered unchecked: db.internal must not be resolved by a test (verify logs in where a connection points).
+  verify: false,
 };
 
 const validCredential = {
@@ -475,6 +478,66 @@ const connectionCases: Case[] = [
       field,
     }),
   ),
+  // LDAP connections (issue 16): userDn is required and must place {username} as the first RDN's value.
+  ...(
+    [
+      ['no userDn', {}, 'options.userDn is required'],
+      [
+        'a userDn without {username}',
+        { userDn: 'ou=services,dc=example,dc=org' },
+        'first RDN is attribute={username}',
+      ],
+      ['a userDn with {username} twice', { userDn: 'uid={username},cn={username},dc=x' }, 'exactly once'],
+      ['a userDn that is a number', { userDn: 42 }, 'options.userDn must be a DN'],
+      [
+        'an unknown passwordAttribute',
+        { userDn: 'uid={username},dc=x', passwordAttribute: 'sambaNTPassword' },
+        'options.passwordAttribute must be',
+      ],
+      [
+        'a startTls that is text',
+        { userDn: 'uid={username},dc=x', startTls: 'yes' },
+        'startTls must be true or false',
+      ],
+      [
+        'a groupBase that is no DN',
+        { userDn: 'uid={username},dc=x', groupBase: 'groups' },
+        'groupBase must be a DN',
+      ],
+      [
+        'an option it does not take',
+        { userDn: 'uid={username},dc=x', filter: '(uid=*)' },
+        '"filter" is not an option of ldap connections',
+      ],
+    ] as const
+  ).map(
+    ([name, options, field]): Case => ({
+      name: `an ldap connection with ${name}`,
+      method: 'POST',
+      path: '/v1/connections',
+      body: { ...validConnection, type: 'ldap', port: 636, options },
+      status: 422,
+      code: 'unprocessable',
+      field,
+    }),
+  ),
+  {
+    name: 'a dry run whose dryRun is not a boolean',
+    method: 'POST',
+    path: `/v1/credentials/${PG_CRED}/rotate?dryRun=maybe`,
+    status: 400,
+    code: 'invalid_request',
+    field: 'dryRun',
+  },
+  {
+    name: 'a verify that is not a boolean',
+    method: 'POST',
+    path: '/v1/connections',
+    body: { ...validConnection, verify: 'no' },
+    status: 400,
+    code: 'invalid_request',
+    field: 'verify',
+  },
   {
     name: 'a store this Keyturn has not configured',
     method: 'POST',
@@ -513,7 +576,7 @@ const connectionCases: Case[] = [
   ...malformedIdCases('GET', (id) => `/v1/connections/${id}`),
 
   // PATCH /v1/connections/:id
-  ...fieldCases('PATCH', `/v1/connections/${CONN}`, { port: 5433 }, [
+  ...fieldCases('PATCH', `/v1/connections/${CONN}`, { port: 5433, verify: false }, [
     ['host', 1, 'body.host must be string'],
     ['host', 'bad host', 'body.host'],
     ['port', 'x', 'body.port must be integer'],
@@ -546,12 +609,12 @@ const connectionCases: Case[] = [
     name: 'an unknown id',
     method: 'PATCH',
     path: `/v1/connections/${UNKNOWN_ID}`,
-    body: { port: 5433 },
+    body: { port: 5433, verify: false },
     status: 404,
     code: 'not_found',
     field: UNKNOWN_ID,
   },
-  ...malformedIdCases('PATCH', (id) => `/v1/connections/${id}`, { port: 5433 }),
+  ...malformedIdCases('PATCH', (id) => `/v1/connections/${id}`, { port: 5433, verify: false }),
 
   // DELETE /v1/connections/:id
   {
@@ -1146,7 +1209,7 @@ const AUTHENTICATED: [method: string, path: string, body?: unknown][] = [
   ['POST', '/v1/connections', validConnection],
   ['GET', '/v1/connections'],
   ['GET', `/v1/connections/${CONN}`],
-  ['PATCH', `/v1/connections/${CONN}`, { port: 5433 }],
+  ['PATCH', `/v1/connections/${CONN}`, { port: 5433, verify: false }],
   ['DELETE', `/v1/connections/${CONN}`],
   ['POST', '/v1/credentials', validCredential],
   ['GET', '/v1/credentials?overdue=true'],
@@ -1517,8 +1580,10 @@ const validConnectionBody = fc.record(
       { requiredKeys: ['username', 'password'] },
     ),
     labels: validLabels,
+    // Unchecked: verify would log in at random loopback ports; its own cases are in the integration tests.
+    verify: fc.constant(false),
   },
-  { requiredKeys: ['id', 'type', 'host', 'admin'] },
+  { requiredKeys: ['id', 'type', 'host', 'admin', 'verify'] },
 );
 const validPatchConnectionBody = fc
   .record(
@@ -1538,7 +1603,8 @@ const validPatchConnectionBody = fc
     },
     { requiredKeys: [] },
   )
-  .filter((o) => Object.keys(o).length > 0);
+  .filter((o) => Object.keys(o).length > 0)
+  .map((o) => ({ ...o, verify: false })); // unchecked, as validConnectionBody
 const validCredentialBody = fc.record(
   {
     id: fc.constantFrom(...POOL, PG_CRED),
@@ -1794,7 +1860,7 @@ const FIELD_BREAKS: Record<string, fc.Arbitrary<unknown>> = {
 type Fields = Record<string, fc.Arbitrary<unknown>>;
 const connectionFields: Fields = {
   id: fc.oneof(fc.constantFrom(...POOL, CONN), notAnId),
-  type: v(fc.constantFrom('postgres', 'mysql', 'redis', 'webhook', 'rabbitmq')),
+  type: v(fc.constantFrom('postgres', 'mysql', 'redis', 'webhook', 'rabbitmq', 'ldap')),
   host: v(fc.constantFrom('127.0.0.1', 'localhost', 'bad host', '')),
   port: v(fc.integer({ min: -10, max: 70_000 })),
   database: v(fc.string({ maxLength: 70 })),
@@ -1810,6 +1876,8 @@ const connectionFields: Fields = {
     ),
   ),
   labels: v(labelsArb),
+  // Loopback hosts only: verify then logs in at random local ports, and whatever answers must not make a 5xx.
+  verify: v(fc.boolean()),
 };
 const patchConnectionFields: Fields = {
   host: connectionFields.host as fc.Arbitrary<unknown>,

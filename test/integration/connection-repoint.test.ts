@@ -192,7 +192,13 @@ describe('finding 1: an operator cannot repoint a connection', () => {
   it('lets an admin repoint, audits old and new values, and the impostor still receives no password', async () => {
     const connection = await registerPgConnection(kt);
     const cred = await importCredential(kt, connection);
-    const moved = await kt.api('PATCH', `/v1/connections/${connection}`, { port: fake.port });
+    // verify (the default) logs in where the connection would point: the impostor asks for a cleartext password
+    // and gets none, and the change is refused, naming why.
+    const verified = await kt.api('PATCH', `/v1/connections/${connection}`, { port: fake.port });
+    expect(verified.status, verified.text).toBe(422);
+    expect(verified.body.error.message).toMatch(/verify: .*cleartext password authentication/);
+    expect(fake.passwordsReceived).toEqual([]);
+    const moved = await kt.api('PATCH', `/v1/connections/${connection}`, { port: fake.port, verify: false });
     expect(moved.status, moved.text).toBe(200);
     const [event] = await auditOf(connection, 'success');
     expect(event?.details).toMatchObject({

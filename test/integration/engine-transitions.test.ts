@@ -144,6 +144,7 @@ class MemoryDownstream {
       if (fault) throw fault;
     };
     return {
+      checkAdmin: async () => [{ name: 'in memory', ok: true, message: 'the map may be written' }],
       authenticate: async (login: Login): Promise<AuthOutcome> => {
         this.calls.push(`authenticate ${login.username}`);
         next('authenticate');

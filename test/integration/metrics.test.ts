@@ -127,6 +127,7 @@ describe('one process running API and workers', () => {
           port: info.port,
           database: info.database,
           admin: { username: info.adminUser, password: badAdminPassword },
+          verify: false, // its rotation must fail downstream
         })
       ).status,
     ).toBe(201);

@@ -51,17 +51,23 @@ for (const { fixture, skip } of plan) {
       const wrongAdmin = randomBytes(24).toString('base64url');
       secrets.add(wrongAdmin);
       const admin = target.connection.admin as { username: string };
-      const bad = await kt.api('POST', '/v1/connections', {
+      const wrongConnection = {
         id: 'bad',
         ...target.connection,
         admin: { username: admin.username, password: wrongAdmin },
-      });
+      };
+      // verify (the default) logs in with it and refuses it: its answer is one more path a secret could take.
+      const refusedByVerify = await kt.api('POST', '/v1/connections', wrongConnection);
+      expect(refusedByVerify.status, refusedByVerify.text).toBe(422);
+      const bad = await kt.api('POST', '/v1/connections', { ...wrongConnection, verify: false });
       expect(bad.status).toBe(201);
 
+      const rotated: string[] = [];
       for (const strategy of ['single-user', 'alternating-users'] as const) {
         const user = await target.createUser();
         secrets.add(user.password);
         const id = await importTargetUser(kt, 'good', user, strategy, `leak-${strategy}`);
+        rotated.push(id);
         for (let i = 0; i < 2; i++) {
           const rotate = await kt.api('POST', `/v1/credentials/${id}/rotate`);
           expect((await waitForRotation(kt, rotate.body.rotationId)).status).toBe('succeeded');
@@ -90,6 +96,16 @@ for (const { fixture, skip } of plan) {
       });
       const failed = await waitForRotation(kt, failing.body.rotation.id);
       expect(failed.status).toBe('failed');
+      // Dry runs read the current secret and log in with it and the admin's: their checks carry neither.
+      const dryRuns = await Promise.all(
+        [rotated[0], 'leak-failing'].map(async (id) => {
+          const res = await kt.api('POST', `/v1/credentials/${id}/rotate?dryRun=true`);
+          expect(res.status, res.text).toBe(200);
+          return res.text;
+        }),
+      );
+      expect(JSON.parse(dryRuns[0] as string).ok).toBe(true);
+      expect(JSON.parse(dryRuns[1] as string).ok).toBe(false);
 
       const audit = await kt.api('GET', '/v1/audit?limit=1000');
       const values = await redisValues(env.prefix);
@@ -101,7 +117,7 @@ for (const { fixture, skip } of plan) {
         ['audit events', [JSON.stringify(audit.body.events)]],
         ['Redis commands (job payloads included)', monitor.commands],
         ['Redis values', values],
-        ['API answers', [wrongImport.text, JSON.stringify(failed)]],
+        ['API answers', [wrongImport.text, JSON.stringify(failed), refusedByVerify.text, ...dryRuns]],
       ]);
     });
   });

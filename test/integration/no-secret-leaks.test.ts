@@ -136,6 +136,7 @@ it('no secret value reaches logs, audit events, job payloads or Redis', async ()
     port: info.port,
     database: info.database,
     admin: { username: info.adminUser, password: badAdminPassword },
+    verify: false, // the rotation must reach the downstream to fail there
   });
   expect(badConn.status).toBe(201);
   const failing = await kt.api('POST', '/v1/credentials', {

@@ -101,6 +101,7 @@ describe('rotation notifications', () => {
       port: info.port,
       database: info.database,
       admin: { username: info.adminUser, password: badAdminPassword },
+      verify: false, // its rotation must fail downstream
     });
     expect(badConnection.status, badConnection.text).toBe(201);
     const role = await createAppRole();

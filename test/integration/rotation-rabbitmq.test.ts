@@ -84,7 +84,16 @@ describe.skipIf(Boolean(skip))('RabbitMQ target: rotations end to end', () => {
         id: 'rabbit-weak',
         admin: { username: plain.name, password: plain.password },
       });
-      expect(conn.status, conn.text).toBe(201);
+      // verify (the default) refuses it, naming the tag; registered unchecked, its rotation fails safely.
+      expect(conn.status, conn.text).toBe(422);
+      expect(conn.body.error.message).toContain('lacks the administrator tag');
+      const unchecked = await kt.api('POST', '/v1/connections', {
+        ...target.connection,
+        id: 'rabbit-weak',
+        admin: { username: plain.name, password: plain.password },
+        verify: false,
+      });
+      expect(unchecked.status, unchecked.text).toBe(201);
       const user = await target.createUser();
       const id = await importTargetUser(kt, 'rabbit-weak', user, 'single-user', 'rmq-weak');
       const asked = await kt.api('POST', `/v1/credentials/${id}/rotate`);

@@ -12,6 +12,7 @@ import {
 } from './harness.ts';
 import { asMysqlRoot, MYSQL_SERVER, mysqlCanLogin } from './mysql.ts';
 import { startRedisAclServer } from './redis-acl-server.ts';
+import { LDAP_SERVICES, LDAP_USER_DN, slapdSkipReason, startSlapd } from './slapd.ts';
 import { startWebhookServer } from './webhook-server.ts';
 
 export interface StartedTarget {
@@ -22,6 +23,11 @@ export interface StartedTarget {
   /** A fresh user with a known password, allowed to log in. */
   createUser(): Promise<{ username: string; password: string }>;
   canLogin(username: string, password: string): Promise<boolean>;
+  /**
+   * An admin login the downstream accepts but that lacks a privilege rotations need, and the name of the check
+   * (the session's checkAdmin) that must say so.
+   */
+  weakAdmin(): Promise<{ login: { username: string; password: string }; lacks: string }>;
   /** Secrets of the fixture itself (admin passwords, signing keys) that must never leak either. */
   secrets: string[];
   stop(): Promise<void>;
@@ -66,6 +72,24 @@ const redisAcl: TargetFixture = {
         return { username, password };
       },
       canLogin: (u, p) => server.canLogin(u, p),
+      async weakAdmin() {
+        const login = {
+          username: `weak${randomBytes(4).toString('hex')}`,
+          password: randomBytes(18).toString('base64url'),
+        };
+        await server.admin(
+          'ACL',
+          'SETUSER',
+          login.username,
+          'on',
+          `>${login.password}`,
+          '~*',
+          '-@all',
+          '+@read',
+          '+ping',
+        );
+        return { login, lacks: 'ACL SETUSER' };
+      },
       secrets: [server.adminPassword],
       stop: () => server.stop(),
     };
@@ -100,6 +124,11 @@ const webhook: TargetFixture = {
         return { username, password };
       },
       canLogin: async (u, p) => check(u, p),
+      // A signing key the service does not hold: its test answers 401.
+      weakAdmin: async () => ({
+        login: { username: 'kid-test', password: randomBytes(32).toString('base64url') },
+        lacks: 'signed requests',
+      }),
       secrets: [signingKey],
       stop: () => server.close(),
     };
@@ -145,6 +174,18 @@ const mariadb: TargetFixture = {
         return { username, password };
       },
       canLogin: (username, password) => mysqlCanLogin(username, password, 'keyturn_test'),
+      async weakAdmin() {
+        const login = {
+          username: `kt_fx_weak_${randomBytes(4).toString('hex')}`,
+          password: randomBytes(18).toString('base64url'),
+        };
+        users.push(login.username);
+        await asMysqlRoot(async (c) => {
+          await c.query('CREATE USER ?@? IDENTIFIED BY ?', [login.username, '%', login.password]);
+          await c.query('GRANT SELECT ON keyturn_test.* TO ?@?', [login.username, '%']);
+        });
+        return { login, lacks: 'CREATE USER' };
+      },
       secrets: [admin.password],
       async stop() {
         await asMysqlRoot(async (c) => {
@@ -247,6 +288,18 @@ const rabbitmq: TargetFixture = {
         return { username, password };
       },
       canLogin: rabbitCanLogin,
+      async weakAdmin() {
+        const login = {
+          username: `kt_fx_weak_${randomBytes(4).toString('hex')}`,
+          password: randomBytes(18).toString('base64url'),
+        };
+        users.push(login.username);
+        await rabbitAdmin('PUT', `/api/users/${login.username}`, {
+          password: login.password,
+          tags: 'management',
+        });
+        return { login, lacks: 'administrator tag' };
+      },
       secrets: [admin.password],
       async stop() {
         for (const user of users) await rabbitAdmin('DELETE', `/api/users/${user}`).catch(() => {});
@@ -255,7 +308,40 @@ const rabbitmq: TargetFixture = {
   },
 };
 
-export const TARGET_FIXTURES: TargetFixture[] = [redisAcl, webhook, mariadb, rabbitmq];
+/** A slapd of the fixture's own (test/support/slapd.ts), reached over LDAPS with its certificate verified. */
+const ldap: TargetFixture = {
+  name: 'LDAP (OpenLDAP)',
+  skipReason: async () => slapdSkipReason(),
+  async start() {
+    const server = await startSlapd();
+    return {
+      connection: {
+        type: 'ldap',
+        host: server.host,
+        port: server.tlsPort,
+        tls: { mode: 'verify-full', ca: server.ca },
+        admin: { username: server.admin.dn, password: server.admin.password },
+        options: { userDn: LDAP_USER_DN },
+      },
+      dualPassword: false,
+      async createUser() {
+        const username = `svc_${randomBytes(4).toString('hex')}`;
+        const password = randomBytes(18).toString('base64url');
+        await server.addAccount(username, password, ['payments-readers']);
+        return { username, password };
+      },
+      canLogin: (u, p) => server.canBind(u, p),
+      weakAdmin: async () => ({
+        login: { username: server.reader.dn, password: server.reader.password },
+        lacks: `write under ${LDAP_SERVICES}`,
+      }),
+      secrets: [server.admin.password, server.reader.password],
+      stop: () => server.stop(),
+    };
+  },
+};
+
+export const TARGET_FIXTURES: TargetFixture[] = [redisAcl, webhook, mariadb, rabbitmq, ldap];
 
 /**
  * PostgreSQL as a fixture, on the test run's password-checking cluster (test/support/postgres-cluster.ts), with an
@@ -288,6 +374,15 @@ const postgres: TargetFixture = {
         return { username: role.name, password };
       },
       canLogin: (username, password) => pgCanLogin(username, password),
+      async weakAdmin() {
+        const role = await createAppRole(`kt_weak_${randomBytes(4).toString('hex')}`);
+        const password = randomBytes(18).toString('base64url');
+        await pgAdmin((c) =>
+          c.query(`ALTER ROLE ${pg.escapeIdentifier(role.name)} PASSWORD ${pg.escapeLiteral(password)}`),
+        );
+        made.push(role.name, role.group);
+        return { login: { username: role.name, password }, lacks: 'CREATEROLE' };
+      },
       secrets: [admin.password],
       async stop() {
         await pgAdmin(async (c) => {

@@ -109,6 +109,20 @@ for (const { fixture, skip } of plan) {
       expect(await session.authenticate({ username: user.username, password: next })).toEqual({ ok: true });
     });
 
+    it("checkAdmin: the fixture's admin has what rotations need; an admin without it is told what it lacks", async () => {
+      const checks = await session.checkAdmin();
+      expect(checks.length).toBeGreaterThan(0);
+      expect(checks.filter((c) => !c.ok)).toEqual([]);
+      const weak = await started.weakAdmin();
+      const weakSession = await open(connectionOf(started), weak.login);
+      const found = await weakSession.checkAdmin();
+      expect(
+        found.find((c) => c.name === weak.lacks),
+        JSON.stringify(found),
+      ).toMatchObject({ ok: false });
+      expect(JSON.stringify(found)).not.toContain(weak.login.password);
+    });
+
     it('userExists: true for a user, false for a name nobody has (unless the service owns its users)', async (ctx) => {
       const user = await started.createUser();
       expect(await session.userExists(user.username)).toBe(true);

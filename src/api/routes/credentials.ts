@@ -12,6 +12,7 @@ import {
   IdParams,
   ListCredentialsQuery,
   PatchCredentialBody,
+  RotateQuery,
   RotationsQuery,
   UuidParams,
 } from '../schemas.ts';
@@ -162,9 +163,9 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
     },
   );
 
-  app.post<{ Params: IdParams }>(
+  app.post<{ Params: IdParams; Querystring: { dryRun?: boolean } }>(
     '/v1/credentials/:id/rotate',
-    { schema: { params: IdParams }, config: { access: 'manage' } },
+    { schema: { params: IdParams, querystring: RotateQuery }, config: { access: 'manage' } },
     async (request, reply) => {
       // No body is expected; an empty JSON object is tolerated for clients that always send one.
       const body = request.body as unknown;
@@ -175,6 +176,8 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
       ) {
         throw new ApiError(400, 'invalid_request', 'body must be empty or {}: rotate takes no parameters');
       }
+      // A dry run checks what the rotation needs and changes nothing: 200 with the checks, whatever they say.
+      if (request.query.dryRun) return ctx.service.dryRun(request.params.id, actorOf(request));
       const result = await ctx.engine.request(request.params.id, 'manual', actorOf(request));
       if (!result) throw new NotFoundError(`Credential "${request.params.id}" does not exist`);
       const { rotation, created } = result;

@@ -32,6 +32,7 @@ import mysql from 'mysql2/promise';
 import type { Connection } from '../../registry/types.ts';
 import {
   type AuthOutcome,
+  type Check,
   type LeaseUserSpec,
   type Login,
   nothingSent,
@@ -660,6 +661,25 @@ class MysqlSession implements TargetSession {
       this.accountHost,
     ]);
     return rows.length > 0;
+  }
+
+  async checkAdmin(): Promise<Check[]> {
+    const admin = this.#admin.username;
+    return this.asAdmin(`checking the privileges of admin "${admin}"`, async (c) => {
+      // The admin's global grants as the server reports them (SHOW GRANTS: its own, whatever host it matched).
+      const grants = (await this.query(c, 'SHOW GRANTS')).map((row) => String(row[0]));
+      const global = grants.filter((g) => /\bON \*\.\* TO\b/i.test(g));
+      const ok = global.some((g) => /^GRANT (ALL PRIVILEGES|.*\bCREATE USER\b).* ON \*\.\*/i.test(g));
+      return [
+        {
+          name: 'CREATE USER',
+          ok,
+          message: ok
+            ? `"${admin}" may change other accounts (CREATE USER)`
+            : `"${admin}" lacks the global CREATE USER privilege, which ALTER USER of other accounts needs: GRANT CREATE USER ON *.* TO '${admin}'@'<host>' (and GRANT OPTION, for alternating users)`,
+        },
+      ];
+    });
   }
 
   async userExists(username: string): Promise<boolean> {

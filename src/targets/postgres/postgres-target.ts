@@ -7,6 +7,7 @@ import type { Connection } from '../../registry/types.ts';
 import {
   type AuthOutcome,
   type CallOptions,
+  type Check,
   type LeaseUserSpec,
   type Login,
   nothingSent,
@@ -346,6 +347,24 @@ class PostgresSession implements TargetSession {
     } finally {
       await close(client, this.#timeoutMs);
     }
+  }
+
+  async checkAdmin(): Promise<Check[]> {
+    const admin = this.#admin.username;
+    return this.#asAdmin(`checking the privileges of admin "${admin}"`, async (c) => {
+      const r = await c.query('SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user');
+      const row = r.rows[0] as { rolsuper?: boolean; rolcreaterole?: boolean } | undefined;
+      const ok = Boolean(row?.rolsuper || row?.rolcreaterole);
+      return [
+        {
+          name: 'CREATEROLE',
+          ok,
+          message: ok
+            ? `"${admin}" has ${row?.rolsuper ? 'SUPERUSER' : 'CREATEROLE'}`
+            : `"${admin}" lacks CREATEROLE, which changing other roles' passwords needs: ALTER ROLE ${ident(admin)} CREATEROLE`,
+        },
+      ];
+    });
   }
 
   async userExists(username: string): Promise<boolean> {

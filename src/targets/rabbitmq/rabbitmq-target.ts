@@ -15,6 +15,7 @@ import type { Connection } from '../../registry/types.ts';
 import {
   type AuthOutcome,
   type CallOptions,
+  type Check,
   type Login,
   nothingSent,
   type TargetDriver,
@@ -289,6 +290,28 @@ class RabbitSession implements TargetSession {
       call?.signal?.removeEventListener('abort', cut);
       await connection?.close().catch(() => {});
     }
+  }
+
+  async checkAdmin(call?: CallOptions): Promise<Check[]> {
+    const admin = this.#admin.username;
+    const { json } = await this.#request(
+      `checking the tags of admin "${admin}"`,
+      'GET',
+      '/api/whoami',
+      undefined,
+      [],
+      call,
+    );
+    const ok = tagsOf((json as UserRecord | null) ?? { name: admin, tags: [] }).includes('administrator');
+    return [
+      {
+        name: 'administrator tag',
+        ok,
+        message: ok
+          ? `"${admin}" is an administrator`
+          : `"${admin}" lacks the administrator tag, which managing users through the management API needs: rabbitmqctl set_user_tags ${admin} administrator`,
+      },
+    ];
   }
 
   async userExists(username: string, call?: CallOptions): Promise<boolean> {

@@ -9,6 +9,7 @@ import { scrubText } from '../../crypto/scrub.ts';
 import type { Connection } from '../../registry/types.ts';
 import {
   type AuthOutcome,
+  type Check,
   type Login,
   nothingSent,
   type TargetDriver,
@@ -177,6 +178,33 @@ class RedisSession implements TargetSession {
     } finally {
       client.disconnect();
     }
+  }
+
+  async checkAdmin(): Promise<Check[]> {
+    const admin = this.#admin.username;
+    const name = 'ACL SETUSER';
+    const lacks = `"${admin}" may not run ACL SETUSER, which changing other users' passwords needs: grant it +acl (or +@admin)`;
+    // Redis 7 answers whether the admin may run a command without running it; Redis 6 has no DRYRUN.
+    const action = `checking the privileges of admin "${admin}"`;
+    let reply: unknown;
+    try {
+      reply = await this.#acl(action, [], 'DRYRUN', admin, 'ACL', 'SETUSER', 'keyturn-probe');
+    } catch (err) {
+      const message = (err as Error).message ?? '';
+      if (/NOPERM/i.test(message)) return [{ name, ok: false, message: lacks }];
+      if (!/unknown subcommand|wrong number/i.test(message)) throw err;
+      // Redis 6: an ACL command the admin may run is the best evidence short of running SETUSER.
+      const list = await this.#acl(action, [], 'LIST').then(
+        () => true,
+        (e: Error) => {
+          if (/NOPERM/i.test(e.message)) return false;
+          throw e;
+        },
+      );
+      return [{ name, ok: list, message: list ? `"${admin}" may run ACL commands` : lacks }];
+    }
+    const ok = String(reply) === 'OK';
+    return [{ name, ok, message: ok ? `"${admin}" may run ACL SETUSER` : lacks }];
   }
 
   async userExists(username: string): Promise<boolean> {

@@ -37,6 +37,7 @@ import type { Connection } from '../../registry/types.ts';
 import {
   type AuthOutcome,
   type CallOptions,
+  type Check,
   type Login,
   nothingSent,
   type TargetDriver,
@@ -359,6 +360,45 @@ class WebhookSession implements TargetSession {
     }
     throw new TargetUnavailableError(
       `webhook test for "${login.username}" at ${this.#origin}${this.#settings.basePath}/test: answered ${answer.status}${answer.reason ? ` (${answer.reason})` : ''}; test answers 200 when the credentials work, 401 or 403 when they do not`,
+      `HTTP_${answer.status}`,
+    );
+  }
+
+  async checkAdmin(call?: CallOptions): Promise<Check[]> {
+    // A signed test of a made-up user and password: a service that checks the signature and the credentials answers
+    // 403 (refused credentials; the contract keeps 401 for the signature, key id and timestamp).
+    const probe = `keyturn-probe-${randomUUID()}`;
+    const answer = await this.#call('test', probe, randomUUID(), call?.signal);
+    const name = 'signed requests';
+    if (answer.status === 403)
+      return [
+        {
+          name,
+          ok: true,
+          message: 'the service checked the signature and refused the made-up credentials (403)',
+        },
+      ];
+    if (answer.status === 401) {
+      return [
+        {
+          name,
+          ok: false,
+          message: `the service answered 401 to a signed test${answer.reason ? ` (${answer.reason})` : ''}: check the signing key (admin.password) and key id (admin.username); a service that answers 401 to refused credentials cannot be told apart, register it with verify: false`,
+        },
+      ];
+    }
+    if (answer.status === 200) {
+      return [
+        {
+          name,
+          ok: false,
+          message:
+            'the service accepted a made-up username and password in test: its test action does not check credentials, so a rotation could not tell a working password from a broken one',
+        },
+      ];
+    }
+    throw new TargetUnavailableError(
+      `webhook test at ${this.#origin}${this.#settings.basePath}/test answered ${answer.status}${answer.reason ? ` (${answer.reason})` : ''}; it should answer 403 to made-up credentials`,
       `HTTP_${answer.status}`,
     );
   }
