@@ -189,6 +189,13 @@ export const CreateCredentialBody = Type.Object(
     password: Type.Optional(PasswordPolicySchema),
     maxAgeDays: Type.Optional(Type.Integer({ minimum: 1, maximum: 3650 })),
     gracePeriod: Type.Optional(Duration),
+    notifyBefore: Type.Optional(
+      Type.String({
+        ...Duration,
+        description:
+          'how long before each scheduled rotation a rotation.upcoming event is sent (audit, webhooks, GET /v1/events)',
+      }),
+    ),
     labels: Type.Optional(Labels),
     import: Type.Optional(Type.Boolean()),
     currentPassword: Type.Optional(Password),
@@ -210,6 +217,12 @@ export const PatchCredentialBody = Type.Object(
     password: Type.Optional(PasswordPolicySchema),
     maxAgeDays: Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 3650 }), Type.Null()])),
     gracePeriod: Type.Optional(Type.Union([Duration, Type.Null()])),
+    notifyBefore: Type.Optional(
+      Type.Union([Duration, Type.Null()], {
+        description:
+          'how long before each scheduled rotation a rotation.upcoming event is sent (audit, webhooks, GET /v1/events); null removes it',
+      }),
+    ),
     labels: Type.Optional(Labels),
     sync: Type.Optional(Type.Union([SyncList, Type.Null()])),
     paused: Type.Optional(

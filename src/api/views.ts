@@ -15,6 +15,7 @@ export function credentialView(credential: Credential, now = Date.now()) {
     password: spec.password,
     maxAgeDays: spec.maxAgeDays ?? null,
     gracePeriod: spec.gracePeriod ?? null,
+    notifyBefore: spec.notifyBefore ?? null,
     labels: spec.labels,
     sync: spec.sync ?? [],
     paused: spec.pausedAt !== undefined,

@@ -32,10 +32,24 @@ export interface SyncEvent {
   time: string;
 }
 
-/** What the stream sends: rotations, and the pushes that follow them. */
-export type StreamEvent = RotationEvent | SyncEvent;
+/**
+ * A scheduled rotation announced ahead (a credential's notifyBefore), from the audit stream's `rotation.upcoming`: sent
+ * as `event: upcoming`, so that a client that only listens for `rotation` is unaffected.
+ */
+export interface UpcomingEvent {
+  id: string;
+  credential: string;
+  /** When the rotation is planned (its slot; jitter may start it a little later). */
+  plannedAt: string | null;
+  upcoming: true;
+  time: string;
+}
+
+/** What the stream sends: rotations, the pushes that follow them, and notices of rotations to come. */
+export type StreamEvent = RotationEvent | SyncEvent | UpcomingEvent;
 
 const isSync = (event: StreamEvent): event is SyncEvent => 'sync' in event;
+const isUpcoming = (event: StreamEvent): event is UpcomingEvent => 'upcoming' in event;
 
 /** The stream event an audit event stands for, or undefined for every other audit event. */
 export function rotationEventOf(event: AuditEvent): StreamEvent | undefined {
@@ -54,6 +68,16 @@ export function rotationEventOf(event: AuditEvent): StreamEvent | undefined {
         namespace: text(event.details?.namespace),
         name: text(event.details?.name),
       },
+      time: event.time,
+    };
+  }
+  if (event.action === 'rotation.upcoming' && event.credential) {
+    const plannedAt = event.details?.plannedAt;
+    return {
+      id: event.id,
+      credential: event.credential,
+      plannedAt: typeof plannedAt === 'string' ? plannedAt : null,
+      upcoming: true,
       time: event.time,
     };
   }
@@ -99,6 +123,10 @@ export function sseEvent(type: string, data: unknown, id?: string): string {
 }
 
 export function sseRotation(event: StreamEvent): string {
+  if (isUpcoming(event)) {
+    const { id, upcoming: _, ...data } = event;
+    return sseEvent('upcoming', data, id);
+  }
   const { id, ...data } = event;
   return sseEvent(isSync(event) ? 'sync' : 'rotation', data, id);
 }

@@ -70,6 +70,11 @@ export interface CredentialSpec {
   maxAgeDays?: number;
   /** alternating-users: how long the previous user keeps working after a rotation (duration string). */
   gracePeriod?: string;
+  /**
+   * How long before each scheduled rotation a `rotation.upcoming` event goes out (duration string): to the audit stream,
+   * so to the notification webhooks and GET /v1/events, for the teams that want to watch a rotation happen.
+   */
+  notifyBefore?: string;
   labels: Record<string, string>;
   /**
    * Set by PATCH {"paused": true}, removed by {"paused": false}: while set, scheduled rotations are skipped (each slot an

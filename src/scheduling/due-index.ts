@@ -31,6 +31,19 @@ if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1]) else redis.call('ZADD
 return 1
 `;
 
+/**
+ * The member of a credential's `rotation.upcoming` notice (notifyBefore) in the same index: an id no credential can
+ * have (":" is not allowed in ids), so the drainer tells the two apart and one claim protocol serves both.
+ */
+export function upcomingEntry(credentialId: string): string {
+  return `upcoming:${credentialId}`;
+}
+
+/** The credential a notice member announces, or undefined for a credential's own entry. */
+export function upcomingOf(member: string): string | undefined {
+  return member.startsWith('upcoming:') ? member.slice('upcoming:'.length) : undefined;
+}
+
 export interface DueEntry {
   credentialId: string;
   /** When it came due (ms): the scheduled time, or the end of an earlier claim whose drainer died. */

@@ -30,7 +30,7 @@ import type { Credential, CredentialSpec } from '../registry/types.ts';
 import type { RotationEngine, RotationHooks, RunResult } from '../rotation/engine.ts';
 import type { RotationRepo } from '../rotation/rotation-repo.ts';
 import type { Rotation } from '../rotation/types.ts';
-import type { DueEntry, DueIndex } from './due-index.ts';
+import { type DueEntry, type DueIndex, upcomingEntry, upcomingOf } from './due-index.ts';
 import { nextRun } from './schedule.ts';
 
 export const SCHEDULE_QUEUE = 'schedule';
@@ -247,10 +247,23 @@ export class Queues implements RotationHooks, LeaseRevocationPlanner {
         ? Math.max(lastRotation.getTime() + parseDuration(s.every), Date.now() + 1)
         : nextRun(s, new Date()).getTime();
     await this.due.arm(spec.id, at);
+    await this.armNotice(spec, at);
+  }
+
+  /**
+   * Arms the `rotation.upcoming` notice of the slot due at `at` (spec.notifyBefore ahead of it), in the same index under
+   * its own member (upcomingEntry), or removes a notice the spec no longer asks for. A notice whose time has passed
+   * when its slot is armed (a slot armed closer than notifyBefore) is not sent: it would arrive as late as the change.
+   */
+  async armNotice(spec: CredentialSpec, at: number): Promise<void> {
+    const noticeAt = spec.notifyBefore ? at - parseDuration(spec.notifyBefore) : undefined;
+    if (noticeAt !== undefined && noticeAt > Date.now()) await this.due.arm(upcomingEntry(spec.id), noticeAt);
+    else await this.due.disarm(upcomingEntry(spec.id));
   }
 
   async removeSchedule(credentialId: string): Promise<void> {
     await this.due.disarm(credentialId);
+    await this.due.disarm(upcomingEntry(credentialId));
   }
 
   async hasSchedule(credentialId: string): Promise<boolean> {
@@ -517,6 +530,8 @@ export class QueueWorkers {
   async #due(entry: DueEntry): Promise<void> {
     const { credentialId } = entry;
     const { due } = this.deps.queues;
+    const announced = upcomingOf(credentialId);
+    if (announced !== undefined) return this.#notice(entry, announced);
     const credential = await this.deps.registry.findCredential(credentialId);
     if (!credential) {
       // Deleted since it was armed: its entry goes (unless a new credential of that id armed it meanwhile).
@@ -566,7 +581,33 @@ export class QueueWorkers {
     }
     // The next slot: for cron, the one after now; for `every`, one interval on (a rotation that succeeds arms it
     // again from its own end, which wins over this if it came first).
-    await due.rearm(entry, nextRun(schedule, new Date(now)).getTime());
+    const next = nextRun(schedule, new Date(now)).getTime();
+    if (await due.rearm(entry, next)) await this.deps.queues.armNotice(credential.spec, next);
+  }
+
+  /**
+   * A `rotation.upcoming` notice that came due: appended to the audit stream (from which the notifier's webhooks and
+   * GET /v1/events take it), once, for a credential that still exists, is not paused and still has its slot ahead.
+   */
+  async #notice(entry: DueEntry, credentialId: string): Promise<void> {
+    const { due } = this.deps.queues;
+    const credential = await this.deps.registry.findCredential(credentialId);
+    const plannedAt = credential ? await due.dueAt(credentialId) : undefined;
+    const paused =
+      credential &&
+      (credential.spec.pausedAt ??
+        (await this.deps.registry.findConnection(credential.spec.connection))?.pausedAt);
+    if (credential?.spec.notifyBefore && plannedAt !== undefined && plannedAt > Date.now() && !paused) {
+      await this.deps.audit.append({
+        actor: 'scheduler',
+        action: 'rotation.upcoming',
+        outcome: 'success',
+        credential: credentialId,
+        details: { plannedAt: new Date(plannedAt).toISOString(), notifyBefore: credential.spec.notifyBefore },
+      });
+    }
+    // Sent or not needed: the next one is armed with the next slot.
+    await due.rearm(entry, undefined);
   }
 
   /**

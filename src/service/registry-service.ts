@@ -95,6 +95,7 @@ export interface CredentialInput {
   password?: Partial<PasswordPolicy>;
   maxAgeDays?: number;
   gracePeriod?: string;
+  notifyBefore?: string;
   labels?: Record<string, string>;
   import?: boolean;
   currentPassword?: string;
@@ -108,6 +109,7 @@ export interface CredentialPatch {
   password?: Partial<PasswordPolicy>;
   maxAgeDays?: number | null;
   gracePeriod?: string | null;
+  notifyBefore?: string | null;
   labels?: Record<string, string>;
   /** Replaces the sync destinations; null or [] removes them (the Secrets already written stay). */
   sync?: SyncSpec[] | null;
@@ -518,6 +520,12 @@ export class RegistryService {
         problems.push(`gracePeriod: ${(err as Error).message}`);
       }
     }
+    if (spec.notifyBefore !== undefined && problems.length === 0 && 'every' in spec.schedule) {
+      // A notice as far ahead as the interval would go out before the rotation it announces had a slot.
+      if (parseDuration(spec.notifyBefore) >= parseDuration(spec.schedule.every)) {
+        problems.push('notifyBefore must be shorter than the rotation interval (schedule.every)');
+      }
+    }
     if (spec.sync?.length) {
       problems.push(
         ...(this.#sync
@@ -585,6 +593,7 @@ export class RegistryService {
       password: { ...DEFAULT_PASSWORD_POLICY, ...input.password },
       ...(input.maxAgeDays ? { maxAgeDays: input.maxAgeDays } : {}),
       ...(input.gracePeriod ? { gracePeriod: input.gracePeriod } : {}),
+      ...(input.notifyBefore ? { notifyBefore: input.notifyBefore } : {}),
       labels: input.labels ?? {},
       ...(input.sync?.length ? { sync: input.sync } : {}),
       createdAt: now.toISOString(),
@@ -903,6 +912,8 @@ export class RegistryService {
       else if (patch.maxAgeDays !== undefined) next.maxAgeDays = patch.maxAgeDays;
       if (patch.gracePeriod === null) delete next.gracePeriod;
       else if (patch.gracePeriod !== undefined) next.gracePeriod = patch.gracePeriod;
+      if (patch.notifyBefore === null) delete next.notifyBefore;
+      else if (patch.notifyBefore !== undefined) next.notifyBefore = patch.notifyBefore;
       if (patch.sync === null || patch.sync?.length === 0) delete next.sync;
       else if (patch.sync !== undefined) next.sync = patch.sync;
       const pausedAt = pausedAfter(current.pausedAt, patch.paused, next.updatedAt);
@@ -919,7 +930,8 @@ export class RegistryService {
     await this.#registry.updateCredentialSpec(id, apply);
     // Takes effect at once: the scheduler is replaced, and the advertised next rotation follows it. From the spec and
     // last rotation as they are when armed, never from what this request read (a rotation may finish meanwhile).
-    if (patch.schedule) await this.#queues.syncSchedule(id);
+    // A new notice time follows the same way (its notice is armed with the slot).
+    if (patch.schedule || patch.notifyBefore !== undefined) await this.#queues.syncSchedule(id);
     const credential = await this.#registry.getCredential(id);
     // New destinations get the version that works now, not only the next rotation's.
     if (patch.sync?.length && credential.state.version) {

@@ -269,7 +269,7 @@ describe('notifications and the overdue scan', () => {
     expect(config.notifications).toEqual({
       webhookUrls: [],
       webhookSecret: undefined,
-      events: ['rotation.succeeded', 'rotation.failed', 'credential.overdue'],
+      events: ['rotation.succeeded', 'rotation.failed', 'credential.overdue', 'rotation.upcoming'],
       attempts: 10,
       backoffMs: 1000,
       timeoutMs: 5000,
