@@ -192,3 +192,14 @@ export function installErrorHandling(app: FastifyInstance): void {
     );
   });
 }
+
+/** A route that takes no body: none, or an empty JSON object for clients that always send one; 400 otherwise. */
+export function requireNoBody(body: unknown, verb: string): void {
+  if (
+    body !== undefined &&
+    body !== null &&
+    (typeof body !== 'object' || Array.isArray(body) || Object.keys(body).length > 0)
+  ) {
+    throw new ApiError(400, 'invalid_request', `body must be empty or {}: ${verb} takes no parameters`);
+  }
+}

@@ -43,6 +43,34 @@ const ConnectionOptions = Type.Record(
   { maxProperties: 16 },
 );
 
+const ScheduleExtras = {
+  window: Type.Optional(Duration),
+  jitter: Type.Optional(Duration),
+};
+export const ScheduleSchema = Type.Union([
+  Type.Object({ every: Duration, ...ScheduleExtras }, { additionalProperties: false }),
+  Type.Object(
+    {
+      cron: Type.String({ minLength: 9, maxLength: 128 }),
+      timezone: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+      ...ScheduleExtras,
+    },
+    { additionalProperties: false },
+  ),
+]);
+
+const AdminRotationSchema = Type.Object(
+  {
+    schedule: ScheduleSchema,
+    maxAgeDays: Type.Optional(Type.Integer({ minimum: 1, maximum: 3650 })),
+  },
+  {
+    additionalProperties: false,
+    description:
+      "rotates the admin's own password on this schedule, with the engine's four steps; POST /v1/connections/:id/rotate rotates it now",
+  },
+);
+
 export const CreateConnectionBody = Type.Object(
   {
     id: Id,
@@ -61,6 +89,7 @@ export const CreateConnectionBody = Type.Object(
     ),
     options: Type.Optional(ConnectionOptions),
     labels: Type.Optional(Labels),
+    adminRotation: Type.Optional(AdminRotationSchema),
     verify: Type.Optional(
       Type.Boolean({
         description:
@@ -89,6 +118,7 @@ export const PatchConnectionBody = Type.Object(
     ),
     options: Type.Optional(ConnectionOptions),
     labels: Type.Optional(Labels),
+    adminRotation: Type.Optional(Type.Union([AdminRotationSchema, Type.Null()])),
     paused: Type.Optional(
       Type.Boolean({
         description:
@@ -105,22 +135,6 @@ export const PatchConnectionBody = Type.Object(
   { additionalProperties: false, minProperties: 1 },
 );
 export type PatchConnectionBody = Static<typeof PatchConnectionBody>;
-
-const ScheduleExtras = {
-  window: Type.Optional(Duration),
-  jitter: Type.Optional(Duration),
-};
-export const ScheduleSchema = Type.Union([
-  Type.Object({ every: Duration, ...ScheduleExtras }, { additionalProperties: false }),
-  Type.Object(
-    {
-      cron: Type.String({ minLength: 9, maxLength: 128 }),
-      timezone: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
-      ...ScheduleExtras,
-    },
-    { additionalProperties: false },
-  ),
-]);
 
 export const PasswordPolicySchema = Type.Object(
   {

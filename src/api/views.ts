@@ -49,6 +49,7 @@ export function connectionView(connection: Connection, credentials?: string[]) {
     labels: connection.labels,
     paused: connection.pausedAt !== undefined,
     pausedSince: connection.pausedAt ?? null,
+    adminRotation: connection.adminRotation ?? null,
     ...(credentials ? { credentials } : {}),
     createdAt: connection.createdAt,
     updatedAt: connection.updatedAt,

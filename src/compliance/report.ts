@@ -4,7 +4,7 @@
 import type { Clock } from '../clock.ts';
 import { type CsvValue, csvRecord } from '../csv.ts';
 import type { Registry } from '../registry/registry.ts';
-import type { Credential, CredentialStatus } from '../registry/types.ts';
+import { adminSubjectId, type Credential, type CredentialStatus } from '../registry/types.ts';
 import { DAY_MS, isOverdue, neverRotated, passwordSetAt, policyDeadline } from './policy.ts';
 
 export interface ComplianceFilter {
@@ -57,6 +57,23 @@ export interface ComplianceReportData {
   asOf: string;
   totals: ComplianceTotals;
   credentials: ComplianceRow[];
+  admins: AdminRow[];
+}
+
+/** A connection's admin password (PCI DSS 8.6.3): its age, and its rotation by Keyturn if it has one. */
+export interface AdminRow {
+  connection: string;
+  targetType: string;
+  username: string;
+  /** Rotated on a schedule (the connection's adminRotation). */
+  scheduled: boolean;
+  maxAgeDays: number | null;
+  /** Days since the admin password was set: its last rotation by Keyturn, else when it was given to Keyturn. */
+  ageDays: number;
+  lastRotatedAt: string | null;
+  nextRotationAt: string | null;
+  lastOutcome: 'succeeded' | 'failed' | 'skipped' | null;
+  overdue: boolean;
 }
 
 /** The CSV columns, in order; each row repeats asOf so that an exported file stands alone as evidence. */
@@ -194,7 +211,40 @@ export class ComplianceReport {
     const { asOf, batches } = this.stream(filter);
     const rows: ComplianceRow[] = [];
     for await (const batch of batches) rows.push(...batch);
-    return { asOf, totals: complianceTotals(rows), credentials: rows };
+    return { asOf, totals: complianceTotals(rows), credentials: rows, admins: await this.admins(filter) };
+  }
+
+  /** Every connection's admin password, by connection (few: read at once); the filter applies to the connection. */
+  async admins(filter: ComplianceFilter = {}): Promise<AdminRow[]> {
+    const now = this.#clock.now();
+    const rows: AdminRow[] = [];
+    for (const connection of await this.#registry.listConnections()) {
+      const { label } = filter;
+      if (label && connection.labels[label.key] !== label.value) continue;
+      const subject = await this.#registry.findCredential(adminSubjectId(connection.id));
+      const rotatedAt = subject?.state.lastOutcome ? subject.state.rotatedAt : undefined;
+      const setAt = Math.max(
+        Date.parse(connection.adminSetAt ?? connection.createdAt),
+        rotatedAt ? Date.parse(rotatedAt) : 0,
+      );
+      const ageDays = Math.max(0, Math.floor(((now - setAt) / DAY_MS) * 10) / 10);
+      const maxAgeDays = connection.adminRotation?.maxAgeDays ?? null;
+      const row: AdminRow = {
+        connection: connection.id,
+        targetType: connection.type,
+        username: connection.admin.username,
+        scheduled: connection.adminRotation !== undefined,
+        maxAgeDays,
+        ageDays,
+        lastRotatedAt: rotatedAt ?? null,
+        nextRotationAt: (connection.adminRotation && subject?.state.nextRotationAt) || null,
+        lastOutcome: subject?.state.lastOutcome ?? null,
+        overdue: maxAgeDays !== null && now - setAt > maxAgeDays * DAY_MS,
+      };
+      if (filter.overdue !== undefined && row.overdue !== filter.overdue) continue;
+      rows.push(row);
+    }
+    return rows;
   }
 
   /**

@@ -79,6 +79,11 @@ export class RedisKeys {
     return `${this.prefix}:cred:${this.#tag(credentialId)}:inflight`;
   }
   /** Execution lease: which worker may act on a credential's downstream right now, with a fencing token. */
+  /** A connection's lock (rotation/lease.ts, ConnectionLock): shared holders, exclusive holder, exclusive wish. */
+  connectionLock(connectionId: string): [string, string, string] {
+    const base = `${this.prefix}:conn:${this.#tag(connectionId)}:lock`;
+    return [`${base}:shared`, `${base}:excl`, `${base}:wish`];
+  }
   lease(credentialId: string): string {
     return `${this.prefix}:cred:${this.#tag(credentialId)}:lease`;
   }

@@ -604,6 +604,24 @@ export class Registry {
     );
   }
 
+  /**
+   * Writes a connection's admin subject (see adminSubjectId): its record is created with `state` if missing, its spec
+   * replaced otherwise (the admin's username, store, schedule and policy follow the connection). No claims and no index
+   * entry: the connection already claims its admin's name, and no list shows the subject.
+   */
+  async putAdminSubject(spec: CredentialSpec, state: CredentialState): Promise<void> {
+    const key = this.keys.credential(spec.id);
+    const created = await this.#redis.eval(
+      CREATE_CREDENTIAL,
+      1,
+      key,
+      encodeSpec(spec),
+      JSON.stringify(state),
+    );
+    if (created === 1) return;
+    await this.updateCredentialSpec(spec.id, (current) => ({ ...spec, createdAt: current.createdAt }));
+  }
+
   /** The spec and last rotation a credential's schedule follows from, or null once it is deleted. */
   async scheduleBasis(id: string): Promise<ScheduleBasis | null> {
     const [spec, state] = await this.#redis.hmget(this.keys.credential(id), 'spec', 'state');

@@ -30,8 +30,37 @@ export interface Connection {
    * audited rotation.skipped); a manual rotate still runs. When, so the report and the metrics can say for how long.
    */
   pausedAt?: string;
+  /** Scheduled rotation of the admin's own password (`POST /v1/connections/:id/rotate` rotates it now). */
+  adminRotation?: AdminRotation;
+  /** When the admin password was last given (registration, PATCH admin.password); an admin rotation's time is its subject's. */
+  adminSetAt?: string;
   createdAt: string;
   updatedAt: string;
+}
+
+export interface AdminRotation {
+  schedule: Schedule;
+  /** The admin password's age past which the compliance report calls it overdue. */
+  maxAgeDays?: number;
+}
+
+/**
+ * A connection's admin password rotates as a credential of its own, the connection's admin subject, with this id: the
+ * same engine, four steps, write-ahead, lease and schedule. Why an id with ":": the API's ids cannot hold one, so no
+ * credential route (its secret, leases, PATCH, DELETE) can ever address the admin subject, and no credential can
+ * take its id. It is not in the credentials index either: lists, counts and the credential report never show it.
+ */
+export const ADMIN_SUBJECT_PREFIX = 'admin:';
+
+export function adminSubjectId(connectionId: string): string {
+  return `${ADMIN_SUBJECT_PREFIX}${connectionId}`;
+}
+
+/** The connection whose admin a credential id stands for, or undefined for an ordinary credential. */
+export function adminConnectionOf(credentialId: string): string | undefined {
+  return credentialId.startsWith(ADMIN_SUBJECT_PREFIX)
+    ? credentialId.slice(ADMIN_SUBJECT_PREFIX.length)
+    : undefined;
 }
 
 export type Schedule =

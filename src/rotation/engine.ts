@@ -17,7 +17,13 @@ import type { FencedOp } from '../redis/fenced-op.ts';
 import { UnprocessableError } from '../registry/errors.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import type { Registry } from '../registry/registry.ts';
-import type { Connection, Credential, CredentialSpec, CredentialState } from '../registry/types.ts';
+import {
+  adminConnectionOf,
+  type Connection,
+  type Credential,
+  type CredentialSpec,
+  type CredentialState,
+} from '../registry/types.ts';
 import { credentialSecretRef, rotationDocument, type StoreSet } from '../stores/index.ts';
 import {
   type SecretRef,
@@ -28,6 +34,7 @@ import {
 } from '../stores/types.ts';
 import { targetDriver } from '../targets/index.ts';
 import {
+  type AuthOutcome,
   type Login,
   type TargetDriver,
   TargetRefusedError,
@@ -36,7 +43,7 @@ import {
 } from '../targets/types.ts';
 import { type Downstream, openDownstream } from './downstream.ts';
 import type { Failpoints } from './failpoints.ts';
-import { type Lease, LeaseLostError, type LeaseManager } from './lease.ts';
+import { type ConnectionLock, type Lease, LeaseLostError, type LeaseManager } from './lease.ts';
 import type { RotationRepo } from './rotation-repo.ts';
 import { alternateUsername, cloneLabel, cloneUsername, labelledFor } from './strategies.ts';
 import {
@@ -112,12 +119,26 @@ interface Context {
   store: SecretStore;
   ref: SecretRef;
   target: TargetSession;
+  driver: TargetDriver;
+  /**
+   * The credential is the connection's admin subject (adminSubjectId): its user is the admin itself, so whether a
+   * password works is asked as an admin session (checkAdmin), not as a service's login.
+   */
+  admin: boolean;
   /** The driver's engine name, written into stored documents. */
   engine: string;
   /** The downstream service owns its users (webhook): whose a clone is cannot be checked. */
   serviceOwnsUsers: boolean;
   /** Every secret value this run has seen, for scrubbing. */
   secrets: Set<string>;
+}
+
+/** The connection lock a credential's work holds (see ConnectionLock): exclusive for the connection's admin subject. */
+function lockOf(spec: CredentialSpec): ConnectionLock {
+  return {
+    connection: spec.connection,
+    mode: adminConnectionOf(spec.id) === undefined ? 'shared' : 'exclusive',
+  };
 }
 
 /** How often a connection is checked for refusing a wrong password (see #checkPasswordsChecked). */
@@ -269,13 +290,18 @@ export class RotationEngine {
       return { outcome: 'done', ...(rotation ? { rotation } : {}) };
     if (rotation.status === 'rolling_back') return this.rollback(rotationId);
 
-    if (!(await this.#registry.findCredential(rotation.credentialId))) {
+    const hint = await this.#registry.findCredential(rotation.credentialId);
+    if (!hint) {
       await this.#abandon(rotation, 'the credential was deleted while its rotation was queued');
       return { outcome: 'done', rotation };
     }
     // A worker that took the job but has not started: a DELETE here cancels the rotation (tests widen this window).
     await this.#failpoints.hit('before-lease');
-    const lease = await this.#leases.tryAcquire(rotation.credentialId, this.#settings.holder);
+    const lease = await this.#leases.tryAcquire(
+      rotation.credentialId,
+      this.#settings.holder,
+      lockOf(hint.spec),
+    );
     if (!lease) return { outcome: 'busy', rotation };
 
     let ctx: Context | undefined;
@@ -300,7 +326,7 @@ export class RotationEngine {
         return await this.#rollbackWith(lease, rotation, credential, undefined);
       moveToRunning(rotation, this.#nowIso());
       await this.#save(lease, rotation);
-      ctx = await this.#context(credential);
+      ctx = await this.#context(credential, rotation);
       await this.#steps(lease, rotation, ctx);
       return { outcome: 'done', rotation };
     } catch (err) {
@@ -317,10 +343,15 @@ export class RotationEngine {
     }
   }
 
-  async #context(credential: Credential): Promise<Context> {
+  async #context(credential: Credential, rotation?: Rotation): Promise<Context> {
     const connection = await this.#registry.findConnection(credential.spec.connection);
     if (!connection) throw new PermanentError(`connection "${credential.spec.connection}" no longer exists`);
-    let downstream: Downstream;
+    const store = this.#stores.get(credential.spec.store);
+    const ref = credentialSecretRef(credential.spec);
+    const admin = adminConnectionOf(credential.spec.id) !== undefined;
+    // An admin rotation resumed after its set step: the admin's old password may be refused already (below).
+    const resumedAdmin = admin && rotation?.setStarted === true;
+    let downstream: Downstream | undefined;
     try {
       downstream = await openDownstream(
         connection,
@@ -331,18 +362,87 @@ export class RotationEngine {
     } catch (err) {
       if (err instanceof UnprocessableError || err instanceof StoreNotConfiguredError)
         throw new PermanentError(err.message);
-      throw err;
+      // Some drivers log in as they open (MySQL asks the server its version).
+      if (!(resumedAdmin && err instanceof TargetRefusedError && wasNothingSent(err))) throw err;
     }
+    const secrets = new Set<string>(downstream ? [downstream.admin.password] : []);
+    if (resumedAdmin && rotation) {
+      downstream = await this.#workingAdmin(downstream, connection, rotation, store, ref, secrets);
+    }
+    if (!downstream) throw new PermanentError(`connection "${connection.id}" could not be opened`);
     return {
       credential,
       connection,
-      store: this.#stores.get(credential.spec.store),
-      ref: credentialSecretRef(credential.spec),
+      store,
+      ref,
       target: downstream.session,
+      driver: downstream.driver,
+      admin,
       engine: downstream.driver.engine,
       serviceOwnsUsers: downstream.driver.serviceOwnsUsers === true,
-      secrets: new Set([downstream.admin.password]),
+      secrets,
     };
+  }
+
+  /**
+   * An admin rotation resumed after its set step may have changed the admin's password downstream already: the store's
+   * current version (the old password) then no longer logs in, and the session is opened again with the pending one.
+   * Only a refused admin login (nothing sent) switches; anything else is the attempt's failure as usual.
+   */
+  async #workingAdmin(
+    downstream: Downstream | undefined,
+    connection: Connection,
+    rotation: Rotation,
+    store: SecretStore,
+    ref: SecretRef,
+    secrets: Set<string>,
+  ): Promise<Downstream | undefined> {
+    const pending = await store.read(ref, { versionId: rotation.id });
+    if (!pending) return downstream;
+    secrets.add(pending.value.password);
+    if (downstream) {
+      try {
+        await downstream.session.checkAdmin();
+        return downstream;
+      } catch (err) {
+        if (!(err instanceof TargetRefusedError && wasNothingSent(err))) throw err;
+      }
+      await downstream.session.close().catch(() => {});
+    }
+    const driver = this.#drivers(connection.type);
+    if (!driver) throw new PermanentError(`no target driver for connection type "${connection.type}"`);
+    const admin = { username: pending.value.username, password: pending.value.password };
+    const session = await driver.open(connection, admin, { timeoutMs: this.#settings.downstreamTimeoutMs });
+    return { driver, admin, session };
+  }
+
+  /**
+   * Whether `login` logs in: a service's login for a credential; for the admin subject, an admin session that passes
+   * checkAdmin (an admin may have no right to log in as a service does: a RabbitMQ administrator without a vhost).
+   */
+  async #works(ctx: Context, login: Login): Promise<AuthOutcome> {
+    if (!ctx.admin) return ctx.target.authenticate(login);
+    let session: TargetSession | undefined;
+    try {
+      // Inside the try: some drivers log in as they open (MySQL).
+      session = await ctx.driver.open(ctx.connection, login, {
+        timeoutMs: this.#settings.downstreamTimeoutMs,
+      });
+      const failed = (await session.checkAdmin()).filter((c) => !c.ok);
+      if (failed.length === 0) return { ok: true };
+      return {
+        ok: false,
+        reason: 'rejected',
+        message: `the admin logs in but lacks ${failed.map((c) => c.name).join(', ')}`,
+      };
+    } catch (err) {
+      if (err instanceof TargetRefusedError && wasNothingSent(err)) {
+        return { ok: false, reason: 'rejected', message: `the admin login "${login.username}" was refused` };
+      }
+      throw err;
+    } finally {
+      await session?.close().catch(() => {});
+    }
   }
 
   async #steps(lease: Lease, rotation: Rotation, ctx: Context): Promise<void> {
@@ -499,10 +599,10 @@ export class RotationEngine {
     // The pending password can only work already if an earlier attempt may have sent it: setStarted is saved before
     // the change goes out. A first attempt skips the look, a login bound to fail (a third of a PostgreSQL
     // rotation's downstream work, and one webhook request in three).
-    if (rotation.setStarted && (await ctx.target.authenticate(login)).ok) {
+    if (rotation.setStarted && (await this.#works(ctx, login)).ok) {
       // "Already works" proves something only if the downstream checks passwords: a server with trust
       // authentication lets any password in, and skipping would leave the old password in place.
-      const canary = await ctx.target.authenticate({
+      const canary = await this.#works(ctx, {
         username: login.username,
         password: generatePassword(spec.password),
       });
@@ -551,8 +651,9 @@ export class RotationEngine {
   ): Promise<void> {
     const { spec } = ctx.credential;
     // Only a dual-password downstream needs the current version here (to keep it next to the new one).
+    // Not for the admin: its rotation is there to end the old password, which a second password would keep working.
     const current =
-      spec.strategy === 'single-user' && ctx.target.setPasswords
+      spec.strategy === 'single-user' && ctx.target.setPasswords && !ctx.admin
         ? await ctx.store.read(ctx.ref, { stage: 'current' })
         : null;
     if (clone) {
@@ -585,7 +686,7 @@ export class RotationEngine {
   /** Step 3: log in with the pending secret and run a harmless query. */
   async #test(rotation: Rotation, ctx: Context): Promise<'succeeded'> {
     const pending = await this.#pending(rotation, ctx);
-    const result = await ctx.target.authenticate({
+    const result = await this.#works(ctx, {
       username: pending.value.username,
       password: pending.value.password,
     });
@@ -764,7 +865,11 @@ export class RotationEngine {
       await this.#abandon(rotation, 'the credential was deleted during rollback');
       return { outcome: 'done', rotation };
     }
-    const lease = await this.#leases.tryAcquire(rotation.credentialId, this.#settings.holder);
+    const lease = await this.#leases.tryAcquire(
+      rotation.credentialId,
+      this.#settings.holder,
+      lockOf(credential.spec),
+    );
     if (!lease) return { outcome: 'busy', rotation };
     try {
       // Read again under the lease, as run() does: what was read before it may have changed.
@@ -809,7 +914,7 @@ export class RotationEngine {
           note = `nothing had been changed downstream; the store refused to drop the pending version (${err.message})`;
         }
       } else {
-        ctx ??= await this.#context(credential);
+        ctx ??= await this.#context(credential, rotation);
         note = await this.#restoreDownstream(rotation, ctx);
       }
     } catch (err) {
@@ -910,7 +1015,7 @@ export class RotationEngine {
         ctx.target.removePassword &&
           pending &&
           pending.value.username === login.username &&
-          (await ctx.target.authenticate({ username: login.username, password: pending.value.password })).ok,
+          (await this.#works(ctx, { username: login.username, password: pending.value.password })).ok,
       );
       if (ctx.target.removePassword && pending && removePending) {
         await ctx.target.removePassword(login.username, {
@@ -919,9 +1024,9 @@ export class RotationEngine {
         });
       }
       // Say what was done: after a failed admin login, say, nothing changed downstream and nothing was put back.
-      const stillWorks = (await ctx.target.authenticate(login)).ok;
+      const stillWorks = (await this.#works(ctx, login)).ok;
       if (!stillWorks) await ctx.target.updatePassword(login.username, login.password);
-      const check = await ctx.target.authenticate(login);
+      const check = await this.#works(ctx, login);
       if (!check.ok) throw new Error(`the restored password does not log in: ${check.message}`);
       const what = !stillWorks
         ? 'the current password was put back downstream'
@@ -977,7 +1082,7 @@ export class RotationEngine {
     const hint = await this.#registry.findCredential(credentialId);
     if (!hint?.spec.gracePeriod) return { outcome: 'done' };
     if (await this.#rotations.inflightId(credentialId)) return { outcome: 'done' };
-    const lease = await this.#leases.tryAcquire(credentialId, this.#settings.holder);
+    const lease = await this.#leases.tryAcquire(credentialId, this.#settings.holder, lockOf(hint.spec));
     if (!lease) return { outcome: 'busy' };
     let ctx: Context | undefined;
     try {

@@ -37,6 +37,57 @@ end
 return #ops
 `;
 
+// The connection lock (see ConnectionLock): KEYS shared holders (sorted set, score = expiry ms), exclusive holder,
+// exclusive wish; ARGV token, ttl ms, mode. Redis's own clock, so that workers' clocks do not matter. An exclusive
+// taker that finds shared holders leaves a wish: no new shared holder enters until it ran (or its wish expired), so a
+// busy connection cannot keep its admin rotation waiting for ever. Returns 1 when taken.
+const LOCK_TAKE = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('GET', KEYS[2])
+if ARGV[3] == 'shared' then
+  if held or redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  return 1
+end
+if held and held ~= ARGV[1] then return 0 end
+if redis.call('ZCARD', KEYS[1]) > 0 then
+  redis.call('SET', KEYS[3], '1', 'PX', ttl)
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl)
+redis.call('DEL', KEYS[3])
+return 1
+`;
+// KEYS as LOCK_TAKE; ARGV token, ttl ms (renew) or '' (release).
+const LOCK_KEEP = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  if ARGV[2] == '' then return redis.call('DEL', KEYS[2]) end
+  return redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+if ARGV[2] == '' then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+local r = redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return r
+`;
+
+/**
+ * Who else may work on a connection's downstream meanwhile. A credential's rotation, rollback or revocation holds it
+ * shared: any number of them run side by side. The rotation of the connection's admin password holds it exclusive:
+ * from its set step until its finish the admin's old password no longer logs in and the new one is not yet the
+ * store's current version, so a credential rotation running then would fail its admin login (and could not roll
+ * back); none runs meanwhile, and the admin rotation waits for those already running.
+ */
+export interface ConnectionLock {
+  connection: string;
+  mode: 'shared' | 'exclusive';
+}
+
 export class LeaseLostError extends Error {
   constructor(credentialId: string) {
     super(
@@ -54,11 +105,21 @@ export class Lease {
   readonly #timer: NodeJS.Timeout;
   #lost = false;
 
-  constructor(redis: RedisClient, key: string, credentialId: string, token: string, ttlMs: number) {
+  readonly #lockKeys: string[] | undefined;
+
+  constructor(
+    redis: RedisClient,
+    key: string,
+    credentialId: string,
+    token: string,
+    ttlMs: number,
+    lockKeys?: string[],
+  ) {
     this.#redis = redis;
     this.#key = key;
     this.credentialId = credentialId;
     this.token = token;
+    this.#lockKeys = lockKeys;
     this.#timer = setInterval(
       () => {
         this.#redis
@@ -69,6 +130,10 @@ export class Lease {
           .catch(() => {
             // Redis unreachable: the next fenced write fails anyway and the attempt stops there.
           });
+        // The connection lock lives as long as the lease: renewed with it, released with it.
+        if (this.#lockKeys) {
+          this.#redis.eval(LOCK_KEEP, 3, ...this.#lockKeys, this.token, ttlMs).catch(() => {});
+        }
       },
       Math.max(200, Math.floor(ttlMs / 3)),
     );
@@ -94,6 +159,8 @@ export class Lease {
 
   async release(): Promise<void> {
     clearInterval(this.#timer);
+    if (this.#lockKeys)
+      await this.#redis.eval(LOCK_KEEP, 3, ...this.#lockKeys, this.token, '').catch(() => {});
     await this.#redis.eval(RELEASE, 1, this.#key, this.token).catch(() => {});
   }
 }
@@ -109,11 +176,25 @@ export class LeaseManager {
     this.#ttlMs = ttlMs;
   }
 
-  /** Takes the lease, or returns null when another worker holds it. */
-  async tryAcquire(credentialId: string, holder: string): Promise<Lease | null> {
+  /**
+   * Takes the lease, and with it `lock` on the credential's connection when given; null when another worker holds the
+   * lease, or the lock is not available now (then the lease is given back at once).
+   */
+  async tryAcquire(credentialId: string, holder: string, lock?: ConnectionLock): Promise<Lease | null> {
     const token = `${holder}:${randomUUID()}`;
     const key = this.#keys.lease(credentialId);
     const ok = await this.#redis.set(key, token, 'PX', this.#ttlMs, 'NX');
-    return ok === 'OK' ? new Lease(this.#redis, key, credentialId, token, this.#ttlMs) : null;
+    if (ok !== 'OK') return null;
+    if (!lock) return new Lease(this.#redis, key, credentialId, token, this.#ttlMs);
+    const lockKeys = this.#keys.connectionLock(lock.connection);
+    try {
+      const taken = await this.#redis.eval(LOCK_TAKE, 3, ...lockKeys, token, this.#ttlMs, lock.mode);
+      if (taken === 1) return new Lease(this.#redis, key, credentialId, token, this.#ttlMs, lockKeys);
+    } catch (err) {
+      await this.#redis.eval(RELEASE, 1, key, token).catch(() => {});
+      throw err;
+    }
+    await this.#redis.eval(RELEASE, 1, key, token).catch(() => {});
+    return null;
   }
 }

@@ -25,8 +25,14 @@ import type { Logger } from '../logging/logger.ts';
 import type { Notifier } from '../notifications/notifier.ts';
 import type { NotificationJobData } from '../notifications/types.ts';
 import type { RedisClient } from '../redis/client.ts';
+import { adminSubjectSpec } from '../registry/admin-subject.ts';
 import type { Registry } from '../registry/registry.ts';
-import type { Credential, CredentialSpec } from '../registry/types.ts';
+import {
+  adminConnectionOf,
+  adminSubjectId,
+  type Credential,
+  type CredentialSpec,
+} from '../registry/types.ts';
 import type { RotationEngine, RotationHooks, RunResult } from '../rotation/engine.ts';
 import type { RotationRepo } from '../rotation/rotation-repo.ts';
 import type { Rotation } from '../rotation/types.ts';
@@ -208,6 +214,12 @@ export class Queues implements RotationHooks, LeaseRevocationPlanner {
    * stale scheduler or next rotation behind. A credential deleted meanwhile loses the scheduler it was just given.
    */
   async syncSchedule(credentialId: string): Promise<void> {
+    // A connection's admin subject has slots only while its connection asks for them (adminRotation).
+    const adminOf = adminConnectionOf(credentialId);
+    if (adminOf !== undefined && !(await this.#registry.findConnection(adminOf))?.adminRotation) {
+      await this.removeSchedule(credentialId);
+      return;
+    }
     for (let attempt = 0; attempt < 10; attempt++) {
       const basis = await this.#registry.scheduleBasis(credentialId);
       if (!basis) return;
@@ -659,6 +671,22 @@ export class QueueWorkers {
         this.#log.warn({ rotation: id }, 'active rotation had no job; re-queued');
         if (rollback) await queues.enqueueRollback(id);
         else await queues.enqueueRotation(id);
+      }
+    }
+    // Connections whose admin rotates on a schedule: a subject a crash kept from being written, or a slot not armed.
+    for (const connection of await registry.listConnections()) {
+      if (!connection.adminRotation) continue;
+      const id = adminSubjectId(connection.id);
+      const subject = await registry.findCredential(id);
+      if (!subject) {
+        await registry.putAdminSubject(adminSubjectSpec(connection), {
+          status: 'active',
+          activeUsername: connection.admin.username,
+          failures: 0,
+        });
+      }
+      if (!subject || !queues.scheduleFollows(subject.spec, await queues.due.dueAt(id))) {
+        await queues.syncSchedule(id);
       }
     }
     const now = Date.now();

@@ -7,6 +7,7 @@ import { bindingMatches, type ReaderBinding } from '../auth/principal.ts';
 import { parseDuration } from '../config/duration.ts';
 import { DEFAULT_PASSWORD_POLICY, type PasswordPolicy } from '../crypto/password.ts';
 import { formatDuration, type LeaseService } from '../leases/lease-service.ts';
+import { adminSubjectSpec } from '../registry/admin-subject.ts';
 import {
   ConflictError,
   ForbiddenError,
@@ -16,6 +17,7 @@ import {
 } from '../registry/errors.ts';
 import { claimedUsernames, type Registry, UsernameTakenError } from '../registry/registry.ts';
 import type {
+  AdminRotation,
   Connection,
   Credential,
   CredentialSpec,
@@ -25,7 +27,7 @@ import type {
   SyncSpec,
   TlsSpec,
 } from '../registry/types.ts';
-import { cloneUsername } from '../registry/types.ts';
+import { adminSubjectId, cloneUsername } from '../registry/types.ts';
 import { openDownstream } from '../rotation/downstream.ts';
 import type { RotationEngine } from '../rotation/engine.ts';
 import type { RotationRepo } from '../rotation/rotation-repo.ts';
@@ -60,6 +62,7 @@ export interface ConnectionInput {
   labels?: Record<string, string>;
   /** false: register without logging in to the downstream (offline registration); default true. */
   verify?: boolean;
+  adminRotation?: AdminRotation;
 }
 
 export interface ConnectionPatch {
@@ -74,6 +77,8 @@ export interface ConnectionPatch {
   paused?: boolean;
   /** false: change where or how Keyturn logs in without checking the new settings downstream; default true. */
   verify?: boolean;
+  /** Schedules the admin password's rotation; null stops it. */
+  adminRotation?: AdminRotation | null;
 }
 
 /** What a dry run reports (POST /v1/credentials/:id/rotate?dryRun=true). */
@@ -244,12 +249,15 @@ export class RegistryService {
       ...(input.database ? { database: input.database } : {}),
       ...(input.tls ? { tls: input.tls } : {}),
       ...(input.options ? { options: input.options } : {}),
+      ...(input.adminRotation ? { adminRotation: input.adminRotation } : {}),
       admin: { username: input.admin.username },
       adminStore,
+      adminSetAt: now,
       labels: input.labels ?? {},
       createdAt: now,
       updatedAt: now,
     };
+    if (input.adminRotation) this.#checkAdminRotation(connection, input.adminRotation);
     const verified = input.verify !== false;
     if (verified) await this.#verifyAdmin(connection, input.admin);
     await this.#registry.createConnection(connection);
@@ -271,7 +279,51 @@ export class RegistryService {
       connection: connection.id,
       details: { verified },
     });
+    if (connection.adminRotation) await this.#syncAdminSubject(connection);
     return connection;
+  }
+
+  /** The admin's rotation is possible on this connection and its schedule is valid; 422 naming the problem. */
+  #checkAdminRotation(connection: Connection, adminRotation?: AdminRotation): void {
+    if (connection.type === 'webhook') {
+      throw new UnprocessableError(
+        `The admin of a webhook connection is the signing key the service shares with Keyturn: rotating it needs the service's side too, which the webhook contract has no call for. Rotate it by hand (PATCH admin.password after the service took the new key)`,
+      );
+    }
+    if (adminRotation) {
+      const problems = validateSchedule(adminRotation.schedule).map((p) => `adminRotation.${p}`);
+      if (problems.length > 0) throw new UnprocessableError(problems.join('; '));
+    }
+  }
+
+  /** Writes the connection's admin subject as the connection now is, and arms (or disarms) its schedule. */
+  async #syncAdminSubject(connection: Connection): Promise<void> {
+    const spec = adminSubjectSpec(connection);
+    const current = await this.#stores
+      .get(connection.adminStore)
+      .describe(connectionAdminRef(connection))
+      .catch(() => null);
+    const version = Object.keys(current ?? {}).find((v) => current?.[v]?.includes('current'));
+    await this.#registry.putAdminSubject(spec, {
+      status: 'active',
+      ...(version ? { version } : {}),
+      activeUsername: spec.username,
+      failures: 0,
+    });
+    await this.#queues.syncSchedule(spec.id);
+  }
+
+  /**
+   * POST /v1/connections/:id/rotate: rotates the connection's admin password now, with the engine's four steps
+   * (its admin subject). While it runs no credential rotation on the connection does (the exclusive connection lock).
+   */
+  async rotateAdmin(id: string, actor: string): Promise<{ rotation: Rotation; created: boolean }> {
+    const connection = await this.#registry.getConnection(id);
+    this.#checkAdminRotation(connection);
+    await this.#syncAdminSubject(connection);
+    const requested = await this.#engine.request(adminSubjectId(id), 'manual', actor);
+    if (!requested) throw new NotFoundError(`Connection "${id}" does not exist`);
+    return requested;
   }
 
   /**
@@ -427,6 +479,18 @@ export class RegistryService {
     const pausedAt = pausedAfter(connection.pausedAt, patch.paused, updated.updatedAt);
     if (pausedAt) updated.pausedAt = pausedAt;
     else delete updated.pausedAt;
+    if (patch.admin?.password !== undefined) updated.adminSetAt = updated.updatedAt;
+    if (patch.adminRotation === null) delete updated.adminRotation;
+    else if (patch.adminRotation) {
+      this.#checkAdminRotation(updated, patch.adminRotation);
+      updated.adminRotation = patch.adminRotation;
+    }
+    if (patch.admin && (await this.#rotations.inflightId(adminSubjectId(id)))) {
+      // Its finish would put its own new password over this one (and it changes the admin downstream meanwhile).
+      throw new ConflictError(
+        `The admin password of connection "${id}" is being rotated: wait for that rotation to end, then change the admin`,
+      );
+    }
     const changes = connectionChanges(connection, updated);
     const repointed = REPOINTING_FIELDS.filter((f) => `${f}.from` in changes || `${f}.to` in changes);
     if (repointed.length > 0 && !who.admin) {
@@ -482,11 +546,25 @@ export class RegistryService {
         ...changes,
       },
     });
+    // The admin subject follows the connection (its username, schedule, policy), if it has one or now needs one.
+    if (updated.adminRotation || (await this.#registry.findCredential(adminSubjectId(id)))) {
+      await this.#syncAdminSubject(updated);
+    }
     return updated;
   }
 
   async deleteConnection(id: string, actor: string): Promise<void> {
     const connection = await this.#registry.getConnection(id);
+    const subject = await this.#registry.findCredential(adminSubjectId(id));
+    if (subject) {
+      const outcome = await this.#registry.deleteCredential(subject.spec);
+      if (outcome.outcome === 'busy' || outcome.outcome === 'inflight') {
+        throw new ConflictError(
+          `The admin password of connection "${id}" is being rotated: wait for that rotation to end, then delete`,
+        );
+      }
+      await this.#queues.removeSchedule(subject.spec.id);
+    }
     await this.#registry.deleteConnection(id);
     await this.#stores.get(connection.adminStore).remove(connectionAdminRef(connection));
     await this.#audit.append({ actor, action: 'connection.deleted', outcome: 'success', connection: id });

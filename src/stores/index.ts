@@ -1,6 +1,11 @@
 // The map of secret stores by type, and how a credential or connection names its secret in one.
 import { noteSecret } from '../crypto/secret-scope.ts';
-import type { Connection, CredentialSpec, StoreSpec } from '../registry/types.ts';
+import {
+  adminConnectionOf,
+  type Connection,
+  type CredentialSpec,
+  type StoreSpec,
+} from '../registry/types.ts';
 import { type SecretDocument, type SecretRef, type SecretStore, StoreNotConfiguredError } from './types.ts';
 
 /** Notes the password of a secret document (or of a version's `value`) in the current secret scope. */
@@ -65,7 +70,10 @@ export class StoreSet {
   }
 }
 
+/** Where a credential's secret lives; a connection's admin subject (see adminSubjectId) is its admin secret. */
 export function credentialSecretRef(spec: Pick<CredentialSpec, 'id' | 'store'>): SecretRef {
+  const connection = adminConnectionOf(spec.id);
+  if (connection !== undefined) return connectionAdminRef({ id: connection, adminStore: spec.store });
   return { spec: spec.store, name: `cred/${spec.id}` };
 }
 

@@ -166,7 +166,7 @@ describe('GET /v1/compliance streams', () => {
     );
     expect(json.body.totals).toEqual(built.totals);
     expect(json.body.totals.failed).toBeGreaterThan(0);
-    expect(Object.keys(json.body)).toEqual(['asOf', 'credentials', 'totals']);
+    expect(Object.keys(json.body)).toEqual(['asOf', 'credentials', 'totals', 'admins']);
     const csv = await kt.api('GET', '/v1/compliance?format=csv');
     expect(csv.status).toBe(200);
     expect(csv.text.trimEnd().split('\n')).toHaveLength(built.credentials.length + 1);

@@ -4,6 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  adminPasswordOf,
   dropPrefix,
   type Keyturn,
   spawnWorker,
@@ -73,6 +74,17 @@ for (const { fixture, skip } of plan) {
           expect((await waitForRotation(kt, rotate.body.rotationId)).status).toBe('succeeded');
           secrets.add((await kt.api('GET', `/v1/credentials/${id}/secret`)).body.password);
         }
+      }
+      // The admin's own rotation (all but the webhook, whose admin is a shared key): its new password is one more
+      // secret, and the credential rotation after it logs in with it.
+      if (target.connection.type !== 'webhook') {
+        const adminRotation = await kt.api('POST', '/v1/connections/good/rotate');
+        expect(adminRotation.status, adminRotation.text).toBe(202);
+        expect((await waitForRotation(kt, adminRotation.body.rotationId)).status).toBe('succeeded');
+        secrets.add(await adminPasswordOf(env, 'good'));
+        const after = await kt.api('POST', `/v1/credentials/${rotated[0]}/rotate`);
+        expect((await waitForRotation(kt, after.body.rotationId)).status).toBe('succeeded');
+        secrets.add((await kt.api('GET', `/v1/credentials/${rotated[0]}/secret`)).body.password);
       }
       const refused = await target.createUser();
       const wrongPassword = randomBytes(18).toString('base64url');

@@ -442,3 +442,34 @@ export async function tokensFile(
   await writeFile(path, ['tokens:', ...lines, ''].join('\n'));
   return { path, tokens, remove: () => rm(dir, { recursive: true, force: true }) };
 }
+
+/**
+ * A connection's admin password as the local store of a test's namespace holds it (its current version, or the given
+ * one: a rotation's pending version has the rotation's id), read the
+ * way Keyturn reads it: for tests that must know it after an admin rotation (the leak capture, a login check). Keyturn
+ * itself has no route that returns it.
+ */
+export async function adminPasswordOf(
+  env: TestEnv,
+  connectionId: string,
+  versionId?: string,
+): Promise<string> {
+  const { Envelope } = await import('../../src/crypto/envelope.ts');
+  const { LocalStore } = await import('../../src/stores/local-store.ts');
+  const { connectionAdminRef } = await import('../../src/stores/index.ts');
+  const redis = testRedis();
+  try {
+    const store = new LocalStore(
+      redis,
+      testKeys(env.prefix),
+      new Envelope(Buffer.from(env.masterKey, 'base64')),
+    );
+    const ref = connectionAdminRef({ id: connectionId, adminStore: { type: 'local' } });
+    const current = await store.read(ref, versionId ? { versionId } : { stage: 'current' });
+    if (!current)
+      throw new Error(`connection "${connectionId}" has no admin secret ${versionId ?? 'current'}`);
+    return current.value.password;
+  } finally {
+    redis.disconnect();
+  }
+}

@@ -14,7 +14,7 @@ export interface RedisAclServer {
   adminUser: string;
   adminPassword: string;
   aclFile: string;
-  /** Runs one command as the admin. */
+  /** Runs one command as the fixture's own operator (not Keyturn's admin, whose password an admin rotation changes). */
   admin(...args: string[]): Promise<unknown>;
   /** Logs in as a user and runs PING; false when Redis refuses the login. */
   canLogin(username: string, password: string): Promise<boolean>;
@@ -36,9 +36,19 @@ export async function startRedisAclServer(users: string[] = []): Promise<RedisAc
   const aclFile = join(dir, 'users.acl');
   const adminUser = 'keyturn-admin';
   const adminPassword = randomBytes(24).toString('hex');
+  // The fixture's own operator, apart from Keyturn's admin: an admin rotation changes Keyturn's admin password, and
+  // the fixture must still make users and look afterwards.
+  const rootUser = 'fixture-root';
+  const rootPassword = randomBytes(24).toString('hex');
   writeFileSync(
     aclFile,
-    [`user default off`, `user ${adminUser} on >${adminPassword} ~* &* +@all`, ...users, ''].join('\n'),
+    [
+      `user default off`,
+      `user ${adminUser} on >${adminPassword} ~* &* +@all`,
+      `user ${rootUser} on >${rootPassword} ~* &* +@all`,
+      ...users,
+      '',
+    ].join('\n'),
   );
   const port = await freePort();
   const child: ChildProcess = spawn(
@@ -73,7 +83,7 @@ export async function startRedisAclServer(users: string[] = []): Promise<RedisAc
     return client;
   };
   for (let i = 0; ; i++) {
-    const probe = connect(adminUser, adminPassword);
+    const probe = connect(rootUser, rootPassword);
     try {
       await probe.connect();
       await probe.ping();
@@ -92,7 +102,7 @@ export async function startRedisAclServer(users: string[] = []): Promise<RedisAc
     adminPassword,
     aclFile,
     async admin(...args) {
-      const client = connect(adminUser, adminPassword);
+      const client = connect(rootUser, rootPassword);
       try {
         await client.connect();
         return await client.call(args[0]!, ...args.slice(1));

@@ -62,6 +62,8 @@ export interface Slapd {
   addAccount(uid: string, password: string, groups?: string[]): Promise<void>;
   /** Whether a simple bind as uid=<uid> under ou=services with this password succeeds. */
   canBind(uid: string, password: string): Promise<boolean>;
+  /** Whether a simple bind as this DN with this password succeeds. */
+  canBindDn(dn: string, password: string): Promise<boolean>;
   /** As root: the values of an entry's attribute (empty when the entry does not exist). */
   read(dn: string, attribute: string): Promise<string[]>;
   /** As root: the entries under a base (their DNs), for before/after comparisons. */
@@ -187,10 +189,11 @@ export async function startSlapd(): Promise<Slapd> {
         }
       });
     },
-    async canBind(uid, password) {
+    canBind: (uid, password) => server.canBindDn(`uid=${uid},${LDAP_SERVICES}`, password),
+    async canBindDn(dn, password) {
       const client = new Client({ url, timeout: 5000 });
       try {
-        await client.bind(`uid=${uid},${LDAP_SERVICES}`, password);
+        await client.bind(dn, password);
         return true;
       } catch (err) {
         if (err instanceof InvalidCredentialsError) return false;

@@ -28,6 +28,8 @@ export interface StartedTarget {
    * (the session's checkAdmin) that must say so.
    */
   weakAdmin(): Promise<{ login: { username: string; password: string }; lacks: string }>;
+  /** Whether the connection's admin logs in with this password (the admin rotation's tests). */
+  adminCanLogin(password: string): Promise<boolean>;
   /** Secrets of the fixture itself (admin passwords, signing keys) that must never leak either. */
   secrets: string[];
   stop(): Promise<void>;
@@ -72,6 +74,7 @@ const redisAcl: TargetFixture = {
         return { username, password };
       },
       canLogin: (u, p) => server.canLogin(u, p),
+      adminCanLogin: (p) => server.canLogin(server.adminUser, p),
       async weakAdmin() {
         const login = {
           username: `weak${randomBytes(4).toString('hex')}`,
@@ -124,6 +127,7 @@ const webhook: TargetFixture = {
         return { username, password };
       },
       canLogin: async (u, p) => check(u, p),
+      adminCanLogin: async (p) => p === signingKey,
       // A signing key the service does not hold: its test answers 401.
       weakAdmin: async () => ({
         login: { username: 'kid-test', password: randomBytes(32).toString('base64url') },
@@ -174,6 +178,7 @@ const mariadb: TargetFixture = {
         return { username, password };
       },
       canLogin: (username, password) => mysqlCanLogin(username, password, 'keyturn_test'),
+      adminCanLogin: (p) => mysqlCanLogin(admin.name, p, 'keyturn_test'),
       async weakAdmin() {
         const login = {
           username: `kt_fx_weak_${randomBytes(4).toString('hex')}`,
@@ -288,6 +293,13 @@ const rabbitmq: TargetFixture = {
         return { username, password };
       },
       canLogin: rabbitCanLogin,
+      async adminCanLogin(p) {
+        const res = await fetch(`http://${RABBITMQ.host}:${RABBITMQ.managementPort}/api/whoami`, {
+          headers: { authorization: `Basic ${Buffer.from(`${admin.name}:${p}`).toString('base64')}` },
+          signal: AbortSignal.timeout(5000),
+        });
+        return res.ok;
+      },
       async weakAdmin() {
         const login = {
           username: `kt_fx_weak_${randomBytes(4).toString('hex')}`,
@@ -331,6 +343,7 @@ const ldap: TargetFixture = {
         return { username, password };
       },
       canLogin: (u, p) => server.canBind(u, p),
+      adminCanLogin: (p) => server.canBindDn(server.admin.dn, p),
       weakAdmin: async () => ({
         login: { username: server.reader.dn, password: server.reader.password },
         lacks: `write under ${LDAP_SERVICES}`,
@@ -374,6 +387,7 @@ const postgres: TargetFixture = {
         return { username: role.name, password };
       },
       canLogin: (username, password) => pgCanLogin(username, password),
+      adminCanLogin: (p) => pgCanLogin(admin.name, p),
       async weakAdmin() {
         const role = await createAppRole(`kt_weak_${randomBytes(4).toString('hex')}`);
         const password = randomBytes(18).toString('base64url');

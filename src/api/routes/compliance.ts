@@ -6,6 +6,7 @@
 import { Readable } from 'node:stream';
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import {
+  type AdminRow,
   type ComplianceRow,
   complianceCsvHeader,
   complianceCsvRow,
@@ -41,7 +42,11 @@ async function startedEarly<T>(source: AsyncGenerator<T>): Promise<AsyncIterable
   })();
 }
 
-async function* jsonReport(asOf: string, batches: AsyncIterable<ComplianceRow[]>): AsyncGenerator<string> {
+async function* jsonReport(
+  asOf: string,
+  batches: AsyncIterable<ComplianceRow[]>,
+  admins: AdminRow[],
+): AsyncGenerator<string> {
   yield `{"asOf":${JSON.stringify(asOf)},"credentials":[`;
   const totals = new TotalsCounter();
   let first = true;
@@ -54,7 +59,7 @@ async function* jsonReport(asOf: string, batches: AsyncIterable<ComplianceRow[]>
     yield `${first ? '' : ','}${parts.join(',')}`;
     first = false;
   }
-  yield `],"totals":${JSON.stringify(totals.totals())}}`;
+  yield `],"totals":${JSON.stringify(totals.totals())},"admins":${JSON.stringify(admins)}}`;
 }
 
 async function* csvReport(asOf: string, batches: AsyncIterable<ComplianceRow[]>): AsyncGenerator<string> {
@@ -69,10 +74,11 @@ export const complianceRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
     async (request, reply) => {
       const { label, overdue } = request.query;
       const [key, value] = label ? label.split(/[:=](.*)/s) : [];
-      const { asOf, batches: rest } = ctx.compliance.stream({
+      const filter = {
         ...(key !== undefined && value !== undefined ? { label: { key, value } } : {}),
         ...(overdue !== undefined ? { overdue } : {}),
-      });
+      };
+      const { asOf, batches: rest } = ctx.compliance.stream(filter);
       // The first batch before the answer starts: a registry that cannot be read now is a 503 as before, not a 200 cut
       // short. One that fails later cuts the stream short, which a client sees as invalid JSON or a CSV without end.
       const batches = await startedEarly(rest);
@@ -80,7 +86,11 @@ export const complianceRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
       // Streamed a batch of rows at a time (issue 14: 100,000 credentials in bounded memory). The JSON form's totals
       // follow its rows, counted as they went by.
       if (!wantsCsv(request)) {
-        return reply.type('application/json; charset=utf-8').send(Readable.from(jsonReport(asOf, batches)));
+        // The connections' admin passwords: one row per connection, read before the answer starts (there are few).
+        const admins = await ctx.compliance.admins(filter);
+        return reply
+          .type('application/json; charset=utf-8')
+          .send(Readable.from(jsonReport(asOf, batches, admins)));
       }
       const stamp = asOf.replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
       return reply

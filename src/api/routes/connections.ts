@@ -1,6 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { actorOf, requesterOf } from '../auth.ts';
 import type { ApiContext } from '../context.ts';
+import { requireNoBody } from '../errors.ts';
 import { CreateConnectionBody, IdParams, PatchConnectionBody } from '../schemas.ts';
 import { connectionView } from '../views.ts';
 
@@ -40,6 +41,21 @@ export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
         requesterOf(request),
       );
       return connectionView(connection, await ctx.registry.connectionUsers(connection.id));
+    },
+  );
+
+  // The admin's own password, rotated now (issue 16 §3): the engine's four steps on the connection's admin subject,
+  // while no credential rotation on the connection runs. Polled at GET /v1/rotations/:rotationId.
+  app.post<{ Params: IdParams }>(
+    '/v1/connections/:id/rotate',
+    { schema: { params: IdParams }, config: { access: 'manage' } },
+    async (request, reply) => {
+      requireNoBody(request.body, 'rotate');
+      const { rotation, created } = await ctx.service.rotateAdmin(request.params.id, actorOf(request));
+      return reply
+        .code(202)
+        .header('location', `/v1/rotations/${rotation.id}`)
+        .send({ rotationId: rotation.id, status: rotation.status, step: rotation.step, created });
     },
   );
 

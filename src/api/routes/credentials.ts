@@ -6,7 +6,7 @@ import type { CredentialCursor } from '../../registry/registry.ts';
 import type { Credential } from '../../registry/types.ts';
 import { actorOf, requesterOf } from '../auth.ts';
 import type { ApiContext } from '../context.ts';
-import { ApiError } from '../errors.ts';
+import { ApiError, requireNoBody } from '../errors.ts';
 import {
   CreateCredentialBody,
   IdParams,
@@ -167,15 +167,7 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
     '/v1/credentials/:id/rotate',
     { schema: { params: IdParams, querystring: RotateQuery }, config: { access: 'manage' } },
     async (request, reply) => {
-      // No body is expected; an empty JSON object is tolerated for clients that always send one.
-      const body = request.body as unknown;
-      if (
-        body !== undefined &&
-        body !== null &&
-        (typeof body !== 'object' || Array.isArray(body) || Object.keys(body).length > 0)
-      ) {
-        throw new ApiError(400, 'invalid_request', 'body must be empty or {}: rotate takes no parameters');
-      }
+      requireNoBody(request.body, 'rotate');
       // A dry run checks what the rotation needs and changes nothing: 200 with the checks, whatever they say.
       if (request.query.dryRun) return ctx.service.dryRun(request.params.id, actorOf(request));
       const result = await ctx.engine.request(request.params.id, 'manual', actorOf(request));

@@ -211,6 +211,9 @@ class LdapSession implements TargetSession {
   }
 
   #dn(username: string): { dn: string; rdnAttribute: string } {
+    // The admin's own entry is its bind DN (the rotation of the admin's password); no credential can name the admin.
+    if (username === this.#admin.username)
+      return { dn: username, rdnAttribute: username.split('=')[0] ?? 'cn' };
     return userDnOf(String(this.#connection.options?.userDn ?? ''), username);
   }
 
