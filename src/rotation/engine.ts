@@ -352,6 +352,7 @@ export class RotationEngine {
     // An admin rotation resumed after its set step: the admin's old password may be refused already (below).
     const resumedAdmin = admin && rotation?.setStarted === true;
     let downstream: Downstream | undefined;
+    let refused: unknown;
     try {
       downstream = await openDownstream(
         connection,
@@ -364,12 +365,14 @@ export class RotationEngine {
         throw new PermanentError(err.message);
       // Some drivers log in as they open (MySQL asks the server its version).
       if (!(resumedAdmin && err instanceof TargetRefusedError && wasNothingSent(err))) throw err;
+      refused = err;
     }
     const secrets = new Set<string>(downstream ? [downstream.admin.password] : []);
     if (resumedAdmin && rotation) {
       downstream = await this.#workingAdmin(downstream, connection, rotation, store, ref, secrets);
     }
-    if (!downstream) throw new PermanentError(`connection "${connection.id}" could not be opened`);
+    // Neither the current nor a pending admin password: the refusal stands.
+    if (!downstream) throw refused;
     return {
       credential,
       connection,

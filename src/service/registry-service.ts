@@ -6,6 +6,8 @@ import type { AuditLog } from '../audit/audit-log.ts';
 import { bindingMatches, type ReaderBinding } from '../auth/principal.ts';
 import { parseDuration } from '../config/duration.ts';
 import { DEFAULT_PASSWORD_POLICY, type PasswordPolicy } from '../crypto/password.ts';
+import { scrubError, scrubText } from '../crypto/scrub.ts';
+import { secretsInScope } from '../crypto/secret-scope.ts';
 import { formatDuration, type LeaseService } from '../leases/lease-service.ts';
 import { adminSubjectSpec } from '../registry/admin-subject.ts';
 import {
@@ -368,9 +370,10 @@ export class RegistryService {
     const spec = credential.spec;
     const connection = await this.#registry.getConnection(spec.connection);
     const checks: Check[] = [];
-    const add = (name: string, ok: boolean, message: string) => checks.push({ name, ok, message });
-    const failure = (err: unknown) =>
-      err instanceof Error ? err.message : `failed (${typeof err}); see the server's log`;
+    // Scrubbed like every error: a downstream may echo a password it was sent (noted in the request's secret scope).
+    const add = (name: string, ok: boolean, message: string) =>
+      checks.push({ name, ok, message: scrubText(message, secretsInScope()) });
+    const failure = (err: unknown) => scrubError(err).message;
     const store = this.#stores.get(spec.store);
     const current = await store.read(credentialSecretRef(spec), { stage: 'current' }).then(
       (version) => {

@@ -267,7 +267,7 @@ describe('authentication (SigV4 verified for real)', () => {
           identity = await whoAmI(e, fresh);
         } catch (err) {
           expect((err as Error).name).toBe('InvalidClientTokenId');
-          await new Promise((r) => setTimeout(r, 100));
+          await new Promise((r) => setTimeout(r, 100)); // the poll interval: propagation keeps real time
         }
       }
       expect(identity?.Arn).toBe(`arn:aws:iam::123456789012:user/${name}`);

@@ -105,6 +105,12 @@ describe('finding 10: an echoing downstream leaks no password on any path', () =
     expect(revoke.status, revoke.text).toBe(202);
     await call('GET', '/v1/credentials/echo-app');
     await call('GET', '/v1/audit?limit=1000');
+    // A dry run logs in as the admin (echoed) and reports why it could not; verify does the same at registration.
+    const dry = await call('POST', '/v1/credentials/echo-app/rotate?dryRun=true');
+    expect(dry.status, dry.text).toBe(200);
+    expect(dry.body.ok).toBe(false);
+    const verified = await call('PATCH', '/v1/connections/echo', { admin: { password: ADMIN_PASSWORD } });
+    expect(verified.status, verified.text).toBe(422);
 
     // The echoes did happen: the fake received the admin password (and others) and quoted each in its error.
     expect(fake.passwordsReceived).toContain(ADMIN_PASSWORD);
