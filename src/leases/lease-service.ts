@@ -25,7 +25,6 @@ import type { Connection, Credential } from '../registry/types.ts';
 import { openDownstream } from '../rotation/downstream.ts';
 import type { StoreSet } from '../stores/index.ts';
 import { StoreUnavailableError } from '../stores/types.ts';
-import { TARGET_DRIVERS, targetDriver } from '../targets/index.ts';
 import { TargetRefusedError, type TargetSession } from '../targets/types.ts';
 import type { LeaseRepo } from './lease-repo.ts';
 import type { Lease, RevokeReason } from './types.ts';
@@ -62,12 +61,6 @@ export type RevokeResult =
 
 /** Who revoked, for the audit event. */
 export type Revoker = 'job' | 'sweep' | 'api';
-
-const LEASE_DRIVERS = () =>
-  Object.values(TARGET_DRIVERS)
-    .filter((d) => d.leases)
-    .map((d) => d.type)
-    .join(', ');
 
 /** "86400000" → "24h": the largest unit that divides the value. */
 export function formatDuration(ms: number): string {
@@ -140,9 +133,11 @@ export class LeaseService {
   async issue(credentialId: string, ttlMs: number | undefined, actor: string): Promise<IssuedLease> {
     const credential = await this.#registry.getCredential(credentialId);
     const connection = await this.#registry.getConnection(credential.spec.connection);
-    if (!targetDriver(connection.type)?.leases) {
+    // Whether its downstream makes lease users is its sessions' to say (leaseUsers): asked before anything is written.
+    const canLease = await this.#withSession(connection, async (session) => session.leaseUsers !== undefined);
+    if (!canLease) {
       throw new UnprocessableError(
-        `Credential "${credentialId}" is on a ${connection.type} connection, which cannot make short-lived users; leases work on ${LEASE_DRIVERS()}`,
+        `Credential "${credentialId}" is on a ${connection.type} connection, which cannot make short-lived users; leases work on PostgreSQL, MySQL/MariaDB and Redis ACL connections`,
       );
     }
     const ttl = ttlMs ?? this.#settings.defaultTtlMs;
@@ -175,9 +170,9 @@ export class LeaseService {
     const password = generatePassword(credential.spec.password);
     try {
       await this.#withSession(connection, async (session) => {
-        if (!session.createLeaseUser)
+        if (!session.leaseUsers)
           throw new TargetRefusedError(`${connection.type} sessions cannot make lease users`);
-        await session.createLeaseUser(lease.username, password, {
+        await session.leaseUsers.create(lease.username, password, {
           of: lease.of,
           expiresAt: new Date(lease.expiresAt),
         });
@@ -306,8 +301,8 @@ export class LeaseService {
         throw new ConflictError(`Lease ${id}'s connection "${lease.connection}" no longer exists`);
       try {
         await this.#withSession(connection, (session) =>
-          session.extendLeaseUser
-            ? session.extendLeaseUser(lease.username, new Date(expiresAt))
+          session.leaseUsers
+            ? session.leaseUsers.extend(lease.username, new Date(expiresAt))
             : Promise.resolve(),
         );
       } catch (err) {
@@ -450,7 +445,7 @@ export class LeaseService {
     }
     try {
       await this.#withSession(connection, async (session) => {
-        if (session.dropLeaseUser) await session.dropLeaseUser(lease.username, { of: lease.of });
+        if (session.leaseUsers) await session.leaseUsers.drop(lease.username, { of: lease.of });
         else await session.deleteUser(lease.username);
         if (await session.userExists(lease.username)) {
           throw new Error(`user "${lease.username}" still exists after it was dropped`);

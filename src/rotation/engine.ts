@@ -656,7 +656,7 @@ export class RotationEngine {
     // Only a dual-password downstream needs the current version here (to keep it next to the new one).
     // Not for the admin: its rotation is there to end the old password, which a second password would keep working.
     const current =
-      spec.strategy === 'single-user' && ctx.target.setPasswords && !ctx.admin
+      spec.strategy === 'single-user' && ctx.target.dualPasswords && !ctx.admin
         ? await ctx.store.read(ctx.ref, { stage: 'current' })
         : null;
     if (clone) {
@@ -673,11 +673,11 @@ export class RotationEngine {
         throw err;
       }
       await this.#recordClone(login.username, ctx);
-    } else if (ctx.target.setPasswords && current?.value.username === login.username) {
+    } else if (ctx.target.dualPasswords && current?.value.username === login.username) {
       // A dual-password downstream: the old password keeps working next to the new one (no window); any older
       // one goes. The grace period, or else the next rotation, removes the old one.
       ctx.secrets.add(current.value.password);
-      await ctx.target.setPasswords(login.username, {
+      await ctx.target.dualPasswords.set(login.username, {
         keep: current.value.password,
         password: login.password,
       });
@@ -1015,13 +1015,13 @@ export class RotationEngine {
       // downstream holds it: a set step that never got through (its admin login failed, say) left nothing to take
       // away, and the admin may still be unable to log in.
       const removePending = Boolean(
-        ctx.target.removePassword &&
+        ctx.target.dualPasswords &&
           pending &&
           pending.value.username === login.username &&
           (await this.#works(ctx, { username: login.username, password: pending.value.password })).ok,
       );
-      if (ctx.target.removePassword && pending && removePending) {
-        await ctx.target.removePassword(login.username, {
+      if (ctx.target.dualPasswords && pending && removePending) {
+        await ctx.target.dualPasswords.remove(login.username, {
           remove: pending.value.password,
           keep: current.value.password,
         });
@@ -1106,9 +1106,9 @@ export class RotationEngine {
       if (current.value.username !== previous.value.username) {
         // alternating-users: the previous user gets an unknown password.
         await ctx.target.updatePassword(previous.value.username, generatePassword(credential.spec.password));
-      } else if (ctx.target.removePassword) {
+      } else if (ctx.target.dualPasswords) {
         // single-user on a dual-password downstream: the old password of the same user goes.
-        await ctx.target.removePassword(previous.value.username, {
+        await ctx.target.dualPasswords.remove(previous.value.username, {
           remove: previous.value.password,
           keep: current.value.password,
         });

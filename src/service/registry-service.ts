@@ -577,7 +577,8 @@ export class RegistryService {
 
   /**
    * The spec's own problems, then, with `askDownstream`, whether a single-user `gracePeriod` can be honoured: on a
-   * driver whose dual passwords depend on the server (MySQL), a session with that server must have setPasswords.
+   * single-user credential, a session with the downstream must have dualPasswords (asked of the session: MySQL's
+   * depends on its server's version).
    */
   async #checkCredential(
     spec: CredentialSpec,
@@ -585,12 +586,6 @@ export class RegistryService {
     options: { askDownstream: boolean },
   ): Promise<void> {
     const problems = validateSchedule(spec.schedule);
-    const dual = targetDriver(connection.type)?.dualPassword === true;
-    if (spec.gracePeriod !== undefined && spec.strategy !== 'alternating-users' && !dual) {
-      problems.push(
-        `gracePeriod applies to strategy "alternating-users", or to "single-user" on a downstream that holds two passwords per user (not ${connection.type})`,
-      );
-    }
     if (spec.gracePeriod !== undefined) {
       try {
         const grace = parseDuration(spec.gracePeriod);
@@ -615,7 +610,9 @@ export class RegistryService {
       );
     }
     if (problems.length > 0) throw new UnprocessableError(problems.join('; '));
-    if (options.askDownstream && dual && spec.strategy === 'single-user' && spec.gracePeriod !== undefined) {
+    // Whether the downstream holds two passwords per user is its sessions' to say (dualPasswords): asked when the
+    // gracePeriod is given (a registration, or a PATCH that sets it), not at every later PATCH.
+    if (options.askDownstream && spec.strategy === 'single-user' && spec.gracePeriod !== undefined) {
       await this.#requireTwoPasswords(connection);
     }
   }
@@ -636,12 +633,14 @@ export class RegistryService {
       );
     }
     try {
-      if (!session.setPasswords) {
+      if (!session.dualPasswords) {
         // The server's version where the session tells it (MySQL), never anything from the admin secret.
         const version = session.serverVersion;
         const server = typeof version === 'string' ? version.replace(/[^\w.+~-]/g, '').slice(0, 80) : '';
         throw new UnprocessableError(
-          `gracePeriod on "single-user" needs a server that holds two passwords per user (MySQL 8.0.14+ or Redis); connection "${connection.id}" ${server ? `is ${server}` : 'does not'}`,
+          server
+            ? `gracePeriod on "single-user" needs a server that holds two passwords per user (MySQL 8.0.14+ or Redis); connection "${connection.id}" is ${server}`
+            : `gracePeriod applies to strategy "alternating-users", or to "single-user" on a downstream that holds two passwords per user (MySQL 8.0.14+ or Redis; not ${connection.type})`,
         );
       }
     } finally {

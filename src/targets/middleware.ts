@@ -12,6 +12,8 @@ import { channel } from 'node:diagnostics_channel';
 import { noteSecret } from '../crypto/secret-scope.ts';
 import {
   type CallOptions,
+  type DualPasswords,
+  type LeaseUsers,
   type Login,
   type TargetDriver,
   TargetRefusedError,
@@ -29,7 +31,7 @@ export type SessionVerb = {
  * Per verb: how many arguments it takes before `call` (its arity), and where it takes a password. A Record over every
  * verb: a new verb does not compile until it says both.
  */
-const VERBS: Record<SessionVerb, { arity: number; passwords: (...args: never[]) => unknown[] }> = {
+const VERBS: Record<SessionVerb, VerbSpec> = {
   authenticate: { arity: 1, passwords: (login: Login) => [login?.password] },
   checkAdmin: { arity: 0, passwords: () => [] },
   userExists: { arity: 1, passwords: () => [] },
@@ -39,18 +41,35 @@ const VERBS: Record<SessionVerb, { arity: number; passwords: (...args: never[]) 
   accessOf: { arity: 1, passwords: () => [] },
   labelOf: { arity: 1, passwords: () => [] },
   setLabel: { arity: 2, passwords: () => [] },
-  setPasswords: {
-    arity: 2,
-    passwords: (_username: string, p: { keep: string; password: string }) => [p?.keep, p?.password],
-  },
-  removePassword: {
-    arity: 2,
-    passwords: (_username: string, p: { remove: string; keep: string }) => [p?.remove, p?.keep],
-  },
-  createLeaseUser: { arity: 3, passwords: (_username: string, password: string) => [password] },
-  extendLeaseUser: { arity: 2, passwords: () => [] },
-  dropLeaseUser: { arity: 2, passwords: () => [] },
   close: { arity: 0, passwords: () => [] },
+};
+
+type VerbSpec = { arity: number; passwords: (...args: never[]) => unknown[] };
+
+/**
+ * The capability groups' verbs (TargetSession.dualPasswords, .leaseUsers), wrapped as the session's own are: the same
+ * Record, so a verb added to a group does not compile until it says its arity and passwords. Measured as
+ * `<group>.<verb>`.
+ */
+const GROUPS: {
+  dualPasswords: Record<keyof DualPasswords, VerbSpec>;
+  leaseUsers: Record<keyof LeaseUsers, VerbSpec>;
+} = {
+  dualPasswords: {
+    set: {
+      arity: 2,
+      passwords: (_username: string, p: { keep: string; password: string }) => [p?.keep, p?.password],
+    },
+    remove: {
+      arity: 2,
+      passwords: (_username: string, p: { remove: string; keep: string }) => [p?.remove, p?.keep],
+    },
+  },
+  leaseUsers: {
+    create: { arity: 3, passwords: (_username: string, password: string) => [password] },
+    extend: { arity: 2, passwords: () => [] },
+    drop: { arity: 2, passwords: () => [] },
+  },
 };
 
 /** The diagnostics channel every target call is published on (metrics/metrics.ts subscribes). */
@@ -59,7 +78,8 @@ export const TARGET_CALL_CHANNEL = 'keyturn:target-call';
 /** One finished call of a session verb: names and a duration only, never a user name or a secret. */
 export interface TargetCall {
   target: string;
-  verb: SessionVerb;
+  /** A session verb, or a capability's as `<group>.<verb>` (dualPasswords.set). */
+  verb: string;
   /** ok; unavailable or refused as the driver classified it; timeout: cancelled at the deadline; error: anything else. */
   outcome: 'ok' | 'unavailable' | 'refused' | 'timeout' | 'error';
   seconds: number;
@@ -90,63 +110,85 @@ function outcomeOf(err: unknown): TargetCall['outcome'] {
   return 'error';
 }
 
+/** One verb of a session or of its capability groups, under the middleware: secrets noted, deadline, measure. */
+function wrapVerb(
+  fn: (...a: unknown[]) => Promise<unknown>,
+  inner: object,
+  target: string,
+  verb: string,
+  spec: VerbSpec,
+  deadlineMs: number,
+): (...given: unknown[]) => Promise<unknown> {
+  const { arity, passwords } = spec as { arity: number; passwords: (...a: unknown[]) => unknown[] };
+  return async (...given: unknown[]) => {
+    const args = given.slice(0, arity);
+    for (const p of passwords(...args)) noteSecret(p);
+    const outer = (given[arity] as CallOptions | undefined)?.signal;
+    const controller = new AbortController();
+    const started = performance.now();
+    let timer: NodeJS.Timeout | undefined;
+    // The caller's own signal (a rotation being stopped) cancels the call as the deadline does.
+    const onOuterAbort = () =>
+      controller.abort(
+        new TargetUnavailableError(`${target} ${verb} was cancelled by its caller`, 'CANCELLED'),
+      );
+    if (outer?.aborted) onOuterAbort();
+    else outer?.addEventListener('abort', onOuterAbort, { once: true });
+    // Settles (rejects) only when the call is cancelled: at the deadline, or by the caller.
+    const cancelled = new Promise<never>((_, reject) => {
+      const onAbort = () => reject(controller.signal.reason);
+      if (controller.signal.aborted) onAbort();
+      else controller.signal.addEventListener('abort', onAbort, { once: true });
+      timer = setTimeout(() => controller.abort(new DeadlineError(target, verb, deadlineMs)), deadlineMs);
+      timer.unref();
+    });
+    cancelled.catch(() => {}); // rejected after the verb settled: nobody waits on it any more
+    let outcome: TargetCall['outcome'] = 'ok';
+    try {
+      while (args.length < arity) args.push(undefined);
+      const call: CallOptions = { signal: controller.signal };
+      return await Promise.race([fn.apply(inner, [...args, call]), cancelled]);
+    } catch (err) {
+      outcome = outcomeOf(err);
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      outer?.removeEventListener('abort', onOuterAbort);
+      if (calls.hasSubscribers) {
+        calls.publish({
+          target,
+          verb,
+          outcome,
+          seconds: (performance.now() - started) / 1000,
+        } satisfies TargetCall);
+      }
+    }
+  };
+}
+
+/** A capability group with each of its verbs wrapped. */
+function wrapGroup(group: object, name: keyof typeof GROUPS, target: string, deadlineMs: number): object {
+  const specs = GROUPS[name] as Record<string, VerbSpec>;
+  return new Proxy(group, {
+    get(inner, prop) {
+      const value = Reflect.get(inner, prop, inner);
+      if (typeof value !== 'function' || typeof prop !== 'string' || !Object.hasOwn(specs, prop))
+        return value;
+      return wrapVerb(value, inner, target, `${name}.${prop}`, specs[prop] as VerbSpec, deadlineMs);
+    },
+  });
+}
+
 function wrapSession(session: TargetSession, target: string, deadlineMs: number): TargetSession {
   return new Proxy(session, {
     get(inner, prop) {
       const value = Reflect.get(inner, prop, inner);
+      if (typeof prop === 'string' && Object.hasOwn(GROUPS, prop) && value && typeof value === 'object') {
+        return wrapGroup(value, prop as keyof typeof GROUPS, target, deadlineMs);
+      }
       if (typeof value !== 'function' || !Object.hasOwn(VERBS, prop)) return value;
       const verb = prop as SessionVerb;
-      const { arity, passwords } = VERBS[verb] as {
-        arity: number;
-        passwords: (...a: unknown[]) => unknown[];
-      };
-      return async (...given: unknown[]) => {
-        const args = given.slice(0, arity);
-        for (const p of passwords(...args)) noteSecret(p);
-        const outer = (given[arity] as CallOptions | undefined)?.signal;
-        const controller = new AbortController();
-        const started = performance.now();
-        let timer: NodeJS.Timeout | undefined;
-        // The caller's own signal (a rotation being stopped) cancels the call as the deadline does.
-        const onOuterAbort = () =>
-          controller.abort(
-            new TargetUnavailableError(`${target} ${verb} was cancelled by its caller`, 'CANCELLED'),
-          );
-        if (outer?.aborted) onOuterAbort();
-        else outer?.addEventListener('abort', onOuterAbort, { once: true });
-        // Settles (rejects) only when the call is cancelled: at the deadline, or by the caller.
-        const cancelled = new Promise<never>((_, reject) => {
-          const onAbort = () => reject(controller.signal.reason);
-          if (controller.signal.aborted) onAbort();
-          else controller.signal.addEventListener('abort', onAbort, { once: true });
-          timer = setTimeout(() => controller.abort(new DeadlineError(target, verb, deadlineMs)), deadlineMs);
-          timer.unref();
-        });
-        cancelled.catch(() => {}); // rejected after the verb settled: nobody waits on it any more
-        let outcome: TargetCall['outcome'] = 'ok';
-        try {
-          while (args.length < arity) args.push(undefined);
-          const call: CallOptions = { signal: controller.signal };
-          return await Promise.race([
-            (value as (...a: unknown[]) => Promise<unknown>).apply(inner, [...args, call]),
-            cancelled,
-          ]);
-        } catch (err) {
-          outcome = outcomeOf(err);
-          throw err;
-        } finally {
-          clearTimeout(timer);
-          outer?.removeEventListener('abort', onOuterAbort);
-          if (calls.hasSubscribers) {
-            calls.publish({
-              target,
-              verb,
-              outcome,
-              seconds: (performance.now() - started) / 1000,
-            } satisfies TargetCall);
-          }
-        }
-      };
+      return wrapVerb(value, inner, target, verb, VERBS[verb], deadlineMs);
     },
   });
 }

@@ -156,46 +156,50 @@ export interface TargetSession {
   /** Downstreams that can label a user: puts Keyturn's label on an existing user (adoption; clones made before labels). */
   setLabel?(username: string, label: string, call?: CallOptions): Promise<void>;
   /**
-   * Dual-password targets only (the driver's `dualPassword`): leaves the user with exactly two passwords, `keep`
-   * and `password`, so that connections using either work while clients move over. Idempotent.
+   * Present exactly when this session's server can hold two passwords per user (Redis ACL: always; MySQL: 8.0.14+,
+   * which the session asks the server at open; MariaDB: never). Single-user then overlaps the old and the new password
+   * instead of having a window, and `gracePeriod` says when the old one goes. Why a group and no flag on the driver: a
+   * capability is declared once, by its verbs; whoever needs to know asks a session (issue 16).
    */
-  setPasswords?(
-    username: string,
-    passwords: { keep: string; password: string },
-    call?: CallOptions,
-  ): Promise<void>;
-  /**
-   * Dual-password targets only: leaves the user with only `keep`; removes `remove` if it still has it.
-   * Idempotent. `keep` never stops working meanwhile. Both are given because some downstreams cannot remove a
-   * password by its value (MySQL drops only the secondary one, so it first makes `keep` the primary).
-   */
-  removePassword?(
-    username: string,
-    passwords: { remove: string; keep: string },
-    call?: CallOptions,
-  ): Promise<void>;
-  /**
-   * Lease targets only (the driver's `leases`): creates the short-lived user `username` with the access of
-   * `spec.of`. Idempotent: an existing user of that name gets `password` and the expiry again.
-   */
-  createLeaseUser?(
-    username: string,
-    password: string,
-    spec: LeaseUserSpec,
-    call?: CallOptions,
-  ): Promise<void>;
-  /**
-   * Lease targets only (renewal): moves a lease user's expiry, where the downstream enforces one, after checking that
-   * the lease user still cannot change other users' passwords (TargetRefusedError when it can: not extended).
-   */
-  extendLeaseUser?(username: string, expiresAt: Date, call?: CallOptions): Promise<void>;
-  /**
-   * Lease targets only: drops a lease user and ends its open sessions; whatever it owns goes to `of`, never
-   * deleted. Idempotent: a missing user is fine.
-   */
-  dropLeaseUser?(username: string, spec: { of: string }, call?: CallOptions): Promise<void>;
+  readonly dualPasswords?: DualPasswords;
+  /** Present exactly when the downstream can make short-lived users for leases (its verbs below). */
+  readonly leaseUsers?: LeaseUsers;
   /** Close: releases connections. */
   close(): Promise<void>;
+}
+
+/** Two passwords per user (TargetSession.dualPasswords). Every verb takes `call` last, as the session's do. */
+export interface DualPasswords {
+  /**
+   * Leaves the user with exactly two passwords, `keep` and `password`, so that connections using either work while
+   * clients move over. Idempotent.
+   */
+  set(username: string, passwords: { keep: string; password: string }, call?: CallOptions): Promise<void>;
+  /**
+   * Leaves the user with only `keep`; removes `remove` if it still has it. Idempotent. `keep` never stops working
+   * meanwhile. Both are given because some downstreams cannot remove a password by its value (MySQL drops only the
+   * secondary one, so it first makes `keep` the primary).
+   */
+  remove(username: string, passwords: { remove: string; keep: string }, call?: CallOptions): Promise<void>;
+}
+
+/** Short-lived users for leases (TargetSession.leaseUsers), after Vault's NewUser with an expiration. */
+export interface LeaseUsers {
+  /**
+   * Creates the short-lived user `username` with the access of `spec.of`. Idempotent: an existing user of that name
+   * gets `password` and the expiry again.
+   */
+  create(username: string, password: string, spec: LeaseUserSpec, call?: CallOptions): Promise<void>;
+  /**
+   * Renewal: moves a lease user's expiry, where the downstream enforces one, after checking that the lease user still
+   * cannot change other users' passwords (TargetRefusedError when it can: not extended).
+   */
+  extend(username: string, expiresAt: Date, call?: CallOptions): Promise<void>;
+  /**
+   * Drops a lease user and ends its open sessions; whatever it owns goes to `of`, never deleted. Idempotent: a missing
+   * user is fine.
+   */
+  drop(username: string, spec: { of: string }, call?: CallOptions): Promise<void>;
 }
 
 export interface TargetDriver {
@@ -204,15 +208,6 @@ export interface TargetDriver {
   /** The `engine` field written into the store document (AWS template layout). */
   readonly engine: string;
   readonly defaultPort: number;
-  /**
-   * The downstream can let a user hold two passwords (Redis ACL: always; MySQL: depending on the server, 8.0.14+
-   * yes, MariaDB no). A session that can says so by having setPasswords and removePassword: single-user then
-   * overlaps the old and the new password instead of having a window, and `gracePeriod` says when the old one is
-   * removed. Without them (false, or a session of a server that cannot), single-user has a window.
-   */
-  readonly dualPassword?: boolean;
-  /** The downstream can make short-lived users for leases: its sessions implement the lease verbs. */
-  readonly leases?: boolean;
   /**
    * The downstream service owns its users and has no look-up (webhook): `userExists` cannot tell whose a user is, so
    * the check that an existing `<user>_clone` is Keyturn's own does not apply; the service decides.

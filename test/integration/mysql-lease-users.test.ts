@@ -99,16 +99,15 @@ describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
   });
 
   it('the driver makes lease users', () => {
-    expect(mysqlTarget.leases).toBe(true);
-    expect(typeof session.createLeaseUser).toBe('function');
-    expect(typeof session.extendLeaseUser).toBe('function');
-    expect(typeof session.dropLeaseUser).toBe('function');
+    expect(typeof session.leaseUsers?.create).toBe('function');
+    expect(typeof session.leaseUsers?.extend).toBe('function');
+    expect(typeof session.leaseUsers?.drop).toBe('function');
   });
 
   it("creates an account with exactly the template's grants, which logs in and reads the table", async () => {
     const lease = leaseName();
     const password = randomBytes(18).toString('base64url');
-    await session.createLeaseUser!(lease, password, { of: template.name, expiresAt: expiresAt() });
+    await session.leaseUsers!.create(lease, password, { of: template.name, expiresAt: expiresAt() });
 
     expect(await grantsOf(lease)).toEqual(await grantsOf(template.name));
     const asLease = await mysql.createConnection({
@@ -145,11 +144,11 @@ describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
   it('createLeaseUser twice is fine: the existing account gets the password, and keeps its grants', async () => {
     const lease = leaseName();
     const first = randomBytes(18).toString('base64url');
-    await session.createLeaseUser!(lease, first, { of: template.name, expiresAt: expiresAt() });
-    await session.createLeaseUser!(lease, first, { of: template.name, expiresAt: expiresAt() });
+    await session.leaseUsers!.create(lease, first, { of: template.name, expiresAt: expiresAt() });
+    await session.leaseUsers!.create(lease, first, { of: template.name, expiresAt: expiresAt() });
     expect(await canLogin(lease, first)).toBe(true);
     const second = randomBytes(18).toString('base64url');
-    await session.createLeaseUser!(lease, second, { of: template.name, expiresAt: expiresAt() });
+    await session.leaseUsers!.create(lease, second, { of: template.name, expiresAt: expiresAt() });
     expect(await canLogin(lease, second)).toBe(true);
     expect(await canLogin(lease, first)).toBe(false);
     expect(await grantsOf(lease)).toEqual(await grantsOf(template.name));
@@ -158,15 +157,15 @@ describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
   it('extendLeaseUser has no expiry to move and does not fail for an ordinary lease', async () => {
     const lease = leaseName();
     const password = randomBytes(18).toString('base64url');
-    await session.createLeaseUser!(lease, password, { of: template.name, expiresAt: expiresAt() });
-    await session.extendLeaseUser!(lease, new Date(Date.now() + 7200_000));
+    await session.leaseUsers!.create(lease, password, { of: template.name, expiresAt: expiresAt() });
+    await session.leaseUsers!.extend(lease, new Date(Date.now() + 7200_000));
     expect(await canLogin(lease, password)).toBe(true);
   });
 
   it('dropLeaseUser ends the open sessions and the logins; again is fine', async () => {
     const lease = leaseName();
     const password = randomBytes(18).toString('base64url');
-    await session.createLeaseUser!(lease, password, { of: template.name, expiresAt: expiresAt() });
+    await session.leaseUsers!.create(lease, password, { of: template.name, expiresAt: expiresAt() });
     const open = await Promise.all(
       [0, 1].map(() =>
         mysql.createConnection({
@@ -181,7 +180,7 @@ describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
     for (const c of open) c.on('error', () => {});
     try {
       for (const c of open) await expect(c.query(`SELECT COUNT(*) FROM \`${TABLE}\``)).resolves.toBeTruthy();
-      await session.dropLeaseUser!(lease, { of: template.name });
+      await session.leaseUsers!.drop(lease, { of: template.name });
 
       for (const c of open) await expect(c.query('SELECT 1')).rejects.toThrow();
       expect(await canLogin(lease, password)).toBe(false);
@@ -203,8 +202,8 @@ describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
       });
       expect(left).toEqual({ sessions: 0, accounts: 0 });
 
-      await session.dropLeaseUser!(lease, { of: template.name });
-      await session.dropLeaseUser!(`kt_never_${run}`, { of: template.name });
+      await session.leaseUsers!.drop(lease, { of: template.name });
+      await session.leaseUsers!.drop(`kt_never_${run}`, { of: template.name });
     } finally {
       for (const c of open) c.destroy();
     }
@@ -214,9 +213,12 @@ describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
 
   it("refuses to make or drop the credential's own account as a lease user", async () => {
     await expect(
-      session.createLeaseUser!(template.name, 'x'.repeat(24), { of: template.name, expiresAt: expiresAt() }),
+      session.leaseUsers!.create(template.name, 'x'.repeat(24), {
+        of: template.name,
+        expiresAt: expiresAt(),
+      }),
     ).rejects.toBeInstanceOf(TargetRefusedError);
-    await expect(session.dropLeaseUser!(template.name, { of: template.name })).rejects.toBeInstanceOf(
+    await expect(session.leaseUsers!.drop(template.name, { of: template.name })).rejects.toBeInstanceOf(
       TargetRefusedError,
     );
     expect(await canLogin(template.name, template.password)).toBe(true);
@@ -225,7 +227,7 @@ describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
   it('refuses a lease of an account that does not exist, and leaves nothing behind', async () => {
     const lease = leaseName();
     await expect(
-      session.createLeaseUser!(lease, 'y'.repeat(24), { of: `kt_missing_${run}`, expiresAt: expiresAt() }),
+      session.leaseUsers!.create(lease, 'y'.repeat(24), { of: `kt_missing_${run}`, expiresAt: expiresAt() }),
     ).rejects.toBeInstanceOf(TargetRefusedError);
     expect(await session.userExists(lease)).toBe(false);
   });
@@ -253,13 +255,15 @@ describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
       }
       const lease = leaseName();
       const password = randomBytes(18).toString('base64url');
-      const refused = await session.createLeaseUser!(lease, password, {
-        of: credential.name,
-        expiresAt: expiresAt(),
-      }).then(
-        () => undefined,
-        (err: unknown) => err,
-      );
+      const refused = await session
+        .leaseUsers!.create(lease, password, {
+          of: credential.name,
+          expiresAt: expiresAt(),
+        })
+        .then(
+          () => undefined,
+          (err: unknown) => err,
+        );
       const takenOverBy: string[] = [];
       if (!refused) {
         const asLease = await mysql.createConnection({
@@ -341,10 +345,12 @@ describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
         await c.query(`GRANT ${grant}`, [account, '%']);
       });
       const lease = leaseName();
-      const err = await session.createLeaseUser!(lease, 'z'.repeat(24), {
-        of: account,
-        expiresAt: expiresAt(),
-      }).catch((e: unknown) => e);
+      const err = await session
+        .leaseUsers!.create(lease, 'z'.repeat(24), {
+          of: account,
+          expiresAt: expiresAt(),
+        })
+        .catch((e: unknown) => e);
       expect(err, what).toBeInstanceOf(TargetRefusedError);
       expect((err as Error).message, what).toMatch(message);
       expect(await session.userExists(lease)).toBe(false);
@@ -361,10 +367,12 @@ describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
     });
     try {
       const lease = leaseName();
-      const err = await session.createLeaseUser!(lease, 'z'.repeat(24), {
-        of: account,
-        expiresAt: expiresAt(),
-      }).catch((e: unknown) => e);
+      const err = await session
+        .leaseUsers!.create(lease, 'z'.repeat(24), {
+          of: account,
+          expiresAt: expiresAt(),
+        })
+        .catch((e: unknown) => e);
       expect(err).toBeInstanceOf(TargetRefusedError);
       expect((err as Error).message).toContain(`through role \`${powerful}\``);
       expect(await session.userExists(lease)).toBe(false);
@@ -382,20 +390,20 @@ describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
       await c.query('GRANT SELECT ON *.* TO ?@?', [account, '%']);
     });
     const lease = leaseName();
-    await session.createLeaseUser!(lease, 'w'.repeat(24), { of: account, expiresAt: expiresAt() });
+    await session.leaseUsers!.create(lease, 'w'.repeat(24), { of: account, expiresAt: expiresAt() });
     expect(await grantsOf(lease)).toEqual(await grantsOf(account));
   });
 
   it('finding 4: renewal refuses a lease whose grants could change other accounts since it was made', async () => {
     const lease = leaseName();
     const password = randomBytes(18).toString('base64url');
-    await session.createLeaseUser!(lease, password, { of: template.name, expiresAt: expiresAt() });
+    await session.leaseUsers!.create(lease, password, { of: template.name, expiresAt: expiresAt() });
     // The template's role (which the lease has too) is given CREATE USER after the lease was made.
     await asMysqlRoot((c) => c.query(`GRANT CREATE USER ON *.* TO \`${role}\``));
     try {
-      const err = await session.extendLeaseUser!(lease, new Date(Date.now() + 7200_000)).catch(
-        (e: unknown) => e,
-      );
+      const err = await session
+        .leaseUsers!.extend(lease, new Date(Date.now() + 7200_000))
+        .catch((e: unknown) => e);
       expect(err).toBeInstanceOf(TargetRefusedError);
       expect((err as TargetRefusedError).code).toBe('lease-would-alter-accounts');
       expect((err as Error).message).toContain(`CREATE USER ON *.* (through role \`${role}\`)`);
@@ -403,8 +411,8 @@ describe.skipIf(unavailable !== undefined)('MySQL lease users', () => {
     } finally {
       await asMysqlRoot((c) => c.query(`REVOKE CREATE USER ON *.* FROM \`${role}\``));
     }
-    await session.extendLeaseUser!(lease, new Date(Date.now() + 7200_000));
+    await session.leaseUsers!.extend(lease, new Date(Date.now() + 7200_000));
     // A lease already revoked (its account gone) is no error here.
-    await session.extendLeaseUser!(`kt_never_${run}`, new Date(Date.now() + 7200_000));
+    await session.leaseUsers!.extend(`kt_never_${run}`, new Date(Date.now() + 7200_000));
   });
 });

@@ -148,7 +148,7 @@ describe('target middleware', () => {
         ['createUser', 'error'],
       ]);
       // A verb the session does not have stays absent: callers ask for it and find none.
-      expect(session.setPasswords).toBeUndefined();
+      expect(session.dualPasswords).toBeUndefined();
     } finally {
       channel.stop();
     }

@@ -155,36 +155,38 @@ for (const { fixture, skip } of plan) {
     });
 
     it('dual passwords (where the session has them): both work while set, only the kept one after', async (ctx) => {
-      if (!session.setPasswords || !session.removePassword) {
-        ctx.skip(`${fixture.name} sessions declare no dual passwords (setPasswords, removePassword)`);
+      const dual = session.dualPasswords;
+      if (!dual) {
+        ctx.skip(`${fixture.name} sessions declare no dual passwords (dualPasswords)`);
         return;
       }
       const user = await started.createUser();
       const next = password();
-      await session.setPasswords(user.username, { keep: user.password, password: next });
-      await session.setPasswords(user.username, { keep: user.password, password: next });
+      await dual.set(user.username, { keep: user.password, password: next });
+      await dual.set(user.username, { keep: user.password, password: next });
       expect(await started.canLogin(user.username, user.password)).toBe(true);
       expect(await started.canLogin(user.username, next)).toBe(true);
-      await session.removePassword(user.username, { remove: user.password, keep: next });
-      await session.removePassword(user.username, { remove: user.password, keep: next });
+      await dual.remove(user.username, { remove: user.password, keep: next });
+      await dual.remove(user.username, { remove: user.password, keep: next });
       expect(await started.canLogin(user.username, next)).toBe(true);
       expect(await started.canLogin(user.username, user.password)).toBe(false);
     });
 
     it('lease verbs (where declared): a lease user logs in with the access of its user, and is gone after the drop', async (ctx) => {
-      if (!driver.leases || !session.createLeaseUser || !session.dropLeaseUser) {
-        ctx.skip(`${fixture.name} declares no leases`);
+      const leases = session.leaseUsers;
+      if (!leases) {
+        ctx.skip(`${fixture.name} sessions declare no lease users (leaseUsers)`);
         return;
       }
       const user = await started.createUser();
       const lease = `${user.username.slice(0, 40)}_l${randomBytes(3).toString('hex')}`;
       const secret = password();
       const spec = { of: user.username, expiresAt: new Date(Date.now() + 600_000) };
-      await session.createLeaseUser(lease, secret, spec);
-      await session.createLeaseUser(lease, secret, spec);
+      await leases.create(lease, secret, spec);
+      await leases.create(lease, secret, spec);
       expect(await started.canLogin(lease, secret)).toBe(true);
-      await session.dropLeaseUser(lease, { of: user.username });
-      await session.dropLeaseUser(lease, { of: user.username });
+      await leases.drop(lease, { of: user.username });
+      await leases.drop(lease, { of: user.username });
       expect(await started.canLogin(lease, secret)).toBe(false);
       expect(await started.canLogin(user.username, user.password)).toBe(true);
     });

@@ -155,8 +155,8 @@ describe('MySQL target: which sessions are dual-password', () => {
     ['10.11.6-MariaDB-0+deb12u1', false],
   ])('a session with %s has setPasswords/removePassword: %s', async (version, dual) => {
     const session = await open(version);
-    expect(typeof session.setPasswords === 'function').toBe(dual);
-    expect(typeof session.removePassword === 'function').toBe(dual);
+    expect(typeof session.dualPasswords?.set === 'function').toBe(dual);
+    expect(typeof session.dualPasswords?.remove === 'function').toBe(dual);
     expect((session as unknown as { serverVersion: string }).serverVersion).toBe(version);
   });
 
@@ -179,7 +179,7 @@ describe('MySQL target: which sessions are dual-password', () => {
       { timeoutMs: 1000 },
     );
     expect(state.quietConnections.length).toBe(versionLogins);
-    expect(typeof again.setPasswords).toBe(typeof session.setPasswords);
+    expect(typeof again.dualPasswords?.set).toBe(typeof session.dualPasswords?.set);
   });
 });
 
@@ -188,7 +188,7 @@ describe('MySQL 8 setPasswords', () => {
     const session = await open('8.4.3');
     state.accounts.set(USER, { primary: 'old-A' });
     state.mustKeepWorking = { user: USER, password: 'old-A' };
-    await session.setPasswords!(USER, { keep: 'old-A', password: 'new-B' });
+    await session.dualPasswords!.set(USER, { keep: 'old-A', password: 'new-B' });
     expect(alters()).toEqual([
       { sql: 'ALTER USER ?@? IDENTIFIED BY ?', values: [USER, '%', 'old-A'] },
       { sql: 'ALTER USER ?@? IDENTIFIED BY ? RETAIN CURRENT PASSWORD', values: [USER, '%', 'new-B'] },
@@ -203,7 +203,7 @@ describe('MySQL 8 setPasswords', () => {
     const session = await open('8.4.3');
     state.accounts.set(USER, { primary: 'old-A', secondary: 'older-P' });
     state.mustKeepWorking = { user: USER, password: 'old-A' };
-    await session.setPasswords!(USER, { keep: 'old-A', password: 'new-B' });
+    await session.dualPasswords!.set(USER, { keep: 'old-A', password: 'new-B' });
     expect(passwordsOf(USER)).toEqual(['new-B', 'old-A']);
     expect(fake.logsIn(USER, 'older-P')).toBe(false);
     expect(state.broken).toEqual([]);
@@ -214,7 +214,7 @@ describe('MySQL 8 setPasswords', () => {
     // An earlier attempt that got half-way, or a change made by hand: keep is the secondary of some other primary.
     state.accounts.set(USER, { primary: 'stray-X', secondary: 'old-A' });
     state.mustKeepWorking = { user: USER, password: 'old-A' };
-    await session.setPasswords!(USER, { keep: 'old-A', password: 'new-B' });
+    await session.dualPasswords!.set(USER, { keep: 'old-A', password: 'new-B' });
     expect(passwordsOf(USER)).toEqual(['new-B', 'old-A']);
     expect(fake.logsIn(USER, 'stray-X')).toBe(false);
     expect(state.broken).toEqual([]);
@@ -223,7 +223,7 @@ describe('MySQL 8 setPasswords', () => {
   it('is idempotent: when both passwords already log in it changes nothing', async () => {
     const session = await open('8.4.3');
     state.accounts.set(USER, { primary: 'new-B', secondary: 'old-A' });
-    await session.setPasswords!(USER, { keep: 'old-A', password: 'new-B' });
+    await session.dualPasswords!.set(USER, { keep: 'old-A', password: 'new-B' });
     expect(alters()).toEqual([]);
     expect(passwordsOf(USER)).toEqual(['new-B', 'old-A']);
   });
@@ -231,7 +231,7 @@ describe('MySQL 8 setPasswords', () => {
   it('tries the new password first, so that a first attempt costs one failed login', async () => {
     const session = await open('8.4.3');
     state.accounts.set(USER, { primary: 'old-A' });
-    await session.setPasswords!(USER, { keep: 'old-A', password: 'new-B' });
+    await session.dualPasswords!.set(USER, { keep: 'old-A', password: 'new-B' });
     expect(state.logins).toEqual([{ user: USER, ok: false }]);
   });
 
@@ -248,13 +248,15 @@ describe('MySQL 8 setPasswords', () => {
         sql: "ALTER USER 'app'@'%' IDENTIFIED BY 'new-B-secret' RETAIN CURRENT PASSWORD",
       },
     };
-    const failure = await session.setPasswords!(USER, {
-      keep: 'old-A-secret',
-      password: 'new-B-secret',
-    }).then(
-      () => undefined,
-      (err: Error) => err,
-    );
+    const failure = await session
+      .dualPasswords!.set(USER, {
+        keep: 'old-A-secret',
+        password: 'new-B-secret',
+      })
+      .then(
+        () => undefined,
+        (err: Error) => err,
+      );
     expect(failure).toBeInstanceOf(TargetUnavailableError);
     expect(failure?.message).toMatch(/setting the passwords of account "app"@"%"/);
     expect(JSON.stringify({ message: failure?.message, cause: String(failure?.cause) })).not.toMatch(
@@ -264,7 +266,7 @@ describe('MySQL 8 setPasswords', () => {
 
   it('reports a missing account as refused (no retry helps)', async () => {
     const session = await open('8.4.3');
-    await expect(session.setPasswords!('ghost', { keep: 'a', password: 'b' })).rejects.toBeInstanceOf(
+    await expect(session.dualPasswords!.set('ghost', { keep: 'a', password: 'b' })).rejects.toBeInstanceOf(
       TargetRefusedError,
     );
   });
@@ -275,7 +277,7 @@ describe('MySQL 8 removePassword', () => {
     const session = await open('8.4.3');
     state.accounts.set(USER, { primary: 'new-B', secondary: 'old-A' });
     state.mustKeepWorking = { user: USER, password: 'new-B' };
-    await session.removePassword!(USER, { remove: 'old-A', keep: 'new-B' });
+    await session.dualPasswords!.remove(USER, { remove: 'old-A', keep: 'new-B' });
     expect(alters()).toEqual([
       { sql: 'ALTER USER ?@? IDENTIFIED BY ?', values: [USER, '%', 'new-B'] },
       { sql: 'ALTER USER ?@? DISCARD OLD PASSWORD', values: [USER, '%'] },
@@ -290,7 +292,7 @@ describe('MySQL 8 removePassword', () => {
     // After setPasswords(keep: current, password: pending): {pending (primary), current (secondary)}.
     state.accounts.set(USER, { primary: 'pending-B', secondary: 'current-A' });
     state.mustKeepWorking = { user: USER, password: 'current-A' };
-    await session.removePassword!(USER, { remove: 'pending-B', keep: 'current-A' });
+    await session.dualPasswords!.remove(USER, { remove: 'pending-B', keep: 'current-A' });
     expect(passwordsOf(USER)).toEqual(['current-A']);
     expect(fake.logsIn(USER, 'pending-B')).toBe(false);
     expect(state.broken).toEqual([]);
@@ -300,8 +302,8 @@ describe('MySQL 8 removePassword', () => {
     const session = await open('8.4.3');
     state.accounts.set(USER, { primary: 'new-B' });
     state.mustKeepWorking = { user: USER, password: 'new-B' };
-    await session.removePassword!(USER, { remove: 'old-A', keep: 'new-B' });
-    await session.removePassword!(USER, { remove: 'old-A', keep: 'new-B' });
+    await session.dualPasswords!.remove(USER, { remove: 'old-A', keep: 'new-B' });
+    await session.dualPasswords!.remove(USER, { remove: 'old-A', keep: 'new-B' });
     expect(passwordsOf(USER)).toEqual(['new-B']);
     expect(state.broken).toEqual([]);
   });

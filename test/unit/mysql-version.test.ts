@@ -58,9 +58,4 @@ describe('mysqlTarget.open', () => {
     await expect(opening).rejects.toThrow(/asking the server its version/);
     await expect(opening).rejects.not.toThrow(/admin-secret-0000/);
   });
-
-  it('declares itself able to hold two passwords and to make lease users', () => {
-    expect(mysqlTarget.dualPassword).toBe(true);
-    expect(mysqlTarget.leases).toBe(true);
-  });
 });

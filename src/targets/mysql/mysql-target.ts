@@ -1,10 +1,10 @@
 // MySQL / MariaDB target on mysql2. Accounts are `user`@`accountHost` (connection option, default '%').
 //
 // Strategies: what `single-user` does depends on the server, which `open` asks (SELECT VERSION(), remembered per
-// host:port for a minute). MySQL 8.0.14+ lets an account hold two passwords: its sessions implement setPasswords
-// and removePassword (ALTER USER … RETAIN CURRENT PASSWORD / DISCARD OLD PASSWORD), so single-user overlaps the
+// host:port for a minute). MySQL 8.0.14+ lets an account hold two passwords: its sessions have dualPasswords
+// (set and remove: ALTER USER … RETAIN CURRENT PASSWORD / DISCARD OLD PASSWORD), so single-user overlaps the
 // old and the new password and `gracePeriod` says when the old one goes. MariaDB and older MySQL hold one
-// password per account: their sessions have neither verb, and single-user has SPEC's brief window (new
+// password per account: their sessions have no dualPasswords, and single-user has SPEC's brief window (new
 // connections made with the old password fail between set and the readers picking up the new version;
 // connections already open are not affected). `alternating-users` has no window on either.
 //
@@ -33,7 +33,9 @@ import type { Connection } from '../../registry/types.ts';
 import {
   type AuthOutcome,
   type Check,
+  type DualPasswords,
   type LeaseUserSpec,
+  type LeaseUsers,
   type Login,
   nothingSent,
   type TargetDriver,
@@ -535,6 +537,13 @@ class MysqlSession implements TargetSession {
     this.serverVersion = serverVersion;
   }
 
+  /** The lease verbs (TargetSession.leaseUsers): this downstream makes short-lived users. */
+  readonly leaseUsers: LeaseUsers = {
+    create: (username, password, spec) => this.#createLeaseUser(username, password, spec),
+    extend: (username, expiresAt) => this.#extendLeaseUser(username, expiresAt),
+    drop: (username, spec) => this.#dropLeaseUser(username, spec),
+  };
+
   /**
    * The server's VERSION(), asked with the admin login at most once a minute per host:port. Throws the
    * classified error when the server cannot be asked (TargetUnavailableError: the caller retries).
@@ -876,7 +885,7 @@ class MysqlSession implements TargetSession {
    * given time (PASSWORD EXPIRE only forces a password change at the next login, which a client could make), so
    * Keyturn's lease revocation job and its sweep drop the account when the lease ends.
    */
-  async createLeaseUser(username: string, password: string, spec: LeaseUserSpec): Promise<void> {
+  async #createLeaseUser(username: string, password: string, spec: LeaseUserSpec): Promise<void> {
     if (username === spec.of) {
       throw new TargetRefusedError(
         `lease account ${this.account(username)} cannot be the credential's own account`,
@@ -928,12 +937,12 @@ class MysqlSession implements TargetSession {
   }
 
   /**
-   * The server holds no expiry for the account (see createLeaseUser); Keyturn's own moves. What it checks: a lease
+   * The server holds no expiry for the account (see leaseUsers.create); Keyturn's own moves. What it checks: a lease
    * account whose grants (or its roles') now let it act on other accounts (a lease made before leases were checked,
    * or one whose role was given CREATE USER since) is refused rather than extended. A missing account is fine here:
    * its lease is being revoked.
    */
-  async extendLeaseUser(username: string, _expiresAt: Date): Promise<void> {
+  async #extendLeaseUser(username: string, _expiresAt: Date): Promise<void> {
     await this.asAdmin(`extending lease account ${this.account(username)}`, async (c) => {
       if (!(await this.#exists(c, username))) return;
       const found = await this.#accountAdminOf(c, username);
@@ -956,7 +965,7 @@ class MysqlSession implements TargetSession {
    * as a definer unless the admin has SET_USER_ID or SET_ANY_DEFINER: reported as refused).
    * Idempotent: a missing account and sessions that already ended are fine.
    */
-  async dropLeaseUser(username: string, spec: { of: string }): Promise<void> {
+  async #dropLeaseUser(username: string, spec: { of: string }): Promise<void> {
     if (username === spec.of) {
       throw new TargetRefusedError(
         `lease account ${this.account(username)} is the credential's own account: not dropping it`,
@@ -1006,12 +1015,18 @@ class MysqlSession implements TargetSession {
  * the primary, which it can do without that password ever stopping working.
  */
 class MysqlDualPasswordSession extends MysqlSession {
+  /** Two passwords per user (TargetSession.dualPasswords). */
+  readonly dualPasswords: DualPasswords = {
+    set: (username, passwords) => this.#setPasswords(username, passwords),
+    remove: (username, passwords) => this.#removePassword(username, passwords),
+  };
+
   /**
    * Leaves `username` with exactly {password (primary), keep (secondary)}. When both already log in there is
    * nothing to do (a retry: MySQL holds at most two passwords, so these are the two); the new password is tried
    * first, so that a first attempt costs one failed login.
    */
-  async setPasswords(username: string, passwords: { keep: string; password: string }): Promise<void> {
+  async #setPasswords(username: string, passwords: { keep: string; password: string }): Promise<void> {
     const { keep, password } = passwords;
     if (
       (await this.authenticate({ username, password })).ok &&
@@ -1039,7 +1054,7 @@ class MysqlDualPasswordSession extends MysqlSession {
    * Leaves `username` with only `passwords.keep`: it becomes the primary (the secondary, `remove` or another,
    * is left as it is and `keep` works throughout), then the secondary is discarded. Idempotent.
    */
-  async removePassword(username: string, passwords: { remove: string; keep: string }): Promise<void> {
+  async #removePassword(username: string, passwords: { remove: string; keep: string }): Promise<void> {
     await this.asAdmin(
       `removing the old password of account ${this.account(username)}`,
       async (c) => {
@@ -1080,9 +1095,7 @@ export const mysqlTarget: TargetDriver = {
   type: 'mysql',
   engine: 'mysql',
   defaultPort: 3306,
-  // Depending on the server: sessions with MySQL 8.0.14+ have setPasswords/removePassword, others do not.
-  dualPassword: true,
-  leases: true,
+  // Depending on the server: sessions with MySQL 8.0.14+ have dualPasswords, others do not.
   validateOptions(options) {
     const problems: string[] = [];
     for (const [name, value] of Object.entries(options)) {

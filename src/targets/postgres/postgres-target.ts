@@ -9,6 +9,7 @@ import {
   type CallOptions,
   type Check,
   type LeaseUserSpec,
+  type LeaseUsers,
   type Login,
   nothingSent,
   type TargetDriver,
@@ -284,6 +285,13 @@ class PostgresSession implements TargetSession {
     this.#timeoutMs = timeoutMs;
   }
 
+  /** The lease verbs (TargetSession.leaseUsers): this downstream makes short-lived users. */
+  readonly leaseUsers: LeaseUsers = {
+    create: (username, password, spec) => this.#createLeaseUser(username, password, spec),
+    extend: (username, expiresAt) => this.#extendLeaseUser(username, expiresAt),
+    drop: (username, spec) => this.#dropLeaseUser(username, spec),
+  };
+
   #client(login: Login): pg.Client {
     const client = new GuardedClient(
       clientConfig(this.#connection, login, this.#timeoutMs),
@@ -471,7 +479,7 @@ class PostgresSession implements TargetSession {
   // is never extended. VALID UNTIL is the lease's end: PostgreSQL itself refuses password logins after it, a second
   // line of defence next to Keyturn's revocation (the revocation job and the sweep drop the role), in case those are
   // late or down. VALID UNTIL neither ends sessions that are already open nor applies to non-password
-  // authentication (trust, peer, cert): dropLeaseUser does that.
+  // authentication (trust, peer, cert): leaseUsers.drop does that.
 
   /**
    * The roles `role` is a member of, directly or through others, with which it could change a login role's password
@@ -545,7 +553,7 @@ class PostgresSession implements TargetSession {
     );
   }
 
-  async createLeaseUser(username: string, password: string, spec: LeaseUserSpec): Promise<void> {
+  async #createLeaseUser(username: string, password: string, spec: LeaseUserSpec): Promise<void> {
     const { of } = spec;
     await this.#asAdmin(`creating lease role "${username}" of "${of}"`, async (c) => {
       if (username === of) {
@@ -584,7 +592,7 @@ class PostgresSession implements TargetSession {
    * group roles only was a member of the credential's role) and any ADMIN OPTION; then a lease whose groups could
    * still alter roles (one was given CREATEROLE since, say) is refused rather than extended.
    */
-  async extendLeaseUser(username: string, expiresAt: Date): Promise<void> {
+  async #extendLeaseUser(username: string, expiresAt: Date): Promise<void> {
     await this.#asAdmin(`extending lease role "${username}"`, async (c) => {
       const until = validUntil(expiresAt);
       const exists = await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [username]);
@@ -615,7 +623,7 @@ class PostgresSession implements TargetSession {
     });
   }
 
-  async dropLeaseUser(username: string, spec: { of: string }): Promise<void> {
+  async #dropLeaseUser(username: string, spec: { of: string }): Promise<void> {
     const { of } = spec;
     await this.#asAdmin(`dropping lease role "${username}"`, async (c) => {
       if (username === of) {
@@ -687,7 +695,6 @@ export const postgresTarget: TargetDriver = {
   type: 'postgres',
   engine: 'postgres',
   defaultPort: 5432,
-  leases: true,
   validateOptions,
   async open(connection, admin, options) {
     return withCallSignal(new PostgresSession(connection, admin, options.timeoutMs));

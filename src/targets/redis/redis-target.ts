@@ -10,6 +10,8 @@ import type { Connection } from '../../registry/types.ts';
 import {
   type AuthOutcome,
   type Check,
+  type DualPasswords,
+  type LeaseUsers,
   type Login,
   nothingSent,
   type TargetDriver,
@@ -85,6 +87,19 @@ class RedisSession implements TargetSession {
     this.#admin = admin;
     this.#timeoutMs = timeoutMs;
   }
+
+  /** Two passwords per user (TargetSession.dualPasswords). */
+  readonly dualPasswords: DualPasswords = {
+    set: (username, passwords) => this.#setPasswords(username, passwords),
+    remove: (username, passwords) => this.#removePassword(username, passwords),
+  };
+
+  /** The lease verbs (TargetSession.leaseUsers): this downstream makes short-lived users. */
+  readonly leaseUsers: LeaseUsers = {
+    create: (username, password, spec) => this.#createLeaseUser(username, password, spec),
+    extend: (username, expiresAt) => this.#extendLeaseUser(username, expiresAt),
+    drop: (username, spec) => this.#dropLeaseUser(username, spec),
+  };
 
   #fail(action: string, err: unknown, secrets: string[] = []): Error {
     if (err instanceof TargetRefusedError || err instanceof TargetUnavailableError) return err;
@@ -233,7 +248,7 @@ class RedisSession implements TargetSession {
     await this.#persist();
   }
 
-  async setPasswords(username: string, passwords: { keep: string; password: string }): Promise<void> {
+  async #setPasswords(username: string, passwords: { keep: string; password: string }): Promise<void> {
     await this.#requireUser(username);
     await this.#acl(
       `setting the passwords of ACL user "${username}"`,
@@ -247,7 +262,7 @@ class RedisSession implements TargetSession {
     await this.#persist();
   }
 
-  async removePassword(username: string, passwords: { remove: string; keep: string }): Promise<void> {
+  async #removePassword(username: string, passwords: { remove: string; keep: string }): Promise<void> {
     try {
       await this.#acl(
         `removing a password of ACL user "${username}"`,
@@ -315,7 +330,7 @@ class RedisSession implements TargetSession {
     return line ? permissionRules(line) : null;
   }
 
-  async createLeaseUser(username: string, password: string, spec: { of: string }): Promise<void> {
+  async #createLeaseUser(username: string, password: string, spec: { of: string }): Promise<void> {
     const { of } = spec;
     if (username === of) {
       throw new TargetRefusedError(`lease user "${username}" cannot be the credential's own user "${of}"`);
@@ -420,7 +435,7 @@ class RedisSession implements TargetSession {
    * it comes. What it checks: a lease user whose rules let it change users (a lease made before leases were checked)
    * is refused rather than extended. A missing user is fine here: its lease is being revoked.
    */
-  async extendLeaseUser(username: string, _expiresAt: Date): Promise<void> {
+  async #extendLeaseUser(username: string, _expiresAt: Date): Promise<void> {
     const list = (await this.#acl('listing ACL users', [], 'LIST')) as string[];
     const line = list.find((l) => splitRules(l)[1] === username);
     if (!line) return;
@@ -433,7 +448,7 @@ class RedisSession implements TargetSession {
     }
   }
 
-  async dropLeaseUser(username: string, spec: { of: string }): Promise<void> {
+  async #dropLeaseUser(username: string, spec: { of: string }): Promise<void> {
     if (username === spec.of) {
       throw new TargetRefusedError(`lease user "${username}" is the credential's own user: not deleting it`);
     }
@@ -452,8 +467,6 @@ export const redisTarget: TargetDriver = {
   type: 'redis',
   engine: 'redis',
   defaultPort: 6379,
-  dualPassword: true,
-  leases: true,
   async open(connection, admin, options) {
     return new RedisSession(connection, admin, options.timeoutMs);
   },
