@@ -96,7 +96,9 @@ describe('failures', () => {
   it('a rotation whose downstream is unreachable fails cleanly after its retries, the old secret still current', async () => {
     const { id, role, password } = await importedCredential('single-user');
     // A second connection to a port where nothing listens.
-    const dead = await registerPgConnection(kt, `dead-${randomBytes(3).toString('hex')}`, 1);
+    const dead = await registerPgConnection(kt, `dead-${randomBytes(3).toString('hex')}`, 1, undefined, {
+      verify: false,
+    });
     const res = await kt.api('POST', '/v1/credentials', {
       id: `${id}-dead`,
       connection: dead,

@@ -344,12 +344,16 @@ export async function createPgAdminRole(
   };
 }
 
-/** Registers the test PostgreSQL as a connection, with the cluster's admin or the given one. */
+/**
+ * Registers the test PostgreSQL as a connection, with the cluster's admin or the given one. `verify: false` registers
+ * it unchecked (a port where nothing listens, for tests of an unreachable downstream).
+ */
 export async function registerPgConnection(
   kt: Keyturn,
   id = `pg-${randomBytes(3).toString('hex')}`,
   port?: number,
   admin?: { name: string; password: string },
+  options: { verify?: boolean } = {},
 ) {
   const info = pgInfo();
   const res = await kt.api('POST', '/v1/connections', {
@@ -361,6 +365,7 @@ export async function registerPgConnection(
     admin: admin
       ? { username: admin.name, password: admin.password }
       : { username: info.adminUser, password: info.adminPassword },
+    ...(options.verify === false ? { verify: false } : {}),
   });
   if (res.status !== 201) throw new Error(`registering connection failed: ${res.status} ${res.text}`);
   return id;
