@@ -50,8 +50,11 @@ describe('dry run and verify', () => {
       const r = await c.query('SELECT rolpassword, rolvaliduntil FROM pg_authid WHERE rolname = $1', [role]);
       return JSON.stringify(r.rows);
     }),
+    // The role and anything named after it (a clone); the cluster's other roles belong to tests running alongside.
     roles: await pgAdmin(
-      async (c) => (await c.query('SELECT count(*)::int AS n FROM pg_roles')).rows[0].n as number,
+      async (c) =>
+        (await c.query('SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1) ORDER BY 1', [role]))
+          .rows,
     ),
     secret: (await kt.api('GET', `/v1/credentials/${id}/secret`)).body,
     credential: (await kt.api('GET', `/v1/credentials/${id}`)).body,
