@@ -16,7 +16,7 @@ import {
   testEnv,
   tokensFile,
 } from '../support/harness.ts';
-import { LDAP_USER_DN, type Slapd, slapdSkipReason, startSlapd } from '../support/slapd.ts';
+import { ldapConnectionBody, type Slapd, slapdSkipReason, startSlapd } from '../support/slapd.ts';
 import { importTargetUser } from '../support/targets.ts';
 
 interface DryRun {
@@ -175,18 +175,7 @@ describe.skipIf(Boolean(ldapSkip))('dry run on an LDAP directory', () => {
   });
 
   it('checks the admin’s write with a probe entry it removes: the directory and the store are as they were', async () => {
-    const connection = {
-      type: 'ldap',
-      host: slapd.host,
-      port: slapd.tlsPort,
-      tls: { mode: 'verify-full', ca: slapd.ca },
-      options: { userDn: LDAP_USER_DN },
-    };
-    const created = await kt.api('POST', '/v1/connections', {
-      id: 'dir',
-      ...connection,
-      admin: { username: slapd.admin.dn, password: slapd.admin.password },
-    });
+    const created = await kt.api('POST', '/v1/connections', { id: 'dir', ...ldapConnectionBody(slapd) });
     expect(created.status, created.text).toBe(201);
     const user = { username: 'svc_dry', password: `dry-${Date.now()}-Aa1` };
     await slapd.addAccount(user.username, user.password, ['payments-readers']);
@@ -209,8 +198,7 @@ describe.skipIf(Boolean(ldapSkip))('dry run on an LDAP directory', () => {
     // The reader may not write: verify refuses it, naming the container.
     const reader = await kt.api('POST', '/v1/connections', {
       id: 'dir-reader',
-      ...connection,
-      admin: { username: slapd.reader.dn, password: slapd.reader.password },
+      ...ldapConnectionBody(slapd, { admin: { username: slapd.reader.dn, password: slapd.reader.password } }),
     });
     expect(reader.status).toBe(422);
     expect(reader.body.error.message).toContain('may not add entries under ou=services,dc=example,dc=org');

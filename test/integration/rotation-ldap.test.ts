@@ -9,6 +9,7 @@ import {
   LDAP_GROUPS,
   LDAP_SERVICES,
   LDAP_USER_DN,
+  ldapConnectionBody,
   type Slapd,
   slapdSkipReason,
   startSlapd,
@@ -28,15 +29,7 @@ describe.skipIf(Boolean(skip))('LDAP target: rotations end to end', () => {
     await slapd.addAccount(user.username, user.password, groups);
     return user;
   };
-  const connection = (overrides: Record<string, unknown> = {}) => ({
-    type: 'ldap',
-    host: slapd.host,
-    port: slapd.tlsPort,
-    tls: { mode: 'verify-full', ca: slapd.ca },
-    admin: { username: slapd.admin.dn, password: slapd.admin.password },
-    options: { userDn: LDAP_USER_DN },
-    ...overrides,
-  });
+  const connection = (overrides: Record<string, unknown> = {}) => ldapConnectionBody(slapd, overrides);
 
   beforeAll(async () => {
     slapd = await startSlapd();

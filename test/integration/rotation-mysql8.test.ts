@@ -11,7 +11,6 @@
 // account: there `gracePeriod` on a single-user credential is refused with 422 naming the server, and so it is
 // when the server cannot be asked.
 import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
 import mysql from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { supportsDualPasswords } from '../../src/targets/mysql/mysql-target.ts';
@@ -25,6 +24,7 @@ import {
   waitForRotation,
 } from '../support/harness.ts';
 import { asMysqlRoot, MYSQL_SERVER } from '../support/mysql.ts';
+import { freePort } from '../support/ports.ts';
 
 const DATABASE = 'keyturn_test';
 const NO_SERVER = 'no MySQL 8 server: set KEYTURN_TEST_MYSQL8_URL or run a Docker engine';
@@ -70,16 +70,6 @@ async function asRootOf<T>(server: ServerAddress, fn: (c: mysql.Connection) => P
   } finally {
     await c.end();
   }
-}
-
-/** A port nothing listens on (free a moment ago). */
-async function closedPort(): Promise<number> {
-  return new Promise((resolve) => {
-    const probe = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => resolve(port));
-    });
-  });
 }
 
 describe.skipIf(skipMysql8)('single-user on MySQL 8 (dual passwords)', () => {
@@ -479,7 +469,7 @@ describe.skipIf(mariadbSkip !== undefined)(
         id: unreachable,
         type: 'mysql',
         host: '127.0.0.1',
-        port: await closedPort(),
+        port: await freePort(),
         admin: { username: admin.name, password: admin.password },
         verify: false, // registered offline: the credential's gracePeriod check is what meets the closed port
       });

@@ -1,14 +1,13 @@
 // `keyturn agent` as a child process for the tests, a service that logs in with the file it renders
 // (agent-service.ts), and the rotations scenario of issue 13 shared by the integration and the slow suite.
-import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
+import { makePki, type Pki } from './pki.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -131,88 +130,17 @@ export async function readEnvFile(path: string): Promise<Record<string, string> 
   }
 }
 
-/** A TCP port free right now on 127.0.0.1 (for an API that is stopped and started again on the same address). */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
+import { freePort } from './ports.ts';
+
+export { freePort };
 
 /**
- * A CA, a server certificate for 127.0.0.1 and a client certificate, made by the openssl CLI in `dir` (as
- * hardening.test.ts does); undefined, with the reason, when openssl is not there.
+ * A CA, a server certificate for 127.0.0.1 and a client certificate, made by the openssl CLI in `dir`
+ * (test/support/pki.ts); the reason, when openssl is not there.
  */
-export function makeTestPki(
-  dir: string,
-): { caCert: string; serverCert: string; serverKey: string; clientCert: string; clientKey: string } | string {
+export function makeTestPki(dir: string): Pki | string {
   const version = spawnSync('openssl', ['version'], { encoding: 'utf8' });
   if (version.status !== 0)
     return `the openssl CLI is not available (${version.error?.message ?? version.stderr})`;
-  const at = (name: string) => join(dir, name);
-  const openssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  openssl(
-    'req',
-    '-x509',
-    ...ec,
-    '-keyout',
-    at('ca.key'),
-    '-out',
-    at('ca.crt'),
-    '-days',
-    '2',
-    '-subj',
-    '/CN=Keyturn Agent Test CA',
-    '-addext',
-    'basicConstraints=critical,CA:TRUE',
-    '-addext',
-    'keyUsage=critical,keyCertSign,cRLSign',
-  );
-  const leaf = (name: string, cn: string, extensions: string) => {
-    openssl(
-      'req',
-      '-new',
-      ...ec,
-      '-keyout',
-      at(`${name}.key`),
-      '-out',
-      at(`${name}.csr`),
-      '-subj',
-      `/CN=${cn}`,
-    );
-    writeFileSync(at(`${name}.ext`), extensions);
-    openssl(
-      'x509',
-      '-req',
-      '-in',
-      at(`${name}.csr`),
-      '-CA',
-      at('ca.crt'),
-      '-CAkey',
-      at('ca.key'),
-      '-set_serial',
-      `0x${randomBytes(8).toString('hex')}`,
-      '-days',
-      '2',
-      '-extfile',
-      at(`${name}.ext`),
-      '-out',
-      at(`${name}.crt`),
-    );
-  };
-  leaf(
-    'server',
-    '127.0.0.1',
-    'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n',
-  );
-  leaf('client', 'keyturn-agent', 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n');
-  return {
-    caCert: at('ca.crt'),
-    serverCert: at('server.crt'),
-    serverKey: at('server.key'),
-    clientCert: at('client.crt'),
-    clientKey: at('client.key'),
-  };
+  return makePki(dir);
 }

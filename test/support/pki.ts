@@ -11,13 +11,16 @@ export interface Pki {
   caCert: string;
   serverCert: string;
   serverKey: string;
+  /** Paths of the client certificate and key (also read into `client`). */
+  clientCert: string;
+  clientKey: string;
   client: { cert: Buffer; key: Buffer };
   foreignClient: { cert: Buffer; key: Buffer };
   ca: Buffer;
 }
 
-export function makePki(): Pki {
-  const dir = mkdtempSync(join(tmpdir(), 'kt-tls-'));
+/** The certificates in `dir` (a new temporary directory unless given). */
+export function makePki(dir = mkdtempSync(join(tmpdir(), 'kt-tls-'))): Pki {
   const at = (name: string) => join(dir, name);
   const openssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
@@ -88,6 +91,8 @@ export function makePki(): Pki {
     caCert: at('ca.crt'),
     serverCert: at('server.crt'),
     serverKey: at('server.key'),
+    clientCert: at('client.crt'),
+    clientKey: at('client.key'),
     ca: read('ca.crt'),
     client: { cert: read('client.crt'), key: read('client.key') },
     foreignClient: { cert: read('foreign-client.crt'), key: read('foreign-client.key') },

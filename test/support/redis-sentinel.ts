@@ -5,7 +5,7 @@
 // exits without calling it) and removes the directory. No mock anywhere: these are the servers Keyturn talks to.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createConnection, createServer } from 'node:net';
+import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
@@ -46,15 +46,9 @@ export interface SentinelSet {
   stop(): Promise<void>;
 }
 
-export const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, HOST, () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
+import { freePort } from './ports.ts';
+
+export { freePort };
 
 const live = new Set<ChildProcess>();
 let exitHook = false;

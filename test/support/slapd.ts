@@ -5,11 +5,12 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, Socket } from 'node:net';
+import { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Attribute, BerWriter, Change, Client, InvalidCredentialsError } from 'ldapts';
 import { makePki } from './pki.ts';
+import { freePort } from './ports.ts';
 
 const SLAPD = ['/usr/sbin/slapd', 'slapd'].find((p) => p === 'slapd' || existsSync(p)) ?? 'slapd';
 export const LDAP_SUFFIX = 'dc=example,dc=org';
@@ -25,14 +26,6 @@ export function slapdSkipReason(): string | undefined {
   const openssl = spawnSync('openssl', ['version']);
   if (openssl.status !== 0) return 'no openssl CLI to make the LDAPS certificate';
   return undefined;
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 async function listening(port: number): Promise<boolean> {
@@ -69,6 +62,25 @@ export interface Slapd {
   /** As root: the entries under a base (their DNs), for before/after comparisons. */
   dump(): Promise<string>;
   stop(): Promise<void>;
+}
+
+/**
+ * The body of POST /v1/connections (without the id) for this slapd: LDAPS with its certificate verified, accounts under
+ * ou=services, Keyturn's least-privilege admin; `overrides` replace top-level fields.
+ */
+export function ldapConnectionBody(
+  server: Slapd,
+  overrides: Record<string, unknown> = {},
+): Record<string, unknown> {
+  return {
+    type: 'ldap',
+    host: server.host,
+    port: server.tlsPort,
+    tls: { mode: 'verify-full', ca: server.ca },
+    admin: { username: server.admin.dn, password: server.admin.password },
+    options: { userDn: LDAP_USER_DN },
+    ...overrides,
+  };
 }
 
 export async function startSlapd(): Promise<Slapd> {

@@ -12,7 +12,7 @@ import {
 } from './harness.ts';
 import { asMysqlRoot, MYSQL_SERVER, mysqlCanLogin } from './mysql.ts';
 import { startRedisAclServer } from './redis-acl-server.ts';
-import { LDAP_SERVICES, LDAP_USER_DN, slapdSkipReason, startSlapd } from './slapd.ts';
+import { LDAP_SERVICES, ldapConnectionBody, slapdSkipReason, startSlapd } from './slapd.ts';
 import { startWebhookServer } from './webhook-server.ts';
 
 export interface StartedTarget {
@@ -327,14 +327,7 @@ const ldap: TargetFixture = {
   async start() {
     const server = await startSlapd();
     return {
-      connection: {
-        type: 'ldap',
-        host: server.host,
-        port: server.tlsPort,
-        tls: { mode: 'verify-full', ca: server.ca },
-        admin: { username: server.admin.dn, password: server.admin.password },
-        options: { userDn: LDAP_USER_DN },
-      },
+      connection: ldapConnectionBody(server),
       dualPassword: false,
       async createUser() {
         const username = `svc_${randomBytes(4).toString('hex')}`;

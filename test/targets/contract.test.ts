@@ -9,7 +9,6 @@
 // idempotently; a user exists or not; create a second user with the same rights; delete, idempotently; the dual
 // password and lease verbs where declared; and errors classified as unavailable (retry) or refused (roll back).
 import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Connection } from '../../src/registry/types.ts';
 import { targetDriver } from '../../src/targets/index.ts';
@@ -20,6 +19,7 @@ import {
   type TargetSession,
   TargetUnavailableError,
 } from '../../src/targets/types.ts';
+import { freePort } from '../support/ports.ts';
 import { CONTRACT_FIXTURES, type StartedTarget } from '../support/targets.ts';
 
 const plan = await Promise.all(
@@ -57,15 +57,6 @@ function connectionOf(started: StartedTarget, overrides: Partial<Connection> = {
 
 const adminOf = (started: StartedTarget): Login => (started.connection as { admin: Login }).admin;
 const password = () => randomBytes(18).toString('base64url');
-
-/** A loopback port nothing listens on (bound, then closed). */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 for (const { fixture, skip } of plan) {
   describe.skipIf(Boolean(skip))(`target contract: ${fixture.name}`, () => {
@@ -193,7 +184,7 @@ for (const { fixture, skip } of plan) {
 
     it('errors: nothing listening is unavailable (retry); a wrong admin password is refused (roll back)', async () => {
       const user = await started.createUser();
-      const away = connectionOf(started, { port: await closedPort() });
+      const away = connectionOf(started, { port: await freePort() });
       const unreachable = await (async () => {
         const s = await open(away, adminOf(started));
         return s.updatePassword(user.username, password());

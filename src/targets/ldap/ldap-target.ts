@@ -635,7 +635,6 @@ export const ldapTarget: TargetDriver = {
   defaultPort: 636,
   validateOptions,
   async open(connection, admin, options) {
-    const session = new LdapSession(connection, admin, options.timeoutMs);
-    return session;
+    return new LdapSession(connection, admin, options.timeoutMs);
   },
 };
