@@ -556,10 +556,7 @@ export class QueueWorkers {
     this.deps.observer?.scheduleLag(lateMs / 1000);
     // Paused (PATCH {"paused": true} on the credential or its connection): this slot is skipped, audited, and the next
     // one armed as usual, so that resuming picks the schedule up where it stands.
-    const connectionPausedAt = credential.spec.pausedAt
-      ? undefined
-      : (await this.deps.registry.findConnection(credential.spec.connection))?.pausedAt;
-    const pausedSince = credential.spec.pausedAt ?? connectionPausedAt;
+    const pausedSince = await this.#pausedSince(credential);
     if (pausedSince) {
       await this.deps.audit.append({
         actor: 'scheduler',
@@ -597,6 +594,14 @@ export class QueueWorkers {
     if (await due.rearm(entry, next)) await this.deps.queues.armNotice(credential.spec, next);
   }
 
+  /** Since when a credential's scheduled rotations are paused: its own pause, else its connection's; undefined if not. */
+  async #pausedSince(credential: Credential): Promise<string | undefined> {
+    return (
+      credential.spec.pausedAt ??
+      (await this.deps.registry.findConnection(credential.spec.connection))?.pausedAt
+    );
+  }
+
   /**
    * A `rotation.upcoming` notice that came due: appended to the audit stream (from which the notifier's webhooks and
    * GET /v1/events take it), once, for a credential that still exists, is not paused and still has its slot ahead.
@@ -605,10 +610,7 @@ export class QueueWorkers {
     const { due } = this.deps.queues;
     const credential = await this.deps.registry.findCredential(credentialId);
     const plannedAt = credential ? await due.dueAt(credentialId) : undefined;
-    const paused =
-      credential &&
-      (credential.spec.pausedAt ??
-        (await this.deps.registry.findConnection(credential.spec.connection))?.pausedAt);
+    const paused = credential && (await this.#pausedSince(credential));
     if (credential?.spec.notifyBefore && plannedAt !== undefined && plannedAt > Date.now() && !paused) {
       await this.deps.audit.append({
         actor: 'scheduler',
