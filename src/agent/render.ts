@@ -9,7 +9,18 @@ import type { SecretFields } from '../client/connection.ts';
 /** What GET /v1/credentials/:id/secret answers, as far as templates use it. */
 export type { SecretFields };
 
-export const FIELDS = ['username', 'password', 'host', 'port', 'database', 'version', 'rotatedAt'] as const;
+export const FIELDS = [
+  'username',
+  'password',
+  'host',
+  'port',
+  'database',
+  'version',
+  'rotatedAt',
+  // AWS IAM credentials; empty for others.
+  'accessKeyId',
+  'secretAccessKey',
+] as const;
 
 type Lambda = () => (text: string, render: (text: string) => string) => string;
 const section =
@@ -76,6 +87,8 @@ export function render(template: string, secret: SecretFields): string {
     database: secret.database ?? '',
     version: secret.version,
     rotatedAt: secret.rotatedAt,
+    accessKeyId: secret.accessKeyId ?? '',
+    secretAccessKey: secret.secretAccessKey ?? '',
     urlencoded: Object.assign(Object.create(null) as Record<string, string>, {
       username: encodeURIComponent(secret.username),
       password: encodeURIComponent(secret.password),

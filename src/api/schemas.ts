@@ -36,6 +36,18 @@ const TlsSchema = Type.Object(
 
 const Password = Type.String({ minLength: 1, maxLength: 1024 });
 
+// Downstreams with a well-known address (aws-iam): the region the SDK signs for, and a URL that replaces the address.
+const Region = Type.String({
+  pattern: '^[a-z]{2}(-[a-z0-9]+){1,3}-[0-9]{1,2}$',
+  description: 'An AWS region such as "eu-west-1" (aws-iam connections)',
+});
+const Endpoint = Type.String({
+  pattern: '^https?://[^\\s/?#@]+/?$',
+  maxLength: 512,
+  description:
+    "aws-iam connections: the IAM and STS endpoint URL instead of AWS's own (an emulator, a VPC endpoint): scheme, host and port only; http:// only on a loopback address",
+});
+
 // Target-specific settings; each target's driver says which it knows (targets/*/ validateOptions).
 const ConnectionOptions = Type.Record(
   Type.String({ pattern: '^[A-Za-z][A-Za-z0-9]{0,62}$' }),
@@ -75,7 +87,11 @@ export const CreateConnectionBody = Type.Object(
   {
     id: Id,
     type: Type.String({ minLength: 1, maxLength: 32 }),
-    host: Type.String({ pattern: HOST_PATTERN }),
+    host: Type.Optional(
+      Type.String({ pattern: HOST_PATTERN, description: 'required, except for aws-iam (region, endpoint)' }),
+    ),
+    region: Type.Optional(Region),
+    endpoint: Type.Optional(Endpoint),
     port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
     database: Type.Optional(Type.String({ minLength: 1, maxLength: 63 })),
     tls: Type.Optional(TlsSchema),
@@ -105,6 +121,8 @@ export const PatchConnectionBody = Type.Object(
   {
     host: Type.Optional(Type.String({ pattern: HOST_PATTERN })),
     port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
+    region: Type.Optional(Region),
+    endpoint: Type.Optional(Endpoint),
     database: Type.Optional(Type.String({ minLength: 1, maxLength: 63 })),
     tls: Type.Optional(TlsSchema),
     admin: Type.Optional(
@@ -174,6 +192,8 @@ export const SyncSchema = Type.Object(
           host: Type.Optional(SECRET_KEY),
           port: Type.Optional(SECRET_KEY),
           database: Type.Optional(SECRET_KEY),
+          // AWS IAM credentials: the access key's id (its secret is the password).
+          accessKeyId: Type.Optional(SECRET_KEY),
         },
         { additionalProperties: false, minProperties: 1 },
       ),

@@ -41,6 +41,8 @@ export function connectionView(connection: Connection, credentials?: string[]) {
     host: connection.host,
     port: connection.port,
     database: connection.database ?? null,
+    ...(connection.region !== undefined ? { region: connection.region } : {}),
+    ...(connection.endpoint !== undefined ? { endpoint: connection.endpoint } : {}),
     tls: connection.tls
       ? { mode: connection.tls.mode, ca: connection.tls.ca ? 'set' : null }
       : { mode: 'disable' },

@@ -15,6 +15,9 @@ export interface SecretFields {
   database: string | null;
   version: string;
   rotatedAt: string;
+  /** AWS IAM credentials: the access key's id and secret (the secret is the password too). */
+  accessKeyId?: string;
+  secretAccessKey?: string;
 }
 
 export class KeyturnApiError extends Error {

@@ -22,6 +22,13 @@ export interface Connection {
   admin: { username: string };
   /** Target-specific settings, checked by the target's driver (e.g. the MySQL account host, a webhook's paths). */
   options?: Record<string, string | number | boolean>;
+  /** Downstreams with a well-known address (TargetDriver.endpoint, AWS IAM): the region the SDK signs for. */
+  region?: string;
+  /**
+   * Downstreams with a well-known address: the URL that replaces it (an emulator, a VPC endpoint). `host` and `port` are
+   * derived from it, so that everything reading a connection's address (documents, audit, reads) still has one.
+   */
+  endpoint?: string;
   /** Where the admin password lives. */
   adminStore: StoreSpec;
   labels: Record<string, string>;
@@ -70,7 +77,7 @@ export type Schedule =
 export type Strategy = 'single-user' | 'alternating-users';
 
 /** The fields of a secret a sync can write, each under a key of the destination's choosing. */
-export const SYNC_FIELDS = ['username', 'password', 'host', 'port', 'database'] as const;
+export const SYNC_FIELDS = ['username', 'password', 'host', 'port', 'database', 'accessKeyId'] as const;
 export type SyncField = (typeof SYNC_FIELDS)[number];
 
 /**

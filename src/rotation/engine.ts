@@ -24,7 +24,7 @@ import {
   type CredentialSpec,
   type CredentialState,
 } from '../registry/types.ts';
-import { credentialSecretRef, rotationDocument, type StoreSet } from '../stores/index.ts';
+import { credentialSecretRef, loginOf, rotationDocument, type StoreSet } from '../stores/index.ts';
 import {
   type SecretRef,
   type SecretStore,
@@ -36,6 +36,7 @@ import { targetDriver } from '../targets/index.ts';
 import {
   type AuthOutcome,
   type Login,
+  type MintedSecrets,
   type TargetDriver,
   TargetRefusedError,
   type TargetSession,
@@ -454,7 +455,9 @@ export class RotationEngine {
       const step = order[i]!;
       rotation.step = step;
       await this.#failpoints.hit(`before-${step}`);
-      const outcome = await this.#bounded(step, this.#runStep(step, lease, rotation, ctx));
+      // A minted secret's set step also waits for the downstream to accept the new key (#settle).
+      const settleMs = step === 'set' ? (ctx.target.mintedSecrets?.settleMs ?? 0) : 0;
+      const outcome = await this.#bounded(step, this.#runStep(step, lease, rotation, ctx), settleMs);
       await this.#failpoints.hit(`after-${step}`);
       if (step === 'finish') return; // #finish committed the terminal record itself
       rotation.steps.push({ step, outcome, attempt: rotation.attempts, at: this.#nowIso() });
@@ -510,6 +513,17 @@ export class RotationEngine {
       return 'skipped';
     }
     const { spec, state } = ctx.credential;
+    if (ctx.target.mintedSecrets) {
+      // Registration refuses both (TargetDriver.registration, adminRotationRefused); a record from before is refused here.
+      if (spec.strategy !== 'single-user' || ctx.admin) {
+        throw new PermanentError(
+          `connection "${ctx.connection.id}" (${ctx.connection.type}) makes its secrets itself: only a credential with strategy "single-user" rotates there, and not the connection's admin`,
+        );
+      }
+      // Nothing to generate: the downstream makes the secret in the set step, which stores it as soon as it exists.
+      rotation.username = spec.username;
+      return 'skipped';
+    }
     const username =
       spec.strategy === 'single-user'
         ? spec.username
@@ -596,6 +610,7 @@ export class RotationEngine {
 
   /** Step 2: apply the pending secret downstream, unless it already works there. */
   async #set(lease: Lease, rotation: Rotation, ctx: Context): Promise<'succeeded' | 'skipped'> {
+    if (ctx.target.mintedSecrets) return this.#setMinted(lease, rotation, ctx, ctx.target.mintedSecrets);
     const { spec } = ctx.credential;
     const pending = await this.#pending(rotation, ctx);
     const login = { username: pending.value.username, password: pending.value.password };
@@ -646,6 +661,118 @@ export class RotationEngine {
     return 'succeeded';
   }
 
+  /**
+   * Step 2 where the downstream makes the secret (TargetSession.mintedSecrets, AWS IAM access keys). The new key exists
+   * only once the downstream answered, so it cannot be stored before the change goes out; the write-ahead here is the
+   * list of the user's keys before the first mint (Rotation.keysBefore), saved with setStarted. A key in neither that
+   * list nor the store was made by this rotation and never stored (a crash between the mint and the store write, a
+   * mint whose answer was lost), and is deleted, as is the previous version's key: the user is left with the current
+   * key and the new one, as a dual-password set leaves two passwords. Keys Keyturn did not make are never touched; when
+   * they leave no room for a new one, the rotation fails before changing anything and says which to delete. The step
+   * ends once the downstream accepts the new key (#settle), so that from setDone on a read may serve it (I1).
+   */
+  async #setMinted(
+    lease: Lease,
+    rotation: Rotation,
+    ctx: Context,
+    minted: MintedSecrets,
+  ): Promise<'succeeded' | 'skipped'> {
+    const { spec } = ctx.credential;
+    const username = spec.username;
+    const stored = await ctx.store.read(ctx.ref, { versionId: rotation.id });
+    if (stored) {
+      // An earlier attempt made and stored it: this rotation's key, unless someone deleted it since.
+      ctx.secrets.add(stored.value.password);
+      const keyId = stored.value.accessKeyId;
+      if (!(await minted.list(username)).some((k) => k.keyId === keyId)) {
+        throw new PermanentError(
+          `the key "${keyId}" this rotation made for "${username}" on connection "${ctx.connection.id}" is gone (deleted outside Keyturn): the rotation rolls back, and the next one makes another`,
+        );
+      }
+      rotation.setStarted = true;
+      await this.#settle(ctx, minted, loginOf(stored.value));
+      rotation.setDone = true;
+      return 'skipped';
+    }
+    const current = await ctx.store.read(ctx.ref, { stage: 'current' });
+    const previous = await ctx.store.read(ctx.ref, { stage: 'previous' });
+    const currentId = current?.value.accessKeyId;
+    const previousId = previous?.value.accessKeyId;
+    const keys = await minted.list(username);
+    const before = rotation.keysBefore;
+    const going = keys.filter(
+      (k) =>
+        k.keyId !== currentId &&
+        ((before !== undefined && !before.includes(k.keyId)) || k.keyId === previousId),
+    );
+    const staying = keys.filter((k) => !going.includes(k));
+    if (staying.length >= minted.limit) {
+      const foreign = staying.filter((k) => k.keyId !== currentId);
+      throw new PermanentError(
+        `"${username}" on connection "${ctx.connection.id}" holds ${staying.length} keys, the most ${ctx.connection.type} allows, and ${foreign
+          .map((k) => `"${k.keyId}" (${k.active ? 'active' : 'inactive'}, made ${k.createdAt.toISOString()})`)
+          .join(
+            ', ',
+          )} ${foreign.length === 1 ? 'is' : 'are'} not Keyturn's, so nothing was changed: delete ${foreign.length === 1 ? 'it' : 'one'} once no service uses ${foreign.length === 1 ? 'it' : 'them'} (Keyturn never deletes a key it did not make), then rotate again`,
+      );
+    }
+    const firstSend = !rotation.setStarted;
+    if (firstSend) {
+      // Write-ahead: from here the downstream may hold a key the store does not know, made by this rotation.
+      rotation.setStarted = true;
+      rotation.keysBefore = keys.map((k) => k.keyId);
+      await this.#save(lease, rotation);
+    }
+    let changed = false;
+    let key: { keyId: string; secret: string };
+    try {
+      for (const k of going) {
+        await minted.delete(username, k.keyId);
+        changed = true;
+      }
+      key = await minted.mint(username);
+    } catch (err) {
+      // The first attempt changed nothing downstream (the admin was refused before any delete or mint): as in #set.
+      if (firstSend && !changed && wasNothingSent(err)) {
+        rotation.setStarted = false;
+        delete rotation.keysBefore;
+      }
+      throw err;
+    }
+    ctx.secrets.add(key.secret);
+    await this.#failpoints.hit('set-after-mint');
+    const login = { username, password: key.secret, keyId: key.keyId };
+    await ctx.store.putPending(
+      ctx.ref,
+      rotation.id,
+      rotationDocument(ctx.connection, ctx.engine, login, spec.strategy),
+    );
+    await this.#failpoints.hit('set-after-downstream');
+    await this.#settle(ctx, minted, login);
+    rotation.setDone = true;
+    return 'succeeded';
+  }
+
+  /**
+   * Waits until the downstream accepts a key it just made (IAM: InvalidClientTokenId for a few seconds after
+   * CreateAccessKey), up to its settleMs. Past that the attempt fails and the rotation retries; the key stays stored.
+   */
+  async #settle(ctx: Context, minted: MintedSecrets, login: Login): Promise<void> {
+    const deadline = this.#clock.now() + minted.settleMs;
+    let waitMs = 250;
+    for (;;) {
+      const outcome = await ctx.target.authenticate(login);
+      if (outcome.ok) return;
+      if (this.#clock.now() + waitMs > deadline) {
+        throw new Error(
+          `the downstream did not accept the new key "${login.keyId}" within ${Math.round(minted.settleMs / 1000)} s (${outcome.message}); the rotation retries with the same key. New keys take a while to propagate: raise the connection's option settleSeconds if this recurs`,
+        );
+      }
+      await new Promise((resolve) => setTimeout(resolve, waitMs));
+      waitMs = Math.min(waitMs * 2, 2000);
+    }
+  }
+
   /** The set step's change downstream: the clone made, both passwords kept, or the password replaced. */
   async #sendPending(
     ctx: Context,
@@ -689,16 +816,13 @@ export class RotationEngine {
   /** Step 3: log in with the pending secret and run a harmless query. */
   async #test(rotation: Rotation, ctx: Context): Promise<'succeeded'> {
     const pending = await this.#pending(rotation, ctx);
-    const result = await this.#works(ctx, {
-      username: pending.value.username,
-      password: pending.value.password,
-    });
+    const result = await this.#works(ctx, loginOf(pending.value));
     if (!result.ok) {
       // The set step landed but the login is refused: something downstream undid it. Setting again may help.
       rotation.setDone = false;
       throw new Error(`test failed: ${result.message}`);
     }
-    await this.#checkPasswordsChecked(rotation, ctx, pending.value.username);
+    await this.#checkPasswordsChecked(rotation, ctx, loginOf(pending.value));
     return 'succeeded';
   }
 
@@ -708,14 +832,14 @@ export class RotationEngine {
    * connection every PASSWORD_CHECK_EVERY_MS in this process rather than on every rotation (a failed login costs as
    * much as a good one); the result only decides a warning, never the rotation.
    */
-  async #checkPasswordsChecked(rotation: Rotation, ctx: Context, username: string): Promise<void> {
+  async #checkPasswordsChecked(rotation: Rotation, ctx: Context, login: Login): Promise<void> {
     const last = this.#passwordsChecked.get(ctx.connection.id);
     if (last && this.#clock.now() - last.at < PASSWORD_CHECK_EVERY_MS) {
       if (!last.checks) this.#warnNoPasswordCheck(rotation, ctx);
       return;
     }
     const canary = await ctx.target
-      .authenticate({ username, password: generatePassword(ctx.credential.spec.password) })
+      .authenticate({ ...login, password: generatePassword(ctx.credential.spec.password) })
       .catch(() => undefined);
     if (!canary) return; // unavailable just now: the next rotation looks again
     this.#passwordsChecked.set(ctx.connection.id, { at: this.#clock.now(), checks: !canary.ok });
@@ -997,6 +1121,7 @@ export class RotationEngine {
   }
 
   async #restoreDownstream(rotation: Rotation, ctx: Context): Promise<string> {
+    if (ctx.target.mintedSecrets) return this.#restoreMinted(rotation, ctx, ctx.target.mintedSecrets);
     const { spec, state } = ctx.credential;
     const pending = await ctx.store.read(ctx.ref, { versionId: rotation.id });
     if (pending) ctx.secrets.add(pending.value.password);
@@ -1062,6 +1187,37 @@ export class RotationEngine {
       : `user "${username}" got an unknown random password${dropped}`;
   }
 
+  /**
+   * Rollback where the downstream makes the secrets: the current key was never changed, so putting back is deleting
+   * what this rotation made, the stored pending key and any key it made but could not store (not in keysBefore).
+   */
+  async #restoreMinted(rotation: Rotation, ctx: Context, minted: MintedSecrets): Promise<string> {
+    const username = ctx.credential.spec.username;
+    const pending = await ctx.store.read(ctx.ref, { versionId: rotation.id });
+    const current = await ctx.store.read(ctx.ref, { stage: 'current' });
+    if (pending) ctx.secrets.add(pending.value.password);
+    if (current) ctx.secrets.add(current.value.password);
+    const before = rotation.keysBefore;
+    const made = (await minted.list(username)).filter(
+      (k) =>
+        k.keyId !== current?.value.accessKeyId &&
+        (k.keyId === pending?.value.accessKeyId || (before !== undefined && !before.includes(k.keyId))),
+    );
+    for (const k of made) await minted.delete(username, k.keyId);
+    let what =
+      made.length > 0
+        ? `the key${made.length > 1 ? 's' : ''} this rotation made (${made.map((k) => `"${k.keyId}"`).join(', ')}) ${made.length > 1 ? 'were' : 'was'} deleted`
+        : 'this rotation had made no key that is still there';
+    if (current) {
+      // Never changed by a rotation; said when it does not log in, as that is someone else's doing.
+      const works = await this.#works(ctx, loginOf(current.value));
+      what += works.ok
+        ? '; the current key still logs in'
+        : `; the current key does not log in (${works.message}), which Keyturn did not change`;
+    }
+    return `${what}${await this.#dropPending(ctx, rotation)}`;
+  }
+
   /** Drops the pending version once the downstream no longer holds it; a store that refuses is reported, not fatal. */
   async #dropPending(ctx: Context, rotation: Rotation): Promise<string> {
     try {
@@ -1106,6 +1262,11 @@ export class RotationEngine {
       if (current.value.username !== previous.value.username) {
         // alternating-users: the previous user gets an unknown password.
         await ctx.target.updatePassword(previous.value.username, generatePassword(credential.spec.password));
+      } else if (ctx.target.mintedSecrets && previous.value.accessKeyId) {
+        // single-user where the downstream makes the keys: the old key stops working, and the next rotation deletes it.
+        if (previous.value.accessKeyId !== current.value.accessKeyId) {
+          await ctx.target.mintedSecrets.deactivate(previous.value.username, previous.value.accessKeyId);
+        }
       } else if (ctx.target.dualPasswords) {
         // single-user on a dual-password downstream: the old password of the same user goes.
         await ctx.target.dualPasswords.remove(previous.value.username, {
@@ -1148,8 +1309,8 @@ export class RotationEngine {
    * forever: past a generous bound it counts as a failed attempt. Each downstream call has its own timeout
    * already; this is the net under them.
    */
-  async #bounded<T>(step: RotationStep, work: Promise<T>): Promise<T> {
-    const limitMs = this.#settings.downstreamTimeoutMs * 6;
+  async #bounded<T>(step: RotationStep, work: Promise<T>, extraMs = 0): Promise<T> {
+    const limitMs = this.#settings.downstreamTimeoutMs * 6 + extraMs;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(

@@ -21,7 +21,7 @@ import { NotFoundError } from '../registry/errors.ts';
 import type { RedisKeys } from '../registry/keys.ts';
 import { decodeSpec } from '../registry/spec-codec.ts';
 import type { Connection, Credential, CredentialState } from '../registry/types.ts';
-import { credentialSecretRef, type StoreSet } from '../stores/index.ts';
+import { credentialSecretRef, loginOf, type StoreSet } from '../stores/index.ts';
 import type { LocalStore } from '../stores/local-store.ts';
 import type { SecretRef, SecretVersion } from '../stores/types.ts';
 import { secretCacheMaxAge } from './cache-hint.ts';
@@ -38,6 +38,9 @@ export interface SecretAnswer {
   host: string;
   port: number;
   database: string | null;
+  /** A key the downstream made (AWS IAM): its id, and its secret again under the AWS layout's name. */
+  accessKeyId?: string;
+  secretAccessKey?: string;
 }
 
 export type SecretRead =
@@ -200,6 +203,7 @@ export class SecretReader {
         host: connection.host,
         port: connection.port,
         database: connection.database ?? null,
+        ...(value.accessKeyId ? { accessKeyId: value.accessKeyId, secretAccessKey: value.password } : {}),
       },
       maxAgeSeconds: secretCacheMaxAge({
         rotating: working.rotating,
@@ -328,10 +332,7 @@ export class SecretReader {
     const connection = snap.connection ?? (await this.#connection(snap.credential.spec.connection));
     const { session } = await openDownstream(connection, this.#stores, this.#timeoutMs);
     try {
-      const r = await session.authenticate({
-        username: candidate.value.username,
-        password: candidate.value.password,
-      });
+      const r = await session.authenticate(loginOf(candidate.value));
       return r.ok;
     } finally {
       await session.close();

@@ -36,6 +36,12 @@ export interface Rotation {
   setStarted: boolean;
   /** Set once the downstream change is known to have landed. */
   setDone: boolean;
+  /**
+   * Downstreams that make the secret (TargetSession.mintedSecrets): the ids of the user's keys before this rotation
+   * minted, saved with setStarted. A key not among them and not in the store was made by this rotation and never
+   * stored (a crash between the mint and the store write), and is deleted. Key ids are not secrets.
+   */
+  keysBefore?: string[];
   /** The downstream user this rotation changes. */
   username?: string;
   attempts: number;

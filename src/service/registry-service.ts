@@ -37,13 +37,20 @@ import { cloneLabel, labelledFor } from '../rotation/strategies.ts';
 import type { Rotation } from '../rotation/types.ts';
 import type { Queues } from '../scheduling/queues.ts';
 import { validateSchedule } from '../scheduling/schedule.ts';
-import { connectionAdminRef, credentialSecretRef, type StoreSet, secretDocument } from '../stores/index.ts';
+import {
+  connectionAdminRef,
+  credentialSecretRef,
+  loginOf,
+  type StoreSet,
+  secretDocument,
+} from '../stores/index.ts';
 import type { SecretDocument } from '../stores/types.ts';
 import { type SyncTargets, syncProblems } from '../sync/index.ts';
 import { TARGET_DRIVERS, targetDriver } from '../targets/index.ts';
 import {
   type Check,
   type Login,
+  type TargetDriver,
   TargetRefusedError,
   type TargetSession,
   TargetUnavailableError,
@@ -55,8 +62,11 @@ const engineOf = (connection: Connection): string => targetDriver(connection.typ
 export interface ConnectionInput {
   id: string;
   type: string;
-  host: string;
+  /** Required, except for a driver with a well-known address (TargetDriver.endpoint), which takes region and endpoint. */
+  host?: string;
   port?: number;
+  region?: string;
+  endpoint?: string;
   database?: string;
   tls?: TlsSpec;
   admin: { username: string; password: string; store?: StoreSpec };
@@ -70,6 +80,8 @@ export interface ConnectionInput {
 export interface ConnectionPatch {
   host?: string;
   port?: number;
+  region?: string;
+  endpoint?: string;
   database?: string;
   tls?: TlsSpec;
   admin?: { username?: string; password?: string };
@@ -90,7 +102,72 @@ export interface DryRun {
 }
 
 /** Connection fields whose change is checked downstream (verify) before it is saved. */
-const VERIFIED_FIELDS = ['host', 'port', 'database', 'tls', 'options', 'admin'] as const;
+const VERIFIED_FIELDS = [
+  'host',
+  'port',
+  'region',
+  'endpoint',
+  'database',
+  'tls',
+  'options',
+  'admin',
+] as const;
+
+/** Names that are this machine (an endpoint may use http:// only there: an emulator). */
+const LOOPBACK_HOST = /^(localhost|127(\.\d{1,3}){3}|\[::1\])$/i;
+
+/**
+ * Where a connection points: `host` and `port` for most drivers; for a driver with a well-known address
+ * (TargetDriver.endpoint, AWS IAM) its `region` and `endpoint`, with host and port derived from the endpoint (or the
+ * well-known host) so that every reader of a connection's address still has one. A 422 names what does not fit.
+ */
+export function connectionAddress(
+  driver: TargetDriver,
+  input: { host?: string; port?: number; region?: string; endpoint?: string },
+): Pick<Connection, 'host' | 'port' | 'region' | 'endpoint'> {
+  if (!driver.endpoint) {
+    if (input.region !== undefined || input.endpoint !== undefined) {
+      throw new UnprocessableError(
+        `region and endpoint apply to connections with a well-known address (aws-iam), not to ${driver.type}: give host and port`,
+      );
+    }
+    if (!input.host) throw new UnprocessableError(`host is required for ${driver.type} connections`);
+    return { host: input.host, port: input.port ?? driver.defaultPort };
+  }
+  if (input.host !== undefined || input.port !== undefined) {
+    throw new UnprocessableError(
+      `${driver.type} connections take region and endpoint (a URL such as "https://iam.amazonaws.com"), not host and port`,
+    );
+  }
+  const region = input.region ? { region: input.region } : {};
+  if (!input.endpoint) return { host: driver.endpoint.defaultHost, port: driver.defaultPort, ...region };
+  let url: URL;
+  try {
+    url = new URL(input.endpoint);
+  } catch {
+    throw new UnprocessableError(
+      `endpoint "${input.endpoint}" is not a URL such as "https://iam.eu-west-1.amazonaws.com"`,
+    );
+  }
+  if (
+    url.username ||
+    url.password ||
+    url.search ||
+    url.hash ||
+    (url.pathname !== '/' && url.pathname !== '')
+  ) {
+    throw new UnprocessableError(
+      'endpoint must be a scheme, a host and a port only (no path, query or login)',
+    );
+  }
+  if (url.protocol === 'http:' && !LOOPBACK_HOST.test(url.hostname)) {
+    throw new UnprocessableError(
+      `endpoint must use https://: http:// is accepted on a loopback address only (an emulator), not on "${url.hostname}"`,
+    );
+  }
+  const port = url.port ? Number(url.port) : url.protocol === 'http:' ? 80 : 443;
+  return { host: url.hostname.replace(/^\[|\]$/g, ''), port, endpoint: url.origin, ...region };
+}
 
 export interface CredentialInput {
   id: string;
@@ -141,7 +218,7 @@ export interface Requester {
 }
 
 /** The connection fields that decide where Keyturn sends passwords: changing any of them is an admin action. */
-export const REPOINTING_FIELDS = ['host', 'port', 'database', 'tls', 'options'] as const;
+export const REPOINTING_FIELDS = ['host', 'port', 'endpoint', 'database', 'tls', 'options'] as const;
 
 /** A TLS setting as the audit trail shows it: the mode, and the CA as a SHA-256 fingerprint rather than its PEM. */
 function tlsForAudit(tls: TlsSpec | undefined): string {
@@ -158,6 +235,8 @@ export function connectionChanges(before: Connection, after: Connection): Record
   const show: Record<string, (c: Connection) => string> = {
     host: (c) => c.host,
     port: (c) => String(c.port),
+    region: (c) => c.region ?? '',
+    endpoint: (c) => c.endpoint ?? '',
     database: (c) => c.database ?? '',
     tls: (c) => tlsForAudit(c.tls),
     options: (c) => sortedJson(c.options ?? {}),
@@ -246,8 +325,7 @@ export class RegistryService {
     const connection: Connection = {
       id: input.id,
       type: input.type,
-      host: input.host,
-      port: input.port ?? driver.defaultPort,
+      ...connectionAddress(driver, input),
       ...(input.database ? { database: input.database } : {}),
       ...(input.tls ? { tls: input.tls } : {}),
       ...(input.options ? { options: input.options } : {}),
@@ -287,11 +365,8 @@ export class RegistryService {
 
   /** The admin's rotation is possible on this connection and its schedule is valid; 422 naming the problem. */
   #checkAdminRotation(connection: Connection, adminRotation?: AdminRotation): void {
-    if (connection.type === 'webhook') {
-      throw new UnprocessableError(
-        `The admin of a webhook connection is the signing key the service shares with Keyturn: rotating it needs the service's side too, which the webhook contract has no call for. Rotate it by hand (PATCH admin.password after the service took the new key)`,
-      );
-    }
+    const refused = targetDriver(connection.type)?.adminRotationRefused;
+    if (refused) throw new UnprocessableError(refused);
     if (adminRotation) {
       const problems = validateSchedule(adminRotation.schedule).map((p) => `adminRotation.${p}`);
       if (problems.length > 0) throw new UnprocessableError(problems.join('; '));
@@ -407,7 +482,7 @@ export class RegistryService {
             : `"${username}" does not exist downstream: create it, or register the credential again`,
         );
         if (exists) {
-          const login = await session.authenticate({ username, password: current.value.password });
+          const login = await session.authenticate(loginOf(current.value));
           add(
             'current password',
             login.ok,
@@ -416,6 +491,25 @@ export class RegistryService {
               : `the downstream refuses the current secret of "${username}" (${login.message}): services using it fail now; a rotation sets a new one`,
           );
         }
+      }
+      if (session.mintedSecrets) {
+        // The set step deletes the previous version's key and nothing else Keyturn did not make (engine, #setMinted).
+        const previous = await store.read(credentialSecretRef(spec), { stage: 'previous' });
+        const keys = await session.mintedSecrets.list(spec.username);
+        const staying = keys.filter(
+          (k) => k.keyId !== previous?.value.accessKeyId || k.keyId === current?.value.accessKeyId,
+        );
+        const foreign = staying
+          .filter((k) => k.keyId !== current?.value.accessKeyId)
+          .map((k) => `"${k.keyId}"`);
+        const room = staying.length < session.mintedSecrets.limit;
+        add(
+          'room for a new key',
+          room,
+          room
+            ? `"${spec.username}" holds ${keys.length} of ${session.mintedSecrets.limit} keys, and the rotation may delete ${keys.length - staying.length} (the previous version's)`
+            : `"${spec.username}" holds ${keys.length} of ${session.mintedSecrets.limit} keys and ${foreign.join(', ')} ${foreign.length === 1 ? 'is' : 'are'} not Keyturn's: delete one once no service uses it, or the rotation fails`,
+        );
       }
     } catch (err) {
       add('admin login', false, `${failure(err)}`);
@@ -468,10 +562,26 @@ export class RegistryService {
 
   async updateConnection(id: string, patch: ConnectionPatch, who: Requester): Promise<Connection> {
     const connection = await this.#registry.getConnection(id);
+    const driver = targetDriver(connection.type);
+    const readdressed = ['host', 'port', 'region', 'endpoint'].some(
+      (f) => patch[f as keyof ConnectionPatch] !== undefined,
+    );
+    const address =
+      driver?.endpoint && readdressed
+        ? connectionAddress(driver, {
+            region: patch.region ?? connection.region,
+            endpoint: patch.endpoint ?? connection.endpoint,
+            ...(patch.host !== undefined ? { host: patch.host } : {}),
+            ...(patch.port !== undefined ? { port: patch.port } : {}),
+          })
+        : driver && (patch.region !== undefined || patch.endpoint !== undefined)
+          ? connectionAddress(driver, patch)
+          : undefined;
     const updated: Connection = {
       ...connection,
       ...(patch.host ? { host: patch.host } : {}),
       ...(patch.port ? { port: patch.port } : {}),
+      ...address,
       ...(patch.database ? { database: patch.database } : {}),
       ...(patch.tls ? { tls: patch.tls } : {}),
       ...(patch.labels ? { labels: patch.labels } : {}),
@@ -586,6 +696,12 @@ export class RegistryService {
     options: { askDownstream: boolean },
   ): Promise<void> {
     const problems = validateSchedule(spec.schedule);
+    const allowed = targetDriver(connection.type)?.registration;
+    if (allowed && !allowed.strategies.includes(spec.strategy)) {
+      problems.push(
+        `strategy "${spec.strategy}" does not apply to ${connection.type} connections (${allowed.strategies.join(', ')} only): ${allowed.why}`,
+      );
+    }
     if (spec.gracePeriod !== undefined) {
       try {
         const grace = parseDuration(spec.gracePeriod);
@@ -633,7 +749,8 @@ export class RegistryService {
       );
     }
     try {
-      if (!session.dualPasswords) {
+      // A downstream that makes its keys keeps the old key next to the new one until the grace period ends.
+      if (!session.dualPasswords && !session.mintedSecrets) {
         // The server's version where the session tells it (MySQL), never anything from the admin secret.
         const version = session.serverVersion;
         const server = typeof version === 'string' ? version.replace(/[^\w.+~-]/g, '').slice(0, 80) : '';
@@ -662,6 +779,10 @@ export class RegistryService {
     const connection = await this.#registry.findConnection(input.connection);
     if (!connection)
       throw new UnprocessableError(`Connection "${input.connection}" does not exist: register it first`);
+    const allowed = targetDriver(connection.type)?.registration;
+    if (input.import && allowed && !allowed.import) {
+      throw new UnprocessableError(`import does not apply to ${connection.type} connections: ${allowed.why}`);
+    }
     const now = new Date();
     const spec: CredentialSpec = {
       id: input.id,

@@ -85,7 +85,7 @@ export function connectionAdminRef(connection: Pick<Connection, 'id' | 'adminSto
 export function secretDocument(
   connection: Pick<Connection, 'host' | 'port' | 'database'>,
   engine: string,
-  login: { username: string; password: string },
+  login: { username: string; password: string; keyId?: string },
 ): SecretDocument {
   return {
     engine,
@@ -94,6 +94,16 @@ export function secretDocument(
     ...(connection.database ? { dbname: connection.database } : {}),
     username: login.username,
     password: login.password,
+    ...(login.keyId ? { accessKeyId: login.keyId, secretAccessKey: login.password } : {}),
+  };
+}
+
+/** The login a stored document holds: its user, its secret and, for a secret the downstream made, that secret's id. */
+export function loginOf(value: SecretDocument): { username: string; password: string; keyId?: string } {
+  return {
+    username: value.username,
+    password: value.password,
+    ...(value.accessKeyId ? { keyId: value.accessKeyId } : {}),
   };
 }
 
@@ -105,7 +115,7 @@ export function secretDocument(
 export function rotationDocument(
   connection: Pick<Connection, 'host' | 'port' | 'database' | 'adminStore'>,
   engine: string,
-  login: { username: string; password: string },
+  login: { username: string; password: string; keyId?: string },
   strategy: CredentialSpec['strategy'],
 ): SecretDocument {
   return {

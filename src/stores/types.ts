@@ -18,6 +18,12 @@ export interface SecretDocument {
   password: string;
   /** alternating-users in AWS: the ARN of the admin secret. */
   masterarn?: string;
+  /**
+   * A secret the downstream made (AWS IAM access keys, TargetSession.mintedSecrets), in the AWS layout readers of IAM
+   * keys expect: the key's id, and its secret again (the same value as `password`, which Keyturn's own paths read).
+   */
+  accessKeyId?: string;
+  secretAccessKey?: string;
 }
 
 export interface SecretVersion {

@@ -157,6 +157,7 @@ export class SyncService {
         host: version.value.host,
         port: version.value.port,
         ...(version.value.dbname ? { database: version.value.dbname } : {}),
+        ...(version.value.accessKeyId ? { accessKeyId: version.value.accessKeyId } : {}),
       },
     };
     const oracle = { isLive: (versionId: string) => this.#isLive(credential, versionId) };

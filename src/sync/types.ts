@@ -21,7 +21,15 @@ export interface SyncPayload {
   createdAt: string;
   /** When the version became the one that works (the rotation's set or finish), for people reading the Secret. */
   rotatedAt: string;
-  fields: { username: string; password: string; host: string; port: number; database?: string };
+  /** accessKeyId: a key the downstream made (AWS IAM), whose secret is the password. */
+  fields: {
+    username: string;
+    password: string;
+    host: string;
+    port: number;
+    database?: string;
+    accessKeyId?: string;
+  };
 }
 
 /** What a push did. */

@@ -2,6 +2,7 @@
 // here; the engine, the API and the stores stay as they are. Each line wraps its driver in the middleware
 // (middleware.ts: secrets noted for scrubbing, a deadline that cancels, a measure of every call).
 
+import { awsIamTarget } from './aws-iam/aws-iam-target.ts';
 import { ldapTarget } from './ldap/ldap-target.ts';
 import { withMiddleware } from './middleware.ts';
 import { mysqlTarget } from './mysql/mysql-target.ts';
@@ -18,6 +19,7 @@ export const TARGET_DRIVERS: Readonly<Record<string, TargetDriver>> = {
   [redisTarget.type]: withMiddleware(redisTarget),
   [rabbitmqTarget.type]: withMiddleware(rabbitmqTarget),
   [ldapTarget.type]: withMiddleware(ldapTarget),
+  [awsIamTarget.type]: withMiddleware(awsIamTarget),
 };
 
 export function targetDriver(type: string): TargetDriver | undefined {

@@ -15,6 +15,7 @@ import {
   type DualPasswords,
   type LeaseUsers,
   type Login,
+  type MintedSecrets,
   type TargetDriver,
   TargetRefusedError,
   type TargetSession,
@@ -44,7 +45,12 @@ const VERBS: Record<SessionVerb, VerbSpec> = {
   close: { arity: 0, passwords: () => [] },
 };
 
-type VerbSpec = { arity: number; passwords: (...args: never[]) => unknown[] };
+type VerbSpec = {
+  arity: number;
+  passwords: (...args: never[]) => unknown[];
+  /** Secrets in what the verb answers (a secret the downstream made), noted as soon as it answers. */
+  answers?: (result: never) => unknown[];
+};
 
 /**
  * The capability groups' verbs (TargetSession.dualPasswords, .leaseUsers), wrapped as the session's own are: the same
@@ -54,6 +60,7 @@ type VerbSpec = { arity: number; passwords: (...args: never[]) => unknown[] };
 const GROUPS: {
   dualPasswords: Record<keyof DualPasswords, VerbSpec>;
   leaseUsers: Record<keyof LeaseUsers, VerbSpec>;
+  mintedSecrets: Record<Exclude<keyof MintedSecrets, 'limit' | 'settleMs'>, VerbSpec>;
 } = {
   dualPasswords: {
     set: {
@@ -69,6 +76,16 @@ const GROUPS: {
     create: { arity: 3, passwords: (_username: string, password: string) => [password] },
     extend: { arity: 2, passwords: () => [] },
     drop: { arity: 2, passwords: () => [] },
+  },
+  mintedSecrets: {
+    list: { arity: 1, passwords: () => [] },
+    mint: {
+      arity: 1,
+      passwords: () => [],
+      answers: (minted: { secret?: string } | undefined) => [minted?.secret],
+    },
+    deactivate: { arity: 2, passwords: () => [] },
+    delete: { arity: 2, passwords: () => [] },
   },
 };
 
@@ -119,7 +136,11 @@ function wrapVerb(
   spec: VerbSpec,
   deadlineMs: number,
 ): (...given: unknown[]) => Promise<unknown> {
-  const { arity, passwords } = spec as { arity: number; passwords: (...a: unknown[]) => unknown[] };
+  const { arity, passwords, answers } = spec as {
+    arity: number;
+    passwords: (...a: unknown[]) => unknown[];
+    answers?: (result: unknown) => unknown[];
+  };
   return async (...given: unknown[]) => {
     const args = given.slice(0, arity);
     for (const p of passwords(...args)) noteSecret(p);
@@ -147,7 +168,9 @@ function wrapVerb(
     try {
       while (args.length < arity) args.push(undefined);
       const call: CallOptions = { signal: controller.signal };
-      return await Promise.race([fn.apply(inner, [...args, call]), cancelled]);
+      const result = await Promise.race([fn.apply(inner, [...args, call]), cancelled]);
+      for (const secret of answers?.(result) ?? []) noteSecret(secret);
+      return result;
     } catch (err) {
       outcome = outcomeOf(err);
       throw err;

@@ -1,11 +1,16 @@
 // The Target interface: the handful of verbs every downstream (database, cache, HTTP service) implements,
 // after Vault's database plugin interface. The rotation engine only ever talks to this interface; a new
 // downstream is a new folder under targets/ registered in targets/index.ts, never a change to the engine.
-import type { Connection } from '../registry/types.ts';
+import type { Connection, Strategy } from '../registry/types.ts';
 
 export interface Login {
   username: string;
   password: string;
+  /**
+   * Where the downstream names each secret of a user itself (AWS IAM: the access key id), which one `password` is.
+   * Why not the username: an IAM user has up to two keys, and a login is made with a key, not with a user.
+   */
+  keyId?: string;
 }
 
 export type AuthOutcome =
@@ -164,6 +169,12 @@ export interface TargetSession {
   readonly dualPasswords?: DualPasswords;
   /** Present exactly when the downstream can make short-lived users for leases (its verbs below). */
   readonly leaseUsers?: LeaseUsers;
+  /**
+   * Present exactly when the downstream makes each secret itself and Keyturn can only ask for a new one (AWS IAM access
+   * keys): updatePassword, createUser and the dual-password verbs do not apply, and the engine's set step mints instead
+   * of sending a password it generated (see MintedSecrets).
+   */
+  readonly mintedSecrets?: MintedSecrets;
   /** Close: releases connections. */
   close(): Promise<void>;
 }
@@ -181,6 +192,44 @@ export interface DualPasswords {
    * secondary one, so it first makes `keep` the primary).
    */
   remove(username: string, passwords: { remove: string; keep: string }, call?: CallOptions): Promise<void>;
+}
+
+/** A secret the downstream made: its id (AWS: the access key id, not secret) and its value. */
+export interface MintedSecret {
+  keyId: string;
+  secret: string;
+}
+
+/** One of a user's secrets as the downstream lists it: never its value. */
+export interface SecretKey {
+  keyId: string;
+  active: boolean;
+  createdAt: Date;
+}
+
+/**
+ * Secrets the downstream makes (TargetSession.mintedSecrets), after IAM's access keys: a user holds at most `limit` of
+ * them, each active or not, and a new one may be refused for a while after it is made (eventual consistency). Why the
+ * engine needs its own path for them: the secret exists only once the downstream answered, so it cannot be written to
+ * the store before the change goes out (I2's write-ahead); the engine records which keys existed before it minted
+ * (Rotation.keysBefore) and deletes any key it made but could not store. Every verb takes `call` last.
+ */
+export interface MintedSecrets {
+  /** How many secrets a user may hold, active or not (AWS: two access keys). */
+  readonly limit: number;
+  /** How long a new secret may be refused after it was made before that means something (AWS: a few seconds). */
+  readonly settleMs: number;
+  /** The user's secrets, oldest first. TargetRefusedError (code "no-such-user") when the user does not exist. */
+  list(username: string, call?: CallOptions): Promise<SecretKey[]>;
+  /**
+   * Makes a new, active secret for `username`. Not idempotent: each call makes another; the caller stores it at once.
+   * TargetRefusedError (code "limit") when the user holds `limit` already.
+   */
+  mint(username: string, call?: CallOptions): Promise<MintedSecret>;
+  /** Stops a secret from working, keeping it listed (AWS: Inactive). Idempotent. */
+  deactivate(username: string, keyId: string, call?: CallOptions): Promise<void>;
+  /** Deletes a secret. Idempotent: one that is gone already is fine. */
+  delete(username: string, keyId: string, call?: CallOptions): Promise<void>;
 }
 
 /** Short-lived users for leases (TargetSession.leaseUsers), after Vault's NewUser with an expiration. */
@@ -213,6 +262,22 @@ export interface TargetDriver {
    * the check that an existing `<user>_clone` is Keyturn's own does not apply; the service decides.
    */
   readonly serviceOwnsUsers?: boolean;
+  /**
+   * What registration accepts of this downstream where it is less than everything, and why (AWS IAM: single-user
+   * only, as a user's two access keys are its alternation; no import, as a key is adopted only with its id). A
+   * registration outside it is a 422 with `why`.
+   */
+  readonly registration?: { strategies: readonly Strategy[]; import: boolean; why: string };
+  /**
+   * Why the connection's admin cannot be rotated by Keyturn (a 422 with this text); absent when it can. Webhook: the
+   * admin is a signing key the service holds too.
+   */
+  readonly adminRotationRefused?: string;
+  /**
+   * A downstream with one well-known address (AWS IAM: iam.amazonaws.com): the connection's host may be left out, and
+   * its `region` and `endpoint` apply (an endpoint URL replaces host and port: an emulator, a VPC endpoint).
+   */
+  readonly endpoint?: { defaultHost: string };
   /** Problems with a connection's `options` for this target, each naming the option; empty when valid. */
   validateOptions?(options: Record<string, string | number | boolean>): string[];
   /** Initialize: opens a session with the connection's admin login. */

@@ -24,6 +24,8 @@ let kt: Keyturn;
 const CONN = 'bi-conn';
 /** The password-checking PostgreSQL of global-setup, with PG_CRED on it. */
 const PG_CONN = 'bi-pg';
+/** An aws-iam connection, registered unchecked at an address nothing listens on: for its credentials' 422s. */
+const IAM_CONN = 'bi-iam';
 /** A credential whose first rotation stays queued (no worker): its connection cannot be deleted, nor itself. */
 const PG_CRED = 'bi-pg-cred';
 let rotationId = '';
@@ -44,6 +46,15 @@ beforeAll(async () => {
     verify: false, // nothing listens there: the connection exists for its routes, never rotates
   });
   expect(conn.status, conn.text).toBe(201);
+  const iam = await kt.api('POST', '/v1/connections', {
+    id: IAM_CONN,
+    type: 'aws-iam',
+    region: 'eu-west-1',
+    endpoint: 'http://127.0.0.1:1',
+    admin: { username: 'AKIAEXAMPLEEXAMPLE12', password: 'not-a-real-secret-access-key' },
+    verify: false,
+  });
+  expect(iam.status, iam.text).toBe(201);
   await registerPgConnection(kt, PG_CONN);
   const role = await createAppRole();
   const cred = await kt.api('POST', '/v1/credentials', {
@@ -441,7 +452,11 @@ const connectionCases: Case[] = [
     ['admin.password', 'p'.repeat(1025), 'body.admin.password'],
     ...storeRows('admin.store'),
     ...labelRows(''),
-    ...missing(['id', 'type', 'host', 'admin', 'admin.username', 'admin.password']),
+    ['region', 'eu', 'body.region'],
+    ['endpoint', 'https://iam.example.invalid/path', 'body.endpoint'],
+    ['endpoint', 'https://user:pass@iam.example.invalid', 'body.endpoint'],
+    ['endpoint', 'ftp://iam.example.invalid', 'body.endpoint'],
+    ...missing(['id', 'type', 'admin', 'admin.username', 'admin.password']),
     ...unknown(['foo', 'password', 'credentials', 'admin.role', 'tls.verify']),
   ]),
   ...bodyFormCases('POST', '/v1/connections'),
@@ -473,6 +488,80 @@ const connectionCases: Case[] = [
       method: 'POST',
       path: '/v1/connections',
       body: { ...validConnection, type: 'rabbitmq', port: 15672, options },
+      status: 422,
+      code: 'unprocessable',
+      field,
+    }),
+  ),
+  {
+    name: 'a postgres connection without host',
+    method: 'POST',
+    path: '/v1/connections',
+    body: { ...validConnection, host: undefined },
+    status: 422,
+    code: 'unprocessable',
+    field: 'host is required for postgres connections',
+  },
+  // AWS IAM connections (issue 16): region and endpoint, not host and port; the endpoint is https but on loopback.
+  ...(
+    [
+      ['a host', { host: 'iam.amazonaws.com' }, 'not host and port'],
+      ['a port', { port: 443 }, 'not host and port'],
+      ['an http endpoint off this machine', { endpoint: 'http://iam.example.invalid' }, 'https://'],
+      ['a settleSeconds of 0', { options: { settleSeconds: 0 } }, 'settleSeconds must be'],
+      ['a settleSeconds that is text', { options: { settleSeconds: '30' } }, 'settleSeconds must be'],
+      ['an option it does not take', { options: { userDn: 'x' } }, '"userDn" is not an option of aws-iam'],
+      ['an admin rotation', { adminRotation: { schedule: { every: '30d' } } }, 'Rotate it by hand'],
+    ] as const
+  ).map(
+    ([name, change, field]): Case => ({
+      name: `an aws-iam connection with ${name}`,
+      method: 'POST',
+      path: '/v1/connections',
+      body: {
+        id: 'bi-iam-new',
+        type: 'aws-iam',
+        endpoint: 'https://iam.example.invalid',
+        admin: { username: 'AKIAEXAMPLEEXAMPLE12', password: 'not-a-real-secret-access-key' },
+        verify: false,
+        ...change,
+      },
+      status: 422,
+      code: 'unprocessable',
+      field,
+    }),
+  ),
+  {
+    name: 'a postgres connection with a region',
+    method: 'POST',
+    path: '/v1/connections',
+    body: { ...validConnection, region: 'eu-west-1' },
+    status: 422,
+    code: 'unprocessable',
+    field: 'region and endpoint apply',
+  },
+  ...(
+    [
+      ['alternating-users', { strategy: 'alternating-users' }, 'single-user only'],
+      [
+        'an import',
+        { import: true, currentPassword: 'not-a-real-secret-access-key' },
+        'import does not apply',
+      ],
+    ] as const
+  ).map(
+    ([name, change, field]): Case => ({
+      name: `an aws-iam credential with ${name}`,
+      method: 'POST',
+      path: '/v1/credentials',
+      body: {
+        id: 'bi-iam-cred',
+        connection: IAM_CONN,
+        username: 'svc-payments',
+        strategy: 'single-user',
+        schedule: { every: '30d' },
+        ...change,
+      },
       status: 422,
       code: 'unprocessable',
       field,
@@ -1371,6 +1460,7 @@ describe('bad input: table-driven, route by route', () => {
     const conns = await send({ method: 'GET', path: '/v1/connections' });
     expect((conns.json as { connections: { id: string }[] }).connections.map((c) => c.id).sort()).toEqual([
       CONN,
+      IAM_CONN,
       PG_CONN,
     ]);
   });
@@ -1909,8 +1999,18 @@ const FIELD_BREAKS: Record<string, fc.Arbitrary<unknown>> = {
 type Fields = Record<string, fc.Arbitrary<unknown>>;
 const connectionFields: Fields = {
   id: fc.oneof(fc.constantFrom(...POOL, CONN), notAnId),
-  type: v(fc.constantFrom('postgres', 'mysql', 'redis', 'webhook', 'rabbitmq', 'ldap')),
+  type: v(fc.constantFrom('postgres', 'mysql', 'redis', 'webhook', 'rabbitmq', 'ldap', 'aws-iam')),
   host: v(fc.constantFrom('127.0.0.1', 'localhost', 'bad host', '')),
+  region: v(fc.constantFrom('eu-west-1', 'us-east-1', 'moon-1', '')),
+  // Loopback or .invalid only: verify may sign a request to it.
+  endpoint: v(
+    fc.constantFrom(
+      'http://127.0.0.1:1',
+      'https://127.0.0.1:9',
+      'https://iam.x.invalid',
+      'http://a.invalid/p',
+    ),
+  ),
   port: v(fc.integer({ min: -10, max: 70_000 })),
   database: v(fc.string({ maxLength: 70 })),
   tls: v(tlsArb),
@@ -2208,7 +2308,7 @@ describe(`bad input: generated requests (${RUNS} per route, fast-check)`, () => 
     const creds = await send({ method: 'GET', path: '/v1/credentials' });
     const connIds = (conns.json as { connections: { id: string }[] }).connections.map((c) => c.id);
     const credIds = (creds.json as { credentials: { id: string }[] }).credentials.map((c) => c.id);
-    expect(connIds.filter((i) => ![CONN, PG_CONN, ...POOL].includes(i))).toEqual([]);
+    expect(connIds.filter((i) => ![CONN, IAM_CONN, PG_CONN, ...POOL].includes(i))).toEqual([]);
     expect(credIds.filter((i) => ![PG_CRED, ...POOL].includes(i))).toEqual([]);
   });
 });

@@ -84,6 +84,8 @@ export interface AwsIamEmulator {
   requests: IamRequestRecord[];
   /** Propagation delay for keys created from now on by CreateAccessKey. */
   setPropagationMs(ms: number): void;
+  /** Every secret access key it ever issued, deleted keys' included (the leak tests look for each). */
+  issuedSecrets(): string[];
   close(): Promise<void>;
 }
 
@@ -296,6 +298,7 @@ export async function startAwsIamEmulator(options?: { propagationMs?: number }):
   const users = new Map<string, User>(); // by name
   const keys = new Map<string, Key>(); // by access key id
   const requests: IamRequestRecord[] = [];
+  const issued: string[] = [];
   const failures: Array<{
     remaining: number;
     code: IamInjectedFailure;
@@ -328,6 +331,7 @@ export async function startAwsIamEmulator(options?: { propagationMs?: number }):
       usableAt,
     };
     user.keys.push(key);
+    issued.push(key.secret);
     keys.set(id, key);
     return key;
   }
@@ -827,6 +831,7 @@ export async function startAwsIamEmulator(options?: { propagationMs?: number }):
       if (count > 0)
         failures.push(match === undefined ? { remaining: count, code } : { remaining: count, code, match });
     },
+    issuedSecrets: () => [...issued],
     setPropagationMs(ms) {
       propagationMs = ms;
     },

@@ -2,6 +2,7 @@
 // against: each starts or reaches its server, registers as a connection body, makes users and checks logins.
 import { randomBytes, scryptSync, timingSafeEqual } from 'node:crypto';
 import pg from 'pg';
+import { iamSkipReason, startIamWorld } from './aws-iam.ts';
 import {
   createAppRole,
   createPgAdminRole,
@@ -20,9 +21,12 @@ export interface StartedTarget {
   connection: Record<string, unknown>;
   /** Whether single-user keeps the old password working (overlap) instead of replacing it. */
   dualPassword: boolean;
-  /** A fresh user with a known password, allowed to log in. */
-  createUser(): Promise<{ username: string; password: string }>;
-  canLogin(username: string, password: string): Promise<boolean>;
+  /**
+   * A fresh user with a known password, allowed to log in. Where the downstream makes the secrets (AWS IAM), the
+   * password is one of the user's keys, and `keyId` names it.
+   */
+  createUser(): Promise<{ username: string; password: string; keyId?: string }>;
+  canLogin(username: string, password: string, keyId?: string): Promise<boolean>;
   /**
    * An admin login the downstream accepts but that lacks a privilege rotations need, and the name of the check
    * (the session's checkAdmin) that must say so.
@@ -401,8 +405,37 @@ const postgres: TargetFixture = {
   },
 };
 
+/**
+ * AWS IAM access keys, on the IAM/STS emulator (or a real endpoint with AWS_ENDPOINT_URL: test/support/aws-iam.ts).
+ * New keys are refused for half a second, as IAM propagates them. Not among TARGET_FIXTURES: its credentials cannot be
+ * imported (AWS makes the secrets), so its SIGKILL and leak tests are its own.
+ */
+const awsIam: TargetFixture = {
+  name: 'AWS IAM',
+  skipReason: async () => iamSkipReason(),
+  async start() {
+    const world = await startIamWorld({ propagationMs: 500 });
+    return {
+      connection: world.connection,
+      dualPassword: true,
+      async createUser() {
+        const user = await world.createUser();
+        return { username: user.username, password: user.secret, keyId: user.keyId };
+      },
+      canLogin: (username, password, keyId) =>
+        keyId ? world.canLogin({ keyId, secret: password }, username) : Promise.resolve(false),
+      adminCanLogin: (p) => world.canLogin({ keyId: world.connection.admin.username, secret: p }),
+      weakAdmin: () => world.weakAdmin(),
+      get secrets() {
+        return world.secrets;
+      },
+      stop: () => world.stop(),
+    };
+  },
+};
+
 /** Every target the contract suite (test/targets/contract.test.ts) runs against. */
-export const CONTRACT_FIXTURES: TargetFixture[] = [postgres, ...TARGET_FIXTURES];
+export const CONTRACT_FIXTURES: TargetFixture[] = [postgres, ...TARGET_FIXTURES, awsIam];
 
 /** Registers a target's user as an imported credential (no rotation at registration); returns its id. */
 export async function importTargetUser(

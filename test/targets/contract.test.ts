@@ -1,13 +1,14 @@
 // One contract, every target (issue 16): the same cases run against every downstream driver of src/targets, through
 // targets/index.ts's map (the wrapper every session gets), on real servers: PostgreSQL (the run's password-checking
-// cluster), MySQL/MariaDB, a Redis ACL server the fixture starts, the signed webhook service and the machine's
-// RabbitMQ (its management API). The suite prints
-// which targets ran and why any did not; a case a target does not declare (dual passwords, leases, a user look-up)
-// is skipped for it with the reason.
+// cluster), MySQL/MariaDB, a Redis ACL server the fixture starts, the signed webhook service, the machine's RabbitMQ
+// (its management API), a slapd of its own, and AWS IAM (the project's IAM/STS emulator, or a real endpoint with
+// AWS_ENDPOINT_URL). The suite prints which targets ran and why any did not; a case a target does not declare (dual
+// passwords, leases, minted secrets, a user look-up) is skipped for it with the reason.
 //
 // The cases are Vault's database plugin contract in Keyturn's words: authenticate right and wrong; update a password,
 // idempotently; a user exists or not; create a second user with the same rights; delete, idempotently; the dual
-// password and lease verbs where declared; and errors classified as unavailable (retry) or refused (roll back).
+// password, lease and minted-secret verbs where declared; and errors classified as unavailable (retry) or refused
+// (roll back).
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Connection } from '../../src/registry/types.ts';
@@ -43,6 +44,8 @@ function connectionOf(started: StartedTarget, overrides: Partial<Connection> = {
     type: body.type,
     host: body.host,
     port: body.port,
+    ...(body.region ? { region: body.region } : {}),
+    ...(body.endpoint ? { endpoint: body.endpoint } : {}),
     ...(body.database ? { database: body.database } : {}),
     ...(body.tls ? { tls: body.tls } : {}),
     ...(body.options ? { options: body.options } : {}),
@@ -82,14 +85,24 @@ for (const { fixture, skip } of plan) {
       await started?.stop();
     });
 
+    /** The password verbs do not apply where the downstream makes the secrets (mintedSecrets): said, and skipped. */
+    const skipIfMinted = (ctx: { skip(note: string): void }, verb: string) => {
+      if (session.mintedSecrets) {
+        ctx.skip(
+          `${fixture.name} makes its secrets itself (mintedSecrets): Keyturn never ${verb}; its cases follow`,
+        );
+      }
+    };
+
     it('authenticate: the right password logs in, a wrong one is rejected (not thrown)', async () => {
       const user = await started.createUser();
       expect(await session.authenticate(user)).toEqual({ ok: true });
-      const wrong = await session.authenticate({ username: user.username, password: password() });
+      const wrong = await session.authenticate({ ...user, password: password() });
       expect(wrong).toMatchObject({ ok: false, reason: 'rejected' });
     });
 
-    it('updatePassword: the new password logs in and the old one no longer does; the same update again is harmless', async () => {
+    it('updatePassword: the new password logs in and the old one no longer does; the same update again is harmless', async (ctx) => {
+      skipIfMinted(ctx, 'sets a password');
       const user = await started.createUser();
       const next = password();
       await session.updatePassword(user.username, next);
@@ -123,7 +136,8 @@ for (const { fixture, skip } of plan) {
       expect(await session.userExists(`nobody_${randomBytes(4).toString('hex')}`)).toBe(false);
     });
 
-    it('createUser: a second user with the same rights logs in; creating it again updates it', async () => {
+    it('createUser: a second user with the same rights logs in; creating it again updates it', async (ctx) => {
+      skipIfMinted(ctx, 'creates a user');
       const user = await started.createUser();
       const clone = `${user.username}_clone`;
       const first = password();
@@ -137,7 +151,8 @@ for (const { fixture, skip } of plan) {
       expect(await started.canLogin(clone, second)).toBe(true);
     });
 
-    it('deleteUser: the user can no longer log in; deleting it again is harmless', async () => {
+    it('deleteUser: the user can no longer log in; deleting it again is harmless', async (ctx) => {
+      skipIfMinted(ctx, 'deletes a user');
       const user = await started.createUser();
       await session.deleteUser(user.username);
       expect(await started.canLogin(user.username, user.password)).toBe(false);
@@ -182,12 +197,62 @@ for (const { fixture, skip } of plan) {
       expect(await started.canLogin(user.username, user.password)).toBe(true);
     });
 
+    it('minted secrets (where declared): list, mint up to the limit, the new key logs in once settled, deactivate and delete', async (ctx) => {
+      const minted = session.mintedSecrets;
+      if (!minted) {
+        ctx.skip(`${fixture.name} sessions take the passwords Keyturn makes (no mintedSecrets)`);
+        return;
+      }
+      const user = await started.createUser();
+      expect((await minted.list(user.username)).map((k) => [k.keyId, k.active])).toEqual([
+        [user.keyId, true],
+      ]);
+      const key = await minted.mint(user.username);
+      expect(key.keyId).not.toBe(user.keyId);
+      const login = { username: user.username, password: key.secret, keyId: key.keyId };
+      const deadline = Date.now() + minted.settleMs;
+      while (!(await session.authenticate(login)).ok) {
+        expect(Date.now(), 'the new key is accepted within settleMs').toBeLessThan(deadline);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(await started.canLogin(user.username, key.secret, key.keyId)).toBe(true);
+      // The limit: one more is refused, and changes nothing.
+      const over = await minted.mint(user.username).then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      expect(over).toBeInstanceOf(TargetRefusedError);
+      expect((over as TargetRefusedError).code).toBe('limit');
+      expect(await minted.list(user.username)).toHaveLength(minted.limit);
+      await minted.deactivate(user.username, user.keyId!);
+      await minted.deactivate(user.username, user.keyId!);
+      expect(await started.canLogin(user.username, user.password, user.keyId)).toBe(false);
+      expect((await minted.list(user.username)).find((k) => k.keyId === user.keyId)?.active).toBe(false);
+      await minted.delete(user.username, user.keyId!);
+      await minted.delete(user.username, user.keyId!);
+      expect((await minted.list(user.username)).map((k) => k.keyId)).toEqual([key.keyId]);
+      expect(await started.canLogin(user.username, key.secret, key.keyId)).toBe(true);
+      // The password verbs are refused, changing nothing.
+      await expect(session.updatePassword(user.username, password())).rejects.toBeInstanceOf(
+        TargetRefusedError,
+      );
+    });
+
     it('errors: nothing listening is unavailable (retry); a wrong admin password is refused (roll back)', async () => {
       const user = await started.createUser();
-      const away = connectionOf(started, { port: await freePort() });
+      const port = await freePort();
+      const body = started.connection as { endpoint?: string };
+      const away = connectionOf(started, {
+        port,
+        ...(body.endpoint ? { endpoint: `http://127.0.0.1:${port}` } : {}),
+      });
+      // A verb that goes to the downstream as the admin: a password change, or where the downstream makes the secrets,
+      // listing the user's keys.
+      const adminVerb = (s: TargetSession) =>
+        s.mintedSecrets ? s.mintedSecrets.list(user.username) : s.updatePassword(user.username, password());
       const unreachable = await (async () => {
         const s = await open(away, adminOf(started));
-        return s.updatePassword(user.username, password());
+        return adminVerb(s);
       })().then(
         () => undefined,
         (err: unknown) => err,
@@ -196,14 +261,14 @@ for (const { fixture, skip } of plan) {
       const wrongAdmin = { username: adminOf(started).username, password: password() };
       const refused = await (async () => {
         const s = await open(connectionOf(started), wrongAdmin);
-        return s.updatePassword(user.username, password());
+        return adminVerb(s);
       })().then(
         () => undefined,
         (err: unknown) => err,
       );
       expect(refused).toBeInstanceOf(TargetRefusedError);
       // Neither changed anything: the user still logs in with its password.
-      expect(await started.canLogin(user.username, user.password)).toBe(true);
+      expect(await started.canLogin(user.username, user.password, user.keyId)).toBe(true);
     });
   });
 }

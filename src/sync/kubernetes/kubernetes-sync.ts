@@ -45,6 +45,8 @@ const DEFAULT_KEYS: Record<SyncField, string> = {
   host: 'host',
   port: 'port',
   database: 'database',
+  // AWS IAM credentials: the key's id (its secret is the password).
+  accessKeyId: 'accessKeyId',
 };
 /** Reads and replaces of one push before it gives up on a Secret that keeps changing (the job then retries). */
 const CONFLICT_ROUNDS = 5;
@@ -78,6 +80,7 @@ export function secretData(spec: KubernetesSyncSpec, payload: SyncPayload): Reco
     host: fields.host,
     port: String(fields.port),
     database: fields.database,
+    accessKeyId: fields.accessKeyId,
   };
   const data: Record<string, string> = {};
   for (const [field, key] of Object.entries(keys) as [SyncField, string | undefined][]) {

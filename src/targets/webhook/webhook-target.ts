@@ -442,6 +442,8 @@ export const webhookTarget: TargetDriver = {
   engine: 'webhook',
   defaultPort: 443,
   serviceOwnsUsers: true,
+  adminRotationRefused:
+    "The admin of a webhook connection is the signing key the service shares with Keyturn: rotating it needs the service's side too, which the webhook contract has no call for. Rotate it by hand (PATCH admin.password after the service took the new key)",
   validateOptions,
   async open(connection, admin, options) {
     return new WebhookSession(connection, admin, settings(connection, options.timeoutMs));
