@@ -21,6 +21,8 @@ export const CLUSTER_SUITES = [
   // Scheduling: the due-time index is an index over many owners, in a slot of its own.
   'test/integration/due-index.test.ts',
   'test/integration/scheduling.test.ts',
+  // Dual control: one key per approval, changed by check-and-set scripts on that key alone.
+  'test/integration/approvals.test.ts',
 ];
 
 export default defineConfig({

@@ -16,6 +16,8 @@ export const LAYERS: ReadonlyArray<readonly string[]> = [
   // Foundations: no knowledge of Keyturn's objects.
   ['src/clock.ts', 'src/csv.ts'],
   ['src/crypto'],
+  // Where Keyturn may connect on an operator's behalf (the outbound fence).
+  ['src/net'],
   ['src/logging'],
   ['src/config'],
   ['src/redis'],

@@ -5,6 +5,12 @@ import { spawn } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
 import { createServer, Socket } from 'node:net';
 import { join, resolve } from 'node:path';
+import {
+  administratorSources,
+  loadTokensFile,
+  type TokensFile,
+  TokensFileError,
+} from './auth/tokens-file.ts';
 import { type Component, ConfigError, type KeyturnConfig, loadConfig } from './config/config.ts';
 import { devAdminToken, devMasterKey } from './config/dev-state.ts';
 import { createLogger, type Logger } from './logging/logger.ts';
@@ -90,6 +96,34 @@ async function startPrivateRedis(
   return { url: `redis://127.0.0.1:${port}`, stop: () => child.kill('SIGTERM') };
 }
 
+/**
+ * What can administer a production Keyturn without KEYTURN_ADMIN_TOKEN: the admin entries of the tokens file. Stops
+ * the start, saying what to set, when there is none.
+ */
+async function administratorsOf(tokensFile: string | undefined): Promise<string[]> {
+  const howTo =
+    'set KEYTURN_ADMIN_TOKEN (make one with `openssl rand -base64 32`), or give the admin role in KEYTURN_TOKENS_FILE to a token (`npx keyturn token create --name <who> --role admin --file <tokens file>`), a client certificate or a JWT rule';
+  if (!tokensFile) {
+    fail(
+      `KEYTURN_ADMIN_TOKEN is required when NODE_ENV=production unless KEYTURN_TOKENS_FILE provides administrators, and neither is set: ${howTo}`,
+    );
+  }
+  let file: TokensFile;
+  try {
+    file = await loadTokensFile(tokensFile);
+  } catch (err) {
+    if (err instanceof TokensFileError) fail(`could not start: ${err.message}`);
+    throw err;
+  }
+  const sources = administratorSources(file);
+  if (sources.length === 0) {
+    fail(
+      `KEYTURN_ADMIN_TOKEN is required when NODE_ENV=production unless KEYTURN_TOKENS_FILE provides administrators, and ${tokensFile} grants the admin role to no unexpired token, no client certificate and no JWT rule: ${howTo}`,
+    );
+  }
+  return sources;
+}
+
 export async function boot(options: { components?: Component[] } = {}): Promise<Runtime> {
   const major = Number(process.versions.node.split('.')[0]);
   if (major < 24) {
@@ -121,11 +155,17 @@ export async function boot(options: { components?: Component[] } = {}): Promise<
   }
 
   let adminToken = config.adminToken;
-  if (!adminToken) {
-    if (production)
-      fail(
-        'KEYTURN_ADMIN_TOKEN is required when NODE_ENV=production (make one with `openssl rand -base64 32`)',
+  if (!adminToken && production) {
+    // No standing shared superuser token is needed when the tokens file names administrators (PCI DSS 8.2.2): its
+    // admin tokens, certificates or JWT rules. A worker-only process authenticates nobody and needs none.
+    if (config.components.includes('api')) {
+      const sources = await administratorsOf(config.tokensFile);
+      logger.info(
+        { administrators: sources },
+        `KEYTURN_ADMIN_TOKEN is not set: administrators come from the tokens file (${sources.join(', ')})`,
       );
+    }
+  } else if (!adminToken) {
     const dev = await devAdminToken(config.stateDir);
     adminToken = dev.value;
     logger.warn(

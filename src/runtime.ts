@@ -6,6 +6,8 @@ import type { FastifyInstance } from 'fastify';
 import { buildApp } from './api/app.ts';
 import type { ApiContext } from './api/context.ts';
 import { httpsOptions } from './api/hardening.ts';
+import { SharedRateLimit } from './api/rate-limit-store.ts';
+import { startTokensReload } from './api/tokens-reload.ts';
 import { AuditArchiver } from './audit/archive.ts';
 import { AuditLog } from './audit/audit-log.ts';
 import { AuditOutbox } from './audit/outbox.ts';
@@ -15,7 +17,9 @@ import { loadAuditKeys } from './audit/signing.ts';
 import { AuditTrail } from './audit/trail.ts';
 import { Authenticator } from './auth/authenticator.ts';
 import { JwtAuthenticator } from './auth/jwt.ts';
-import { loadTokensFile, readerBindings } from './auth/tokens-file.ts';
+import type { ReaderBinding } from './auth/principal.ts';
+import { readerBindings } from './auth/tokens-file.ts';
+import { TokensWatcher } from './auth/tokens-watcher.ts';
 import { type Clock, systemClock } from './clock.ts';
 import { OverdueScanner } from './compliance/overdue-scan.ts';
 import { ComplianceReport } from './compliance/report.ts';
@@ -26,9 +30,11 @@ import { LeaseRepo } from './leases/lease-repo.ts';
 import { LeaseService } from './leases/lease-service.ts';
 import type { Logger } from './logging/logger.ts';
 import { Metrics } from './metrics/metrics.ts';
+import { configureOutbound } from './net/outbound.ts';
 import { Notifier } from './notifications/notifier.ts';
 import { checkRedis } from './redis/checks.ts';
 import { createRedisClient, duplicateClient, probeRedis } from './redis/client.ts';
+import { ApprovalRepo } from './registry/approvals.ts';
 import { RedisKeys } from './registry/keys.ts';
 import { Registry } from './registry/registry.ts';
 import { RotationEngine } from './rotation/engine.ts';
@@ -38,6 +44,7 @@ import { RotationRepo } from './rotation/rotation-repo.ts';
 import { SecretReader } from './rotation/secret-reader.ts';
 import { DueIndex } from './scheduling/due-index.ts';
 import { Queues, QueueWorkers } from './scheduling/queues.ts';
+import { ApprovalService } from './service/approvals.ts';
 import { RegistryService } from './service/registry-service.ts';
 import { AwsStore } from './stores/aws-store.ts';
 import { StoreSet } from './stores/index.ts';
@@ -51,8 +58,11 @@ import { TARGET_DRIVERS } from './targets/index.ts';
 export interface RuntimeOptions {
   config: KeyturnConfig;
   logger: Logger;
-  /** Resolved admin token (configured or development one). */
-  adminToken: string;
+  /**
+   * Resolved admin token (configured or development one); absent in production when the tokens file provides
+   * administrators (boot.ts).
+   */
+  adminToken?: string;
   /** Resolved key-encryption key of the local store. */
   masterKey: Buffer;
   /** The time credential age and overdue are judged by (tests move it); the system clock by default. */
@@ -73,12 +83,17 @@ export interface Runtime {
 
 export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   const { config, logger } = options;
-  // Read once at start, before anything connects: a bad file stops the start with every problem listed. A changed
-  // file takes effect at the next restart (a rolling restart in Kubernetes).
-  const tokens =
+  // Before any driver connects anywhere (net/outbound.ts).
+  configureOutbound(config.outbound);
+  // Read at start, before anything connects: a bad file stops the start with every problem listed. A changed file is
+  // read again and put in force while the process runs (api/tokens-reload.ts); a bad one then keeps the last good.
+  const tokensWatcher =
     config.tokensFile && config.components.includes('api')
-      ? await loadTokensFile(config.tokensFile)
+      ? await TokensWatcher.open(config.tokensFile, { logger })
       : undefined;
+  const tokens = tokensWatcher?.current;
+  // Updated in place by a reload: the registry service holds this array.
+  const bindings: ReaderBinding[] = tokens ? readerBindings(tokens) : [];
   // TLS files are read before anything connects too: an unreadable or mismatched file stops the start.
   const https = httpsOptions(config.tls);
   // Commands fail fast when Redis is away, so that an API call answers 503 instead of hanging; BullMQ's
@@ -212,7 +227,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     audit,
     leases,
     downstreamTimeoutMs: config.rotation.downstreamTimeoutMs,
-    ...(tokens ? { readerBindings: readerBindings(tokens) } : {}),
+    readerBindings: bindings,
     importFailures: config.importFailures,
     sync: { targets: syncTargetMap, service: sync },
   });
@@ -226,11 +241,20 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   });
   const auditTrail = new AuditTrail(redis, keys, auditKeys.publicKeys);
   const compliance = new ComplianceReport({ registry, clock });
+  // Dual control: records kept a week past their expiry, for GET /v1/approvals (the audit trail keeps them for good).
+  const approvals = new ApprovalService({
+    repo: new ApprovalRepo(redis, keys, { retentionMs: 7 * 86_400_000 }),
+    audit,
+    clock,
+    ttlMs: config.approvalTtlMs,
+    masterKey: options.masterKey,
+  });
   const ctx: ApiContext = {
     redis,
     redisSettings: config.redis,
     registry,
     service,
+    approvals,
     engine,
     rotations,
     secrets,
@@ -240,6 +264,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     clock,
     compliance,
     auditTrail,
+    ...(tokensWatcher ? { tokensFile: () => tokensWatcher.status() } : {}),
     // Nothing connects until the first subscriber: a worker-only process never starts it.
     events: new EventHub({
       redis,
@@ -348,22 +373,26 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
       })
     : undefined;
   // A worker-only process still answers the probes and /metrics on PORT, for its orchestrator and Prometheus.
+  const jwt = tokens?.jwt.length ? new JwtAuthenticator(tokens.jwt) : undefined;
+  const authenticator = new Authenticator({
+    ...(options.adminToken !== undefined ? { adminToken: options.adminToken } : {}),
+    ...(tokens ? { tokens } : {}),
+    ...(jwt ? { jwt } : {}),
+  });
   const app = await buildApp({
     ctx,
     logger,
-    authenticator: new Authenticator({
-      adminToken: options.adminToken,
-      ...(tokens ? { tokens } : {}),
-      ...(tokens?.jwt.length ? { jwt: new JwtAuthenticator(tokens.jwt) } : {}),
-    }),
+    authenticator,
     maxBodyBytes: config.maxBodyBytes,
     ...(https ? { https } : {}),
-    rateLimit: config.rateLimit,
+    // Counted in Redis, shared by every API replica; in this process while Redis is away.
+    rateLimit: { ...config.rateLimit, shared: new SharedRateLimit({ redis, keys, logger }) },
     corsOrigins: config.corsOrigins,
     routes: runsApi ? 'all' : 'health',
     metrics,
   });
 
+  let tokensReload: { close(): void } | undefined;
   let closed = false;
   return {
     app,
@@ -376,11 +405,24 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
       if (workers) await sync.start();
       if (sealerThread) await sealerThread.start();
       else sealer?.start();
+      if (tokensWatcher) {
+        tokensReload = startTokensReload({
+          watcher: tokensWatcher,
+          authenticator,
+          jwt,
+          readerBindings: bindings,
+          audit,
+          events: ctx.events,
+          logger,
+          staticAdmin: options.adminToken !== undefined,
+        });
+      }
       return app.listen({ port: config.port, host: config.host });
     },
     async close() {
       if (closed) return;
       closed = true;
+      tokensReload?.close();
       await app.close().catch((err) => logger.error({ err }, 'closing the API failed'));
       await workers?.close().catch((err) => logger.error({ err }, 'closing the workers failed'));
       await sealerThread?.close().catch((err) => logger.error({ err }, 'closing the audit sealer failed'));

@@ -21,6 +21,7 @@ import type { ApiContext } from './context.ts';
 import { frameworkError, installErrorHandling } from './errors.ts';
 import { type HardeningOptions, installHardening } from './hardening.ts';
 import { installDocsAccess, installDocsUi, installOpenApi } from './openapi.ts';
+import { approvalRoutes } from './routes/approvals.ts';
 import { auditRoutes } from './routes/audit.ts';
 import { complianceRoutes } from './routes/compliance.ts';
 import { connectionRoutes } from './routes/connections.ts';
@@ -120,6 +121,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     await app.register(auditRoutes, { ctx });
     await app.register(complianceRoutes, { ctx });
     await app.register(eventRoutes, { ctx });
+    await app.register(approvalRoutes, { ctx });
   }
   return app;
 }

@@ -10,7 +10,7 @@
 // Deny by default: a route that declares no `access` makes the app refuse to start.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { AuditLog } from '../audit/audit-log.ts';
-import type { Authenticator } from '../auth/authenticator.ts';
+import type { Authenticator, RefusedToken } from '../auth/authenticator.ts';
 import {
   type Access,
   allowsAccess,
@@ -34,6 +34,8 @@ declare module 'fastify' {
     principal: Principal | null;
     /** Why authentication failed, until the gate answers 401. */
     authFailure: string | null;
+    /** A static token refused because it expired or was revoked: its name (never its value), for the audit. */
+    refusedToken: RefusedToken | null;
   }
   interface FastifyContextConfig {
     /** Routes open without a token (probes). Same as access: 'public'. */
@@ -50,6 +52,7 @@ const routeOf = (request: FastifyRequest): string =>
 export function installAuthentication(app: FastifyInstance, options: { authenticator: Authenticator }): void {
   app.decorateRequest('principal', null);
   app.decorateRequest('authFailure', null);
+  app.decorateRequest('refusedToken', null);
   app.addHook('onRequest', async (request) => {
     if (isPublic(request)) return;
     const outcome = await options.authenticator.authenticate({
@@ -57,21 +60,36 @@ export function installAuthentication(app: FastifyInstance, options: { authentic
       certificateSubject: peerCertificateSubject(request),
     });
     if (outcome.ok) request.principal = outcome.principal;
-    else request.authFailure = outcome.reason;
+    else {
+      request.authFailure = outcome.reason;
+      if (outcome.token) request.refusedToken = outcome.token;
+    }
   });
 }
 
-/** Step 2: 401 for a non-public route without a principal; each one an audit event naming the reason. */
+/**
+ * Step 2: 401 for a non-public route without a principal; each one an audit event naming the reason. A static token
+ * that expired or was revoked is `auth.token_expired` or `auth.token_revoked`, with the token's name as the actor
+ * (whoever presents it holds that principal's token), so that its owner's refused uses can be found by name.
+ */
 export function installAuthGate(app: FastifyInstance, options: { audit: AuditLog }): void {
   app.addHook('onRequest', async (request, reply) => {
     if (isPublic(request) || request.principal) return;
     const reason = request.authFailure ?? 'not authenticated';
+    const token = request.refusedToken;
     await options.audit
       .append({
-        actor: 'anonymous',
-        action: 'auth.failed',
+        actor: token ? token.name : 'anonymous',
+        action: token ? `auth.token_${token.state}` : 'auth.failed',
         outcome: 'denied',
-        details: { reason, route: routeOf(request), ip: request.ip },
+        details: {
+          reason,
+          route: routeOf(request),
+          ip: request.ip,
+          ...(token
+            ? { token: token.name, [token.state === 'expired' ? 'expiredAt' : 'revokedAt']: token.at }
+            : {}),
+        },
       })
       .catch((err) =>
         request.log.error({ err }, 'could not append the audit event of a failed authentication'),
@@ -86,7 +104,9 @@ export function installAuthGate(app: FastifyInstance, options: { audit: AuditLog
         ? 'This route needs "Authorization: Bearer <token>" (or a client certificate Keyturn knows)'
         : expired
           ? 'The bearer token has expired: ask for a new one'
-          : 'The bearer token is not valid for this Keyturn',
+          : token?.state === 'revoked'
+            ? 'The bearer token has been revoked: ask for a new one'
+            : 'The bearer token is not valid for this Keyturn',
     );
   });
 }

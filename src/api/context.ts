@@ -2,6 +2,7 @@
 
 import type { AuditLog } from '../audit/audit-log.ts';
 import type { AuditTrail } from '../audit/trail.ts';
+import type { TokensFileStatus } from '../auth/tokens-watcher.ts';
 import type { Clock } from '../clock.ts';
 import type { ComplianceReport } from '../compliance/report.ts';
 import type { RedisSettings } from '../config/redis-topology.ts';
@@ -12,6 +13,7 @@ import type { Registry } from '../registry/registry.ts';
 import type { RotationEngine } from '../rotation/engine.ts';
 import type { RotationRepo } from '../rotation/rotation-repo.ts';
 import type { SecretReader } from '../rotation/secret-reader.ts';
+import type { ApprovalService } from '../service/approvals.ts';
 import type { RegistryService } from '../service/registry-service.ts';
 import type { StoreSet } from '../stores/index.ts';
 
@@ -21,6 +23,8 @@ export interface ApiContext {
   redisSettings: RedisSettings;
   registry: Registry;
   service: RegistryService;
+  /** Dual control: approvals of gated requests, and break-glass. */
+  approvals: ApprovalService;
   engine: RotationEngine;
   rotations: RotationRepo;
   secrets: SecretReader;
@@ -34,4 +38,6 @@ export interface ApiContext {
   compliance: ComplianceReport;
   /** The audit hash chain: verify, export, public keys. */
   auditTrail: AuditTrail;
+  /** The tokens file in force and, while the file on disk is refused, why (for /readyz); absent without a file. */
+  tokensFile?: () => TokensFileStatus;
 }

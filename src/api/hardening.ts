@@ -13,6 +13,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import helmet, { type HelmetOptions } from 'helmet';
 import type { KeyturnConfig } from '../config/config.ts';
 import { ApiError, SECURITY_HEADERS } from './errors.ts';
+import type { SharedRateLimit } from './rate-limit-store.ts';
 
 function readPem(variable: string, path: string): Buffer {
   try {
@@ -74,7 +75,11 @@ export function isPublic(request: FastifyRequest): boolean {
 }
 
 export interface HardeningOptions {
-  rateLimit: { max: number; windowMs: number };
+  /**
+   * Requests per window per principal (per client address before authentication). With `shared`, the counters
+   * live in Redis and every API replica counts into them (rate-limit-store.ts); without it, in this process.
+   */
+  rateLimit: { max: number; windowMs: number; shared?: SharedRateLimit };
   /** Exact origins allowed from a browser; empty: no CORS headers at all. */
   corsOrigins: string[];
 }
@@ -128,14 +133,15 @@ export async function installHardening(app: FastifyInstance, options: HardeningO
       origin: [...options.corsOrigins],
       credentials: false,
       methods: ['GET', 'POST', 'PATCH', 'DELETE'],
-      allowedHeaders: ['authorization', 'content-type'],
+      // Dual control's headers (api/approval-gate.ts), for a browser console that repeats or breaks glass.
+      allowedHeaders: ['authorization', 'content-type', 'x-keyturn-approval', 'x-keyturn-break-glass'],
       maxAge: 600,
     });
   }
 
-  // Counters live in this process's memory: with N API replicas a client may make up to N × max requests per
-  // window. Follow-up: the plugin's Redis store (`redis: ctx.redis`, a namespace under the Keyturn prefix) would
-  // count across replicas, at one Redis round trip per request.
+  // Counters live in Redis, shared by every API replica (one round trip per request), and fall back to this
+  // process's memory while Redis is away (rate-limit-store.ts). Without `shared`, in this process's memory only.
+  const shared = options.rateLimit.shared;
   const windowSeconds = options.rateLimit.windowMs / 1000;
   const who = (request: FastifyRequest) =>
     request.principal ? request.principal.name : `address ${request.ip}`;
@@ -146,6 +152,7 @@ export async function installHardening(app: FastifyInstance, options: HardeningO
     timeWindow: options.rateLimit.windowMs,
     hook: 'onRequest',
     cache: 10_000,
+    ...(shared ? { store: shared.storeClass() } : {}),
     // An IPv6 client is counted per /64 (what one host can usually pick its addresses from).
     keyGenerator: (request) =>
       request.principal ? `p:${request.principal.name}` : `ip:${normalizeIP(request.ip)}`,

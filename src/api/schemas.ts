@@ -71,6 +71,30 @@ export const ScheduleSchema = Type.Union([
   ),
 ]);
 
+// Dual control (SPEC, "Dual control"): who must approve the gated operations of a credential or connection.
+export const ApprovalPolicySchema = Type.Object(
+  {
+    required: Type.Integer({
+      minimum: 1,
+      maximum: 5,
+      description: 'approvals a gated request needs, by principals other than its requester',
+    }),
+    approvers: Type.Array(
+      Type.String({
+        pattern: '^(role:(admin|operator|reader|auditor)|name:[^\\x00-\\x1f\\x7f]{1,256})$',
+        description:
+          '"role:<role>" or "name:<principal name>" (a token name, a JWT subject, a certificate\'s name)',
+      }),
+      { minItems: 1, maxItems: 16, uniqueItems: true },
+    ),
+  },
+  {
+    additionalProperties: false,
+    description:
+      'dual control: its DELETE (and, for a connection, a change of its admin or address; for a credential, a person reading its secret or taking a lease, and a change of its sync) needs approval; removing or weakening it needs approval too',
+  },
+);
+
 const AdminRotationSchema = Type.Object(
   {
     schedule: ScheduleSchema,
@@ -106,6 +130,7 @@ export const CreateConnectionBody = Type.Object(
     options: Type.Optional(ConnectionOptions),
     labels: Type.Optional(Labels),
     adminRotation: Type.Optional(AdminRotationSchema),
+    approval: Type.Optional(ApprovalPolicySchema),
     verify: Type.Optional(
       Type.Boolean({
         description:
@@ -137,6 +162,7 @@ export const PatchConnectionBody = Type.Object(
     options: Type.Optional(ConnectionOptions),
     labels: Type.Optional(Labels),
     adminRotation: Type.Optional(Type.Union([AdminRotationSchema, Type.Null()])),
+    approval: Type.Optional(Type.Union([ApprovalPolicySchema, Type.Null()])),
     paused: Type.Optional(
       Type.Boolean({
         description:
@@ -240,6 +266,7 @@ export const CreateCredentialBody = Type.Object(
       }),
     ),
     sync: Type.Optional(SyncList),
+    approval: Type.Optional(ApprovalPolicySchema),
   },
   { additionalProperties: false },
 );
@@ -259,6 +286,7 @@ export const PatchCredentialBody = Type.Object(
     ),
     labels: Type.Optional(Labels),
     sync: Type.Optional(Type.Union([SyncList, Type.Null()])),
+    approval: Type.Optional(Type.Union([ApprovalPolicySchema, Type.Null()])),
     paused: Type.Optional(
       Type.Boolean({ description: 'true stops its scheduled rotations; a manual rotate still runs' }),
     ),
@@ -405,3 +433,52 @@ export const EventsHeaders = Type.Object({
   'last-event-id': Type.Optional(Type.String({ pattern: '^[0-9]{1,19}-[0-9]{1,19}$' })),
 });
 export type EventsHeaders = Static<typeof EventsHeaders>;
+
+/**
+ * The headers of a request dual control may gate: the approval it repeats, or break-glass with its reason. Other
+ * headers pass as they are.
+ */
+export const GatedHeaders = Type.Object({
+  'x-keyturn-approval': Type.Optional(
+    Type.String({ format: 'uuid', description: 'the approvalId of the 202 that asked for this request' }),
+  ),
+  'x-keyturn-break-glass': Type.Optional(
+    Type.String({
+      pattern: '^(?=.*\\S)[^\\x00-\\x1f\\x7f]{1,500}$',
+      description: 'skips approval, with this reason (1-500 characters): audited and notified',
+    }),
+  ),
+});
+
+export const ApprovalsQuery = Type.Object(
+  {
+    status: Type.Optional(
+      Type.Union([
+        Type.Literal('pending'),
+        Type.Literal('approved'),
+        Type.Literal('denied'),
+        Type.Literal('expired'),
+        Type.Literal('used'),
+      ]),
+    ),
+    limit: Type.Optional(
+      Type.Integer({ minimum: 1, maximum: 1000, description: 'approvals per page (default 100)' }),
+    ),
+    cursor: Type.Optional(Type.String({ maxLength: 200, description: 'the `next` of the previous page' })),
+  },
+  { additionalProperties: false },
+);
+export type ApprovalsQuery = Static<typeof ApprovalsQuery>;
+
+export const DecisionBody = Type.Object(
+  {
+    reason: Type.String({
+      minLength: 1,
+      maxLength: 500,
+      pattern: '\\S',
+      description: 'why: it is in the audit trail with the decision',
+    }),
+  },
+  { additionalProperties: false },
+);
+export type DecisionBody = Static<typeof DecisionBody>;

@@ -1,6 +1,7 @@
 // What the API returns for registry objects: never a secret, always the fields a person needs to act.
 import { isOverdue } from '../compliance/policy.ts';
 import type { Lease } from '../leases/types.ts';
+import type { Approval } from '../registry/approvals.ts';
 import type { Connection, Credential } from '../registry/types.ts';
 
 export function credentialView(credential: Credential, now = Date.now()) {
@@ -18,6 +19,7 @@ export function credentialView(credential: Credential, now = Date.now()) {
     notifyBefore: spec.notifyBefore ?? null,
     labels: spec.labels,
     sync: spec.sync ?? [],
+    approval: spec.approval ?? null,
     paused: spec.pausedAt !== undefined,
     pausedSince: spec.pausedAt ?? null,
     status: state.status,
@@ -52,6 +54,7 @@ export function connectionView(connection: Connection, credentials?: string[]) {
     paused: connection.pausedAt !== undefined,
     pausedSince: connection.pausedAt ?? null,
     adminRotation: connection.adminRotation ?? null,
+    approval: connection.approval ?? null,
     ...(credentials ? { credentials } : {}),
     createdAt: connection.createdAt,
     updatedAt: connection.updatedAt,
@@ -76,5 +79,35 @@ export function leaseView(lease: Lease) {
     revokedAt: lease.revokedAt ?? null,
     revokeAttempts: lease.revokeAttempts ?? 0,
     lastError: lease.lastError ?? null,
+  };
+}
+
+/** An approval of dual control: what it allows, who asked, who decided and why. Never a request body (none is kept). */
+export function approvalView(approval: Approval) {
+  const approvals = approval.decisions.filter((d) => d.decision === 'approve').length;
+  return {
+    id: approval.id,
+    status: approval.status,
+    operation: {
+      route: approval.operation.route,
+      action: approval.operation.action,
+      target: approval.operation.target,
+      fields: approval.operation.fields,
+      bodyDigest: approval.operation.bodyDigest,
+    },
+    requester: approval.requester.name,
+    required: approval.policy.required,
+    approvers: approval.policy.approvers,
+    approvals,
+    decisions: approval.decisions.map((d) => ({
+      by: d.by,
+      decision: d.decision,
+      reason: d.reason,
+      at: d.at,
+    })),
+    createdAt: approval.createdAt,
+    expiresAt: approval.expiresAt,
+    decidedAt: approval.decidedAt ?? null,
+    usedAt: approval.usedAt ?? null,
   };
 }

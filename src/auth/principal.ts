@@ -41,7 +41,12 @@ export type Access =
    * The rotation event stream (GET /v1/events): every role; admin, operator and auditor see every credential's
    * events, a reader only those of the credentials bound to it (filtered per event).
    */
-  | 'events';
+  | 'events'
+  /**
+   * Dual control's approvals (GET /v1/approvals…, approve, deny): every role; the route shows and lets decide only the
+   * approvals a principal requested or matches the approvers of (admins and auditors see all).
+   */
+  | 'approvals';
 
 const ANY_OF: Record<Exclude<Access, 'public'>, Role[]> = {
   manage: ['admin', 'operator'],
@@ -53,6 +58,7 @@ const ANY_OF: Record<Exclude<Access, 'public'>, Role[]> = {
   lease: ['admin', 'reader'],
   'lease-revoke': ['admin', 'operator', 'reader'],
   events: ['admin', 'operator', 'auditor', 'reader'],
+  approvals: ['admin', 'operator', 'auditor', 'reader'],
 };
 
 /** Roles that pass without a look at the credential: the others (reader) must be bound to it. */
@@ -66,6 +72,8 @@ export const UNBOUND_ROLES: Record<Exclude<Access, 'public'>, Role[]> = {
   lease: ['admin'],
   'lease-revoke': ['admin', 'operator'],
   events: ['admin', 'operator', 'auditor'],
+  // No credential to bind: the service checks each approval against the principal.
+  approvals: ['admin', 'operator', 'auditor', 'reader'],
 };
 
 export function hasRole(principal: Principal, roles: readonly Role[]): boolean {

@@ -1,6 +1,6 @@
 // The static-token file named by KEYTURN_TOKENS_FILE (SPEC, Roles): bearer tokens (stored as their SHA-256, never
-// the token), client certificates (by subject CN) and JWT issuers whose claims map to roles. It is read once, at
-// start-up, and validated in one pass: every problem is reported with its place in the file (`tokens[1].sha256`),
+// the token), client certificates (by subject CN) and JWT issuers whose claims map to roles. It is read at start-up
+// and again whenever it changes (tokens-watcher.ts), and validated in one pass: every problem is reported with its place in the file (`tokens[1].sha256`),
 // so that an operator fixes everything at once. Messages name positions and rules, not values: a hash is not a
 // secret, but someone who pastes the token itself into `sha256` must not see it echoed into a log.
 import { readFile } from 'node:fs/promises';
@@ -496,11 +496,10 @@ export function parseTokensFile(text: string, source: string): TokensFile {
   return tokensFileFromData(raw, source);
 }
 
-/** Reads and validates the tokens file; a file that cannot be read is a TokensFileError naming the path. */
-export async function loadTokensFile(path: string): Promise<TokensFile> {
-  let text: string;
+/** The text of the tokens file; a file that cannot be read is a TokensFileError naming the path and why. */
+export async function readTokensFileText(path: string): Promise<string> {
   try {
-    text = await readFile(path, 'utf8');
+    return await readFile(path, 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     const why =
@@ -513,7 +512,30 @@ export async function loadTokensFile(path: string): Promise<TokensFile> {
             : (err as Error).message;
     throw new TokensFileError(path, [`cannot read ${path} (KEYTURN_TOKENS_FILE): ${why}`]);
   }
-  return parseTokensFile(text, path);
+}
+
+/** Reads and validates the tokens file; a file that cannot be read is a TokensFileError naming the path. */
+export async function loadTokensFile(path: string): Promise<TokensFile> {
+  return parseTokensFile(await readTokensFileText(path), path);
+}
+
+/**
+ * What in the file can act as an administrator: tokens not yet expired, client certificates and JWT rules that grant
+ * the admin role (`token "ops"`, `certificate "break-glass"`, `JWT rule 1 of https://…`). Production needs at least
+ * one of these, or KEYTURN_ADMIN_TOKEN (boot.ts).
+ */
+export function administratorSources(file: TokensFile | undefined, now = Date.now()): string[] {
+  if (!file) return [];
+  const admin = (e: { roles: Role[] }) => e.roles.includes('admin');
+  return [
+    ...file.tokens
+      .filter((t) => admin(t) && (t.expiresAt === undefined || t.expiresAt.getTime() > now))
+      .map((t) => `token "${t.name}"`),
+    ...file.certificates.filter(admin).map((c) => `certificate "${c.name}"`),
+    ...file.jwt.flatMap((issuer) =>
+      issuer.rules.flatMap((r, i) => (admin(r) ? [`JWT rule ${i + 1} of ${issuer.issuer}`] : [])),
+    ),
+  ];
 }
 
 /** Every reader binding the file configures: its reader tokens, reader certificates and JWT rules granting reader. */

@@ -5,6 +5,7 @@ import { Buffer } from 'node:buffer';
 import { existsSync } from 'node:fs';
 import { delimiter } from 'node:path';
 import { parseSigningKey } from '../crypto/ed25519-keys.ts';
+import { type OutboundPolicy, type OutboundRule, parseOutboundRule } from '../net/outbound.ts';
 import { parseDuration } from './duration.ts';
 import { NOTIFICATION_EVENTS, type NotificationEvent } from './notification-events.ts';
 import { type RedisSettings, redisSettings } from './redis-topology.ts';
@@ -65,6 +66,10 @@ export interface KeyturnConfig {
    * 429: Keyturn must not be a silent password oracle (finding 13 of issue 11).
    */
   importFailures: { max: number; windowMs: number };
+  /** Where Keyturn may connect on an operator's behalf: KEYTURN_OUTBOUND_ALLOW and _DENY, stricter in production. */
+  outbound: OutboundPolicy;
+  /** KEYTURN_APPROVAL_TTL: how long a dual-control request waits for its decisions and its repeat (default 1h). */
+  approvalTtlMs: number;
   /** Short-lived credentials (POST /v1/credentials/:id/leases). */
   leases: {
     /** TTL of a lease whose request names none. */
@@ -302,6 +307,7 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
   // "0" turns the cache hint off (max-age=0 on every secret read); a duration otherwise.
   const secretMaxAgeMs =
     env.KEYTURN_SECRET_MAX_AGE?.trim() === '0' ? 0 : duration('KEYTURN_SECRET_MAX_AGE', '5m', 1000);
+  const approvalTtlMs = duration('KEYTURN_APPROVAL_TTL', '1h', 1000);
   const leases: KeyturnConfig['leases'] = {
     defaultTtlMs: duration('KEYTURN_LEASE_DEFAULT_TTL', '1h', 1000),
     maxTtlMs: duration('KEYTURN_LEASE_MAX_TTL', '24h', 1000),
@@ -398,6 +404,28 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
     kubernetes = { inCluster: true };
   }
 
+  const outboundRules = (name: string): OutboundRule[] | undefined => {
+    const raw = env[name]?.trim();
+    if (!raw) return undefined;
+    const rules: OutboundRule[] = [];
+    for (const entry of raw
+      .split(',')
+      .map((e) => e.trim())
+      .filter(Boolean)) {
+      const rule = parseOutboundRule(entry);
+      if (typeof rule === 'string') problems.push(`${name}: ${rule}`);
+      else rules.push(rule);
+    }
+    return rules;
+  };
+  const outboundAllow = outboundRules('KEYTURN_OUTBOUND_ALLOW');
+  const outbound: OutboundPolicy = {
+    loopback: !production,
+    ...(outboundAllow ? { allow: outboundAllow } : {}),
+    deny: outboundRules('KEYTURN_OUTBOUND_DENY') ?? [],
+    denyByDefault: production,
+  };
+
   if (failpoints && production) {
     problems.push('KEYTURN_FAILPOINTS is a test facility and is refused when NODE_ENV=production');
   }
@@ -438,6 +466,8 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
     corsOrigins,
     secretMaxAgeMs,
     importFailures,
+    outbound,
+    approvalTtlMs,
     leases,
     vault,
     aws,

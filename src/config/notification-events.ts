@@ -5,5 +5,7 @@ export const NOTIFICATION_EVENTS = [
   'rotation.failed',
   'credential.overdue',
   'rotation.upcoming',
+  // Dual control skipped with X-Keyturn-Break-Glass (src/service/approvals.ts): an alert, whoever did it.
+  'approval.break_glass',
 ] as const;
 export type NotificationEvent = (typeof NOTIFICATION_EVENTS)[number];

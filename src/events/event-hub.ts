@@ -309,9 +309,18 @@ export class EventHub {
     }
   }
 
-  /** Ends every stream (the app is closing: the server cannot close while they are open). */
-  endStreams(): void {
-    for (const subscriber of [...this.#subscribers]) subscriber.end('Keyturn is shutting down');
+  /**
+   * Ends every stream (the app is closing: the server cannot close while they are open), or those whose principal
+   * `which` picks (its token expired or was revoked); returns how many ended.
+   */
+  endStreams(reason = 'Keyturn is shutting down', which?: (principal: Principal) => boolean): number {
+    let ended = 0;
+    for (const subscriber of [...this.#subscribers]) {
+      if (which && !which(subscriber.principal)) continue;
+      subscriber.end(reason);
+      ended++;
+    }
+    return ended;
   }
 
   /** Ends every stream and stops the follower, closing its connection (a blocked XREAD ends with it). */
@@ -350,6 +359,11 @@ export class Subscriber {
   sent = 0;
   /** Why the stream ended, once it did. */
   endReason: string | undefined;
+
+  /** Who opened the stream. */
+  get principal(): Principal {
+    return this.#principal;
+  }
 
   constructor(hub: EventHub, options: SubscribeOptions, liveFrom: string, onEnd: () => void) {
     this.#hub = hub;

@@ -58,6 +58,13 @@ export class RedisKeys {
   importFailures(principalDigest: string): string {
     return `${this.prefix}:limits:import-failures:${principalDigest}`;
   }
+  /**
+   * Count of one rate-limit subject's requests in the current window (expires with it), shared by every API replica:
+   * the subject (principal name or client address) is hashed. One key per counter, so any Cluster slot will do.
+   */
+  rateLimit(subjectDigest: string): string {
+    return `${this.prefix}:limits:rate:${subjectDigest}`;
+  }
   /** Set when the user-name claims of credentials registered before they existed have been written. */
   usernameClaimsMigrated(): string {
     return `${this.prefix}:migrated:username-claims`;
@@ -124,6 +131,17 @@ export class RedisKeys {
    */
   leasesDue(): string {
     return `${this.prefix}:leases:due`;
+  }
+  /**
+   * JSON of one approval of dual control (what it approves, who asked, the decisions; never a request body). One key per
+   * approval, so that its check-and-set touches one slot of a Cluster; it expires a retention after the approval does.
+   */
+  approval(id: string): string {
+    return `${this.prefix}:approval:${id}`;
+  }
+  /** Sorted set of approval ids by creation time (ms): GET /v1/approvals; entries whose record is gone are skipped. */
+  approvals(): string {
+    return `${this.prefix}:approvals`;
   }
   /** Sorted set of a credential's lease ids by creation time. */
   credentialLeases(credentialId: string): string {

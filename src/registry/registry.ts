@@ -155,6 +155,15 @@ redis.call('HSET', KEYS[1], 'state', cjson.encode(state))
 return 1
 `;
 
+// Replaces a connection's JSON only if it is still the text the caller read (ARGV[1]).
+const SWAP_CONNECTION = `
+local current = redis.call('GET', KEYS[1])
+if not current then return -1 end
+if current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+`;
+
 const SET_FIRST_STATE = `
 local raw = redis.call('HGET', KEYS[1], 'state')
 if not raw or cjson.decode(raw)['status'] ~= 'pending' then return 0 end
@@ -246,6 +255,26 @@ export class Registry {
 
   async saveConnection(connection: Connection): Promise<void> {
     await this.#redis.set(this.keys.connection(connection.id), JSON.stringify(connection), 'XX');
+  }
+
+  /**
+   * Replaces a connection's record only if it is still `before` (as this process wrote and read it): for a change that
+   * must not be made over another one landing at the same moment (its approval policy). 409 when it changed.
+   */
+  async swapConnection(before: Connection, after: Connection): Promise<void> {
+    const r = await this.#redis.eval(
+      SWAP_CONNECTION,
+      1,
+      this.keys.connection(after.id),
+      JSON.stringify(before),
+      JSON.stringify(after),
+    );
+    if (r === -1) throw new NotFoundError(`Connection "${after.id}" does not exist`);
+    if (r === 0) {
+      throw new ConflictError(
+        `Connection "${after.id}" was changed by another request at the same moment: retry`,
+      );
+    }
   }
 
   async listConnections(): Promise<Connection[]> {

@@ -12,6 +12,16 @@ export interface TlsSpec {
   ca?: string;
 }
 
+/**
+ * Dual control (SPEC, "Dual control"): the sensitive operations on a credential or connection that carries one need
+ * `required` approvals by principals other than the requester, each matching one of `approvers` ("role:<role>" or
+ * "name:<principal name>").
+ */
+export interface ApprovalPolicy {
+  required: number;
+  approvers: string[];
+}
+
 export interface Connection {
   id: string;
   type: string;
@@ -41,6 +51,8 @@ export interface Connection {
   adminRotation?: AdminRotation;
   /** When the admin password was last given (registration, PATCH admin.password); an admin rotation's time is its subject's. */
   adminSetAt?: string;
+  /** Dual control of its DELETE and of the changes of its admin or its address (src/service/approvals.ts). */
+  approval?: ApprovalPolicy;
   createdAt: string;
   updatedAt: string;
 }
@@ -119,6 +131,8 @@ export interface CredentialSpec {
   pausedAt?: string;
   /** Destinations the working secret is pushed to (src/sync); none when absent. */
   sync?: SyncSpec[];
+  /** Dual control of its DELETE, its sync changes and a person's read of its secret (src/service/approvals.ts). */
+  approval?: ApprovalPolicy;
   createdAt: string;
   updatedAt: string;
 }

@@ -89,10 +89,8 @@ export interface ConnectionLock {
 }
 
 export class LeaseLostError extends Error {
-  constructor(credentialId: string) {
-    super(
-      `Lost the execution lease of credential "${credentialId}" to another worker; stopping this attempt`,
-    );
+  constructor(credentialId: string, what = 'the execution lease') {
+    super(`Lost ${what} of credential "${credentialId}" to another worker; stopping this attempt`);
     this.name = 'LeaseLostError';
   }
 }
@@ -104,6 +102,12 @@ export class Lease {
   readonly #key: string;
   readonly #timer: NodeJS.Timeout;
   #lost = false;
+  /**
+   * The connection lock expired and was not renewed (this process stalled past its TTL): another worker may hold it
+   * exclusive now. The next commit stops the attempt, before its next change downstream (every downstream change is
+   * preceded by a fenced write).
+   */
+  #lockLost = false;
 
   readonly #lockKeys: string[] | undefined;
 
@@ -132,7 +136,12 @@ export class Lease {
           });
         // The connection lock lives as long as the lease: renewed with it, released with it.
         if (this.#lockKeys) {
-          this.#redis.eval(LOCK_KEEP, 3, ...this.#lockKeys, this.token, ttlMs).catch(() => {});
+          this.#redis
+            .eval(LOCK_KEEP, 3, ...this.#lockKeys, this.token, ttlMs)
+            .then((r) => {
+              if (r !== 1) this.#lockLost = true;
+            })
+            .catch(() => {});
         }
       },
       Math.max(200, Math.floor(ttlMs / 3)),
@@ -146,6 +155,10 @@ export class Lease {
 
   /** Applies the writes atomically if and only if this lease is still held. */
   async commit(ops: FencedOp[]): Promise<void> {
+    if (this.#lockLost) {
+      this.#lost = true;
+      throw new LeaseLostError(this.credentialId, 'the connection lock');
+    }
     try {
       await this.#redis.eval(FENCED, 1, this.#key, this.token, JSON.stringify(ops));
     } catch (err) {

@@ -9,6 +9,7 @@ import { DEFAULT_PASSWORD_POLICY, type PasswordPolicy } from '../crypto/password
 import { scrubError, scrubText } from '../crypto/scrub.ts';
 import { secretsInScope } from '../crypto/secret-scope.ts';
 import { formatDuration, type LeaseService } from '../leases/lease-service.ts';
+import { checkOutbound } from '../net/outbound.ts';
 import { adminSubjectSpec } from '../registry/admin-subject.ts';
 import {
   ConflictError,
@@ -20,6 +21,7 @@ import {
 import { claimedUsernames, type Registry, UsernameTakenError } from '../registry/registry.ts';
 import type {
   AdminRotation,
+  ApprovalPolicy,
   Connection,
   Credential,
   CredentialSpec,
@@ -55,6 +57,7 @@ import {
   type TargetSession,
   TargetUnavailableError,
 } from '../targets/types.ts';
+import { checkPolicy, policyText } from './approvals.ts';
 
 /** The `engine` field of stored secrets: the target driver's name for itself. */
 const engineOf = (connection: Connection): string => targetDriver(connection.type)?.engine ?? connection.type;
@@ -75,6 +78,8 @@ export interface ConnectionInput {
   /** false: register without logging in to the downstream (offline registration); default true. */
   verify?: boolean;
   adminRotation?: AdminRotation;
+  /** Dual control of its gated operations (service/approvals.ts). */
+  approval?: ApprovalPolicy;
 }
 
 export interface ConnectionPatch {
@@ -93,6 +98,17 @@ export interface ConnectionPatch {
   verify?: boolean;
   /** Schedules the admin password's rotation; null stops it. */
   adminRotation?: AdminRotation | null;
+  /** Sets dual control; null removes it (the API has the removal or weakening approved first). */
+  approval?: ApprovalPolicy | null;
+}
+
+/**
+ * The approval policy the API judged a request against (its dual-control gate), when the request changes the policy:
+ * the change is written only while the target's policy is still that one, so that a policy set at the same moment is
+ * never removed or weakened by a request that was judged without it.
+ */
+export interface ApprovalGuard {
+  judged: ApprovalPolicy | undefined;
 }
 
 /** What a dry run reports (POST /v1/credentials/:id/rotate?dryRun=true). */
@@ -186,6 +202,7 @@ export interface CredentialInput {
   /** alternating-users: adopt an existing `<username>_clone` Keyturn did not create, if its access matches. */
   adoptClone?: boolean;
   sync?: SyncSpec[];
+  approval?: ApprovalPolicy;
 }
 
 export interface CredentialPatch {
@@ -199,6 +216,8 @@ export interface CredentialPatch {
   sync?: SyncSpec[] | null;
   /** Stops (true) or resumes (false) its scheduled rotations; a manual rotate still runs. */
   paused?: boolean;
+  /** Sets dual control; null removes it (the API has the removal or weakening approved first). */
+  approval?: ApprovalPolicy | null;
 }
 
 /** pausedAt after a PATCH's `paused`: kept while paused (the first pause is when it began), gone once resumed. */
@@ -243,6 +262,7 @@ export function connectionChanges(before: Connection, after: Connection): Record
     labels: (c) => sortedJson(c.labels),
     'admin.username': (c) => c.admin.username,
     pausedAt: (c) => c.pausedAt ?? '',
+    approval: (c) => policyText(c.approval),
   };
   const changes: Record<string, string> = {};
   for (const [field, value] of Object.entries(show)) {
@@ -330,6 +350,7 @@ export class RegistryService {
       ...(input.tls ? { tls: input.tls } : {}),
       ...(input.options ? { options: input.options } : {}),
       ...(input.adminRotation ? { adminRotation: input.adminRotation } : {}),
+      ...(input.approval ? { approval: input.approval } : {}),
       admin: { username: input.admin.username },
       adminStore,
       adminSetAt: now,
@@ -338,6 +359,8 @@ export class RegistryService {
       updatedAt: now,
     };
     if (input.adminRotation) this.#checkAdminRotation(connection, input.adminRotation);
+    checkPolicy(input.approval);
+    await this.#checkOutbound(connection);
     const verified = input.verify !== false;
     if (verified) await this.#verifyAdmin(connection, input.admin);
     await this.#registry.createConnection(connection);
@@ -361,6 +384,19 @@ export class RegistryService {
     });
     if (connection.adminRotation) await this.#syncAdminSubject(connection);
     return connection;
+  }
+
+  /**
+   * The outbound fence's early look (net/outbound.ts), verify or not: a destination the policy refuses is a 422 now
+   * rather than a failed rotation later. The same rules are applied again at every connect, after DNS resolution.
+   */
+  async #checkOutbound(connection: Connection): Promise<void> {
+    const refused = await checkOutbound(connection.host);
+    if (refused) {
+      throw new UnprocessableError(
+        `connection "${connection.id}" points where Keyturn does not connect: ${refused}`,
+      );
+    }
   }
 
   /** The admin's rotation is possible on this connection and its schedule is valid; 422 naming the problem. */
@@ -560,8 +596,23 @@ export class RegistryService {
     });
   }
 
-  async updateConnection(id: string, patch: ConnectionPatch, who: Requester): Promise<Connection> {
+  async updateConnection(
+    id: string,
+    patch: ConnectionPatch,
+    who: Requester,
+    guard?: ApprovalGuard,
+  ): Promise<Connection> {
     const connection = await this.#registry.getConnection(id);
+    if (
+      patch.approval !== undefined &&
+      guard &&
+      policyText(connection.approval) !== policyText(guard.judged)
+    ) {
+      throw new ConflictError(
+        `The approval policy of connection "${id}" changed while this request was checked: retry`,
+      );
+    }
+    checkPolicy(patch.approval);
     const driver = targetDriver(connection.type);
     const readdressed = ['host', 'port', 'region', 'endpoint'].some(
       (f) => patch[f as keyof ConnectionPatch] !== undefined,
@@ -593,6 +644,8 @@ export class RegistryService {
     if (pausedAt) updated.pausedAt = pausedAt;
     else delete updated.pausedAt;
     if (patch.admin?.password !== undefined) updated.adminSetAt = updated.updatedAt;
+    if (patch.approval === null) delete updated.approval;
+    else if (patch.approval) updated.approval = patch.approval;
     if (patch.adminRotation === null) delete updated.adminRotation;
     else if (patch.adminRotation) {
       this.#checkAdminRotation(updated, patch.adminRotation);
@@ -620,6 +673,7 @@ export class RegistryService {
         `Changing ${repointed.join(', ')} of connection "${id}" moves where Keyturn sends its admin and credential passwords, so it needs the admin role (${who.name} has not): ask an admin, or register a new connection`,
       );
     }
+    if (updated.host !== connection.host) await this.#checkOutbound(updated);
     if (patch.admin?.username !== undefined && patch.admin.username !== connection.admin.username) {
       const users = await this.#registry.connectionUsernames(id, [patch.admin.username]);
       const holder = users[patch.admin.username];
@@ -646,7 +700,9 @@ export class RegistryService {
     if (patch.admin && password !== undefined) {
       await store.putCurrent(ref, randomUUID(), this.#adminDocument(updated, password));
     }
-    await this.#registry.saveConnection(updated);
+    // A change of its approval policy is written only over the record this request read (check-and-set).
+    if (patch.approval !== undefined) await this.#registry.swapConnection(connection, updated);
+    else await this.#registry.saveConnection(updated);
     await this.#audit.append({
       actor: who.name,
       action: 'connection.updated',
@@ -797,6 +853,7 @@ export class RegistryService {
       ...(input.notifyBefore ? { notifyBefore: input.notifyBefore } : {}),
       labels: input.labels ?? {},
       ...(input.sync?.length ? { sync: input.sync } : {}),
+      ...(input.approval ? { approval: input.approval } : {}),
       createdAt: now.toISOString(),
       updatedAt: now.toISOString(),
     };
@@ -819,6 +876,7 @@ export class RegistryService {
         `Credential "${spec.id}" would be readable through ${readers.join(', ')} (the id or labels match), and giving a reader a secret needs the admin role (${actor} has not): ask an admin, or choose an id and labels no reader binding matches`,
       );
     }
+    checkPolicy(input.approval);
     if (input.adoptClone && spec.strategy !== 'alternating-users') {
       throw new UnprocessableError('adoptClone applies to strategy "alternating-users" only');
     }
@@ -1063,9 +1121,19 @@ export class RegistryService {
     }
   }
 
-  async updateCredential(id: string, patch: CredentialPatch, who: Requester): Promise<Credential> {
+  async updateCredential(
+    id: string,
+    patch: CredentialPatch,
+    who: Requester,
+    guard?: ApprovalGuard,
+  ): Promise<Credential> {
     const actor = who.name;
     const { spec } = await this.#registry.getCredential(id);
+    checkPolicy(patch.approval);
+    const approvalChange: Record<string, string> =
+      patch.approval !== undefined && policyText(patch.approval) !== policyText(spec.approval)
+        ? { 'approval.from': policyText(spec.approval), 'approval.to': policyText(patch.approval) }
+        : {};
     const labelChange: Record<string, string> =
       patch.labels && sortedJson(patch.labels) !== sortedJson(spec.labels)
         ? { 'labels.from': sortedJson(spec.labels), 'labels.to': sortedJson(patch.labels) }
@@ -1102,6 +1170,15 @@ export class RegistryService {
           `The labels of credential "${id}" changed while this request was checked: retry`,
         );
       }
+      if (
+        patch.approval !== undefined &&
+        guard &&
+        policyText(current.approval) !== policyText(guard.judged)
+      ) {
+        throw new ConflictError(
+          `The approval policy of credential "${id}" changed while this request was checked: retry`,
+        );
+      }
       const next: CredentialSpec = {
         ...current,
         ...(patch.schedule ? { schedule: patch.schedule } : {}),
@@ -1117,6 +1194,8 @@ export class RegistryService {
       else if (patch.notifyBefore !== undefined) next.notifyBefore = patch.notifyBefore;
       if (patch.sync === null || patch.sync?.length === 0) delete next.sync;
       else if (patch.sync !== undefined) next.sync = patch.sync;
+      if (patch.approval === null) delete next.approval;
+      else if (patch.approval !== undefined) next.approval = patch.approval;
       const pausedAt = pausedAfter(current.pausedAt, patch.paused, next.updatedAt);
       if (pausedAt) next.pausedAt = pausedAt;
       else delete next.pausedAt;
@@ -1146,6 +1225,7 @@ export class RegistryService {
       details: {
         fields: Object.keys(patch).join(','),
         ...labelChange,
+        ...approvalChange,
         ...(patch.paused !== undefined
           ? { paused: patch.paused, pausedAt: credential.spec.pausedAt ?? null }
           : {}),

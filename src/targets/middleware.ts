@@ -7,15 +7,19 @@
 //     aborts (drivers that can cancel their I/O do) and the call rejects as unavailable, so the engine retries or
 //     rolls back knowing the verb was cancelled;
 //   - is measured: each call's target, verb, outcome and duration is published on the diagnostics channel
-//     `keyturn:target-call`, which the runtime's metrics subscribe to (the targets layer imports no metrics library).
+//     `keyturn:target-call`, which the runtime's metrics subscribe to (the targets layer imports no metrics library);
+//   - runs inside the outbound fence (net/outbound.ts): every socket it opens is checked after DNS resolution, and a
+//     refused destination is a TargetRefusedError saying which rule refused it, before any packet went there.
 import { channel } from 'node:diagnostics_channel';
 import { noteSecret } from '../crypto/secret-scope.ts';
+import { fenced, OutboundRefusedError } from '../net/outbound.ts';
 import {
   type CallOptions,
   type DualPasswords,
   type LeaseUsers,
   type Login,
   type MintedSecrets,
+  nothingSent,
   type TargetDriver,
   TargetRefusedError,
   type TargetSession,
@@ -120,6 +124,17 @@ class DeadlineError extends TargetUnavailableError {
   }
 }
 
+/** A connection the outbound fence refused: the downstream was never reached, and retrying will not help. */
+function fenceRefusal(err: unknown, target: string): unknown {
+  if (!(err instanceof OutboundRefusedError)) return err;
+  return nothingSent(
+    new TargetRefusedError(
+      `${target}: ${err.message}. Keyturn did not connect; change the connection, or the outbound policy`,
+      'outbound-refused',
+    ),
+  );
+}
+
 function outcomeOf(err: unknown): TargetCall['outcome'] {
   if (err instanceof DeadlineError) return 'timeout';
   if (err instanceof TargetUnavailableError) return 'unavailable';
@@ -168,7 +183,12 @@ function wrapVerb(
     try {
       while (args.length < arity) args.push(undefined);
       const call: CallOptions = { signal: controller.signal };
-      const result = await Promise.race([fn.apply(inner, [...args, call]), cancelled]);
+      const result = await Promise.race([
+        fenced(() => fn.apply(inner, [...args, call]) as Promise<unknown>).catch((err: unknown) => {
+          throw fenceRefusal(err, target);
+        }),
+        cancelled,
+      ]);
       for (const secret of answers?.(result) ?? []) noteSecret(secret);
       return result;
     } catch (err) {
@@ -222,7 +242,9 @@ export function withMiddleware(driver: TargetDriver): TargetDriver {
     ...driver,
     async open(connection, admin, options) {
       noteSecret(admin.password);
-      const session = await driver.open(connection, admin, options);
+      const session = await fenced(() => driver.open(connection, admin, options)).catch((err: unknown) => {
+        throw fenceRefusal(err, driver.type);
+      });
       return wrapSession(session, driver.type, DEADLINE_STEPS * options.timeoutMs);
     },
   };

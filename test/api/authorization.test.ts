@@ -376,6 +376,34 @@ const ROWS: Row[] = [
     allowed: [...VIEW, 'readerB'],
     stream: true,
   },
+  // Dual control: every role may call these; what each sees and may decide is per approval (approvals.test.ts).
+  { route: 'GET /v1/approvals', method: 'GET', path: () => '/v1/approvals', allowed: EVERYONE },
+  {
+    route: 'GET /v1/approvals?status=pending',
+    method: 'GET',
+    path: () => '/v1/approvals?status=pending',
+    allowed: EVERYONE,
+  },
+  {
+    route: 'GET /v1/approvals/:id',
+    method: 'GET',
+    path: () => '/v1/approvals/00000000-0000-4000-8000-000000000000',
+    allowed: EVERYONE,
+  },
+  {
+    route: 'POST /v1/approvals/:id/approve',
+    method: 'POST',
+    path: () => '/v1/approvals/00000000-0000-4000-8000-000000000000/approve',
+    body: () => ({ reason: 'matrix' }),
+    allowed: EVERYONE,
+  },
+  {
+    route: 'POST /v1/approvals/:id/deny',
+    method: 'POST',
+    path: () => '/v1/approvals/00000000-0000-4000-8000-000000000000/deny',
+    body: () => ({ reason: 'matrix' }),
+    allowed: EVERYONE,
+  },
 ];
 
 describe('authorization matrix', () => {
@@ -552,6 +580,7 @@ describe('generated requests from every principal (fast-check)', () => {
         ['GET', '/v1/compliance'] as const,
         ['GET', '/v1/compliance?format=csv'] as const,
         ['GET', '/v1/connections'] as const,
+        ['GET', '/v1/approvals'] as const,
       ),
     );
     const headers = fc.record(

@@ -412,6 +412,35 @@ const passwordRows = (p: string): FieldCase[] => [
   [`${p}.symbols`, true, `body.${p}.symbols is not a known field`],
 ];
 
+/** Dual control's policy (SPEC, "Dual control"), on connections and credentials, created or changed. */
+const approvalRows = (p: string): FieldCase[] => [
+  [p, 'two-person', `body.${p}`],
+  [p, [], `body.${p}`],
+  [p, {}, `body.${p}.required is required`],
+  [p, { approvers: ['role:admin'] }, `body.${p}.required is required`],
+  [p, { required: 1 }, `body.${p}.approvers is required`],
+  [`${p}.required`, 0, `body.${p}.required must be >= 1`],
+  [`${p}.required`, 6, `body.${p}.required must be <= 5`],
+  [`${p}.required`, 1.5, `body.${p}.required must be integer`],
+  [`${p}.required`, '1', `body.${p}.required must be integer`],
+  [`${p}.approvers`, 'role:admin', `body.${p}.approvers must be array`],
+  [`${p}.approvers`, [], `body.${p}.approvers must NOT have fewer than 1 items`],
+  [
+    `${p}.approvers`,
+    Array.from({ length: 17 }, (_, i) => `name:p${i}`),
+    `body.${p}.approvers must NOT have more than 16 items`,
+  ],
+  [`${p}.approvers`, ['role:root'], `body.${p}.approvers.0 must match pattern`],
+  [`${p}.approvers`, ['admin'], `body.${p}.approvers.0 must match pattern`],
+  [`${p}.approvers`, ['name:'], `body.${p}.approvers.0 must match pattern`],
+  [`${p}.approvers`, ['name:a\u0000b'], `body.${p}.approvers.0 must match pattern`],
+  [`${p}.approvers`, [`name:${'n'.repeat(257)}`], `body.${p}.approvers.0 must match pattern`],
+  [`${p}.approvers`, [7], `body.${p}.approvers.0 must be string`],
+  [`${p}.approvers`, ['name:bob', 'name:bob'], `body.${p}.approvers must NOT have duplicate items`],
+  [`${p}.quorum`, 2, `body.${p}.quorum is not a known field`],
+];
+const approvalBase = { required: 1, approvers: ['role:admin', 'name:bob'] };
+
 const connectionCases: Case[] = [
   ...fieldCases('POST', '/v1/connections', validConnection, [
     ['id', 42, 'body.id must be string'],
@@ -459,6 +488,53 @@ const connectionCases: Case[] = [
     ...missing(['id', 'type', 'admin', 'admin.username', 'admin.password']),
     ...unknown(['foo', 'password', 'credentials', 'admin.role', 'tls.verify']),
   ]),
+  ...fieldCases(
+    'POST',
+    '/v1/connections',
+    { ...validConnection, approval: approvalBase },
+    approvalRows('approval'),
+  ),
+  ...fieldCases('PATCH', `/v1/connections/${CONN}`, { approval: approvalBase }, [
+    ...approvalRows('approval'),
+  ]),
+  {
+    name: 'an approval no named approvers can meet',
+    method: 'POST',
+    path: '/v1/connections',
+    body: { ...validConnection, approval: { required: 2, approvers: ['name:bob'] } },
+    status: 422,
+    code: 'unprocessable',
+    field: 'approval.required',
+  },
+  // The headers of a request dual control may gate: refused before anything runs (the fixtures stay).
+  ...(
+    [
+      ['x-keyturn-approval', 'not-a-uuid', 'headers.x-keyturn-approval must match format "uuid"'],
+      ['x-keyturn-approval', '7d444840-9dc0-11d1-b245-5ffdce74fad', 'headers.x-keyturn-approval'],
+      ['x-keyturn-break-glass', 'x'.repeat(501), 'headers.x-keyturn-break-glass'],
+      ['x-keyturn-break-glass', '   ', 'headers.x-keyturn-break-glass must match pattern'],
+    ] as const
+  ).flatMap(([header, value, field]): Case[] =>
+    (
+      [
+        ['DELETE', `/v1/connections/${CONN}`, undefined],
+        ['PATCH', `/v1/connections/${CONN}`, { port: 5433, verify: false }],
+        ['DELETE', `/v1/credentials/${PG_CRED}`, undefined],
+        ['PATCH', `/v1/credentials/${PG_CRED}`, { maxAgeDays: 30 }],
+        ['GET', `/v1/credentials/${PG_CRED}/secret`, undefined],
+        ['POST', `/v1/credentials/${PG_CRED}/leases`, { ttl: '1m' }],
+      ] as const
+    ).map(([method, path, body]) => ({
+      name: `${header}: ${preview(value)}`,
+      method,
+      path,
+      ...(body === undefined ? {} : { body }),
+      headers: { [header]: value },
+      status: 400,
+      field,
+      code: 'invalid_request',
+    })),
+  ),
   ...bodyFormCases('POST', '/v1/connections'),
   {
     name: 'an unsupported type',
@@ -906,6 +982,15 @@ const credentialCases: Case[] = [
   },
   ...malformedIdCases('GET', (id) => `/v1/credentials/${id}`),
 
+  // Dual control, on a credential created or changed.
+  ...fieldCases(
+    'POST',
+    '/v1/credentials',
+    { ...validCredential, approval: approvalBase },
+    approvalRows('approval'),
+  ),
+  ...fieldCases('PATCH', `/v1/credentials/${PG_CRED}`, { approval: approvalBase }, approvalRows('approval')),
+
   // PATCH /v1/credentials/:id
   ...fieldCases('PATCH', `/v1/credentials/${PG_CRED}`, { maxAgeDays: 30 }, [
     ...scheduleRows('schedule'),
@@ -1262,6 +1347,90 @@ const eventCases: Case[] = [
   },
 ];
 
+// Dual control's approvals: list, show, approve, deny.
+const approvalCases: Case[] = [
+  ...(
+    [
+      ['status=open', 'querystring.status must be one of'],
+      ['status=', 'querystring.status must be one of'],
+      ['status=pending&status=used', 'querystring.status'],
+      ['limit=0', 'querystring.limit must be >= 1'],
+      ['limit=1001', 'querystring.limit must be <= 1000'],
+      ['limit=x', 'querystring.limit must be integer'],
+      ['cursor=xyz', 'querystring.cursor is not a cursor'],
+      [`cursor=${'c'.repeat(201)}`, 'querystring.cursor'],
+      [`cursor=${Buffer.from('1:../../etc').toString('base64url')}`, 'querystring.cursor is not a cursor'],
+      ['requester=ops', 'querystring.requester is not a known field'],
+    ] as const
+  ).map(
+    ([query, field]): Case => ({
+      name: `query ${query.slice(0, 60)}`,
+      method: 'GET',
+      path: `/v1/approvals?${query}`,
+      status: 400,
+      field,
+      code: 'invalid_request',
+    }),
+  ),
+  { name: 'a valid query', method: 'GET', path: '/v1/approvals?status=pending&limit=5', status: 200 },
+  ...(['not-a-uuid', '7d444840-9dc0-11d1-b245-5ffdce74fad', PG_CRED, '..%2F..'] as const).flatMap(
+    (id): Case[] => [
+      {
+        name: `invalid uuid ${id}`,
+        method: 'GET',
+        path: `/v1/approvals/${id}`,
+        status: 400,
+        field: 'params.id must match format "uuid"',
+        code: 'invalid_request',
+      },
+      {
+        name: `invalid uuid ${id}`,
+        method: 'POST',
+        path: `/v1/approvals/${id}/approve`,
+        body: { reason: 'ok' },
+        status: 400,
+        field: 'params.id must match format "uuid"',
+        code: 'invalid_request',
+      },
+    ],
+  ),
+  {
+    name: 'an unknown approval',
+    method: 'GET',
+    path: `/v1/approvals/${UNKNOWN_UUID}`,
+    status: 404,
+    code: 'not_found',
+  },
+  ...(['approve', 'deny'] as const).flatMap((decision): Case[] => [
+    ...fieldCases('POST', `/v1/approvals/${UNKNOWN_UUID}/${decision}`, { reason: 'ticket CHG-1' }, [
+      ['reason', DROP, 'body.reason is required'],
+      ['reason', '', 'body.reason must NOT have fewer than 1 characters'],
+      ['reason', '   ', 'body.reason must match pattern'],
+      ['reason', 'r'.repeat(501), 'body.reason must NOT have more than 500 characters'],
+      ['reason', 42, 'body.reason must be string'],
+      ['reason', null, 'body.reason must be string'],
+      ['approve', true, 'body.approve is not a known field'],
+    ]),
+    {
+      name: 'an unknown approval',
+      method: 'POST',
+      path: `/v1/approvals/${UNKNOWN_UUID}/${decision}`,
+      body: { reason: 'ticket CHG-1' },
+      status: 404,
+      code: 'not_found',
+      field: UNKNOWN_UUID,
+    },
+    ...bodyFormCases('POST', `/v1/approvals/${UNKNOWN_UUID}/${decision}`),
+  ]),
+  {
+    name: 'GET is not a method of a decision',
+    method: 'GET',
+    path: `/v1/approvals/${UNKNOWN_UUID}/approve`,
+    status: 404,
+    code: 'not_found',
+  },
+];
+
 const routingCases: Case[] = [
   { name: 'an unknown route', method: 'GET', path: '/v1/nothing', status: 404, code: 'not_found' },
   { name: 'an unknown version', method: 'GET', path: '/v2/connections', status: 404, code: 'not_found' },
@@ -1369,6 +1538,10 @@ const AUTHENTICATED: [method: string, path: string, body?: unknown][] = [
   ['GET', '/v1/audit/public-key'],
   ['GET', '/v1/compliance?format=csv'],
   ['GET', '/v1/events'],
+  ['GET', '/v1/approvals?status=pending'],
+  ['GET', `/v1/approvals/${UNKNOWN_UUID}`],
+  ['POST', `/v1/approvals/${UNKNOWN_UUID}/approve`, { reason: 'ok' }],
+  ['POST', `/v1/approvals/${UNKNOWN_UUID}/deny`, { reason: 'no' }],
   ['GET', '/v1/nothing'],
 ];
 
@@ -1430,6 +1603,7 @@ const TABLES: [string, Case[]][] = [
   ['audit verify and export', auditExportCases],
   ['compliance', complianceCases],
   ['events', eventCases],
+  ['approvals', approvalCases],
   ['routing and probes', routingCases],
   ['authentication', authCases],
 ];
@@ -2068,6 +2242,10 @@ const leaseFields: Fields = {
   ttl: v(fc.oneof(durationArb, fc.integer({ min: -5, max: 400_000_000 }))),
 };
 
+const decisionFields: Fields = {
+  reason: v(fc.oneof(fc.constantFrom('CHG-1', '', ' ', 'r'.repeat(501)), fc.string({ maxLength: 80 }))),
+};
+
 const contentTypeArb = fc.oneof(
   { weight: 10, arbitrary: fc.constant<string | null>('application/json') },
   {
@@ -2239,6 +2417,17 @@ const ROUTES: Route[] = [
       uuidish.map((u) => `/v1/leases/${u}`),
       emptyishBody,
     ),
+  },
+  {
+    name: 'GET /v1/approvals',
+    arb: get(fc.constant('/v1/approvals'), queryArb(['status', 'limit', 'cursor'])),
+  },
+  { name: 'GET /v1/approvals/:id', arb: get(uuidish.map((u) => `/v1/approvals/${u}`)) },
+  {
+    name: 'POST /v1/approvals/:id/approve|deny',
+    arb: fc
+      .tuple(fc.constantFrom('approve', 'deny'), uuidish)
+      .chain(([d, u]) => withBody('POST', fc.constant(`/v1/approvals/${u}/${d}`), bodyArb(decisionFields))),
   },
   { name: 'GET /healthz', arb: get(fc.constant('/healthz')).map((r) => ({ ...r, auth: null })) },
   { name: 'GET /readyz', arb: get(fc.constant('/readyz')).map((r) => ({ ...r, auth: null })) },

@@ -46,6 +46,8 @@ export async function lists(report: BenchSection): Promise<void> {
       KEYTURN_MASTER_KEY: randomBytes(32).toString('base64'),
       KEYTURN_RATE_LIMIT_MAX: '1000000',
       NODE_ENV: 'production',
+      // Production refuses loopback downstreams unless the outbound allow list names them (issue 17 §2).
+      KEYTURN_OUTBOUND_ALLOW: '127.0.0.0/8,::1',
       // The API alone: a worker would start an overdue scan of the whole fleet while the pages are timed (the scan is
       // measured on its own below).
       KEYTURN_COMPONENTS: 'api',

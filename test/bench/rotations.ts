@@ -82,6 +82,8 @@ export async function rotations(report: BenchSection): Promise<void> {
     ),
     KEYTURN_RATE_LIMIT_MAX: '1000000',
     NODE_ENV: 'production',
+    // Production refuses loopback downstreams unless the outbound allow list names them (issue 17 §2).
+    KEYTURN_OUTBOUND_ALLOW: '127.0.0.0/8,::1',
   };
   const running: KeyturnProcess[] = [];
   const start = async (entry: 'main' | 'worker', extra: Record<string, string> = {}) => {

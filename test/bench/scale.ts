@@ -64,6 +64,8 @@ async function fleet(
     // would otherwise be refused beyond the default 5.
     KEYTURN_IMPORT_FAILURES_MAX: '10000',
     NODE_ENV: 'production',
+    // Production refuses loopback downstreams unless the outbound allow list names them (issue 17 §2).
+    KEYTURN_OUTBOUND_ALLOW: '127.0.0.0/8,::1',
   };
   /** Waits (polling each second, at most two minutes) until the sealer has chained every audit event. */
   const sealed = async () => {

@@ -2,7 +2,6 @@
 // a while after they are made): a worker SIGKILLed after each step, and between CreateAccessKey's answer and the store
 // write (set-after-mint: AWS holds a key nobody will ever know), leaves a rotation that a new worker completes; the
 // secret read logs in at every instant, and the user ends with the previous key and the new one, never an orphan.
-import { DeleteAccessKeyCommand, IAMClient } from '@aws-sdk/client-iam';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type IamWorld, iamSkipReason, startIamWorld } from '../support/aws-iam.ts';
 import {
@@ -50,14 +49,6 @@ describe.skipIf(Boolean(skip))('SIGKILL with an AWS IAM downstream', () => {
     // Each point's credential, registered (its first key made) by a worker that is gone before the kills start; the
     // user's own key is then retired, as an operator does once services read from Keyturn.
     const setup = spawnWorker(env);
-    const iam = new IAMClient({
-      region: world.connection.region,
-      endpoint: world.connection.endpoint,
-      credentials: {
-        accessKeyId: world.connection.admin.username,
-        secretAccessKey: world.connection.admin.password,
-      },
-    });
     try {
       for (const point of POINTS) {
         const user = await world.createUser();
@@ -72,10 +63,9 @@ describe.skipIf(Boolean(skip))('SIGKILL with an AWS IAM downstream', () => {
         });
         expect(created.status, created.text).toBe(201);
         expect((await waitForRotation(kt, created.body.rotation.id, 45_000)).status).toBe('succeeded');
-        await iam.send(new DeleteAccessKeyCommand({ UserName: user.username, AccessKeyId: user.keyId }));
+        await world.deleteKey(user.username, user.keyId);
       }
     } finally {
-      iam.destroy();
       await setup.kill();
     }
   });

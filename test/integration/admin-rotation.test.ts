@@ -1,6 +1,6 @@
 // Admin rotation (issue 16 §3): POST /v1/connections/:id/rotate rotates the connection's admin password with the
 // engine's four steps, against every target that has an admin password Keyturn may change (all but the webhook, whose
-// admin is a shared signing key). After it the old admin password no longer logs in, Keyturn works with the new one
+// admin is a shared signing key, and AWS IAM, whose admin is an access key whose id is the connection's admin name). After it the old admin password no longer logs in, Keyturn works with the new one
 // (a credential rotation and a dry run succeed), and the admin password is never readable through the API.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -14,7 +14,7 @@ import {
 import { CONTRACT_FIXTURES, importTargetUser, type StartedTarget } from '../support/targets.ts';
 
 const plan = await Promise.all(
-  CONTRACT_FIXTURES.filter((f) => f.name !== 'webhook').map(async (fixture) => ({
+  CONTRACT_FIXTURES.filter((f) => f.name !== 'webhook' && f.name !== 'AWS IAM').map(async (fixture) => ({
     fixture,
     skip: await fixture.skipReason(),
   })),
@@ -107,7 +107,7 @@ describe('admin rotation: refusals', () => {
     await dropPrefix(env.prefix);
   });
 
-  it('refuses a webhook connection (its admin is a key the service holds too), an unknown one, and a body', async () => {
+  it('refuses a webhook connection (its admin is a key the service holds too), an aws-iam one, an unknown one, and a body', async () => {
     const hook = await kt.api('POST', '/v1/connections', {
       id: 'hook',
       type: 'webhook',
@@ -125,6 +125,17 @@ describe('admin rotation: refusals', () => {
       adminRotation: { schedule: { every: '30d' } },
     });
     expect(scheduled.status).toBe(422);
+    const iam = await kt.api('POST', '/v1/connections', {
+      id: 'iam',
+      type: 'aws-iam',
+      endpoint: 'http://127.0.0.1:9',
+      admin: { username: 'AKIAEXAMPLEEXAMPLE12', password: 'k'.repeat(40) },
+      verify: false,
+    });
+    expect(iam.status, iam.text).toBe(201);
+    const iamRefused = await kt.api('POST', '/v1/connections/iam/rotate');
+    expect(iamRefused.status).toBe(422);
+    expect(iamRefused.body.error.message).toContain('Rotate it by hand');
     expect((await kt.api('POST', '/v1/connections/nope/rotate')).status).toBe(404);
     expect((await kt.api('POST', '/v1/connections/hook/rotate', { now: true })).status).toBe(400);
   });

@@ -123,7 +123,9 @@ describe('security headers and CORS', () => {
     expect(yes.status).toBe(204);
     expect(yes.headers.get('access-control-allow-origin')).toBe(allowed);
     expect(yes.headers.get('access-control-allow-methods')).toBe('GET, POST, PATCH, DELETE');
-    expect(yes.headers.get('access-control-allow-headers')).toBe('authorization, content-type');
+    expect(yes.headers.get('access-control-allow-headers')).toBe(
+      'authorization, content-type, x-keyturn-approval, x-keyturn-break-glass',
+    );
     expect(yes.headers.get('access-control-allow-credentials')).toBeNull();
     expect(yes.headers.get('x-content-type-options')).toBe('nosniff');
 

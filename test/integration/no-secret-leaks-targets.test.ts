@@ -3,7 +3,6 @@
 // and Redis value captured; no password, admin secret or signing key appears in any of it. AWS IAM, whose secrets AWS
 // makes, has its own flow at the end.
 import { randomBytes } from 'node:crypto';
-import { DeleteAccessKeyCommand, IAMClient } from '@aws-sdk/client-iam';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type IamWorld, iamSkipReason, startIamWorld } from '../support/aws-iam.ts';
 import {
@@ -207,7 +206,7 @@ describe.skipIf(Boolean(iamSkip))('no secret leaks with an AWS IAM downstream', 
     expect(refused.status).toBe('failed');
     const dryFull = await kt.api('POST', '/v1/credentials/leak-iam/rotate?dryRun=true');
     expect(dryFull.body.ok).toBe(false);
-    await deleteIamKey(world, user.username, user.keyId);
+    await world.deleteKey(user.username, user.keyId);
     const reads: string[] = [];
     for (let i = 0; i < 2; i++) {
       const rotate = await kt.api('POST', '/v1/credentials/leak-iam/rotate');
@@ -259,20 +258,3 @@ describe.skipIf(Boolean(iamSkip))('no secret leaks with an AWS IAM downstream', 
     ]);
   });
 });
-
-/** The operator deletes a key, as `aws iam delete-access-key` would. */
-async function deleteIamKey(world: IamWorld, username: string, keyId: string): Promise<void> {
-  const iam = new IAMClient({
-    region: world.connection.region,
-    endpoint: world.connection.endpoint,
-    credentials: {
-      accessKeyId: world.connection.admin.username,
-      secretAccessKey: world.connection.admin.password,
-    },
-  });
-  try {
-    await iam.send(new DeleteAccessKeyCommand({ UserName: username, AccessKeyId: keyId }));
-  } finally {
-    iam.destroy();
-  }
-}

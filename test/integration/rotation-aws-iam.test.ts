@@ -4,7 +4,7 @@
 // waits until STS accepts it, makes it current; after the grace period the old key is deactivated, and the next
 // rotation deletes it. Keys Keyturn did not make are never touched.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type IamWorld, iamSkipReason, startIamWorld } from '../support/aws-iam.ts';
+import { type IamWorld, iamSkipReason, ROTATION_ACTIONS, startIamWorld } from '../support/aws-iam.ts';
 import { dropPrefix, type Keyturn, startKeyturn, testEnv, waitForRotation } from '../support/harness.ts';
 
 const skip = iamSkipReason();
@@ -173,7 +173,7 @@ describe.skipIf(Boolean(skip))('AWS IAM target: access keys rotated end to end',
     await register('iam-keys', user.username, { gracePeriod: '3s' });
     const k1 = await secretOf('iam-keys');
     // The operator retires the user's own key once services read from Keyturn.
-    await deleteKeyAsAdmin(world, user.username, user.keyId);
+    await world.deleteKey(user.username, user.keyId);
 
     // Every read during the rotation answers a key that logs in (I1), although the new key is refused for a while.
     let reading = true;
@@ -216,7 +216,7 @@ describe.skipIf(Boolean(skip))('AWS IAM target: access keys rotated end to end',
   it('a dry run checks everything and changes nothing', async () => {
     const user = await world.createUser();
     await register('iam-dry', user.username);
-    await deleteKeyAsAdmin(world, user.username, user.keyId);
+    await world.deleteKey(user.username, user.keyId);
     const keysBefore = await world.keysOf(user.username);
     const secretBefore = await secretOf('iam-dry');
     const mark = world.emulator?.requests.length ?? 0;
@@ -250,30 +250,20 @@ describe.skipIf(Boolean(skip))('AWS IAM target: access keys rotated end to end',
     }
     const user = await world.createUser();
     await register('iam-denied', user.username);
-    await deleteKeyAsAdmin(world, user.username, user.keyId);
+    await world.deleteKey(user.username, user.keyId);
     const current = await secretOf('iam-denied');
     const keysBefore = await world.keysOf(user.username);
-    world.emulator.setAllow(world.adminUser, [
-      'iam:GetUser',
-      'iam:ListAccessKeys',
-      'iam:UpdateAccessKey',
-      'iam:DeleteAccessKey',
-      'iam:SimulatePrincipalPolicy',
-    ]);
+    world.emulator.setAllow(
+      world.adminUser,
+      ROTATION_ACTIONS.filter((a) => a !== 'iam:CreateAccessKey'),
+    );
     try {
       const failed = await rotate('iam-denied');
       expect(failed.status).toBe('failed');
       expect(failed.error.message).toContain('iam:CreateAccessKey');
       expect(failed.rollback.note).toMatch(/nothing had been changed downstream/);
     } finally {
-      world.emulator.setAllow(world.adminUser, [
-        'iam:GetUser',
-        'iam:ListAccessKeys',
-        'iam:CreateAccessKey',
-        'iam:UpdateAccessKey',
-        'iam:DeleteAccessKey',
-        'iam:SimulatePrincipalPolicy',
-      ]);
+      world.emulator.setAllow(world.adminUser, [...ROTATION_ACTIONS]);
     }
     expect(await world.keysOf(user.username)).toEqual(keysBefore);
     expect((await secretOf('iam-denied')).accessKeyId).toBe(current.accessKeyId);
@@ -334,21 +324,3 @@ describe.skipIf(Boolean(skip))('AWS IAM target: a key made but never stored is d
     expect(await world.canLogin(key(secret), user.username)).toBe(true);
   });
 });
-
-/** The operator deletes a key (as `aws iam delete-access-key` would), through the admin's own API access. */
-async function deleteKeyAsAdmin(world: IamWorld, username: string, keyId: string): Promise<void> {
-  const { DeleteAccessKeyCommand, IAMClient } = await import('@aws-sdk/client-iam');
-  const iam = new IAMClient({
-    region: world.connection.region,
-    endpoint: world.connection.endpoint,
-    credentials: {
-      accessKeyId: world.connection.admin.username,
-      secretAccessKey: world.connection.admin.password,
-    },
-  });
-  try {
-    await iam.send(new DeleteAccessKeyCommand({ UserName: username, AccessKeyId: keyId }));
-  } finally {
-    iam.destroy();
-  }
-}

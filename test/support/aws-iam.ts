@@ -38,6 +38,8 @@ export interface IamWorld {
   /** A second key for a user (someone else's key, as far as Keyturn knows). */
   addKey(username: string): Promise<IamKey>;
   keysOf(username: string): Promise<Array<{ keyId: string; active: boolean }>>;
+  /** Deletes a key as an operator would (`aws iam delete-access-key`), with the connection's admin key. */
+  deleteKey(username: string, keyId: string): Promise<void>;
   /** Whether STS accepts the key now, as the user `username` when given. */
   canLogin(key: IamKey, username?: string): Promise<boolean>;
   /** An admin key that may do everything rotations need but `lacks`. */
@@ -46,7 +48,8 @@ export interface IamWorld {
   stop(): Promise<void>;
 }
 
-const ROTATION_ACTIONS = [
+/** The admin's actions in these worlds: what rotations need, and the simulation verify runs. */
+export const ROTATION_ACTIONS = [
   'iam:GetUser',
   'iam:ListAccessKeys',
   'iam:CreateAccessKey',
@@ -120,6 +123,7 @@ export async function startIamWorld(options: { propagationMs?: number } = {}): P
     async keysOf(username) {
       return emulator.keysOf(username).map((k) => ({ keyId: k.accessKeyId, active: k.status === 'Active' }));
     },
+    deleteKey: (username, keyId) => deleteKeyWith(world.connection, username, keyId),
     async canLogin(key, username) {
       const arn = await stsCaller(emulator.endpoint, emulator.region, key);
       return arn !== undefined && (username === undefined || userOfArn(arn) === username);
@@ -171,6 +175,7 @@ async function startRealWorld(endpoint: string): Promise<IamWorld> {
       world.secrets.push(key.secret);
       return key;
     },
+    deleteKey: (username, keyId) => deleteKeyWith(world.connection, username, keyId),
     async keysOf(username) {
       const out = await iam.send(new ListAccessKeysCommand({ UserName: username }));
       return (out.AccessKeyMetadata ?? []).map((k) => ({
@@ -214,4 +219,22 @@ async function startRealWorld(endpoint: string): Promise<IamWorld> {
     },
   };
   return world;
+}
+
+/** DeleteAccessKey signed with the connection's admin key. */
+async function deleteKeyWith(
+  connection: IamWorld['connection'],
+  username: string,
+  keyId: string,
+): Promise<void> {
+  const iam = new IAMClient({
+    region: connection.region,
+    endpoint: connection.endpoint,
+    credentials: { accessKeyId: connection.admin.username, secretAccessKey: connection.admin.password },
+  });
+  try {
+    await iam.send(new DeleteAccessKeyCommand({ UserName: username, AccessKeyId: keyId }));
+  } finally {
+    iam.destroy();
+  }
 }

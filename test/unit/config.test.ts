@@ -269,7 +269,13 @@ describe('notifications and the overdue scan', () => {
     expect(config.notifications).toEqual({
       webhookUrls: [],
       webhookSecret: undefined,
-      events: ['rotation.succeeded', 'rotation.failed', 'credential.overdue', 'rotation.upcoming'],
+      events: [
+        'rotation.succeeded',
+        'rotation.failed',
+        'credential.overdue',
+        'rotation.upcoming',
+        'approval.break_glass',
+      ],
       attempts: 10,
       backoffMs: 1000,
       timeoutMs: 5000,

@@ -301,6 +301,10 @@ that Keyturn's own default applies. Whole numbers are written as such (not 1e+06
 {{- include "keyturn.envVar" (list "KEYTURN_LEASE_SWEEP_INTERVAL_MS" $v.leases.sweepIntervalMs) }}
 {{- include "keyturn.envVar" (list "KEYTURN_LEASE_CONCURRENCY" $v.leases.concurrency) }}
 {{- include "keyturn.envVar" (list "KEYTURN_LEASE_RETENTION" $v.leases.retention) }}
+{{- include "keyturn.envVar" (list "KEYTURN_APPROVAL_TTL" $v.approvals.ttl) }}
+{{- /* The outbound fence: production refuses every downstream the allow list does not name. */}}
+{{- include "keyturn.envVar" (list "KEYTURN_OUTBOUND_ALLOW" (join "," $v.outbound.allow)) }}
+{{- include "keyturn.envVar" (list "KEYTURN_OUTBOUND_DENY" (join "," $v.outbound.deny)) }}
 {{- /* Vault store. */}}
 {{- if $vault.address }}
 {{- include "keyturn.envVar" (list "VAULT_ADDR" $vault.address) }}

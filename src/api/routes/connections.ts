@@ -1,8 +1,10 @@
 import type { FastifyPluginAsync } from 'fastify';
+import { CONNECTION_GATED_FIELDS, weakens } from '../../service/approvals.ts';
+import { approvalGate } from '../approval-gate.ts';
 import { actorOf, requesterOf } from '../auth.ts';
 import type { ApiContext } from '../context.ts';
 import { requireNoBody } from '../errors.ts';
-import { CreateConnectionBody, IdParams, PatchConnectionBody } from '../schemas.ts';
+import { CreateConnectionBody, GatedHeaders, IdParams, PatchConnectionBody } from '../schemas.ts';
 import { connectionView } from '../views.ts';
 
 export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, { ctx }) => {
@@ -33,14 +35,39 @@ export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
 
   app.patch<{ Params: IdParams; Body: PatchConnectionBody }>(
     '/v1/connections/:id',
-    { schema: { params: IdParams, body: PatchConnectionBody }, config: { access: 'manage' } },
-    async (request) => {
-      const connection = await ctx.service.updateConnection(
-        request.params.id,
-        request.body,
-        requesterOf(request),
+    {
+      schema: { params: IdParams, body: PatchConnectionBody, headers: GatedHeaders },
+      config: { access: 'manage' },
+    },
+    async (request, reply) => {
+      const id = request.params.id;
+      const patch = request.body;
+      // Dual control: a change of the admin or of where the connection points, and removing or weakening the policy.
+      const judged = (await ctx.registry.findConnection(id))?.approval;
+      const gated =
+        CONNECTION_GATED_FIELDS.some((f) => patch[f] !== undefined) || weakens(judged, patch.approval);
+      return approvalGate(
+        ctx,
+        request,
+        reply,
+        {
+          action:
+            patch.approval !== undefined && !CONNECTION_GATED_FIELDS.some((f) => patch[f] !== undefined)
+              ? 'approval change'
+              : 'admin change',
+          target: { kind: 'connection', id },
+          policy: gated ? judged : undefined,
+        },
+        async () => {
+          const connection = await ctx.service.updateConnection(
+            id,
+            patch,
+            requesterOf(request),
+            patch.approval !== undefined ? { judged } : undefined,
+          );
+          return connectionView(connection, await ctx.registry.connectionUsers(connection.id));
+        },
       );
-      return connectionView(connection, await ctx.registry.connectionUsers(connection.id));
     },
   );
 
@@ -61,10 +88,20 @@ export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
 
   app.delete<{ Params: IdParams }>(
     '/v1/connections/:id',
-    { schema: { params: IdParams }, config: { access: 'manage' } },
+    { schema: { params: IdParams, headers: GatedHeaders }, config: { access: 'manage' } },
     async (request, reply) => {
-      await ctx.service.deleteConnection(request.params.id, actorOf(request));
-      return reply.code(204).send();
+      const id = request.params.id;
+      const policy = (await ctx.registry.findConnection(id))?.approval;
+      return approvalGate(
+        ctx,
+        request,
+        reply,
+        { action: 'delete', target: { kind: 'connection', id }, policy },
+        async () => {
+          await ctx.service.deleteConnection(id, actorOf(request));
+          return reply.code(204).send();
+        },
+      );
     },
   );
 };

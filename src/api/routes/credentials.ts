@@ -4,11 +4,14 @@ import { parseDuration } from '../../config/duration.ts';
 import { NotFoundError } from '../../registry/errors.ts';
 import type { CredentialCursor } from '../../registry/registry.ts';
 import type { Credential } from '../../registry/types.ts';
+import { isPersonalRead, weakens } from '../../service/approvals.ts';
+import { approvalGate } from '../approval-gate.ts';
 import { actorOf, requesterOf } from '../auth.ts';
 import type { ApiContext } from '../context.ts';
 import { ApiError, requireNoBody } from '../errors.ts';
 import {
   CreateCredentialBody,
+  GatedHeaders,
   IdParams,
   ListCredentialsQuery,
   PatchCredentialBody,
@@ -144,22 +147,60 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
 
   app.patch<{ Params: IdParams; Body: PatchCredentialBody }>(
     '/v1/credentials/:id',
-    { schema: { params: IdParams, body: PatchCredentialBody }, config: { access: 'manage' } },
-    async (request) => {
+    {
+      schema: { params: IdParams, body: PatchCredentialBody, headers: GatedHeaders },
+      config: { access: 'manage' },
+    },
+    async (request, reply) => {
       checkDurations(request.body);
-      return credentialView(
-        await ctx.service.updateCredential(request.params.id, request.body, requesterOf(request)),
-        ctx.clock.now(),
+      const id = request.params.id;
+      const patch = request.body;
+      // Removing or weakening dual control is itself gated by the policy in force (or an operator removes it first);
+      // so is a change of where the secret is pushed (sync: a Kubernetes Secret its author may read is a secret read).
+      const judged =
+        patch.approval !== undefined || patch.sync !== undefined
+          ? (await ctx.registry.findCredential(id))?.spec.approval
+          : undefined;
+      const gated = weakens(judged, patch.approval) || patch.sync !== undefined;
+      return approvalGate(
+        ctx,
+        request,
+        reply,
+        {
+          action: patch.sync !== undefined ? 'sync change' : 'approval change',
+          target: { kind: 'credential', id },
+          policy: gated ? judged : undefined,
+        },
+        async () =>
+          credentialView(
+            await ctx.service.updateCredential(
+              id,
+              patch,
+              requesterOf(request),
+              patch.approval !== undefined ? { judged } : undefined,
+            ),
+            ctx.clock.now(),
+          ),
       );
     },
   );
 
   app.delete<{ Params: IdParams }>(
     '/v1/credentials/:id',
-    { schema: { params: IdParams }, config: { access: 'manage' } },
+    { schema: { params: IdParams, headers: GatedHeaders }, config: { access: 'manage' } },
     async (request, reply) => {
-      await ctx.service.deleteCredential(request.params.id, actorOf(request));
-      return reply.code(204).send();
+      const id = request.params.id;
+      const policy = (await ctx.registry.findCredential(id))?.spec.approval;
+      return approvalGate(
+        ctx,
+        request,
+        reply,
+        { action: 'delete', target: { kind: 'credential', id }, policy },
+        async () => {
+          await ctx.service.deleteCredential(id, actorOf(request));
+          return reply.code(204).send();
+        },
+      );
     },
   );
 
@@ -209,12 +250,25 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
   // names the reader and turns the result into HTTP.
   app.get<{ Params: IdParams }>(
     '/v1/credentials/:id/secret',
-    { schema: { params: IdParams }, config: { access: 'credential-secret' } },
+    { schema: { params: IdParams, headers: GatedHeaders }, config: { access: 'credential-secret' } },
     async (request, reply) => {
-      const read = await ctx.secrets.read(request.params.id, actorOf(request));
-      if (!read.found)
-        return reply.code(409).send({ error: { code: 'no_secret_yet', message: read.message } });
-      return reply.header('cache-control', `private, max-age=${read.maxAgeSeconds}`).send(read.answer);
+      const id = request.params.id;
+      // Dual control gates a person's read (service/approvals.ts, isPersonalRead); a service's read (a reader) costs
+      // nothing more than before: its credential is not even looked up here.
+      const personal = request.principal !== null && isPersonalRead(request.principal);
+      const policy = personal ? (await ctx.registry.findCredential(id))?.spec.approval : undefined;
+      return approvalGate(
+        ctx,
+        request,
+        reply,
+        { action: 'secret read', target: { kind: 'credential', id }, policy },
+        async () => {
+          const read = await ctx.secrets.read(id, actorOf(request));
+          if (!read.found)
+            return reply.code(409).send({ error: { code: 'no_secret_yet', message: read.message } });
+          return reply.header('cache-control', `private, max-age=${read.maxAgeSeconds}`).send(read.answer);
+        },
+      );
     },
   );
 };

@@ -3,10 +3,19 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import { parseDuration } from '../../config/duration.ts';
 import type { Lease } from '../../leases/types.ts';
+import { isPersonalRead } from '../../service/approvals.ts';
+import { approvalGate } from '../approval-gate.ts';
 import { actorOf } from '../auth.ts';
 import type { ApiContext } from '../context.ts';
 import { ApiError } from '../errors.ts';
-import { CreateLeaseBody, IdParams, LeasesQuery, RenewLeaseBody, UuidParams } from '../schemas.ts';
+import {
+  CreateLeaseBody,
+  GatedHeaders,
+  IdParams,
+  LeasesQuery,
+  RenewLeaseBody,
+  UuidParams,
+} from '../schemas.ts';
 import { leaseView } from '../views.ts';
 
 /** The body's ttl in milliseconds: "15m" or a number of seconds. */
@@ -32,26 +41,38 @@ export const leaseRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, 
   app.post<{ Params: IdParams; Body: CreateLeaseBody }>(
     '/v1/credentials/:id/leases',
     {
-      schema: { params: IdParams, body: CreateLeaseBody },
+      schema: { params: IdParams, body: CreateLeaseBody, headers: GatedHeaders },
       config: { access: 'credential-secret' },
       preValidation: emptyBodyIsObject,
     },
     async (request, reply) => {
-      const { lease, password, connection } = await ctx.leases.issue(
-        request.params.id,
-        ttlOf(request.body),
-        actorOf(request),
+      // A lease hands its taker a working login: a person's is gated like a person's secret read (dual control).
+      const id = request.params.id;
+      const personal = request.principal !== null && isPersonalRead(request.principal);
+      const policy = personal ? (await ctx.registry.findCredential(id))?.spec.approval : undefined;
+      return approvalGate(
+        ctx,
+        request,
+        reply,
+        { action: 'lease', target: { kind: 'credential', id }, policy },
+        async () => {
+          const { lease, password, connection } = await ctx.leases.issue(
+            id,
+            ttlOf(request.body),
+            actorOf(request),
+          );
+          return reply
+            .code(201)
+            .header('location', location(lease))
+            .send({
+              ...leaseView(lease),
+              password,
+              host: connection.host,
+              port: connection.port,
+              database: connection.database ?? null,
+            });
+        },
       );
-      return reply
-        .code(201)
-        .header('location', location(lease))
-        .send({
-          ...leaseView(lease),
-          password,
-          host: connection.host,
-          port: connection.port,
-          database: connection.database ?? null,
-        });
     },
   );
 

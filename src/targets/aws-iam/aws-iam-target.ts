@@ -179,8 +179,12 @@ class IamSession implements TargetSession {
     const e = (err ?? {}) as AwsError;
     const name = e.name ?? '';
     const status = e.$metadata?.httpStatusCode;
-    const detail = scrubText(String(e.message ?? err).slice(0, 300), [this.#admin.password]);
     const where = this.#connection.endpoint ?? 'AWS IAM';
+    // AWS's own message (it names the ARN and the action) only from AWS's own endpoint: an endpoint an operator chose
+    // could answer anything, and an error that quoted it would read it back to them (issue 17 §2).
+    const detail = this.#connection.endpoint
+      ? `${name || 'an error'}${status ? ` (HTTP ${status})` : ''}`
+      : scrubText(String(e.message ?? err).slice(0, 300), [this.#admin.password]);
     if (name === 'AbortError' || (err as Error)?.name === 'AbortError') {
       return new TargetUnavailableError(`${doing} was cancelled before ${where} answered`, 'CANCELLED');
     }

@@ -28,7 +28,6 @@ import {
 const KNOWN_OPTIONS = ['amqpPort', 'vhost'];
 /** Bytes of an error answer kept for a message. */
 const MAX_RESPONSE_BYTES = 64 * 1024;
-const MAX_REASON_CHARS = 200;
 /** Errors of a connection that was never made: the request cannot have reached the server. */
 const NOT_CONNECTED = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
 
@@ -181,11 +180,13 @@ class RabbitSession implements TargetSession {
       }
       return { status: answer.status, json };
     }
-    const reason = this.#reason(answer.text, scrub);
+    // The status's standard phrase, never the body: a connection points wherever an operator says, and an error that
+    // quoted the answer would read that place back to them (issue 17 §2). The body only decides which advice to give.
+    const reason = `: ${http.STATUS_CODES[answer.status] ?? 'unknown status'}`;
     if (answer.status === 401) {
       // The admin login, or its rights, were refused before anything was applied. RabbitMQ answers 401 to both: a
       // wrong password, and a user without the administrator tag ("Not administrator user").
-      const notAdmin = /administrator/i.test(reason);
+      const notAdmin = /administrator/i.test(answer.text.slice(0, 4096));
       throw nothingSent(
         new TargetRefusedError(
           notAdmin
@@ -205,18 +206,6 @@ class RabbitSession implements TargetSession {
       `${action}: ${this.#where} answered ${answer.status}${reason}${answer.status === 403 ? `; the admin "${this.#admin.username}" needs the administrator tag` : ''}`,
       `HTTP_${answer.status}`,
     );
-  }
-
-  #reason(text: string, scrub: (t: string) => string): string {
-    let reason = text;
-    try {
-      const parsed = JSON.parse(text) as { reason?: unknown; error?: unknown } | null;
-      reason = [parsed?.error, parsed?.reason].filter((v) => typeof v === 'string').join(': ') || text;
-    } catch {
-      // not JSON: the text
-    }
-    reason = scrub(reason.replace(/[\p{Cc}\s]+/gu, ' ').trim()).slice(0, MAX_REASON_CHARS);
-    return reason ? `: ${reason}` : '';
   }
 
   #user(name: string): string {

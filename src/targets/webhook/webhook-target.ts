@@ -27,8 +27,9 @@
 // users, so createUser always says 'updated'; alternating-users needs a service that accepts both usernames);
 // userExists → true (the contract has no look-up: a set for an unknown user creates it); deleteUser → revoke.
 //
-// The signing key and the passwords never go into a message: answers from the service are cut to a short
-// reason and scrubbed with both as known secrets.
+// The signing key and the passwords never go into a message, and neither does anything the service answered: a
+// failure says the status and its standard phrase (a body read back would let an operator read whatever the connection
+// points at). Network errors are scrubbed with both as known secrets.
 import { createHmac, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
@@ -49,10 +50,8 @@ import {
 
 export type WebhookAction = 'set' | 'test' | 'revoke';
 
-/** Bytes of a response body read for an error message; the rest is dropped. */
+/** Bytes of a response body read (and dropped: it never reaches a message) before the connection is let go. */
 const MAX_RESPONSE_BYTES = 4096;
-/** Characters of that body kept in a message. */
-const MAX_REASON_CHARS = 200;
 const DEFAULT_BASE_PATH = '/keyturn';
 const DEFAULT_RETRIES = 2;
 const BACKOFF_MS = 100;
@@ -168,19 +167,13 @@ class WebhookSession implements TargetSession {
     return `${this.#settings.scheme}://${host}:${this.#connection.port}`;
   }
 
-  #reason(text: string, secrets: Array<string | undefined>): string {
-    let reason = text;
-    try {
-      // A JSON error body: its message says more than its punctuation.
-      const parsed = JSON.parse(text) as Record<string, unknown> | null;
-      const field = ['message', 'error', 'reason'].map((k) => parsed?.[k]).find((v) => typeof v === 'string');
-      if (typeof field === 'string') reason = field;
-    } catch {
-      // not JSON: keep the text
-    }
-    // Control characters out (a body could forge log lines), whitespace collapsed, secrets cut, then shortened.
-    reason = reason.replace(/[\p{Cc}\s]+/gu, ' ').trim();
-    return scrubText(reason, [...secrets, this.#admin.password]).slice(0, MAX_REASON_CHARS);
+  /**
+   * The reason a failure gives: the status's standard phrase, never the body. Why: a connection can point anywhere an
+   * operator says, and copying what answered into an error the operator reads would read that place back to them (a
+   * metadata endpoint, an internal service): issue 17 §2.
+   */
+  #reason(status: number): string {
+    return http.STATUS_CODES[status] ?? '';
   }
 
   /** One POST, bounded by `signal`; resolves with the status and the start of the body. */
@@ -303,7 +296,7 @@ class WebhookSession implements TargetSession {
       try {
         const answer = await this.#post(action, body, timestamp, signal);
         mayHaveArrived = true;
-        const reason = this.#reason(answer.text, secrets);
+        const reason = this.#reason(answer.status);
         if (!retryable(answer.status)) return { status: answer.status, reason };
         last = `answered ${answer.status}${reason ? ` (${reason})` : ''}`;
         code = `HTTP_${answer.status}`;
