@@ -62,6 +62,18 @@ describe('SharedRateLimit', () => {
     expect(redis.calls.length).toBeLessThanOrEqual(600 / 10 + 2);
   });
 
+  it('requests in flight when a slice runs out wait for one fetch and share it, instead of each spending a slice', async () => {
+    const { redis, limit } = setup();
+    // 640 requests, 64 at a time, against a limit of 50,000 (slices of 1,000).
+    for (let round = 0; round < 10; round++) {
+      await Promise.all(Array.from({ length: 64 }, () => limit.incr('p:reader', 60_000, 50_000)));
+    }
+    expect(redis.calls.length).toBe(1);
+    expect(redis.counters.get(redis.calls[0]?.key ?? '')).toBe(1000);
+    const next = await limit.incr('p:reader', 60_000, 50_000);
+    expect(next.current).toBe(641);
+  });
+
   it('counts in Redis under the prefix, one key per subject, named by a hash of it', async () => {
     const { redis, limit } = setup();
     expect(await limit.incr('p:payments-api', 60_000)).toEqual({ current: 1, ttl: 59_999 });
