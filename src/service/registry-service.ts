@@ -789,6 +789,32 @@ export class RegistryService {
     }
   }
 
+  /**
+   * Sync destinations receive the secret: choosing one is handing the secret over (a Kubernetes Secret in a namespace
+   * one can read is a secret one can read), and dropping one leaves a service on a password the next rotation ends.
+   * So setting, changing or removing them needs the admin role, as giving a reader a secret does (403, audited).
+   */
+  async #checkSyncChange(
+    who: Requester,
+    id: string,
+    before: SyncSpec[] | undefined,
+    after: SyncSpec[] | undefined,
+    action: 'credential.created' | 'credential.updated',
+  ): Promise<void> {
+    const text = (sync: SyncSpec[] | undefined) => JSON.stringify(sync ?? []);
+    if (who.admin || text(before) === text(after)) return;
+    await this.#audit.append({
+      actor: who.name,
+      action,
+      outcome: 'denied',
+      credential: id,
+      details: { reason: 'sync destinations receive the secret', 'sync.from': text(before), 'sync.to': text(after) },
+    });
+    throw new ForbiddenError(
+      `Sync destinations receive the secret of credential "${id}" (a Secret in a namespace is readable by whoever reads that namespace), so setting, changing or removing them needs the admin role (${who.name} has not): ask an admin`,
+    );
+  }
+
   /** Refuses (422) unless a session with the connection's downstream can hold two passwords per user. */
   async #requireTwoPasswords(connection: Connection): Promise<void> {
     let session: TargetSession;
@@ -876,6 +902,7 @@ export class RegistryService {
         `Credential "${spec.id}" would be readable through ${readers.join(', ')} (the id or labels match), and giving a reader a secret needs the admin role (${actor} has not): ask an admin, or choose an id and labels no reader binding matches`,
       );
     }
+    await this.#checkSyncChange(who, spec.id, undefined, spec.sync, 'credential.created');
     checkPolicy(input.approval);
     if (input.adoptClone && spec.strategy !== 'alternating-users') {
       throw new UnprocessableError('adoptClone applies to strategy "alternating-users" only');
@@ -1161,6 +1188,9 @@ export class RegistryService {
           `These labels would ${what}; changing which readers reach a credential needs the admin role (${actor} has not): ask an admin, or leave out the labels reader bindings use`,
         );
       }
+    }
+    if (patch.sync !== undefined) {
+      await this.#checkSyncChange(who, id, spec.sync, patch.sync ?? undefined, 'credential.updated');
     }
     // The spec only, re-applied to whatever spec is current when written (compare-and-set): a rotation finishing or
     // another PATCH meanwhile loses nothing, and the engine's state is never written from an earlier read.
