@@ -808,7 +808,11 @@ export class RegistryService {
       action,
       outcome: 'denied',
       credential: id,
-      details: { reason: 'sync destinations receive the secret', 'sync.from': text(before), 'sync.to': text(after) },
+      details: {
+        reason: 'sync destinations receive the secret',
+        'sync.from': text(before),
+        'sync.to': text(after),
+      },
     });
     throw new ForbiddenError(
       `Sync destinations receive the secret of credential "${id}" (a Secret in a namespace is readable by whoever reads that namespace), so setting, changing or removing them needs the admin role (${who.name} has not): ask an admin`,

@@ -160,21 +160,28 @@ export async function read(report: BenchSection): Promise<void> {
         `${fmt(at64[kind])} (rounds: ${runs.map((r) => Math.round(r.rps)).join(', ')} req/s)`,
       );
     }
+    // autocannon counts every answer: a run in which any server answered errors (a 429, a 5xx) measured those, not
+    // reads, and meets no goal, whatever its ratio (issue 17: the shared rate limit's first version answered 429s).
+    const failed = KINDS.filter((kind) => at64[kind].errors > 0);
+    const invalid =
+      failed.length > 0
+        ? ` — INVALID: ${failed.map((k) => `${k} ${at64[k].errors} errors/non-2xx`).join(', ')}`
+        : '';
     report.goal({
       name: 'secret read throughput, Keyturn ÷ audited-read floor (64 connections)',
-      figure: `${Math.round(at64.keyturn.rps)} req/s`,
+      figure: `${Math.round(at64.keyturn.rps)} req/s${invalid}`,
       reference: `floor ${Math.round(at64.floor.rps)} req/s (bare route ${Math.round(at64.bare.rps)} req/s)`,
       ratio: at64.keyturn.rps / at64.floor.rps,
       goal: '≥ 0.85',
-      met: at64.keyturn.rps / at64.floor.rps >= 0.85,
+      met: !invalid && at64.keyturn.rps / at64.floor.rps >= 0.85,
     });
     report.goal({
       name: 'secret read p99, Keyturn ÷ audited-read floor (64 connections)',
-      figure: `${at64.keyturn.p99} ms`,
+      figure: `${at64.keyturn.p99} ms${invalid}`,
       reference: `floor ${at64.floor.p99} ms (bare route ${at64.bare.p99} ms)`,
       ratio: at64.keyturn.p99 / at64.floor.p99,
       goal: '≤ 2',
-      met: at64.keyturn.p99 / at64.floor.p99 <= 2,
+      met: !invalid && at64.keyturn.p99 / at64.floor.p99 <= 2,
     });
 
     // KEYTURN_BENCH_READ_SWEEP=0 skips the sweep and the plot (a quicker look while working on the read path).
