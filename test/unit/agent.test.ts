@@ -244,13 +244,21 @@ describe('reload', () => {
   });
 
   it('sends the signal to the pid in pidFile, and says why it could not', async () => {
-    const child = spawn('sh', ['-c', 'trap "echo got-hup; exit 0" HUP; while :; do sleep 0.05; done'], {
-      stdio: ['ignore', 'pipe', 'ignore'],
-    });
+    const child = spawn(
+      'sh',
+      ['-c', 'trap "echo got-hup; exit 0" HUP; echo ready; while :; do sleep 0.05; done'],
+      { stdio: ['ignore', 'pipe', 'ignore'] },
+    );
     let out = '';
-    child.stdout.on('data', (c) => {
-      out += String(c);
+    // The signal goes only once the shell has set its trap: before that, SIGHUP's default ends it silently (a race
+    // this test lost on a loaded machine).
+    const ready = new Promise<void>((resolve) => {
+      child.stdout.on('data', (c) => {
+        out += String(c);
+        if (out.includes('ready')) resolve();
+      });
     });
+    await ready;
     const pidFile = join(dir, 'app.pid');
     await writeFile(pidFile, `${child.pid}\n`);
     const exited = new Promise((r) => child.once('exit', r));
