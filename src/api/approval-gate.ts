@@ -10,9 +10,22 @@
 // event (nothing was skipped); an X-Keyturn-Approval sent is always checked, so a used or foreign approval is refused.
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { ApprovalPolicy } from '../registry/types.ts';
-import type { Actor, GatedRequest } from '../service/approvals.ts';
+import { type Actor, type GatedRequest, isPersonalRead } from '../service/approvals.ts';
 import type { ApiContext } from './context.ts';
 import { ApiError } from './errors.ts';
+
+/**
+ * The policy that gates a person's read of credential `id` (its secret, or a lease: both hand over a working login);
+ * undefined for a service's read (service/approvals.ts, isPersonalRead), which costs no look-up at all.
+ */
+export async function personalReadPolicy(
+  ctx: ApiContext,
+  request: FastifyRequest,
+  id: string,
+): Promise<ApprovalPolicy | undefined> {
+  const personal = request.principal !== null && isPersonalRead(request.principal);
+  return personal ? (await ctx.registry.findCredential(id))?.spec.approval : undefined;
+}
 
 export const APPROVAL_HEADER = 'x-keyturn-approval';
 export const BREAK_GLASS_HEADER = 'x-keyturn-break-glass';

@@ -4,8 +4,8 @@ import { parseDuration } from '../../config/duration.ts';
 import { NotFoundError } from '../../registry/errors.ts';
 import type { CredentialCursor } from '../../registry/registry.ts';
 import type { Credential } from '../../registry/types.ts';
-import { isPersonalRead, weakens } from '../../service/approvals.ts';
-import { approvalGate } from '../approval-gate.ts';
+import { weakens } from '../../service/approvals.ts';
+import { approvalGate, personalReadPolicy } from '../approval-gate.ts';
 import { actorOf, requesterOf } from '../auth.ts';
 import type { ApiContext } from '../context.ts';
 import { ApiError, requireNoBody } from '../errors.ts';
@@ -253,10 +253,8 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
     { schema: { params: IdParams, headers: GatedHeaders }, config: { access: 'credential-secret' } },
     async (request, reply) => {
       const id = request.params.id;
-      // Dual control gates a person's read (service/approvals.ts, isPersonalRead); a service's read (a reader) costs
-      // nothing more than before: its credential is not even looked up here.
-      const personal = request.principal !== null && isPersonalRead(request.principal);
-      const policy = personal ? (await ctx.registry.findCredential(id))?.spec.approval : undefined;
+      // Dual control gates a person's read; a service's read (a reader) costs nothing more than before.
+      const policy = await personalReadPolicy(ctx, request, id);
       return approvalGate(
         ctx,
         request,

@@ -3,8 +3,7 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import { parseDuration } from '../../config/duration.ts';
 import type { Lease } from '../../leases/types.ts';
-import { isPersonalRead } from '../../service/approvals.ts';
-import { approvalGate } from '../approval-gate.ts';
+import { approvalGate, personalReadPolicy } from '../approval-gate.ts';
 import { actorOf } from '../auth.ts';
 import type { ApiContext } from '../context.ts';
 import { ApiError } from '../errors.ts';
@@ -48,8 +47,7 @@ export const leaseRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, 
     async (request, reply) => {
       // A lease hands its taker a working login: a person's is gated like a person's secret read (dual control).
       const id = request.params.id;
-      const personal = request.principal !== null && isPersonalRead(request.principal);
-      const policy = personal ? (await ctx.registry.findCredential(id))?.spec.approval : undefined;
+      const policy = await personalReadPolicy(ctx, request, id);
       return approvalGate(
         ctx,
         request,
