@@ -12,6 +12,7 @@ import {
   waitForRotation,
 } from '../support/harness.ts';
 import { CONTRACT_FIXTURES, importTargetUser, type StartedTarget } from '../support/targets.ts';
+import { unverifiedWebhookBody } from '../support/webhook-server.ts';
 
 const plan = await Promise.all(
   CONTRACT_FIXTURES.filter((f) => f.name !== 'webhook' && f.name !== 'AWS IAM').map(async (fixture) => ({
@@ -108,15 +109,7 @@ describe('admin rotation: refusals', () => {
   });
 
   it('refuses a webhook connection (its admin is a key the service holds too), an aws-iam one, an unknown one, and a body', async () => {
-    const hook = await kt.api('POST', '/v1/connections', {
-      id: 'hook',
-      type: 'webhook',
-      host: '127.0.0.1',
-      port: 9,
-      tls: { mode: 'disable' },
-      admin: { username: 'kid', password: 'k'.repeat(32) },
-      verify: false,
-    });
+    const hook = await kt.api('POST', '/v1/connections', unverifiedWebhookBody('hook'));
     expect(hook.status, hook.text).toBe(201);
     const refused = await kt.api('POST', '/v1/connections/hook/rotate');
     expect(refused.status).toBe(422);

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configureOutbound, outboundPolicy } from '../../src/net/outbound.ts';
 import { dropPrefix, type Keyturn, startKeyturn, testEnv, waitForRotation } from '../support/harness.ts';
 import { freePort } from '../support/ports.ts';
+import { unverifiedWebhookBody } from '../support/webhook-server.ts';
 
 /** Names under .invalid, resolved here only: never by a real resolver. */
 const NAMES = new Map<string, string>([
@@ -48,16 +49,6 @@ async function countingListener(): Promise<{ port: number; count(): number; clos
   };
 }
 
-const webhookBody = (id: string, host: string, port: number) => ({
-  id,
-  type: 'webhook',
-  host,
-  port,
-  tls: { mode: 'disable' },
-  admin: { username: 'kid', password: 'k'.repeat(32) },
-  verify: false,
-});
-
 describe('outbound fence: always-denied addresses, deny and allow lists', () => {
   const env = testEnv({ LOG_LEVEL: 'warn', KEYTURN_OUTBOUND_DENY: '10.0.0.0/8,*.corp.invalid' });
   let kt: Keyturn;
@@ -90,7 +81,10 @@ describe('outbound fence: always-denied addresses, deny and allow lists', () => 
     ],
   ])('registration refuses %s (422 naming why), verify or not', async (_what, host, why) => {
     for (const verify of [false, true]) {
-      const res = await kt.api('POST', '/v1/connections', { ...webhookBody('fenced', host, 8443), verify });
+      const res = await kt.api('POST', '/v1/connections', {
+        ...unverifiedWebhookBody('fenced', host, 8443),
+        verify,
+      });
       expect(res.status, res.text).toBe(422);
       expect(res.body.error.message).toMatch(why);
     }
@@ -109,7 +103,8 @@ describe('outbound fence: always-denied addresses, deny and allow lists', () => 
     const listener = await countingListener();
     try {
       expect(
-        (await kt.api('POST', '/v1/connections', webhookBody('moving', '127.0.0.1', listener.port))).status,
+        (await kt.api('POST', '/v1/connections', unverifiedWebhookBody('moving', '127.0.0.1', listener.port)))
+          .status,
       ).toBe(201);
       const moved = await kt.api('PATCH', '/v1/connections/moving', {
         host: 'meta.fence.invalid',
@@ -130,7 +125,7 @@ describe('outbound fence: always-denied addresses, deny and allow lists', () => 
       const made = await kt.api(
         'POST',
         '/v1/connections',
-        webhookBody('flip', 'flip.fence.invalid', listener.port),
+        unverifiedWebhookBody('flip', 'flip.fence.invalid', listener.port),
       );
       expect(made.status, made.text).toBe(201);
       // DNS rebinding: the same name now answers the metadata address.
@@ -175,10 +170,12 @@ describe('outbound fence: loopback in production, and an allow list', () => {
 
   it('with an allow list, only what it names is reached: other loopback addresses are refused at registration', async () => {
     configureOutbound({ ...outboundPolicy(), lookup: stubLookup });
-    const outside = await kt.api('POST', '/v1/connections', webhookBody('outside', '127.0.0.1', 9));
+    const outside = await kt.api('POST', '/v1/connections', unverifiedWebhookBody('outside', '127.0.0.1', 9));
     expect(outside.status).toBe(422);
     expect(outside.body.error.message).toMatch(/not in KEYTURN_OUTBOUND_ALLOW/);
-    expect((await kt.api('POST', '/v1/connections', webhookBody('inside', '127.0.0.2', 9))).status).toBe(201);
+    expect(
+      (await kt.api('POST', '/v1/connections', unverifiedWebhookBody('inside', '127.0.0.2', 9))).status,
+    ).toBe(201);
   });
 
   it('production refuses loopback, at connect time too, without a packet reaching the listener there', async () => {
@@ -190,7 +187,7 @@ describe('outbound fence: loopback in production, and an allow list', () => {
       const made = await kt.api(
         'POST',
         '/v1/connections',
-        webhookBody('prod', 'svc.allowed.invalid', listener.port),
+        unverifiedWebhookBody('prod', 'svc.allowed.invalid', listener.port),
       );
       expect(made.status, made.text).toBe(201);
       configureOutbound({ loopback: false, deny: [], denyByDefault: false, lookup: stubLookup });

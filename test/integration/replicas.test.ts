@@ -278,6 +278,7 @@ describe('the tokens file is reloaded on change', () => {
     await Promise.race([
       stream.ended,
       new Promise((_, reject) =>
+        // A deadline, not a wait: the race ends as soon as the stream does.
         setTimeout(() => reject(new Error('the stream did not end within 15 s')), 15_000).unref(),
       ),
     ]);

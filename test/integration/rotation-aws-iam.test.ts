@@ -5,7 +5,14 @@
 // rotation deletes it. Keys Keyturn did not make are never touched.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type IamWorld, iamSkipReason, ROTATION_ACTIONS, startIamWorld } from '../support/aws-iam.ts';
-import { dropPrefix, type Keyturn, startKeyturn, testEnv, waitForRotation } from '../support/harness.ts';
+import {
+  dropPrefix,
+  type Keyturn,
+  startKeyturn,
+  testEnv,
+  waitFor,
+  waitForRotation,
+} from '../support/harness.ts';
 
 const skip = iamSkipReason();
 if (skip) console.warn(`skipping the AWS IAM rotation tests: ${skip}`);
@@ -20,14 +27,6 @@ interface IamSecret {
 }
 
 const key = (s: IamSecret) => ({ keyId: s.accessKeyId, secret: s.secretAccessKey });
-
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe.skipIf(Boolean(skip))('AWS IAM target: access keys rotated end to end', () => {
   const env = testEnv({ LOG_LEVEL: 'warn' });
@@ -182,6 +181,7 @@ describe.skipIf(Boolean(skip))('AWS IAM target: access keys rotated end to end',
       while (reading) {
         const s = await secretOf('iam-keys');
         reads.push(world.canLogin(key(s), user.username));
+        // Pacing, not waiting: a read every 150 ms samples the whole rotation, propagation included (1.5 s).
         await new Promise((r) => setTimeout(r, 150));
       }
     })();
@@ -197,7 +197,7 @@ describe.skipIf(Boolean(skip))('AWS IAM target: access keys rotated end to end',
     expect(await world.canLogin(key(k2), user.username)).toBe(true);
     // The grace period: the old key still works, then is deactivated (kept until the next rotation).
     expect(await world.canLogin(key(k1), user.username)).toBe(true);
-    await until('the old key is deactivated', async () =>
+    await waitFor('the old key to be deactivated', async () =>
       (await world.keysOf(user.username)).some((k) => k.keyId === k1.accessKeyId && !k.active),
     );
     expect(await world.canLogin(key(k1), user.username)).toBe(false);

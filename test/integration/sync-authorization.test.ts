@@ -11,6 +11,7 @@ import {
   testEnv,
   tokensFile,
 } from '../support/harness.ts';
+import { unverifiedWebhookBody } from '../support/webhook-server.ts';
 
 describe("a credential's sync destinations are an admin's to choose", () => {
   let env: TestEnv;
@@ -24,15 +25,7 @@ describe("a credential's sync destinations are an admin's to choose", () => {
     asOperator.authorization = `Bearer ${tokens.tokens.ops}`;
     env = testEnv({ KEYTURN_TOKENS_FILE: tokens.path, LOG_LEVEL: 'warn' });
     kt = await startKeyturn(env, { components: ['api'] });
-    const conn = await kt.api('POST', '/v1/connections', {
-      id: 'hook',
-      type: 'webhook',
-      host: '127.0.0.1',
-      port: 9,
-      tls: { mode: 'disable' },
-      admin: { username: 'kid', password: 'k'.repeat(32) },
-      verify: false,
-    });
+    const conn = await kt.api('POST', '/v1/connections', unverifiedWebhookBody('hook'));
     expect(conn.status, conn.text).toBe(201);
   });
   afterAll(async () => {
