@@ -9,10 +9,10 @@ import {
   type Keyturn,
   startKeyturn,
   testEnv,
+  unverifiedWebhookBody,
   waitForRotation,
 } from '../support/harness.ts';
 import { CONTRACT_FIXTURES, importTargetUser, type StartedTarget } from '../support/targets.ts';
-import { unverifiedWebhookBody } from '../support/webhook-server.ts';
 
 const plan = await Promise.all(
   CONTRACT_FIXTURES.filter((f) => f.name !== 'webhook' && f.name !== 'AWS IAM').map(async (fixture) => ({

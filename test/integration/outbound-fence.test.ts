@@ -8,9 +8,15 @@ import dns from 'node:dns';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configureOutbound, outboundPolicy } from '../../src/net/outbound.ts';
-import { dropPrefix, type Keyturn, startKeyturn, testEnv, waitForRotation } from '../support/harness.ts';
+import {
+  dropPrefix,
+  type Keyturn,
+  startKeyturn,
+  testEnv,
+  unverifiedWebhookBody,
+  waitForRotation,
+} from '../support/harness.ts';
 import { freePort } from '../support/ports.ts';
-import { unverifiedWebhookBody } from '../support/webhook-server.ts';
 
 /** Names under .invalid, resolved here only: never by a real resolver. */
 const NAMES = new Map<string, string>([

@@ -10,8 +10,8 @@ import {
   type TestEnv,
   testEnv,
   tokensFile,
+  unverifiedWebhookBody,
 } from '../support/harness.ts';
-import { unverifiedWebhookBody } from '../support/webhook-server.ts';
 
 describe("a credential's sync destinations are an admin's to choose", () => {
   let env: TestEnv;

@@ -478,3 +478,19 @@ export async function adminPasswordOf(
     redis.disconnect();
   }
 }
+
+/**
+ * The body of POST /v1/connections for a webhook connection registered unchecked (verify: false) at `host:port`, for
+ * tests of what the API does with a connection, not of a service: 127.0.0.1:9 (nothing listens) unless said otherwise.
+ */
+export function unverifiedWebhookBody(id: string, host = '127.0.0.1', port = 9) {
+  return {
+    id,
+    type: 'webhook',
+    host,
+    port,
+    tls: { mode: 'disable' },
+    admin: { username: 'kid', password: 'k'.repeat(32) },
+    verify: false,
+  };
+}
