@@ -23,6 +23,8 @@ export const CLUSTER_SUITES = [
   'test/integration/scheduling.test.ts',
   // Dual control: one key per approval, changed by check-and-set scripts on that key alone.
   'test/integration/approvals.test.ts',
+  // Rekey: a walk of every master's secrets, each rewrap a check-and-set script on one key.
+  'test/integration/rekey.test.ts',
 ];
 
 export default defineConfig({

@@ -21,6 +21,8 @@ export const LAYERS: ReadonlyArray<readonly string[]> = [
   ['src/logging'],
   ['src/config'],
   ['src/redis'],
+  // Who holds the key-encryption key: the environment, AWS KMS or Vault transit.
+  ['src/keys'],
   // Registry types, keys, errors and the registry's own records.
   ['src/registry'],
   ['src/auth'],
@@ -31,7 +33,7 @@ export const LAYERS: ReadonlyArray<readonly string[]> = [
   ['src/rotation', 'src/compliance', 'src/events'],
   ['src/leases'],
   ['src/scheduling'],
-  ['src/sync'],
+  ['src/sync', 'src/rekey'],
   ['src/metrics'],
   // The application service: what a team does, composed from the layers below.
   ['src/service'],

@@ -174,11 +174,16 @@ export async function boot(options: { components?: Component[] } = {}): Promise<
     );
   }
   let masterKey = config.masterKey;
-  if (!masterKey) {
-    if (production)
+  if (production && config.kek.provider === 'env') {
+    if (!masterKey)
       fail(
-        'KEYTURN_MASTER_KEY is required when NODE_ENV=production (make one with `openssl rand -base64 32`)',
+        'KEYTURN_MASTER_KEY is required when NODE_ENV=production and KEYTURN_KEK_PROVIDER=env (make one with `openssl rand -base64 32`); better, keep the key in AWS KMS or Vault transit (KEYTURN_KEK_PROVIDER=aws-kms or vault-transit)',
       );
+    logger.warn(
+      "KEYTURN_KEK_PROVIDER=env: the key of every local secret is in this process's environment; in production keep it in AWS KMS or Vault transit (KEYTURN_KEK_PROVIDER=aws-kms or vault-transit, then `keyturn rekey`)",
+    );
+  }
+  if (!masterKey && config.kek.provider === 'env') {
     const dev = await devMasterKey(config.stateDir);
     masterKey = Buffer.from(dev.value, 'base64');
     logger.warn(

@@ -24,8 +24,10 @@ import { type Clock, systemClock } from './clock.ts';
 import { OverdueScanner } from './compliance/overdue-scan.ts';
 import { ComplianceReport } from './compliance/report.ts';
 import type { KeyturnConfig } from './config/config.ts';
+import { DekCache } from './crypto/dek-cache.ts';
 import { Envelope } from './crypto/envelope.ts';
 import { EventHub } from './events/event-hub.ts';
+import { checkKeyring, createKeyring } from './keys/index.ts';
 import { LeaseRepo } from './leases/lease-repo.ts';
 import { LeaseService } from './leases/lease-service.ts';
 import type { Logger } from './logging/logger.ts';
@@ -37,6 +39,7 @@ import { createRedisClient, duplicateClient, probeRedis } from './redis/client.t
 import { ApprovalRepo } from './registry/approvals.ts';
 import { RedisKeys } from './registry/keys.ts';
 import { Registry } from './registry/registry.ts';
+import { RekeyService } from './rekey/rekey.ts';
 import { RotationEngine } from './rotation/engine.ts';
 import { Failpoints } from './rotation/failpoints.ts';
 import { LeaseManager } from './rotation/lease.ts';
@@ -50,7 +53,7 @@ import { AwsStore } from './stores/aws-store.ts';
 import { StoreSet } from './stores/index.ts';
 import { LocalStore } from './stores/local-store.ts';
 import { OpenCache } from './stores/open-cache.ts';
-import { VaultStore } from './stores/vault-store.ts';
+import { VaultStore, vaultRequester } from './stores/vault-store.ts';
 import { syncTargets } from './sync/index.ts';
 import { SyncService } from './sync/sync-jobs.ts';
 import { TARGET_DRIVERS } from './targets/index.ts';
@@ -63,8 +66,11 @@ export interface RuntimeOptions {
    * administrators (boot.ts).
    */
   adminToken?: string;
-  /** Resolved key-encryption key of the local store. */
-  masterKey: Buffer;
+  /**
+   * KEYTURN_MASTER_KEY, or the development key boot.ts made: the env key provider's key. Absent when the primary
+   * provider is AWS KMS or Vault transit and no env key is kept for reading.
+   */
+  masterKey?: Buffer;
   /** The time credential age and overdue are judged by (tests move it); the system clock by default. */
   clock?: Clock;
 }
@@ -120,14 +126,27 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
   const audit = new AuditLog(redis, keys);
   // The secret read path's memo of opened values (stores/open-cache.ts): it saves the AES opens of a value read again
   // and again, never a Redis read; plaintext stays at most 30 s, and at most 1000 values are kept.
-  const localStore = new LocalStore(redis, keys, new Envelope(options.masterKey), {
+  const timeoutMs = config.rotation.downstreamTimeoutMs;
+  const vaultStore = config.vault ? new VaultStore({ ...config.vault, timeoutMs }, logger) : undefined;
+  // The key-encryption key's providers (src/keys/): checked before anything is sealed; the primary must work.
+  const keyring = createKeyring(
+    { ...config.kek, ...(options.masterKey ? { masterKey: options.masterKey } : {}), timeoutMs },
+    vaultStore ? { vault: vaultRequester(vaultStore) } : {},
+  );
+  await checkKeyring(keyring, (message) => logger.warn(message));
+  // Unwrapped data keys in memory only, for KEYTURN_KEK_CACHE_TTL: a read then costs no KMS or Vault call.
+  const dekCache = new DekCache({
+    ttlMs: config.kek.cacheTtlMs,
+    maxEntries: config.kek.cacheMaxEntries,
+    clock: options.clock ?? systemClock,
+  });
+  const localStore = new LocalStore(redis, keys, new Envelope(keyring, dekCache), {
     durability,
     connectionName: `${config.prefix}:durable-writes`,
     openCache: new OpenCache({ ttlMs: 30_000, maxEntries: 1000, clock: options.clock ?? systemClock }),
   });
   const stores = new StoreSet().add(localStore);
-  const timeoutMs = config.rotation.downstreamTimeoutMs;
-  if (config.vault) stores.add(new VaultStore({ ...config.vault, timeoutMs }, logger));
+  if (vaultStore) stores.add(vaultStore);
   if (config.aws) stores.add(new AwsStore({ ...config.aws, timeoutMs }));
   const rotations = new RotationRepo(redis, keys, options.clock ?? systemClock);
   const failpoints = new Failpoints(config.failpoints);
@@ -247,7 +266,24 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     audit,
     clock,
     ttlMs: config.approvalTtlMs,
-    masterKey: options.masterKey,
+    digestKey: await localStore.systemKey('approval-digest'),
+  });
+  // Rekey (src/rekey/): requested through the API, walked by a worker.
+  const rekey = new RekeyService({
+    redis,
+    connection: queueRedis,
+    keys,
+    store: localStore,
+    keyring,
+    audit,
+    clock,
+    logger,
+    settings: {
+      prefix: keys.queuePrefix(),
+      lockMs: config.rotation.leaseMs,
+      backoffMs: config.rotation.backoffMs,
+    },
+    failpoints,
   });
   const ctx: ApiContext = {
     redis,
@@ -255,6 +291,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     registry,
     service,
     approvals,
+    rekey,
     engine,
     rotations,
     secrets,
@@ -403,6 +440,7 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
     async start() {
       if (workers) await workers.start();
       if (workers) await sync.start();
+      if (workers) await rekey.startWorker();
       if (sealerThread) await sealerThread.start();
       else sealer?.start();
       if (tokensWatcher) {
@@ -428,8 +466,11 @@ export async function createRuntime(options: RuntimeOptions): Promise<Runtime> {
       await sealerThread?.close().catch((err) => logger.error({ err }, 'closing the audit sealer failed'));
       await sealer?.close().catch((err) => logger.error({ err }, 'closing the audit sealer failed'));
       await sync.close().catch((err) => logger.error({ err }, 'closing the sync worker failed'));
+      await rekey.close().catch((err) => logger.error({ err }, 'closing the rekey worker failed'));
       await queues.close().catch(() => {});
       await stores.close().catch(() => {});
+      dekCache.close();
+      for (const provider of keyring.all) await provider.close().catch(() => {});
       metrics.close();
       await Promise.all([redis.quit().catch(() => {}), queueRedis.quit().catch(() => {})]);
     },

@@ -10,6 +10,7 @@ import type { EventHub } from '../events/event-hub.ts';
 import type { LeaseService } from '../leases/lease-service.ts';
 import type { RedisClient } from '../redis/client.ts';
 import type { Registry } from '../registry/registry.ts';
+import type { RekeyService } from '../rekey/rekey.ts';
 import type { RotationEngine } from '../rotation/engine.ts';
 import type { RotationRepo } from '../rotation/rotation-repo.ts';
 import type { SecretReader } from '../rotation/secret-reader.ts';
@@ -25,6 +26,8 @@ export interface ApiContext {
   service: RegistryService;
   /** Dual control: approvals of gated requests, and break-glass. */
   approvals: ApprovalService;
+  /** The key providers and the rekey (GET/POST /v1/rekey). */
+  rekey: RekeyService;
   engine: RotationEngine;
   rotations: RotationRepo;
   secrets: SecretReader;

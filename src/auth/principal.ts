@@ -25,6 +25,13 @@ export type Access =
   | 'manage'
   /** Read connections, credentials' settings and rotations, without secrets: admin, operator, auditor. */
   | 'view'
+  /**
+   * The list of credentials and the console's overview: admin, operator, auditor see every credential; a reader gets
+   * one too, narrowed by the route to the credentials bound to it (a reader's console lists what it may use).
+   */
+  | 'credential-list'
+  /** Who the caller is (GET /v1/me): every role, about itself only. */
+  | 'self'
   /** One credential's settings and rotations, named by `:id`: admin, operator, auditor, or a reader bound to it. */
   | 'credential-view'
   /** One rotation, named by `:id`: admin, operator, auditor, or a reader bound to the rotation's credential. */
@@ -46,12 +53,16 @@ export type Access =
    * Dual control's approvals (GET /v1/approvals…, approve, deny): every role; the route shows and lets decide only the
    * approvals a principal requested or matches the approvers of (admins and auditors see all).
    */
-  | 'approvals';
+  | 'approvals'
+  /** The key-encryption key's providers and the rekey: admin only (it decides which key guards every secret). */
+  | 'keys';
 
 const ANY_OF: Record<Exclude<Access, 'public'>, Role[]> = {
   manage: ['admin', 'operator'],
   view: ['admin', 'operator', 'auditor'],
   audit: ['admin', 'auditor'],
+  'credential-list': ['admin', 'operator', 'auditor', 'reader'],
+  self: ['admin', 'operator', 'auditor', 'reader'],
   'credential-view': ['admin', 'operator', 'auditor', 'reader'],
   'rotation-view': ['admin', 'operator', 'auditor', 'reader'],
   'credential-secret': ['admin', 'reader'],
@@ -59,6 +70,7 @@ const ANY_OF: Record<Exclude<Access, 'public'>, Role[]> = {
   'lease-revoke': ['admin', 'operator', 'reader'],
   events: ['admin', 'operator', 'auditor', 'reader'],
   approvals: ['admin', 'operator', 'auditor', 'reader'],
+  keys: ['admin'],
 };
 
 /** Roles that pass without a look at the credential: the others (reader) must be bound to it. */
@@ -66,6 +78,9 @@ export const UNBOUND_ROLES: Record<Exclude<Access, 'public'>, Role[]> = {
   manage: ['admin', 'operator'],
   view: ['admin', 'operator', 'auditor'],
   audit: ['admin', 'auditor'],
+  // A reader passes too: the route keeps only the credentials bound to it (mayList).
+  'credential-list': ['admin', 'operator', 'auditor', 'reader'],
+  self: ['admin', 'operator', 'auditor', 'reader'],
   'credential-view': ['admin', 'operator', 'auditor'],
   'rotation-view': ['admin', 'operator', 'auditor'],
   'credential-secret': ['admin'],
@@ -74,6 +89,7 @@ export const UNBOUND_ROLES: Record<Exclude<Access, 'public'>, Role[]> = {
   events: ['admin', 'operator', 'auditor'],
   // No credential to bind: the service checks each approval against the principal.
   approvals: ['admin', 'operator', 'auditor', 'reader'],
+  keys: ['admin'],
 };
 
 export function hasRole(principal: Principal, roles: readonly Role[]): boolean {
@@ -128,6 +144,15 @@ export function bindingMatches(
     return Object.entries(labels).every(([k, v]) => credential.labels[k] === v);
   }
   return false;
+}
+
+/**
+ * Whether a list (GET /v1/credentials, the overview) shows this credential to the principal: every credential to
+ * admin, operator and auditor; to a reader, those bound to it.
+ */
+export function mayList(principal: Principal, credential: { id: string; labels: Record<string, string> }): boolean {
+  if (hasRole(principal, UNBOUND_ROLES.view)) return true;
+  return mayUseCredential(principal, credential);
 }
 
 /**

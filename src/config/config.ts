@@ -24,6 +24,8 @@ export interface KeyturnConfig {
   prefix: string;
   adminToken: string | undefined;
   masterKey: Buffer | undefined;
+  /** The key-encryption key's provider and the others still read (src/keys/; SPEC, "Key-encryption key"). */
+  kek: KekSettings;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   logFormat: 'json' | 'pretty';
   components: Component[];
@@ -213,17 +215,15 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
   let masterKey: Buffer | undefined;
   const masterKeyRaw = env.KEYTURN_MASTER_KEY?.trim();
   if (masterKeyRaw) {
-    const decoded = /^[A-Za-z0-9+/]+={0,2}$/.test(masterKeyRaw)
-      ? Buffer.from(masterKeyRaw, 'base64')
-      : undefined;
-    if (decoded?.length !== 32) {
+    masterKey = base64Key(masterKeyRaw);
+    if (!masterKey) {
       problems.push(
         'KEYTURN_MASTER_KEY must be the base64 encoding of exactly 32 random bytes (make one with `openssl rand -base64 32`)',
       );
-    } else {
-      masterKey = decoded;
     }
   }
+
+  const kek = kekConfig(env, problems, { vault: Boolean(env.VAULT_ADDR?.trim()) });
 
   const logLevelRaw = (env.LOG_LEVEL?.trim() || 'info').toLowerCase();
   if (!(LOG_LEVELS as readonly string[]).includes(logLevelRaw)) {
@@ -446,6 +446,7 @@ export function loadConfig(env: Env = process.env): KeyturnConfig {
     prefix,
     adminToken,
     masterKey,
+    kek,
     logLevel,
     logFormat: logFormatRaw === 'pretty' ? 'pretty' : 'json',
     components,
@@ -637,5 +638,127 @@ function notificationsConfig(
     attempts: int('KEYTURN_NOTIFY_ATTEMPTS', 10, 1, 100),
     backoffMs: int('KEYTURN_NOTIFY_BACKOFF_MS', 1000, 10, 3_600_000),
     timeoutMs: int('KEYTURN_NOTIFY_TIMEOUT_MS', 5000, 100, 60_000),
+  };
+}
+
+export const KEK_PROVIDERS = ['env', 'aws-kms', 'vault-transit'] as const;
+export type KekProviderName = (typeof KEK_PROVIDERS)[number];
+
+export interface KekSettings {
+  /** KEYTURN_KEK_PROVIDER: who wraps every new data key. */
+  provider: KekProviderName;
+  /** KEYTURN_MASTER_KEY_PREVIOUS: earlier env keys, comma-separated, only read (until a rekey moved their values). */
+  previousMasterKeys: Buffer[];
+  /** KEYTURN_KMS_KEY_ID with the AWS region, endpoint (AWS_ENDPOINT_URL_KMS) and credentials of the environment. */
+  kms?: {
+    keyId: string;
+    region?: string;
+    endpoint?: string;
+    maxAttempts: number;
+    credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  };
+  /** KEYTURN_TRANSIT_KEY at KEYTURN_TRANSIT_MOUNT (default transit), on the Vault of VAULT_ADDR. */
+  transit?: { mount: string; key: string };
+  /** KEYTURN_KEK_CACHE_TTL: how long an unwrapped data key stays in memory (0: never cached). */
+  cacheTtlMs: number;
+  /** KEYTURN_KEK_CACHE_MAX: how many unwrapped data keys at most. */
+  cacheMaxEntries: number;
+}
+
+function base64Key(raw: string): Buffer | undefined {
+  const decoded = /^[A-Za-z0-9+/]+={0,2}$/.test(raw) ? Buffer.from(raw, 'base64') : undefined;
+  return decoded?.length === 32 ? decoded : undefined;
+}
+
+function kekConfig(env: Env, problems: string[], facts: { vault: boolean }): KekSettings {
+  const raw = env.KEYTURN_KEK_PROVIDER?.trim().toLowerCase() || 'env';
+  let provider: KekProviderName = 'env';
+  if ((KEK_PROVIDERS as readonly string[]).includes(raw)) provider = raw as KekProviderName;
+  else problems.push(`KEYTURN_KEK_PROVIDER must be one of ${KEK_PROVIDERS.join(', ')}, got "${raw}"`);
+
+  const previousMasterKeys: Buffer[] = [];
+  for (const [i, part] of (env.KEYTURN_MASTER_KEY_PREVIOUS ?? '').split(',').entries()) {
+    if (!part.trim()) continue;
+    const key = base64Key(part.trim());
+    if (key) previousMasterKeys.push(key);
+    else
+      problems.push(
+        `KEYTURN_MASTER_KEY_PREVIOUS: entry ${i + 1} is not the base64 encoding of exactly 32 bytes (the earlier KEYTURN_MASTER_KEY values, comma-separated)`,
+      );
+  }
+
+  let kms: KekSettings['kms'];
+  const keyId = env.KEYTURN_KMS_KEY_ID?.trim();
+  if (keyId) {
+    if (
+      !/^(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)\/[A-Za-z0-9/_-]+|alias\/[A-Za-z0-9/_-]+|[0-9a-f-]{36}|mrk-[0-9a-f]{32})$/.test(
+        keyId,
+      )
+    ) {
+      problems.push(
+        `KEYTURN_KMS_KEY_ID must be a KMS key id, key ARN, alias/<name> or alias ARN, got "${keyId}"`,
+      );
+    }
+    const region = env.AWS_REGION?.trim() || env.AWS_DEFAULT_REGION?.trim() || undefined;
+    const endpoint = env.AWS_ENDPOINT_URL_KMS?.trim() || env.AWS_ENDPOINT_URL?.trim() || undefined;
+    const accessKeyId = env.AWS_ACCESS_KEY_ID?.trim();
+    const secretAccessKey = env.AWS_SECRET_ACCESS_KEY?.trim();
+    const sessionToken = env.AWS_SESSION_TOKEN?.trim();
+    kms = {
+      keyId,
+      ...(region ? { region } : {}),
+      ...(endpoint ? { endpoint } : {}),
+      maxAttempts: 3,
+      ...(accessKeyId && secretAccessKey
+        ? { credentials: { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) } }
+        : {}),
+    };
+  } else if (provider === 'aws-kms') {
+    problems.push(
+      'KEYTURN_KEK_PROVIDER=aws-kms needs KEYTURN_KMS_KEY_ID (a key id, key ARN or alias/<name>)',
+    );
+  }
+
+  let transit: KekSettings['transit'];
+  const transitKey = env.KEYTURN_TRANSIT_KEY?.trim();
+  const mount = env.KEYTURN_TRANSIT_MOUNT?.trim() || 'transit';
+  if (transitKey) {
+    if (!/^[A-Za-z0-9_.-]+$/.test(transitKey))
+      problems.push(
+        `KEYTURN_TRANSIT_KEY must be a transit key name (letters, digits, _ . -), got "${transitKey}"`,
+      );
+    if (!/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/.test(mount))
+      problems.push(`KEYTURN_TRANSIT_MOUNT must be a mount path such as "transit", got "${mount}"`);
+    if (!facts.vault)
+      problems.push(
+        'KEYTURN_TRANSIT_KEY needs VAULT_ADDR and Vault authentication (the transit engine is on that Vault)',
+      );
+    transit = { mount, key: transitKey };
+  } else if (provider === 'vault-transit') {
+    problems.push('KEYTURN_KEK_PROVIDER=vault-transit needs KEYTURN_TRANSIT_KEY (a transit key name)');
+  }
+
+  let cacheTtlMs = 300_000;
+  const ttlRaw = env.KEYTURN_KEK_CACHE_TTL?.trim();
+  if (ttlRaw) {
+    try {
+      cacheTtlMs = ttlRaw === '0' ? 0 : parseDuration(ttlRaw);
+      if (cacheTtlMs > 3_600_000) problems.push('KEYTURN_KEK_CACHE_TTL must be at most 1h');
+    } catch (err) {
+      problems.push(`KEYTURN_KEK_CACHE_TTL: ${(err as Error).message}`);
+    }
+  }
+  const maxRaw = env.KEYTURN_KEK_CACHE_MAX?.trim();
+  const cacheMaxEntries = maxRaw ? Number(maxRaw) : 10_000;
+  if (!Number.isInteger(cacheMaxEntries) || cacheMaxEntries < 0 || cacheMaxEntries > 1_000_000)
+    problems.push(`KEYTURN_KEK_CACHE_MAX must be a whole number from 0 to 1000000, got "${maxRaw}"`);
+
+  return {
+    provider,
+    previousMasterKeys,
+    ...(kms ? { kms } : {}),
+    ...(transit ? { transit } : {}),
+    cacheTtlMs,
+    cacheMaxEntries,
   };
 }

@@ -151,6 +151,18 @@ export class RedisKeys {
   localSecret(name: string): string {
     return `${this.prefix}:secret:${name}`;
   }
+  /** SCAN pattern of every localSecret key (the rekey walks them). */
+  localSecretPattern(): string {
+    return `${this.prefix.replace(/[*?[\]\\]/g, '\\$&')}:secret:*`;
+  }
+  /** Local store: hash of Keyturn's own keys (name → sealed 32 bytes), such as the approval body digest's key. */
+  keyring(): string {
+    return `${this.prefix}:keyring`;
+  }
+  /** The key rewrap's status record (keyturn rekey, GET /v1/rekey): JSON, one at a time. */
+  rekey(): string {
+    return `${this.prefix}:rekey`;
+  }
   /** Audit stream: one entry per event, appended by every process (id: Redis's total order). */
   audit(): string {
     return `${this.#audit()}`;

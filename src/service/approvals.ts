@@ -5,7 +5,7 @@
 // skips all this, as an audited, notified event. Every step is an audit event naming who asked, who decided and why.
 //
 // The API decides which requests are gated and calls this; the records are registry/approvals.ts.
-import { createHmac, hkdfSync, randomUUID, timingSafeEqual } from 'node:crypto';
+import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
 import canonicalize from 'canonicalize';
 import type { AuditEventInput, AuditLog } from '../audit/audit-log.ts';
 import type { Principal } from '../auth/principal.ts';
@@ -141,18 +141,17 @@ export class ApprovalService {
     /** KEYTURN_APPROVAL_TTL: how long a request may wait for its decisions and its repeat. */
     ttlMs: number;
     /**
-     * The local store's key-encryption key: the body digest is an HMAC under a key derived from it, so that a digest
-     * in Redis cannot be used to guess a low-entropy password the body carried.
+     * The key of the body digest (the keyring's `approval-digest`, sealed in the local store and shared by every
+     * replica): the digest is an HMAC under it, so that a digest in Redis cannot be used to guess a low-entropy
+     * password the body carried.
      */
-    masterKey: Buffer;
+    digestKey: Buffer;
   }) {
     this.#repo = deps.repo;
     this.#audit = deps.audit;
     this.#clock = deps.clock;
     this.#ttlMs = deps.ttlMs;
-    this.#digestKey = Buffer.from(
-      hkdfSync('sha256', deps.masterKey, 'keyturn', 'approval body digest v1', 32),
-    );
+    this.#digestKey = Buffer.from(deps.digestKey);
   }
 
   get ttlMs(): number {

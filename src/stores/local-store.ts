@@ -15,7 +15,16 @@
 // pipeline on a connection of their own: WAIT counts the acknowledgements of the connection's own last write, and in
 // a Redis Cluster the keyed write decides the node the whole pipeline goes to.
 
-import { DecryptionError, type Envelope, type SealedValue } from '../crypto/envelope.ts';
+import { randomBytes } from 'node:crypto';
+import { Cluster } from 'ioredis';
+import {
+  DecryptionError,
+  type Envelope,
+  KeyProviderError,
+  kidOf,
+  type SealContext,
+  type SealedValue,
+} from '../crypto/envelope.ts';
 import type { Durability } from '../redis/checks.ts';
 import { duplicateClient, type RedisClient } from '../redis/client.ts';
 import type { RedisKeys } from '../registry/keys.ts';
@@ -106,7 +115,46 @@ redis.call('HSET', KEYS[1], 'v:' .. token, ARGV[2], 'stages', cjson.encode(stage
 return 1
 `;
 
+const REWRAP = `
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+`;
+
+const PUT_KEY_IF_ABSENT = `
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+`;
+
+/** One sealed value of the store, where it lives: what the rekey reads and rewraps. */
+export interface SealedField {
+  key: string;
+  field: string;
+  context: SealContext;
+  /** The field's JSON text as read ({createdAt, sealed}); a rewrap replaces it only if it is still this. */
+  raw: string;
+}
+
 type Stages = Partial<Record<Stage, string>>;
+
+const contextOf = (ref: SecretRef, versionId: string): SealContext => ({
+  secret: ref.name,
+  version: versionId,
+});
+
+const parseDocument = (plain: Buffer): SecretDocument => JSON.parse(plain.toString('utf8')) as SecretDocument;
+
+/**
+ * A key provider that cannot answer (down, throttling, or refusing: a disabled key, a missing permission) leaves the
+ * store unable to open or seal: unavailable, so a rotation is retried and a read answers 503, with the provider's
+ * reason. A value that does not open is a DecryptionError, as it was.
+ */
+function providerError(err: unknown): unknown {
+  if (err instanceof KeyProviderError)
+    return new StoreUnavailableError(`Local store: ${err.message}`, { cause: err });
+  return err;
+}
 const STAGE_NAMES: Stage[] = ['current', 'pending', 'previous'];
 
 function stagesOf(stages: Stages, versionId: string): Stage[] {
@@ -147,15 +195,34 @@ export class LocalStore implements SecretStore {
    * of its own (rotation/secret-reader.ts reads them in the same round trip as the credential). Opened through the
    * open cache when there is one: a hit needs the exact sealed text, so it returns what opening would.
    */
-  openRaw(ref: SecretRef, versionId: string, stagesRaw: string | null, raw: string): SecretVersion {
+  async openRaw(
+    ref: SecretRef,
+    versionId: string,
+    stagesRaw: string | null,
+    raw: string,
+  ): Promise<SecretVersion> {
     const { createdAt, sealed } = JSON.parse(raw) as { createdAt: string; sealed: SealedValue };
-    const context = `${ref.name}:${versionId}`;
-    const open = () => this.#envelope.decryptBytes(sealed, context);
-    const plain = this.#opened ? this.#opened.open(ref.name, versionId, raw, open) : open();
-    const value = JSON.parse(plain.toString('utf8')) as SecretDocument;
-    if (!this.#opened) plain.fill(0);
+    const open = () => this.#open(sealed, contextOf(ref, versionId));
+    const value = this.#opened
+      ? await this.#opened.open(ref.name, versionId, raw, open, parseDocument)
+      : await open().then((plain) => {
+          try {
+            return parseDocument(plain);
+          } finally {
+            plain.fill(0);
+          }
+        });
     const stages = JSON.parse(stagesRaw ?? '{}') as Stages;
     return { versionId, stages: stagesOf(stages, versionId), createdAt, value };
+  }
+
+  /** Opens a sealed value; a key provider that cannot answer makes the store unavailable (the caller retries). */
+  async #open(sealed: SealedValue, context: SealContext): Promise<Buffer> {
+    try {
+      return await this.#envelope.decryptBytes(sealed, context);
+    } catch (err) {
+      throw providerError(err);
+    }
   }
 
   /** Drops opened values of `ref` that are not among `live` (what Redis just said may still be served). */
@@ -216,8 +283,13 @@ export class LocalStore implements SecretStore {
     return this.#keys.localSecret(ref.name);
   }
 
-  #seal(ref: SecretRef, versionId: string, value: SecretDocument): string {
-    const sealed = this.#envelope.encrypt(JSON.stringify(value), `${ref.name}:${versionId}`);
+  async #seal(ref: SecretRef, versionId: string, value: SecretDocument): Promise<string> {
+    let sealed: SealedValue;
+    try {
+      sealed = await this.#envelope.encrypt(JSON.stringify(value), contextOf(ref, versionId));
+    } catch (err) {
+      throw providerError(err);
+    }
     return JSON.stringify({ createdAt: new Date().toISOString(), sealed });
   }
 
@@ -264,12 +336,16 @@ export class LocalStore implements SecretStore {
     if (!versionId || !raw) return null;
     const stages = JSON.parse(stagesRaw ?? '{}') as Stages;
     const { createdAt, sealed } = JSON.parse(raw) as { createdAt: string; sealed: SealedValue };
-    const value = JSON.parse(this.#envelope.decrypt(sealed, `${ref.name}:${versionId}`)) as SecretDocument;
-    return { versionId, stages: stagesOf(stages, versionId), createdAt, value };
+    const plain = await this.#open(sealed, contextOf(ref, versionId));
+    try {
+      return { versionId, stages: stagesOf(stages, versionId), createdAt, value: parseDocument(plain) };
+    } finally {
+      plain.fill(0);
+    }
   }
 
   async putPending(ref: SecretRef, token: string, value: SecretDocument): Promise<{ created: boolean }> {
-    const sealed = this.#seal(ref, token, value);
+    const sealed = await this.#seal(ref, token, value);
     // Returns only once the version is durable (#durably), whether this call wrote it or an earlier one did.
     const created = await this.#call('write a pending version', () =>
       this.#durably('the pending secret', this.#key(ref), PUT_PENDING, [token, sealed]),
@@ -294,7 +370,7 @@ export class LocalStore implements SecretStore {
   }
 
   async putCurrent(ref: SecretRef, token: string, value: SecretDocument): Promise<void> {
-    const sealed = this.#seal(ref, token, value);
+    const sealed = await this.#seal(ref, token, value);
     await this.#call('write a current version', () =>
       this.#redis.eval(PUT_CURRENT, 1, this.#key(ref), token, sealed),
     );
@@ -303,6 +379,99 @@ export class LocalStore implements SecretStore {
   async remove(ref: SecretRef): Promise<void> {
     this.#opened?.forget(ref.name);
     await this.#call('remove a secret', () => this.#redis.del(this.#key(ref)));
+  }
+
+  // Keyturn's own keys (the keyring hash): 32 random bytes each, sealed like a secret, so that they are as safe as
+  // the secrets and move with them in a rekey. Used where a key must be shared by every replica and must not be
+  // readable from Redis: the approval body digest's HMAC key (service/approvals.ts).
+
+  /** The key `name` of the keyring, made by whichever process asks first (every other one reads that one). */
+  async systemKey(name: string): Promise<Buffer> {
+    const key = this.#keys.keyring();
+    const context: SealContext = { secret: `keyring/${name}`, version: '1' };
+    let raw = await this.#call('read a key of the keyring', () => this.#redis.hget(key, name));
+    if (!raw) {
+      const made = randomBytes(32);
+      try {
+        const sealed = await this.#envelope.encrypt(made, context).catch((err) => {
+          throw providerError(err);
+        });
+        const text = JSON.stringify({ createdAt: new Date().toISOString(), sealed });
+        await this.#call('write a key of the keyring', () =>
+          this.#durably(`the keyring's key ${name}`, key, PUT_KEY_IF_ABSENT, [name, text]),
+        );
+      } finally {
+        made.fill(0);
+      }
+      // Another process may have written its own first: every process uses the one that is stored.
+      raw = await this.#call('read a key of the keyring', () => this.#redis.hget(key, name));
+      if (!raw) throw new StoreUnavailableError(`Local store: the keyring's key ${name} was not kept`);
+    }
+    const { sealed } = JSON.parse(raw) as { sealed: SealedValue };
+    return this.#open(sealed, context);
+  }
+
+  // Rekey (src/rekey/): every sealed value is read where it lives and its data key wrapped again by the primary key
+  // provider, in place, only if the value is still what was read (a rotation may have replaced it meanwhile: the new
+  // one is sealed by the primary already).
+
+  /** Every sealed value of the store, a hash at a time: the versions of each local secret, and the keyring. */
+  async *sealedValues(): AsyncGenerator<SealedField[]> {
+    const keyring = this.#keys.keyring();
+    const ringFields = await this.#call('read the keyring', () => this.#redis.hgetall(keyring));
+    const ring = Object.entries(ringFields).map(([field, raw]) => ({
+      key: keyring,
+      field,
+      context: { secret: `keyring/${field}`, version: '1' },
+      raw,
+    }));
+    if (ring.length > 0) yield ring;
+    const prefixLength = this.#keys.localSecret('').length;
+    const nodes = this.#redis instanceof Cluster ? this.#redis.nodes('master') : [this.#redis];
+    for (const node of nodes) {
+      let cursor = '0';
+      do {
+        const [next, keys] = await this.#call('list the secrets', () =>
+          node.scan(cursor, 'MATCH', this.#keys.localSecretPattern(), 'COUNT', 200),
+        );
+        cursor = next;
+        for (const key of keys) {
+          const fields = await this.#call('read a secret', () => this.#redis.hgetall(key));
+          const name = key.slice(prefixLength);
+          const values = Object.entries(fields)
+            .filter(([field]) => field.startsWith('v:'))
+            .map(([field, raw]) => ({ key, field, context: { secret: name, version: field.slice(2) }, raw }));
+          if (values.length > 0) yield values;
+        }
+      } while (cursor !== '0');
+    }
+  }
+
+  /** The kid of a sealed value, and whether the primary provider holds it at its current version. */
+  describeSealed(value: SealedField): { kid: string; current: boolean } {
+    const { sealed } = JSON.parse(value.raw) as { sealed: SealedValue };
+    return { kid: kidOf(sealed), current: this.#envelope.isCurrent(sealed) };
+  }
+
+  /**
+   * Wraps the value's data key again under the primary provider. 'current': nothing to do; 'changed': the value was
+   * replaced or removed since it was read (what replaced it was sealed by the primary); 'rewrapped': done, and
+   * durable as a pending secret is (#durably) before this returns.
+   */
+  async rewrap(value: SealedField): Promise<'rewrapped' | 'current' | 'changed'> {
+    const parsed = JSON.parse(value.raw) as { createdAt: string; sealed: SealedValue };
+    let rewrapped: SealedValue | null;
+    try {
+      rewrapped = await this.#envelope.rewrap(parsed.sealed, value.context);
+    } catch (err) {
+      throw providerError(err);
+    }
+    if (!rewrapped) return 'current';
+    const text = JSON.stringify({ ...parsed, sealed: rewrapped });
+    const done = await this.#call('rewrap a sealed value', () =>
+      this.#durably('the rewrapped value', value.key, REWRAP, [value.field, value.raw, text]),
+    );
+    return done === 1 ? 'rewrapped' : 'changed';
   }
 
   async ping(): Promise<void> {

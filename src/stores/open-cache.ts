@@ -53,27 +53,40 @@ export class OpenCache {
   }
 
   /**
-   * The plaintext opened from exactly `sealed` for (name, versionId), or open() it and keep it. Parse it at once:
-   * the buffer is zeroed when its entry goes.
+   * parse() of the plaintext opened from exactly `sealed` for (name, versionId), or of what open() returns, which is
+   * then kept. parse runs at once on the cached bytes, before any other read can drop (and zero) them.
    */
-  open(name: string, versionId: string, sealed: string, open: () => Buffer): Buffer {
-    if (this.#max <= 0 || this.#ttlMs <= 0) return open();
-    const now = this.#clock.now();
-    const versions = this.#byName.get(name);
-    const hit = versions?.get(versionId);
-    if (hit && hit.sealed === sealed && hit.expiresAt > now) return hit.plain;
+  async open<T>(
+    name: string,
+    versionId: string,
+    sealed: string,
+    open: () => Promise<Buffer>,
+    parse: (plain: Buffer) => T,
+  ): Promise<T> {
+    if (this.#max <= 0 || this.#ttlMs <= 0) {
+      const plain = await open();
+      try {
+        return parse(plain);
+      } finally {
+        plain.fill(0);
+      }
+    }
+    const hit = this.#byName.get(name)?.get(versionId);
+    if (hit && hit.sealed === sealed && hit.expiresAt > this.#clock.now()) return parse(hit.plain);
     if (hit) this.#drop(name, versionId);
     // The buffer open() returns becomes the cache's: zeroed when its entry goes.
-    const kept = open();
+    const kept = await open();
+    // A read that missed at the same time may have kept its own copy meanwhile: this one replaces it.
+    this.#drop(name, versionId);
     while (this.#size >= this.#max) this.#dropOldest();
     let map = this.#byName.get(name);
     if (!map) {
       map = new Map();
       this.#byName.set(name, map);
     }
-    map.set(versionId, { sealed, plain: kept, expiresAt: now + this.#ttlMs });
+    map.set(versionId, { sealed, plain: kept, expiresAt: this.#clock.now() + this.#ttlMs });
     this.#size++;
-    return kept;
+    return parse(kept);
   }
 
   /** Drops every entry of `name` whose version is not among `live` (what Redis just said may still be served). */

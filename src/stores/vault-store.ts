@@ -12,6 +12,8 @@ import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import vaultFactory from 'node-vault';
 import type { VaultAuth } from '../config/config.ts';
+import { KeyProviderError } from '../crypto/envelope.ts';
+import type { VaultRequester } from '../keys/index.ts';
 import type { Logger } from '../logging/logger.ts';
 import {
   type SecretDocument,
@@ -26,6 +28,27 @@ import {
 } from './types.ts';
 
 export type { VaultAuth };
+
+/**
+ * The store's requests as the transit key provider takes them: an unavailable Vault and a refused token become the
+ * provider's errors; any other refusal keeps Vault's status and detail for the provider to read.
+ */
+export function vaultRequester(store: VaultStore): VaultRequester {
+  return async <T>(
+    action: string,
+    request: { method: 'GET' | 'POST'; path: string; json?: Record<string, unknown> },
+  ): Promise<T> => {
+    try {
+      return await store.request<T>(action, request);
+    } catch (err) {
+      if (err instanceof StoreUnavailableError)
+        throw new KeyProviderError('unavailable', err.message, { cause: err });
+      if (err instanceof StoreRefusedError)
+        throw new KeyProviderError('refused', err.message, { cause: err });
+      throw err;
+    }
+  };
+}
 
 export interface VaultSettings {
   address: string;
@@ -295,6 +318,23 @@ export class VaultStore implements SecretStore {
         detail,
       });
     }
+  }
+
+  /**
+   * One request to this Vault with Keyturn's authentication, for the transit key provider (src/keys/): the same
+   * login, renewal and re-login as the store's own requests, one place that holds the token.
+   */
+  async request<T>(
+    action: string,
+    request: { method: 'GET' | 'POST'; path: string; json?: Record<string, unknown> },
+  ): Promise<T> {
+    return this.#call(action, () =>
+      this.#client.request({
+        path: `/${request.path}`,
+        method: request.method,
+        ...(request.json ? { json: request.json } : {}),
+      }),
+    );
   }
 
   // Paths

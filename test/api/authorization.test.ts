@@ -404,6 +404,9 @@ const ROWS: Row[] = [
     body: () => ({ reason: 'matrix' }),
     allowed: EVERYONE,
   },
+  // The key-encryption key decides what guards every secret: admins only.
+  { route: 'GET /v1/rekey', method: 'GET', path: () => '/v1/rekey', allowed: ['admin'] },
+  { route: 'POST /v1/rekey', method: 'POST', path: () => '/v1/rekey', allowed: ['admin'] },
 ];
 
 describe('authorization matrix', () => {

@@ -1431,6 +1431,31 @@ const approvalCases: Case[] = [
   },
 ];
 
+// The key-encryption key: GET shows the providers, POST starts a rekey and takes no parameters.
+const rekeyCases: Case[] = [
+  ...([{ to: 'aws-kms' }, [1], 'text', 42] as const).map(
+    (body): Case => ({
+      name: `POST /v1/rekey with ${JSON.stringify(body)}`,
+      method: 'POST',
+      path: '/v1/rekey',
+      body,
+      status: 400,
+      field: 'body must be empty or {}: rekey takes no parameters',
+      code: 'invalid_request',
+    }),
+  ),
+  {
+    name: 'a query GET /v1/rekey does not take',
+    method: 'GET',
+    path: '/v1/rekey?provider=env',
+    status: 400,
+    field: 'querystring.provider is not a known field',
+    code: 'invalid_request',
+  },
+  { name: 'GET /v1/rekey', method: 'GET', path: '/v1/rekey', status: 200 },
+  { name: 'a method the route lacks', method: 'DELETE', path: '/v1/rekey', status: 404, code: 'not_found' },
+];
+
 const routingCases: Case[] = [
   { name: 'an unknown route', method: 'GET', path: '/v1/nothing', status: 404, code: 'not_found' },
   { name: 'an unknown version', method: 'GET', path: '/v2/connections', status: 404, code: 'not_found' },
@@ -1604,6 +1629,7 @@ const TABLES: [string, Case[]][] = [
   ['compliance', complianceCases],
   ['events', eventCases],
   ['approvals', approvalCases],
+  ['rekey', rekeyCases],
   ['routing and probes', routingCases],
   ['authentication', authCases],
 ];

@@ -18,13 +18,30 @@
  * refused as TokenReview would refuse it.
  *
  * Modelled: one token store, AppRole and Kubernetes role set for the whole server; data, mount config and metadata per namespace
- * (X-Vault-Namespace) and per mount. Not modelled: policies beyond restrictToken, leases, response wrapping,
- * the namespace-as-path-prefix form (/v1/ns1/secret/...), KV v1 mounts, sys/mounts.
+ * (X-Vault-Namespace) and per mount. Not modelled: leases, response wrapping, the namespace-as-path-prefix form
+ * (/v1/ns1/secret/...), KV v1 mounts, sys/mounts, sys/policy (policies are set with `setPolicy`), policy
+ * parameters (allowed_parameters, denied_parameters, required_parameters, min/max_wrapping_ttl).
+ *
+ * ACL (vault: acl.go, policy.go): `setPolicy(name, {path: {...}})` takes a policy in Vault's JSON form. Once any
+ * policy is set (or the emulator starts with `acl: true`), every request with a token that is not root is checked
+ * against the token's policies as Vault does, on KV and transit paths alike: exact paths first, then the glob
+ * (`*` suffix) and segment-wildcard (`+`) rules by Vault's priority order, capabilities of equal paths in several
+ * policies merged, `deny` winning; a policy name that was never set grants nothing. The capability a request
+ * needs is read, list, delete, patch, or for POST/PUT create or update, decided by Vault's existence checks
+ * (KV data/ and metadata/ need create for a new key; transit encrypt/<name> needs create for an unknown key,
+ * which is what lets it upsert). Missing capability → 403 permission denied. Before any policy is set the ACL is
+ * off and any live token may do anything (what the older tests rely on), so a test of authorization sets one.
+ * restrictToken still narrows a token further. The token self paths stay open (Vault's default policy).
+ *
+ * Transit (./vault-transit.ts, which lists what it models): mounted at each of `transitMounts` (default
+ * ['transit']), per namespace. Plaintext in a transit request body is redacted in `requests`; `transitCallCount`
+ * counts the requests that reached each transit endpoint, refused and failed ones included.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
 import { Duplex } from 'node:stream';
+import { createTransitEngine, type TransitOp } from './vault-transit.ts';
 
 export type HealthState = 'active' | 'standby' | 'performance_standby' | 'dr_secondary' | 'uninitialized';
 
@@ -90,7 +107,28 @@ export interface VaultEmulator {
   restrictToken(token: string, allowedPathPrefixes: string[]): void;
   requests: RecordedRequest[]; // every request seen, for assertions
   mounts: string[]; // KV v2 mounts served; default ['secret']; read on every request, so pushing one adds it
+  /** Transit mounts served; default ['transit'] (option `transitMounts`); read on every request. */
+  transitMounts: string[];
+  /**
+   * Sets (or replaces) a policy in Vault's JSON form, e.g.
+   * `{ path: { 'transit/encrypt/kek': { capabilities: ['update'] }, 'transit/decrypt/*': { capabilities: ['update'] } } }`.
+   * Turns the ACL on for the whole emulator (see the header).
+   */
+  setPolicy(name: string, policy: VaultPolicy): void;
+  /**
+   * Requests that reached a transit endpoint ('encrypt', 'decrypt', 'rewrap', 'datakey', 'keys', 'rotate',
+   * 'config'), optionally only for one key name and mount; counted on arrival, so refused, sealed and injected
+   * failures count too.
+   */
+  transitCallCount(endpoint: TransitEndpoint, options?: { name?: string; mount?: string }): number;
+  resetTransitCalls(): void;
 }
+
+export type VaultCapability = 'create' | 'read' | 'update' | 'patch' | 'delete' | 'list' | 'sudo' | 'deny';
+export interface VaultPolicy {
+  path: Record<string, { capabilities: VaultCapability[] }>;
+}
+export type TransitEndpoint = 'encrypt' | 'decrypt' | 'rewrap' | 'datakey' | 'keys' | 'rotate' | 'config';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Constants and small helpers
@@ -484,7 +522,7 @@ const isDeleted = (v: VersionState): boolean => v.deletion !== null && v.deletio
 // The emulator
 
 export async function startVaultEmulator(
-  options: { mounts?: string[]; namespaces?: boolean } = {},
+  options: { mounts?: string[]; namespaces?: boolean; transitMounts?: string[]; acl?: boolean } = {},
 ): Promise<VaultEmulator> {
   /** With namespaces off the header is ignored (recorded only), as Vault Community Edition does. */
   const namespacesEnabled = options.namespaces ?? true;
@@ -500,6 +538,10 @@ export async function startVaultEmulator(
   const clusterId = randomUUID();
   let sealed = false;
   let healthState: HealthState = 'active';
+  const policies = new Map<string, VaultPolicy>();
+  let aclOn = options.acl ?? false;
+  const transit = createTransitEngine();
+  const transitCalls: Array<{ endpoint: TransitEndpoint; name: string; mount: string }> = [];
 
   function issueToken(
     fields: Omit<TokenState, 'id' | 'accessor' | 'issued' | 'expires' | 'revoked'>,
@@ -1166,6 +1208,95 @@ export async function startVaultEmulator(
     return token;
   }
 
+  // -- Transit mounts and the ACL (vault: acl.go, policy.go)
+
+  function findTransitMount(path: string): string | undefined {
+    return [...emulator.transitMounts]
+      .map((m) => m.replace(/^\/+|\/+$/g, ''))
+      .sort((a, b) => b.length - a.length)
+      .find((m) => path === m || path.startsWith(`${m}/`));
+  }
+  const transitSpace = (namespace: string, mount: string) => `${namespace}\u0000${mount}`;
+
+  /** Which transit endpoint a path under a transit mount is, for the call counters. */
+  function transitEndpoint(rest: string): { endpoint: TransitEndpoint; name: string } | undefined {
+    let m = /^(encrypt|decrypt|rewrap)\/([^/]+)$/.exec(rest);
+    if (m) return { endpoint: m[1] as TransitEndpoint, name: m[2]! };
+    m = /^datakey\/[^/]+\/([^/]+)$/.exec(rest);
+    if (m) return { endpoint: 'datakey', name: m[1]! };
+    m = /^keys\/([^/]+)\/(rotate|config)$/.exec(rest);
+    if (m) return { endpoint: m[2] as TransitEndpoint, name: m[1]! };
+    m = /^keys(?:\/([^/]*))?$/.exec(rest);
+    if (m) return { endpoint: 'keys', name: m[1] ?? '' };
+    return undefined;
+  }
+
+  /**
+   * The capability a request needs. POST/PUT is update, or create when the backend's existence check says the
+   * target does not exist yet: KV v2 data/ and metadata/ (kv plugin dataExistenceCheck, metadataExistenceCheck)
+   * and transit encrypt/ (transit pathEncryptExistenceCheck). Other writes have no existence check: update.
+   */
+  function requiredCapability(path: string, op: Op, namespace: string): VaultCapability {
+    if (op !== 'write') return op;
+    const transitMount = findTransitMount(path);
+    if (transitMount !== undefined) {
+      const create = transit.writeIsCreate(
+        transitSpace(namespace, transitMount),
+        path.slice(transitMount.length + 1),
+      );
+      return create ? 'create' : 'update';
+    }
+    const kvMount = findMount(path);
+    if (kvMount !== undefined) {
+      const m = /^(?:data|metadata)\/(.+)$/s.exec(path.slice(kvMount.length + 1));
+      if (m) return mountState(namespace, kvMount).keys.has(m[1]!) ? 'update' : 'create';
+    }
+    return 'update';
+  }
+
+  /** A policy path: exact, `*` as the last character (prefix), `+` as a whole segment (any one segment). */
+  function pathMatches(pattern: string, path: string): boolean {
+    const glob = pattern.endsWith('*');
+    const body = glob ? pattern.slice(0, -1) : pattern;
+    const source = body
+      .split('/')
+      .map((segment) => (segment === '+' ? '[^/]*' : segment.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')))
+      .join('/');
+    return new RegExp(`^${source}${glob ? '.*' : ''}$`, 's').test(path);
+  }
+
+  /** Vault's priority between two matching policy paths; > 0 when `a` wins (docs: "Priority matching"). */
+  function comparePriority(a: string, b: string): number {
+    const firstWildcard = (p: string) => {
+      const i = p.search(/[+*]/);
+      return i < 0 ? Number.POSITIVE_INFINITY : i;
+    };
+    const plusSegments = (p: string) => p.split('/').filter((s) => s === '+').length;
+    if (firstWildcard(a) !== firstWildcard(b)) return firstWildcard(a) > firstWildcard(b) ? 1 : -1;
+    if (a.endsWith('*') !== b.endsWith('*')) return a.endsWith('*') ? -1 : 1;
+    if (plusSegments(a) !== plusSegments(b)) return plusSegments(a) < plusSegments(b) ? 1 : -1;
+    if (a.length !== b.length) return a.length > b.length ? 1 : -1;
+    return a === b ? 0 : a > b ? 1 : -1;
+  }
+
+  function aclAllows(token: TokenState, path: string, capability: VaultCapability): boolean {
+    const merged = new Map<string, Set<VaultCapability>>();
+    for (const name of token.policies) {
+      const policy = policies.get(name);
+      if (!policy) continue;
+      for (const [pattern, rule] of Object.entries(policy.path)) {
+        const caps = merged.get(pattern) ?? new Set<VaultCapability>();
+        for (const c of rule.capabilities) caps.add(c);
+        merged.set(pattern, caps);
+      }
+    }
+    const matching = [...merged.keys()].filter((p) => pathMatches(p, path));
+    if (matching.length === 0) return false;
+    const best = matching.sort((a, b) => comparePriority(b, a))[0]!;
+    const caps = merged.get(best)!;
+    return !caps.has('deny') && caps.has(capability);
+  }
+
   // -- Request handling
 
   function operationOf(method: string, query: URLSearchParams): Op | undefined {
@@ -1228,13 +1359,23 @@ export async function startVaultEmulator(
     const inApi = fullPath.startsWith('/v1/');
     let path = inApi ? fullPath.slice(4) : fullPath;
     const nsHeader = header('x-vault-namespace');
+    const transitMount = inApi ? findTransitMount(path) : undefined;
+    // Transit request bodies carry plaintext: recorded with it redacted.
+    const recordedBody =
+      transitMount !== undefined && isObject(body) && body.plaintext !== undefined
+        ? { ...body, plaintext: '[redacted]' }
+        : body;
     emulator.requests.push({
       method,
       path,
       ...(nsHeader !== undefined ? { namespace: nsHeader } : {}),
-      ...(body !== undefined ? { body } : {}),
+      ...(recordedBody !== undefined ? { body: recordedBody } : {}),
       ...(url.search ? { query: Object.fromEntries(url.searchParams) } : {}),
     });
+    if (transitMount !== undefined) {
+      const called = transitEndpoint(path.slice(transitMount.length + 1));
+      if (called) transitCalls.push({ ...called, mount: transitMount });
+    }
 
     const fault = takeFault(method, path);
     if (fault) return fault;
@@ -1280,6 +1421,10 @@ export async function startVaultEmulator(
     ) {
       return PERMISSION_DENIED();
     }
+    const namespace = namespaceOf(nsHeader);
+    if (aclOn && !token.policies.includes('root') && !SELF_PATHS.has(path)) {
+      if (!aclAllows(token, path, requiredCapability(path, op, namespace))) return PERMISSION_DENIED();
+    }
 
     switch (path) {
       case 'auth/token/lookup-self':
@@ -1292,9 +1437,24 @@ export async function startVaultEmulator(
         return NO_CONTENT();
     }
 
+    if (transitMount !== undefined) {
+      const reply = transit.route(
+        transitSpace(namespace, transitMount),
+        path.slice(transitMount.length + 1),
+        op as TransitOp,
+        json,
+      );
+      if (reply.status === 204) return NO_CONTENT();
+      if (reply.errors) return errorReply(reply.status, ...reply.errors);
+      return {
+        status: reply.status,
+        body: envelope(reply.data ?? null, reply.warnings ? { warnings: reply.warnings } : {}),
+      };
+    }
+
     const mount = findMount(path);
     if (mount === undefined) return NOT_FOUND();
-    const state = mountState(namespaceOf(nsHeader), mount);
+    const state = mountState(namespace, mount);
     return routeKv(state, path.slice(mount.length + 1), op, url.searchParams, json);
   }
 
@@ -1336,6 +1496,26 @@ export async function startVaultEmulator(
     rootToken: rootToken.id,
     requests: [],
     mounts: [...(options.mounts ?? ['secret'])],
+    transitMounts: [...(options.transitMounts ?? ['transit'])],
+
+    setPolicy(name, policy) {
+      if (name === 'root') throw new Error('setPolicy: the root policy cannot be changed');
+      policies.set(name, structuredClone(policy));
+      aclOn = true;
+    },
+
+    transitCallCount(endpoint, filter = {}) {
+      return transitCalls.filter(
+        (c) =>
+          c.endpoint === endpoint &&
+          (filter.name === undefined || c.name === filter.name) &&
+          (filter.mount === undefined || c.mount === filter.mount),
+      ).length;
+    },
+
+    resetTransitCalls() {
+      transitCalls.length = 0;
+    },
 
     async close() {
       const closed = new Promise<void>((resolve) => netServer.close(() => resolve()));

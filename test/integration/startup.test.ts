@@ -6,8 +6,10 @@ import { mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import { describe, expect, it } from 'vitest';
-import { waitFor } from '../support/harness.ts';
+import { startAwsKmsEmulator } from '../emulators/aws-kms.ts';
+import { dropPrefix, waitFor } from '../support/harness.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -59,6 +61,106 @@ describe('start-up', () => {
       /KEYTURN_AUDIT_SIGNING_KEY or KEYTURN_AUDIT_SIGNING_KEY_FILE is required for workers/,
     );
     expect(readdirSync(state)).toEqual([]);
+  });
+});
+
+/** Runs src/main.ts until it prints `until` (then SIGTERM) or exits; resolves with its code and output. */
+function runUntil(env: Record<string, string>, until: RegExp, timeoutMs = 20_000) {
+  const child = spawn(process.execPath, ['src/main.ts'], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? '', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  let matched = false;
+  const onData = (c: Buffer) => {
+    output += String(c);
+    if (!matched && until.test(output)) {
+      matched = true;
+      child.kill('SIGTERM');
+    }
+  };
+  child.stdout.on('data', onData);
+  child.stderr.on('data', onData);
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  return new Promise<{ code: number | null; output: string; matched: boolean }>((resolve) =>
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, output, matched });
+    }),
+  );
+}
+
+describe('start-up with the key-encryption key in AWS KMS (issue 17 §1)', () => {
+  const production = (extra: Record<string, string>) => ({
+    NODE_ENV: 'production',
+    KEYTURN_STATE_DIR: mkdtempSync(join(tmpdir(), 'keyturn-state-')),
+    PORT: '0',
+    KEYTURN_COMPONENTS: 'api',
+    KEYTURN_ADMIN_TOKEN: randomBytes(32).toString('base64'),
+    KEYTURN_PREFIX: `kt-test-${randomBytes(4).toString('hex')}`,
+    ...extra,
+  });
+
+  it('production starts with KEYTURN_KEK_PROVIDER=aws-kms and no KEYTURN_MASTER_KEY, and seals its own keys in KMS', async () => {
+    const kms = await startAwsKmsEmulator();
+    try {
+      const client = new KMSClient({
+        endpoint: kms.endpoint,
+        region: kms.region,
+        credentials: kms.credentials,
+      });
+      const arn = (await client.send(new CreateKeyCommand({}))).KeyMetadata!.Arn!;
+      client.destroy();
+      const env = production({
+        KEYTURN_KEK_PROVIDER: 'aws-kms',
+        KEYTURN_KMS_KEY_ID: arn,
+        AWS_ENDPOINT_URL_KMS: kms.endpoint,
+        AWS_REGION: kms.region,
+        AWS_ACCESS_KEY_ID: kms.credentials.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: kms.credentials.secretAccessKey,
+      });
+      const r = await runUntil(env, /keyturn serving on/).finally(() => dropPrefix(env.KEYTURN_PREFIX));
+      expect(r.matched, r.output).toBe(true);
+      expect(r.output).not.toMatch(/KEYTURN_MASTER_KEY is required/);
+      expect(r.output).not.toContain(kms.credentials.secretAccessKey);
+      // The approval digest key was made and sealed under the KMS key at start.
+      expect(kms.callCount('GenerateDataKey')).toBe(1);
+    } finally {
+      await kms.close();
+    }
+  });
+
+  it('production refuses to start when the KMS key cannot be used, naming the key and the fix', async () => {
+    const kms = await startAwsKmsEmulator();
+    try {
+      const r = await runUntil(
+        production({
+          KEYTURN_KEK_PROVIDER: 'aws-kms',
+          KEYTURN_KMS_KEY_ID: 'alias/does-not-exist',
+          AWS_ENDPOINT_URL_KMS: kms.endpoint,
+          AWS_REGION: kms.region,
+          AWS_ACCESS_KEY_ID: kms.credentials.accessKeyId,
+          AWS_SECRET_ACCESS_KEY: kms.credentials.secretAccessKey,
+        }),
+        /keyturn serving on/,
+      );
+      expect(r.matched).toBe(false);
+      expect(r.code).not.toBe(0);
+      expect(r.output).toMatch(
+        /could not start: AWS KMS refused DescribeKey with key alias\/does-not-exist \(NotFoundException\): check KEYTURN_KMS_KEY_ID/,
+      );
+    } finally {
+      await kms.close();
+    }
+  });
+
+  it('production with the env provider and no KEYTURN_MASTER_KEY refuses, naming the providers that keep the key elsewhere', () => {
+    const r = run(production({}));
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(
+      /KEYTURN_MASTER_KEY is required .*KEYTURN_KEK_PROVIDER=aws-kms or vault-transit/,
+    );
   });
 });
 

@@ -11,7 +11,7 @@ import { Writable } from 'node:stream';
 import { ListSecretVersionIdsCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { Redis } from 'ioredis';
 import { VAULT_K8S_DEFAULT_TOKEN_PATH, type VaultAuth } from '../../src/config/config.ts';
-import { Envelope } from '../../src/crypto/envelope.ts';
+import { envEnvelope } from '../../src/keys/index.ts';
 import { createLogger } from '../../src/logging/logger.ts';
 import { RedisKeys } from '../../src/registry/keys.ts';
 import type { StoreSpec } from '../../src/registry/types.ts';
@@ -77,7 +77,7 @@ const local: BackendFactory = {
     await redis.connect();
     const prefix = `kt-contract-${unique()}`;
     const masterKey = randomBytes(32);
-    const store = new LocalStore(redis, new RedisKeys(prefix), new Envelope(masterKey));
+    const store = new LocalStore(redis, new RedisKeys(prefix), envEnvelope(masterKey));
     return {
       name: 'local (Redis)',
       store,

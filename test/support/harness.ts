@@ -155,7 +155,8 @@ export async function startKeyturn(
     config,
     logger,
     adminToken: env.adminToken,
-    masterKey: Buffer.from(env.masterKey, 'base64'),
+    // As boot.ts passes it: KEYTURN_MASTER_KEY when the test's environment has one (a test of key providers may not).
+    ...(config.masterKey ? { masterKey: config.masterKey } : {}),
     ...(options.clock ? { clock: options.clock } : {}),
   });
   const url = (await runtime.start()) as string;
@@ -459,7 +460,7 @@ export async function adminPasswordOf(
   connectionId: string,
   versionId?: string,
 ): Promise<string> {
-  const { Envelope } = await import('../../src/crypto/envelope.ts');
+  const { envEnvelope } = await import('../../src/keys/index.ts');
   const { LocalStore } = await import('../../src/stores/local-store.ts');
   const { connectionAdminRef } = await import('../../src/stores/index.ts');
   const redis = testRedis();
@@ -467,7 +468,7 @@ export async function adminPasswordOf(
     const store = new LocalStore(
       redis,
       testKeys(env.prefix),
-      new Envelope(Buffer.from(env.masterKey, 'base64')),
+      envEnvelope(Buffer.from(env.masterKey, 'base64')),
     );
     const ref = connectionAdminRef({ id: connectionId, adminStore: { type: 'local' } });
     const current = await store.read(ref, versionId ? { versionId } : { stage: 'current' });

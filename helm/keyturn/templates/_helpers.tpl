@@ -247,11 +247,27 @@ that Keyturn's own default applies. Whole numbers are written as such (not 1e+06
     secretKeyRef:
       name: {{ include "keyturn.secretName" $root }}
       key: KEYTURN_ADMIN_TOKEN
+{{- /* The key-encryption key: env keeps it in the Secret; aws-kms and vault-transit keep it in the provider, and the
+Secret's KEYTURN_MASTER_KEY (and KEYTURN_MASTER_KEY_PREVIOUS) then only read what they sealed, until a rekey. */}}
+{{- include "keyturn.envVar" (list "KEYTURN_KEK_PROVIDER" $v.kek.provider) }}
 - name: KEYTURN_MASTER_KEY
   valueFrom:
     secretKeyRef:
       name: {{ include "keyturn.secretName" $root }}
       key: KEYTURN_MASTER_KEY
+      optional: {{ and $v.kek.provider (ne $v.kek.provider "env") }}
+- name: KEYTURN_MASTER_KEY_PREVIOUS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "keyturn.secretName" $root }}
+      key: KEYTURN_MASTER_KEY_PREVIOUS
+      optional: true
+{{- include "keyturn.envVar" (list "KEYTURN_KMS_KEY_ID" $v.kek.kms.keyId) }}
+{{- include "keyturn.envVar" (list "AWS_ENDPOINT_URL_KMS" $v.kek.kms.endpoint) }}
+{{- include "keyturn.envVar" (list "KEYTURN_TRANSIT_KEY" $v.kek.transit.key) }}
+{{- include "keyturn.envVar" (list "KEYTURN_TRANSIT_MOUNT" $v.kek.transit.mount) }}
+{{- include "keyturn.envVar" (list "KEYTURN_KEK_CACHE_TTL" $v.kek.cacheTtl) }}
+{{- include "keyturn.envVar" (list "KEYTURN_KEK_CACHE_MAX" $v.kek.cacheMax) }}
 {{- /* Signs audit checkpoints (workers; a worker refuses to start in production without it); the API derives the public key from it. */}}
 {{- if $audit.signingKey.asFile }}
 {{- include "keyturn.envVar" (list "KEYTURN_AUDIT_SIGNING_KEY_FILE" (printf "/etc/keyturn/audit-signing/%s" $audit.signingKey.key)) }}
