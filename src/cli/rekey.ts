@@ -3,29 +3,9 @@
 // shows the key providers and the last rekey. Admin only; the service does the work (src/rekey/), so the CLI holds no
 // key and a CLI that dies or is interrupted stops nothing: run it again to follow the same rekey.
 import type { Command } from 'commander';
+import type { RekeyStatus } from '../rekey/rekey.ts';
 import type { CliContext } from './audit.ts';
 import { Progress, print, table } from './output.ts';
-
-interface RekeyStatus {
-  id: string;
-  status: 'running' | 'succeeded' | 'failed';
-  phase: string;
-  to: string;
-  requestedBy: string;
-  requestedAt: string;
-  finishedAt?: string;
-  total?: number;
-  pending?: number;
-  rewrapped: number;
-  changed: number;
-  walks: number;
-  resumed: number;
-  before?: Record<string, number>;
-  after?: Record<string, number>;
-  unopenable: Array<{ secret: string; version: string; kid: string; reason: string }>;
-  unopenableCount: number;
-  error?: string;
-}
 
 interface RekeyView {
   keyProviders: { primary: Record<string, unknown>; readable: Array<Record<string, unknown>> };

@@ -677,14 +677,18 @@ function kekConfig(env: Env, problems: string[], facts: { vault: boolean }): Kek
   else problems.push(`KEYTURN_KEK_PROVIDER must be one of ${KEK_PROVIDERS.join(', ')}, got "${raw}"`);
 
   const previousMasterKeys: Buffer[] = [];
+  const badEntries: number[] = [];
   for (const [i, part] of (env.KEYTURN_MASTER_KEY_PREVIOUS ?? '').split(',').entries()) {
     if (!part.trim()) continue;
     const key = base64Key(part.trim());
     if (key) previousMasterKeys.push(key);
-    else
-      problems.push(
-        `KEYTURN_MASTER_KEY_PREVIOUS: entry ${i + 1} is not the base64 encoding of exactly 32 bytes (the earlier KEYTURN_MASTER_KEY values, comma-separated)`,
-      );
+    else badEntries.push(i + 1);
+  }
+  if (badEntries.length > 0) {
+    const one = badEntries.length === 1;
+    problems.push(
+      `KEYTURN_MASTER_KEY_PREVIOUS: ${one ? 'entry' : 'entries'} ${badEntries.join(', ')} ${one ? 'is' : 'are'} not the base64 encoding of exactly 32 bytes (the earlier KEYTURN_MASTER_KEY values, comma-separated)`,
+    );
   }
 
   let kms: KekSettings['kms'];
@@ -723,16 +727,17 @@ function kekConfig(env: Env, problems: string[], facts: { vault: boolean }): Kek
   const transitKey = env.KEYTURN_TRANSIT_KEY?.trim();
   const mount = env.KEYTURN_TRANSIT_MOUNT?.trim() || 'transit';
   if (transitKey) {
-    if (!/^[A-Za-z0-9_.-]+$/.test(transitKey))
-      problems.push(
-        `KEYTURN_TRANSIT_KEY must be a transit key name (letters, digits, _ . -), got "${transitKey}"`,
-      );
+    const wrong = [
+      ...(/^[A-Za-z0-9_.-]+$/.test(transitKey)
+        ? []
+        : [`must be a transit key name (letters, digits, _ . -), got "${transitKey}"`]),
+      ...(facts.vault
+        ? []
+        : ['needs VAULT_ADDR and Vault authentication (the transit engine is on that Vault)']),
+    ];
+    if (wrong.length > 0) problems.push(`KEYTURN_TRANSIT_KEY ${wrong.join('; and it ')}`);
     if (!/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/.test(mount))
       problems.push(`KEYTURN_TRANSIT_MOUNT must be a mount path such as "transit", got "${mount}"`);
-    if (!facts.vault)
-      problems.push(
-        'KEYTURN_TRANSIT_KEY needs VAULT_ADDR and Vault authentication (the transit engine is on that Vault)',
-      );
     transit = { mount, key: transitKey };
   } else if (provider === 'vault-transit') {
     problems.push('KEYTURN_KEK_PROVIDER=vault-transit needs KEYTURN_TRANSIT_KEY (a transit key name)');

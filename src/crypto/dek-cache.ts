@@ -33,6 +33,8 @@ export class DekCache {
   readonly #max: number;
   readonly #clock: Clock;
   #timer: NodeJS.Timeout | undefined;
+  /** After close(): an unwrap still in flight hands its key to its callers and keeps nothing. */
+  #closed = false;
   /** Unwraps the cache asked a provider for (hits are not counted): for tests and the rekey's report. */
   misses = 0;
 
@@ -62,7 +64,7 @@ export class DekCache {
     context: SealContext,
     unwrap: () => Promise<Buffer>,
   ): Promise<Buffer> {
-    if (!this.#enabled) {
+    if (!this.#enabled || this.#closed) {
       this.misses++;
       return unwrap();
     }
@@ -76,8 +78,10 @@ export class DekCache {
       pending = unwrap().then(
         (dek) => {
           this.#inflight.delete(key);
-          while (this.#entries.size >= this.#max) this.#dropOldest();
-          this.#entries.set(key, { dek: Buffer.from(dek), expiresAt: this.#clock.now() + this.#ttlMs });
+          if (!this.#closed) {
+            while (this.#entries.size >= this.#max) this.#dropOldest();
+            this.#entries.set(key, { dek: Buffer.from(dek), expiresAt: this.#clock.now() + this.#ttlMs });
+          }
           // Every waiter copies `dek` in a microtask of this resolution; a macrotask runs only after them all.
           setImmediate(() => dek.fill(0));
           return dek;
@@ -100,6 +104,7 @@ export class DekCache {
 
   /** Drops everything and stops the sweep timer. */
   close(): void {
+    this.#closed = true;
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = undefined;
     for (const key of [...this.#entries.keys()]) this.#drop(key);

@@ -60,7 +60,10 @@ export interface RekeyStatus {
   changed: number;
   /** Walks over the store so far. */
   walks: number;
-  /** Times a worker took the rekey up again after its previous worker stopped (a crash, SIGKILL, a deploy). */
+  /**
+   * Times a worker took the rekey up again after its previous run stopped: a worker that died (a crash, SIGKILL, a
+   * deploy) or a run that failed on a provider or Redis outage and was retried.
+   */
   resumed: number;
   /** Values no configured provider could open: secret name and version only. */
   unopenable: Array<{ secret: string; version: string; kid: string; reason: string }>;
@@ -91,8 +94,6 @@ export interface RekeyDeps {
   /** Test failpoints: rekey-before-rewrap (sleep: a slow provider), rekey-after-rewrap (kill: a crash mid-walk). */
   failpoints?: Failpoints;
 }
-
-export class RekeyConflictError extends Error {}
 
 export class RekeyService {
   readonly queue: Queue;

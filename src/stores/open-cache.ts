@@ -36,6 +36,8 @@ export class OpenCache {
   readonly #max: number;
   readonly #clock: Clock;
   #timer: NodeJS.Timeout | undefined;
+  /** After close(): what an open still in flight returns is parsed, zeroed and not kept. */
+  #closed = false;
 
   constructor(settings: OpenCacheSettings) {
     this.#ttlMs = settings.ttlMs;
@@ -63,7 +65,7 @@ export class OpenCache {
     open: () => Promise<Buffer>,
     parse: (plain: Buffer) => T,
   ): Promise<T> {
-    if (this.#max <= 0 || this.#ttlMs <= 0) {
+    if (this.#max <= 0 || this.#ttlMs <= 0 || this.#closed) {
       const plain = await open();
       try {
         return parse(plain);
@@ -76,6 +78,13 @@ export class OpenCache {
     if (hit) this.#drop(name, versionId);
     // The buffer open() returns becomes the cache's: zeroed when its entry goes.
     const kept = await open();
+    if (this.#closed) {
+      try {
+        return parse(kept);
+      } finally {
+        kept.fill(0);
+      }
+    }
     // A read that missed at the same time may have kept its own copy meanwhile: this one replaces it.
     this.#drop(name, versionId);
     while (this.#size >= this.#max) this.#dropOldest();
@@ -113,6 +122,7 @@ export class OpenCache {
 
   /** Drops everything and stops the sweep timer. */
   close(): void {
+    this.#closed = true;
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = undefined;
     for (const name of [...this.#byName.keys()]) this.forget(name);

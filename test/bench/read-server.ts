@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import Fastify from 'fastify';
 import { Redis } from 'ioredis';
 import { loadConfig } from '../../src/config/config.ts';
-import { Envelope } from '../../src/crypto/envelope.ts';
+import { envEnvelope } from '../../src/keys/index.ts';
 import { createLogger } from '../../src/logging/logger.ts';
 import { createRuntime } from '../../src/runtime.ts';
 import { startWebhookServer } from '../support/webhook-server.ts';
@@ -58,13 +58,18 @@ async function bareOrFloor(
     });
   } else {
     redis = new Redis(settings.redisUrl, { enableAutoPipelining: true });
-    const envelope = new Envelope(randomBytes(32));
+    const envelope = envEnvelope(randomBytes(32));
     const key = `${settings.prefix}:floor:cred:${ID}`;
     const auditKey = `${settings.prefix}:floor:audit`;
     const { password, username, ...rest } = settings.body as { password: string; username: string };
     await redis.hset(key, {
       meta: JSON.stringify(rest),
-      sealed: JSON.stringify(envelope.encrypt(JSON.stringify({ username, password }), `cred/${ID}`)),
+      sealed: JSON.stringify(
+        await envelope.encrypt(JSON.stringify({ username, password }), {
+          secret: `cred/${ID}`,
+          version: 'bench',
+        }),
+      ),
     });
     const r = redis;
     app.get<{ Params: { id: string } }>('/v1/credentials/:id/secret', async (request, reply) => {
@@ -75,7 +80,9 @@ async function bareOrFloor(
         'sealed',
       );
       if (!meta || !sealed) return reply.code(404).send({ error: 'not found' });
-      const secret = JSON.parse(envelope.decrypt(JSON.parse(sealed), `cred/${request.params.id}`));
+      const secret = JSON.parse(
+        await envelope.decrypt(JSON.parse(sealed), { secret: `cred/${request.params.id}`, version: 'bench' }),
+      );
       const { version } = JSON.parse(meta) as { version: string };
       await r.xadd(
         auditKey,

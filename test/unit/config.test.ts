@@ -1,6 +1,13 @@
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../src/config/config.ts';
+import {
+  createKeyring,
+  type KeyringDeps,
+  KeyringError,
+  type KeyringSettings,
+  masterKeyId,
+} from '../../src/keys/index.ts';
 
 /** Runs loadConfig and returns the ConfigError it throws (fails the test when it does not throw one). */
 function configError(env: Record<string, string | undefined>): ConfigError {
@@ -453,5 +460,267 @@ describe('KEYTURN_SECRET_MAX_AGE (finding 9)', () => {
     expect(loadConfig({ KEYTURN_SECRET_MAX_AGE: '90s' }).secretMaxAgeMs).toBe(90_000);
     expect(loadConfig({ KEYTURN_SECRET_MAX_AGE: '0' }).secretMaxAgeMs).toBe(0);
     expect(configError({ KEYTURN_SECRET_MAX_AGE: 'soon' }).message).toMatch(/KEYTURN_SECRET_MAX_AGE/);
+  });
+});
+
+describe('the key-encryption key (KEYTURN_KEK_PROVIDER and its variables, issue 17 §1)', () => {
+  const KEY = randomBytes(32);
+  const KMS_ARN = 'arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab';
+  const AWS_SECRET = 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEYVALUE';
+  const VAULT = {
+    VAULT_ADDR: 'https://vault.example.com:8200',
+    VAULT_TOKEN: 'hvs.SECRETTOKENVALUE0000000000',
+  };
+
+  it('defaults to the env provider, no previous keys, and a DEK cache of 5 minutes and 10000 entries', () => {
+    expect(loadConfig({}).kek).toEqual({
+      provider: 'env',
+      previousMasterKeys: [],
+      cacheTtlMs: 300_000,
+      cacheMaxEntries: 10_000,
+    });
+    expect(
+      loadConfig({ KEYTURN_KEK_PROVIDER: ' ', KEYTURN_KEK_CACHE_TTL: '', KEYTURN_KEK_CACHE_MAX: ' ' }).kek,
+    ).toEqual(loadConfig({}).kek);
+  });
+
+  it('aws-kms: reads the key id with the AWS region, endpoint and credentials of the environment', () => {
+    const kek = loadConfig({
+      KEYTURN_KEK_PROVIDER: 'aws-kms',
+      KEYTURN_KMS_KEY_ID: KMS_ARN,
+      AWS_REGION: 'eu-west-1',
+      AWS_ENDPOINT_URL_KMS: 'http://127.0.0.1:4599',
+      AWS_ACCESS_KEY_ID: 'AKIAEXAMPLE',
+      AWS_SECRET_ACCESS_KEY: AWS_SECRET,
+    }).kek;
+    expect(kek.provider).toBe('aws-kms');
+    expect(kek.kms).toEqual({
+      keyId: KMS_ARN,
+      region: 'eu-west-1',
+      endpoint: 'http://127.0.0.1:4599',
+      maxAttempts: 3,
+      credentials: { accessKeyId: 'AKIAEXAMPLE', secretAccessKey: AWS_SECRET },
+    });
+    // Upper case is the same provider; without credentials the SDK's default chain is used (none given here).
+    const plain = loadConfig({ KEYTURN_KEK_PROVIDER: 'AWS-KMS', KEYTURN_KMS_KEY_ID: 'alias/keyturn' }).kek;
+    expect(plain.provider).toBe('aws-kms');
+    expect(plain.kms).toEqual({ keyId: 'alias/keyturn', maxAttempts: 3 });
+  });
+
+  it.each([
+    '1234abcd-12ab-34cd-56ef-1234567890ab',
+    'alias/keyturn-kek',
+    KMS_ARN,
+    'arn:aws:kms:us-gov-west-1:123456789012:alias/keyturn',
+    'arn:aws-cn:kms:cn-north-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab',
+    `mrk-${'0123456789abcdef'.repeat(2)}`,
+  ])('KEYTURN_KMS_KEY_ID=%s is accepted', (keyId) => {
+    expect(loadConfig({ KEYTURN_KEK_PROVIDER: 'aws-kms', KEYTURN_KMS_KEY_ID: keyId }).kek.kms?.keyId).toBe(
+      keyId,
+    );
+  });
+
+  it.each(['my key', 'keyturn', 'arn:aws:kms:eu-west-1:1234:key/abc', 'arn:aws:s3:::bucket', 'alias/'])(
+    'KEYTURN_KMS_KEY_ID=%s is refused with what it must be',
+    (keyId) => {
+      const err = configError({ KEYTURN_KEK_PROVIDER: 'aws-kms', KEYTURN_KMS_KEY_ID: keyId });
+      expect(err.problems).toHaveLength(1);
+      expect(err.problems[0]).toContain(
+        'KEYTURN_KMS_KEY_ID must be a KMS key id, key ARN, alias/<name> or alias ARN',
+      );
+    },
+  );
+
+  it('vault-transit: reads the key and the mount (default "transit") on the Vault of VAULT_ADDR', () => {
+    expect(
+      loadConfig({ ...VAULT, KEYTURN_KEK_PROVIDER: 'vault-transit', KEYTURN_TRANSIT_KEY: 'keyturn' }).kek,
+    ).toMatchObject({ provider: 'vault-transit', transit: { mount: 'transit', key: 'keyturn' } });
+    expect(
+      loadConfig({
+        ...VAULT,
+        KEYTURN_KEK_PROVIDER: 'vault-transit',
+        KEYTURN_TRANSIT_KEY: 'kek.v2',
+        KEYTURN_TRANSIT_MOUNT: 'platform/transit',
+      }).kek.transit,
+    ).toEqual({ mount: 'platform/transit', key: 'kek.v2' });
+  });
+
+  it.each([
+    [{ KEYTURN_KEK_PROVIDER: 'aws-kms' }, 'KEYTURN_KEK_PROVIDER=aws-kms needs KEYTURN_KMS_KEY_ID'],
+    [
+      { ...VAULT, KEYTURN_KEK_PROVIDER: 'vault-transit' },
+      'KEYTURN_KEK_PROVIDER=vault-transit needs KEYTURN_TRANSIT_KEY',
+    ],
+    [
+      { KEYTURN_KEK_PROVIDER: 'vault-transit', KEYTURN_TRANSIT_KEY: 'keyturn' },
+      'KEYTURN_TRANSIT_KEY needs VAULT_ADDR',
+    ],
+    [{ KEYTURN_TRANSIT_KEY: 'keyturn' }, 'KEYTURN_TRANSIT_KEY needs VAULT_ADDR'],
+    [{ ...VAULT, KEYTURN_TRANSIT_KEY: 'key/with/slash' }, 'KEYTURN_TRANSIT_KEY must be a transit key name'],
+    [
+      { ...VAULT, KEYTURN_TRANSIT_KEY: 'k', KEYTURN_TRANSIT_MOUNT: '/transit' },
+      'KEYTURN_TRANSIT_MOUNT must be a mount path',
+    ],
+    [
+      { KEYTURN_KEK_PROVIDER: 'gcp-kms' },
+      'KEYTURN_KEK_PROVIDER must be one of env, aws-kms, vault-transit, got "gcp-kms"',
+    ],
+  ] as Array<[Record<string, string>, string]>)('%j is refused: %s', (env, message) => {
+    const err = configError(env);
+    expect(err.problems).toHaveLength(1);
+    expect(err.problems[0]).toContain(message);
+    for (const p of err.problems) expect(p).not.toContain(VAULT.VAULT_TOKEN);
+  });
+
+  it("another provider's settings are kept when it is not the primary (it still reads its values)", () => {
+    const kek = loadConfig({
+      ...VAULT,
+      KEYTURN_MASTER_KEY: KEY.toString('base64'),
+      KEYTURN_KMS_KEY_ID: 'alias/old',
+      KEYTURN_TRANSIT_KEY: 'old',
+    }).kek;
+    expect(kek.provider).toBe('env');
+    expect(kek.kms?.keyId).toBe('alias/old');
+    expect(kek.transit).toEqual({ mount: 'transit', key: 'old' });
+  });
+
+  describe('KEYTURN_MASTER_KEY_PREVIOUS', () => {
+    const [a, b] = [randomBytes(32), randomBytes(32)];
+
+    it('is a comma-separated list of base64 keys, read in order (blanks and spaces ignored)', () => {
+      expect(
+        loadConfig({ KEYTURN_MASTER_KEY_PREVIOUS: a.toString('base64') }).kek.previousMasterKeys,
+      ).toEqual([a]);
+      expect(
+        loadConfig({
+          KEYTURN_MASTER_KEY_PREVIOUS: ` ${a.toString('base64')} ,, ${b.toString('base64').replace(/=+$/, '')},`,
+        }).kek.previousMasterKeys,
+      ).toEqual([a, b]);
+    });
+
+    it.each([
+      [[randomBytes(16).toString('base64'), b.toString('base64')], 1],
+      [[a.toString('base64'), 'not base64!'], 2],
+      [[a.toString('base64'), b.toString('base64'), randomBytes(33).toString('base64')], 3],
+      [[a.toString('base64'), b.toString('base64url').replace(/[A-Za-z0-9]/, '-')], 2],
+    ])('a bad entry is named by its position, never echoed (%j → entry %i)', (entries, position) => {
+      const err = configError({ KEYTURN_MASTER_KEY_PREVIOUS: entries.join(',') });
+      expect(err.problems).toHaveLength(1);
+      expect(err.problems[0]).toContain('KEYTURN_MASTER_KEY_PREVIOUS');
+      expect(err.problems[0]).toContain(`entry ${position} `);
+      for (const entry of entries) expect(err.message).not.toContain(entry);
+    });
+
+    // Finding (left failing for the lead, src/config/config.ts kekConfig): the file's contract is "one message per
+    // bad variable" (the KEYTURN_COMPONENTS regression above), but each bad entry of KEYTURN_MASTER_KEY_PREVIOUS is
+    // a problem of its own, so an operator sees the variable listed once per bad entry.
+    it('with several bad entries is still one problem, naming every bad position', () => {
+      const err = configError({ KEYTURN_MASTER_KEY_PREVIOUS: `short,${a.toString('base64')},also-short` });
+      expect(err.problems).toHaveLength(1);
+      expect(err.problems[0]).toContain('KEYTURN_MASTER_KEY_PREVIOUS');
+      expect(err.problems[0]).toMatch(/\b1\b[\s\S]*\b3\b/);
+    });
+  });
+
+  describe('the DEK cache', () => {
+    it('KEYTURN_KEK_CACHE_TTL takes a duration up to 1h, or 0 (no cache)', () => {
+      expect(loadConfig({ KEYTURN_KEK_CACHE_TTL: '90s' }).kek.cacheTtlMs).toBe(90_000);
+      expect(loadConfig({ KEYTURN_KEK_CACHE_TTL: '1h' }).kek.cacheTtlMs).toBe(3_600_000);
+      expect(loadConfig({ KEYTURN_KEK_CACHE_TTL: '0' }).kek.cacheTtlMs).toBe(0);
+    });
+
+    it('KEYTURN_KEK_CACHE_MAX takes a whole number from 0 to 1000000', () => {
+      expect(loadConfig({ KEYTURN_KEK_CACHE_MAX: '0' }).kek.cacheMaxEntries).toBe(0);
+      expect(loadConfig({ KEYTURN_KEK_CACHE_MAX: '1000000' }).kek.cacheMaxEntries).toBe(1_000_000);
+    });
+
+    it.each([
+      ['KEYTURN_KEK_CACHE_TTL', '2h', 'KEYTURN_KEK_CACHE_TTL must be at most 1h'],
+      ['KEYTURN_KEK_CACHE_TTL', '61m', 'KEYTURN_KEK_CACHE_TTL must be at most 1h'],
+      ['KEYTURN_KEK_CACHE_TTL', 'soon', 'KEYTURN_KEK_CACHE_TTL: "soon" is not a duration'],
+      ['KEYTURN_KEK_CACHE_TTL', '300', 'KEYTURN_KEK_CACHE_TTL: "300" is not a duration'],
+      ['KEYTURN_KEK_CACHE_TTL', '-5m', 'KEYTURN_KEK_CACHE_TTL'],
+      [
+        'KEYTURN_KEK_CACHE_MAX',
+        '-1',
+        'KEYTURN_KEK_CACHE_MAX must be a whole number from 0 to 1000000, got "-1"',
+      ],
+      ['KEYTURN_KEK_CACHE_MAX', '1.5', 'KEYTURN_KEK_CACHE_MAX must be a whole number'],
+      ['KEYTURN_KEK_CACHE_MAX', 'many', 'KEYTURN_KEK_CACHE_MAX must be a whole number'],
+      ['KEYTURN_KEK_CACHE_MAX', '1000001', 'KEYTURN_KEK_CACHE_MAX must be a whole number'],
+    ])('%s=%s is refused', (name, value, message) => {
+      const err = configError({ [name]: value });
+      expect(err.problems).toHaveLength(1);
+      expect(err.problems[0]).toContain(message);
+    });
+  });
+
+  it('a bad KEK variable is reported with the others, and no secret of any variable is echoed', () => {
+    const err = configError({
+      PORT: 'eighty',
+      KEYTURN_KEK_PROVIDER: 'aws-kms',
+      KEYTURN_MASTER_KEY: KEY.toString('base64'),
+      KEYTURN_MASTER_KEY_PREVIOUS: 'short',
+      KEYTURN_KEK_CACHE_MAX: 'many',
+      AWS_SECRET_ACCESS_KEY: AWS_SECRET,
+      AWS_ACCESS_KEY_ID: 'AKIAEXAMPLE',
+    });
+    expect(err.problems).toHaveLength(4);
+    for (const name of ['PORT', 'KEYTURN_KMS_KEY_ID', 'KEYTURN_MASTER_KEY_PREVIOUS', 'KEYTURN_KEK_CACHE_MAX'])
+      expect(
+        err.problems.filter((p) => p.includes(name)),
+        name,
+      ).toHaveLength(1);
+    expect(err.message).not.toContain(KEY.toString('base64'));
+    expect(err.message).not.toContain(AWS_SECRET);
+    expect(err.message).not.toContain('short');
+  });
+});
+
+describe('createKeyring: what each provider needs (src/keys/index.ts)', () => {
+  const settings = (over: Partial<KeyringSettings>): KeyringSettings => ({
+    ...loadConfig({}).kek,
+    timeoutMs: 1000,
+    ...over,
+  });
+
+  it('env: the primary is KEYTURN_MASTER_KEY, then every KEYTURN_MASTER_KEY_PREVIOUS key, in order', () => {
+    const [current, p0, p1] = [randomBytes(32), randomBytes(32), randomBytes(32)];
+    const keyring = createKeyring(settings({ masterKey: current, previousMasterKeys: [p0, p1] }), {});
+    expect(keyring.primary.kid).toBe(`env:${masterKeyId(current)}`);
+    expect(keyring.all.map((p) => p.kid)).toEqual([current, p0, p1].map((k) => `env:${masterKeyId(k)}`));
+    expect(keyring.all[2]!.describe()).toEqual({
+      provider: 'env',
+      kid: `env:${masterKeyId(p1)}`,
+      source: 'KEYTURN_MASTER_KEY_PREVIOUS[1]',
+    });
+  });
+
+  it.each([
+    [{ provider: 'env' }, {}, 'KEYTURN_KEK_PROVIDER=env needs KEYTURN_MASTER_KEY'],
+    [{ provider: 'aws-kms' }, {}, 'KEYTURN_KEK_PROVIDER=aws-kms needs KEYTURN_KMS_KEY_ID'],
+    [{ provider: 'vault-transit' }, {}, 'KEYTURN_KEK_PROVIDER=vault-transit needs KEYTURN_TRANSIT_KEY'],
+    [
+      { provider: 'vault-transit', transit: { mount: 'transit', key: 'k' } },
+      {},
+      'KEYTURN_TRANSIT_KEY needs VAULT_ADDR and Vault authentication',
+    ],
+  ] as Array<[Partial<KeyringSettings>, KeyringDeps, string]>)(
+    '%j without what it needs: %s',
+    (over, deps, message) => {
+      expect(() => createKeyring(settings(over), deps)).toThrow(KeyringError);
+      expect(() => createKeyring(settings(over), deps)).toThrow(message);
+    },
+  );
+
+  it('a configured reader of another kind joins the keyring after the primary', () => {
+    const masterKey = randomBytes(32);
+    const keyring = createKeyring(
+      settings({ provider: 'aws-kms', kms: { keyId: 'alias/keyturn', maxAttempts: 1 }, masterKey }),
+      {},
+    );
+    expect(keyring.primary.name).toBe('aws-kms');
+    expect(keyring.all.map((p) => p.name)).toEqual(['aws-kms', 'env']);
+    expect(keyring.all[1]!.kid).toBe(`env:${masterKeyId(masterKey)}`);
   });
 });
