@@ -16,6 +16,10 @@ COPY workers ./workers
 # Not `npm run build`: npm scripts would resolve node_modules/.bin/node (the
 # un-installed `node` package) ahead of the image's node.
 RUN node node_modules/typescript/bin/tsc -p tsconfig.build.json
+# The web console (/ui): bundled by esbuild from console/ (lit, uPlot) into static files.
+COPY console ./console
+COPY scripts/build-console.mjs ./scripts/
+RUN node scripts/build-console.mjs
 
 # ---- prod-deps: runtime node_modules only ----------------------------------
 FROM ${NODE_IMAGE} AS prod-deps
@@ -38,6 +42,8 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 COPY --from=prod-deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
+# Where dist/src/api/routes/console.js looks for it (three directories up from itself, as in the source tree).
+COPY --from=build /app/console-dist ./dist/console-dist
 # The only writable app path: development secrets when no token or key is given
 # (the local secret store itself lives, sealed, in Redis).
 RUN mkdir -p /app/.keyturn && chown node:node /app/.keyturn && chmod 0700 /app/.keyturn

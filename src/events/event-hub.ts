@@ -29,6 +29,7 @@ import type { Registry } from '../registry/registry.ts';
 import {
   changesCredential,
   compareStreamIds,
+  isStep,
   rotationEventOf,
   STREAM_START,
   type StreamEvent,
@@ -63,6 +64,8 @@ export interface SubscribeOptions {
   credential?: string;
   /** The hijacked response the stream is written to. */
   res: ServerResponse;
+  /** Also each rotation step as it lands (`event: step`): the console's live progress. Off by default. */
+  steps?: boolean;
 }
 
 /** The reconnection delay sent in the `retry:` line, in milliseconds. */
@@ -347,6 +350,7 @@ export class Subscriber {
   readonly #principal: Principal;
   readonly #unbound: boolean;
   readonly #filter: ((id: string) => boolean) | undefined;
+  readonly #steps: boolean;
   /** The follower's position when this subscriber was registered: replay covers up to it, live starts after. */
   readonly liveFrom: string;
   readonly #onEnd: () => void;
@@ -372,6 +376,7 @@ export class Subscriber {
     this.#unbound = hasRole(options.principal, UNBOUND_ROLES.events);
     const asked = options.credential;
     this.#filter = asked === undefined ? undefined : (id) => globMatch(asked, id);
+    this.#steps = options.steps === true;
     this.liveFrom = liveFrom;
     this.#onEnd = onEnd;
     this.#res.on('close', () => this.#finish('client disconnected'));
@@ -409,6 +414,7 @@ export class Subscriber {
 
   /** Whether this subscriber may see the event: the credential filter, then the principal's access. */
   sees(event: StreamEvent, labels: Labels | null | undefined): boolean {
+    if (!this.#steps && isStep(event)) return false;
     if (this.#filter && !this.#filter(event.credential)) return false;
     if (this.#unbound) return true;
     // A reader: bound by id, glob or label to a credential that still exists.

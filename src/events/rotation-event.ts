@@ -45,11 +45,27 @@ export interface UpcomingEvent {
   time: string;
 }
 
-/** What the stream sends: rotations, the pushes that follow them, and notices of rotations to come. */
-export type StreamEvent = RotationEvent | SyncEvent | UpcomingEvent;
+/**
+ * One step of a rotation as it lands (the audit stream's `rotation.step`, and `rotation.step_failed` for an attempt
+ * that will be retried), sent as `event: step` only to a client that asks for them (`?steps=true`): the console's live
+ * progress. No error text, as in rotation events: GET /v1/rotations/:id has the scrubbed error.
+ */
+export interface StepEvent {
+  id: string;
+  credential: string;
+  rotation: string;
+  step: string;
+  outcome: 'succeeded' | 'skipped' | 'failed';
+  attempt: number | null;
+  time: string;
+}
+
+/** What the stream sends: rotations, their steps, the pushes that follow them, and notices of rotations to come. */
+export type StreamEvent = RotationEvent | SyncEvent | UpcomingEvent | StepEvent;
 
 const isSync = (event: StreamEvent): event is SyncEvent => 'sync' in event;
 const isUpcoming = (event: StreamEvent): event is UpcomingEvent => 'upcoming' in event;
+export const isStep = (event: StreamEvent): event is StepEvent => 'step' in event;
 
 /** The stream event an audit event stands for, or undefined for every other audit event. */
 export function rotationEventOf(event: AuditEvent): StreamEvent | undefined {
@@ -78,6 +94,21 @@ export function rotationEventOf(event: AuditEvent): StreamEvent | undefined {
       credential: event.credential,
       plannedAt: typeof plannedAt === 'string' ? plannedAt : null,
       upcoming: true,
+      time: event.time,
+    };
+  }
+  if ((event.action === 'rotation.step' || event.action === 'rotation.step_failed') && event.credential) {
+    if (!event.rotation) return undefined;
+    const failed = event.action === 'rotation.step_failed';
+    const result = event.details?.result;
+    const attempt = event.details?.attempt;
+    return {
+      id: event.id,
+      credential: event.credential,
+      rotation: event.rotation,
+      step: typeof event.details?.step === 'string' ? event.details.step : 'unknown',
+      outcome: failed ? 'failed' : result === 'skipped' ? 'skipped' : 'succeeded',
+      attempt: typeof attempt === 'number' ? attempt : null,
       time: event.time,
     };
   }
@@ -128,7 +159,7 @@ export function sseRotation(event: StreamEvent): string {
     return sseEvent('upcoming', data, id);
   }
   const { id, ...data } = event;
-  return sseEvent(isSync(event) ? 'sync' : 'rotation', data, id);
+  return sseEvent(isSync(event) ? 'sync' : isStep(event) ? 'step' : 'rotation', data, id);
 }
 
 export function sseComment(text: string): string {

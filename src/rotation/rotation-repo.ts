@@ -128,12 +128,20 @@ export class RotationRepo {
     return id ? this.find(id) : null;
   }
 
-  /** A credential's rotations, newest first. */
-  async listForCredential(credentialId: string, limit: number, before?: number): Promise<Rotation[]> {
+  /**
+   * A credential's rotations, newest first: created before `before` (ms, exclusive) when given, and from `since` (ms)
+   * on when given (the console's rotations per day read only the window they count).
+   */
+  async listForCredential(
+    credentialId: string,
+    limit: number,
+    before?: number,
+    since?: number,
+  ): Promise<Rotation[]> {
     const ids = await this.#redis.zrevrangebyscore(
       this.keys.credentialRotations(credentialId),
       before === undefined ? '+inf' : `(${before}`,
-      '-inf',
+      since === undefined ? '-inf' : since,
       'LIMIT',
       0,
       limit,

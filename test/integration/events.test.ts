@@ -227,6 +227,31 @@ describe('GET /v1/events', () => {
     }
   });
 
+  it("?steps=true adds each step of a rotation as it lands (the console's live progress); without it, none", async () => {
+    const withSteps = await subscribe('readerA', { query: `credential=${credA}&steps=true` });
+    const without = await subscribe('readerA', { query: `credential=${credA}` });
+    const other = await subscribe('readerB', { query: 'steps=true' });
+    await Promise.all([withSteps, without, other].map((s) => s.until('the first id', () => s.lastEventId)));
+    const done = await rotate(credA);
+    await withSteps.until('the rotation event', () => rotationsIn(withSteps).length >= 1);
+    await without.until('the rotation event', () => rotationsIn(without).length >= 1);
+    const steps = withSteps.events('step').map((m) => JSON.parse(m.data));
+    // The steps, then the rotation's end, in stream order; finish is the rotation event itself.
+    expect(steps.map((s) => `${s.step} ${s.outcome} ${s.attempt}`)).toEqual([
+      'create succeeded 1',
+      'set succeeded 1',
+      'test succeeded 1',
+    ]);
+    expect(steps.every((s) => s.rotation === done.id && s.credential === credA)).toBe(true);
+    const order = withSteps.messages.filter((m) => m.event !== 'message').map((m) => m.event);
+    expect(order.slice(-4)).toEqual(['step', 'step', 'step', 'rotation']);
+    expect(without.events('step')).toEqual([]);
+    // A reader's step events are filtered like its rotation events: B sees nothing of A.
+    expect(other.events('step')).toEqual([]);
+    expectNoSecret(withSteps);
+    await Promise.all([withSteps, without, other].map((s) => s.close()));
+  });
+
   it('a reader asking for a credential not bound to it gets 403; a glob only shows its own', async () => {
     const denied = await subscribe('readerA', { query: `credential=${credB}` });
     expect(denied.status).toBe(403);
