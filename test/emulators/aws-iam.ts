@@ -6,9 +6,10 @@
  * It stands in for real IAM in tests of the rotation target that rotates IAM access keys, so it is strict
  * where AWS is strict:
  *
- * - Authentication: every request must carry a SigV4 `Authorization` header, and the signature is really
- *   recomputed (HMAC-SHA256 over the received method, path, query, the headers named in SignedHeaders and
- *   the SHA-256 of the received body) with the secret of the access key named in the credential scope.
+ * - Authentication (`./sigv4.ts`, shared with the KMS and Secrets Manager emulators): every request must
+ *   carry a SigV4 `Authorization` header, and the signature is really recomputed (HMAC-SHA256 over the
+ *   received method, path, query, the headers named in SignedHeaders and the SHA-256 of the received body)
+ *   with the secret of the access key named in the credential scope.
  *   Unknown, inactive, deleted and not-yet-propagated keys are `InvalidClientTokenId` (403); a wrong secret,
  *   a wrong scope (service, region, date) or a clock more than 15 minutes off is `SignatureDoesNotMatch`
  *   (403); no header at all is `MissingAuthenticationToken` (403); a malformed header `IncompleteSignature`.
@@ -27,9 +28,10 @@
  * (`<XResponse><XResult>…</XResult><ResponseMetadata>…`, `<ErrorResponse><Error><Type>…`), with member
  * names taken from the SDK's schemas in `@aws-sdk/client-iam/dist-cjs/index.js`.
  */
-import { createHash, createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { actionMatches, QUERY_PROTOCOL_ERRORS, verifySigV4 } from './sigv4.ts';
 
 export type IamAction =
   | 'GetUser'
@@ -94,8 +96,6 @@ const STS_VERSION = '2011-06-15';
 const IAM_NS = 'https://iam.amazonaws.com/doc/2010-05-08/';
 const STS_NS = 'https://sts.amazonaws.com/doc/2011-06-15/';
 const MAX_KEYS_PER_USER = 2;
-/** SigV4: requests dated more than 15 minutes away from the server clock are refused. */
-const MAX_SKEW_MS = 15 * 60_000;
 
 type Status = 'Active' | 'Inactive';
 
@@ -140,10 +140,6 @@ const INJECTED: Record<IamInjectedFailure, { status: number; message: string }> 
   ServiceUnavailable: { status: 503, message: 'Service Unavailable' },
 };
 
-const invalidToken = () =>
-  new AwsError('InvalidClientTokenId', 'The security token included in the request is invalid.', 403);
-const signatureMismatch = (message: string) => new AwsError('SignatureDoesNotMatch', message, 403);
-const incompleteSignature = (message: string) => new AwsError('IncompleteSignature', message, 400);
 const noSuchUser = (name: string) =>
   new AwsError('NoSuchEntity', `The user with name ${name} cannot be found.`, 404);
 const noSuchKey = (id: string) =>
@@ -154,17 +150,9 @@ const noSuchKey = (id: string) =>
 const KEY_ID_CHARS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567'; // AWS key ids are base32 upper case
 const randomChars = (n: number, alphabet: string) =>
   Array.from(randomBytes(n), (b) => alphabet[b % alphabet.length]).join('');
-const sha256hex = (data: string | Buffer) => createHash('sha256').update(data).digest('hex');
-const hmac = (key: Buffer | string, data: string) => createHmac('sha256', key).update(data).digest();
 
 /** IAM dates: ISO 8601, second precision, UTC (`2015-03-09T18:39:23Z`). */
 const iso = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
-/** SigV4 `X-Amz-Date` form (`20150830T123600Z`). */
-const amzDate = (ms: number) =>
-  new Date(ms)
-    .toISOString()
-    .replace(/[-:]/g, '')
-    .replace(/\.\d{3}/, '');
 
 const esc = (s: string) =>
   s.replace(
@@ -178,20 +166,6 @@ const text = (name: string, value: string | number | boolean | undefined) =>
   value === undefined ? '' : `<${name}>${esc(String(value))}</${name}>`;
 /** An awsQuery (non-flattened) list: `<Name><member>…</member>…</Name>`. */
 const list = (name: string, items: string[]) => tag(name, items.map((i) => tag('member', i)).join(''));
-
-/** Case-insensitive glob (`*`, `?`) as IAM matches action names. */
-const globMatches = (pattern: string, value: string) =>
-  new RegExp(
-    `^${pattern
-      .split('')
-      .map((c) => (c === '*' ? '.*' : c === '?' ? '.' : c.replace(/[.+^${}()|[\]\\]/g, '\\$&')))
-      .join('')}$`,
-    'i',
-  ).test(value);
-
-/** RFC 3986 encoding as SigV4 canonicalization wants it. */
-const uriEncode = (s: string) =>
-  encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
 
 // ---- request parameter validation (awsQuery front end: ValidationError, 400) ----
 
@@ -343,164 +317,32 @@ export async function startAwsIamEmulator(options?: { propagationMs?: number }):
     key: Key;
   }
 
-  /** The values of header `name` as received, joined and whitespace-normalized as SigV4 canonicalizes them. */
-  function canonicalHeaderValue(req: IncomingMessage, name: string): string | undefined {
-    const values: string[] = [];
-    for (let i = 0; i < req.rawHeaders.length; i += 2) {
-      if (req.rawHeaders[i]!.toLowerCase() === name) {
-        values.push(req.rawHeaders[i + 1]!.trim().replace(/\s+/g, ' '));
-      }
-    }
-    return values.length === 0 ? undefined : values.join(',');
-  }
-
-  function canonicalQuery(rawQuery: string): string {
-    if (rawQuery === '') return '';
-    const pairs = rawQuery.split('&').map((part) => {
-      const i = part.indexOf('=');
-      const k = decodeURIComponent(i < 0 ? part : part.slice(0, i));
-      const v = i < 0 ? '' : decodeURIComponent(part.slice(i + 1));
-      return [uriEncode(k), uriEncode(v)] as const;
-    });
-    pairs.sort(([ak, av], [bk, bv]) => (ak < bk ? -1 : ak > bk ? 1 : av < bv ? -1 : av > bv ? 1 : 0));
-    return pairs.map(([k, v]) => `${k}=${v}`).join('&');
-  }
-
   function authenticate(
     req: IncomingMessage,
     body: Buffer,
     service: 'iam' | 'sts',
     now: number,
   ): Authenticated {
-    const authorization = req.headers.authorization;
-    if (authorization === undefined || authorization === '') {
-      throw new AwsError('MissingAuthenticationToken', 'Request is missing Authentication Token', 403);
-    }
-    const space = authorization.indexOf(' ');
-    const algorithm = space < 0 ? authorization : authorization.slice(0, space);
-    if (algorithm !== 'AWS4-HMAC-SHA256') {
-      throw incompleteSignature(`Unsupported AWS 'algorithm': '${algorithm}'.`);
-    }
-    const fields = new Map<string, string>();
-    for (const part of authorization.slice(space + 1).split(',')) {
-      const i = part.indexOf('=');
-      if (i > 0) fields.set(part.slice(0, i).trim(), part.slice(i + 1).trim());
-    }
-    const missing = ['Credential', 'Signature', 'SignedHeaders'].filter((f) => !fields.get(f));
-    const dateHeader = canonicalHeaderValue(req, 'x-amz-date');
-    const problems = missing.map((f) => `Authorization header requires '${f}' parameter.`);
-    if (dateHeader === undefined) {
-      problems.push("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.");
-    }
-    if (problems.length > 0) {
-      throw incompleteSignature(`${problems.join(' ')} Authorization=${authorization}`);
-    }
-    const credential = fields.get('Credential')!;
-    const signedHeaders = fields.get('SignedHeaders')!;
-    const signature = fields.get('Signature')!;
-    const scope = credential.split('/');
-    if (scope.length !== 5) {
-      throw incompleteSignature(
-        `Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, got '${credential}'`,
-      );
-    }
-    const [keyId, scopeDate, scopeRegion, scopeService, terminator] = scope as [
-      string,
-      string,
-      string,
-      string,
-      string,
-    ];
-    const headerNames = signedHeaders.split(';');
-    if (!headerNames.includes('host')) {
-      throw incompleteSignature(
-        `'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization. Authorization=${authorization}`,
-      );
-    }
-    const date = dateHeader!;
-    const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(date);
-    if (!m) {
-      throw incompleteSignature(`Date must be in ISO-8601 'basic format'. Got '${date}'.`);
-    }
-    const signedAt = Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!);
-
-    // The key itself: unknown, deleted, inactive or not yet propagated are all the same to the caller.
-    const key = keys.get(keyId);
-    if (key === undefined) throw invalidToken();
-    if (key.status !== 'Active' || now < key.usableAt) throw invalidToken();
-    // Only long-term user keys exist here: a session token can never be valid.
-    if (req.headers['x-amz-security-token'] !== undefined) throw invalidToken();
-    const user = users.get(key.userName)!;
-
-    if (signedAt < now - MAX_SKEW_MS) {
-      throw signatureMismatch(
-        `Signature expired: ${date} is now earlier than ${amzDate(now - MAX_SKEW_MS)} (${amzDate(now)} - 15 min.)`,
-      );
-    }
-    if (signedAt > now + MAX_SKEW_MS) {
-      throw signatureMismatch(
-        `Signature not yet current: ${date} is still later than ${amzDate(now + MAX_SKEW_MS)} (${amzDate(now)} + 15 min.)`,
-      );
-    }
-    if (scopeDate !== date.slice(0, 8)) {
-      throw signatureMismatch(
-        `Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '${scopeDate}' != '${date.slice(0, 8)}', from '${date}'.`,
-      );
-    }
-    if (terminator !== 'aws4_request') {
-      throw signatureMismatch(
-        `Credential should be scoped with a valid terminator: 'aws4_request', not '${terminator}'.`,
-      );
-    }
-    if (scopeService !== service) {
-      throw signatureMismatch(`Credential should be scoped to correct service: '${service}'. `);
-    }
-    if (scopeRegion !== region) throw signatureMismatch('Credential should be scoped to a valid region. ');
-
-    const url = req.url ?? '/';
-    const q = url.indexOf('?');
-    const rawPath = q < 0 ? url : url.slice(0, q);
-    const rawQuery = q < 0 ? '' : url.slice(q + 1);
-    // Non-S3 services: each path segment is URI-encoded again (the SDK double-encodes the path).
-    const canonicalPath = rawPath
-      .split('/')
-      .map((s) => uriEncode(s))
-      .join('/');
-    const canonicalHeaders = headerNames
-      .map((name) => `${name}:${canonicalHeaderValue(req, name) ?? ''}\n`)
-      .join('');
-    const canonicalRequest = [
-      req.method ?? '',
-      canonicalPath,
-      canonicalQuery(rawQuery),
-      canonicalHeaders,
-      signedHeaders,
-      sha256hex(body), // the received body, whatever x-amz-content-sha256 claims
-    ].join('\n');
-    const stringToSign = [
-      'AWS4-HMAC-SHA256',
-      date,
-      `${scopeDate}/${scopeRegion}/${scopeService}/aws4_request`,
-      sha256hex(canonicalRequest),
-    ].join('\n');
-    const signingKey = hmac(
-      hmac(hmac(hmac(`AWS4${key.secret}`, scopeDate), scopeRegion), scopeService),
-      'aws4_request',
-    );
-    const expected = hmac(signingKey, stringToSign);
-    const given = /^[0-9a-f]{64}$/.test(signature) ? Buffer.from(signature, 'hex') : Buffer.alloc(0);
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-      throw signatureMismatch(
-        'The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.',
-      );
-    }
+    const { key } = verifySigV4(req, body, {
+      service,
+      region,
+      now,
+      errors: QUERY_PROTOCOL_ERRORS,
+      // Unknown, deleted, inactive or not yet propagated are all the same to the caller. Only long-term user
+      // keys exist here (no session token), so a request carrying X-Amz-Security-Token is refused too.
+      lookup: (id) => {
+        const key = keys.get(id);
+        return key !== undefined && key.status === 'Active' && now >= key.usableAt ? key : undefined;
+      },
+      fail: (code, message, status) => new AwsError(code, message, status),
+    });
     key.lastUsed = { at: now, service, region };
-    return { user, key };
+    return { user: users.get(key.userName)!, key };
   }
 
   // ---- authorization ----
 
-  const allowed = (user: User, action: string) => user.allow.some((p) => globMatches(p, action));
+  const allowed = (user: User, action: string) => user.allow.some((p) => actionMatches(p, action));
 
   function authorize(caller: User, action: string, resource: string): void {
     const full = `iam:${action}`;

@@ -6,9 +6,10 @@
  * It stands in for real KMS in tests of the key-encryption-key provider that wraps the local store's data keys
  * (issue 17 §1), so it is strict where KMS is strict:
  *
- * - Authentication: every request carries a SigV4 `Authorization` header whose signature is really recomputed
- *   (method, path, query, the SignedHeaders, SHA-256 of the received body) with the secret of the access key in
- *   the credential scope, which must name service `kms`, this region and today. No header is
+ * - Authentication (`./sigv4.ts`, shared with the IAM and Secrets Manager emulators): every request carries a
+ *   SigV4 `Authorization` header whose signature is really recomputed (method, path, query, the SignedHeaders,
+ *   SHA-256 of the received body) with the secret of the access key in the credential scope, which must name
+ *   service `kms`, this region and today. No header is
  *   `MissingAuthenticationTokenException`; an unknown or removed access key `UnrecognizedClientException`; a wrong
  *   secret, scope or a clock more than 15 minutes off `InvalidSignatureException`; a malformed header
  *   `IncompleteSignatureException` (all 400, as the JSON-protocol services answer them).
@@ -45,17 +46,10 @@
  * `X-Amz-Security-Token` is refused as an unknown client), tags, and real KMS's blob layout and length. Plaintext
  * is never logged or recorded; `requests` holds operation names and outcomes only.
  */
-import {
-  createCipheriv,
-  createDecipheriv,
-  createHash,
-  createHmac,
-  randomBytes,
-  randomUUID,
-  timingSafeEqual,
-} from 'node:crypto';
+import { createCipheriv, createDecipheriv, randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { actionMatches, JSON_PROTOCOL_ERRORS, verifySigV4 } from './sigv4.ts';
 
 export type KmsInjectedFailure =
   | 'KMSInternalException'
@@ -182,8 +176,6 @@ const INJECTED: Record<KmsInjectedFailure, { status: number; message: string }> 
   KeyUnavailableException: { status: 500, message: 'The KMS key is currently unavailable. Try again later.' },
 };
 
-/** SigV4: requests dated more than 15 minutes away from the server clock are refused. */
-const MAX_SKEW_MS = 15 * 60_000;
 const MAX_ON_DEMAND_ROTATIONS = 10;
 const BLOB_FORMAT = 0x01;
 /** format (1) + key UUID (16) + backing version (4) */
@@ -194,29 +186,10 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const ALIAS_NAME = /^alias\/[a-zA-Z0-9/_-]+$/;
 const ENCRYPTION_ALGORITHMS = ['SYMMETRIC_DEFAULT', 'RSAES_OAEP_SHA_1', 'RSAES_OAEP_SHA_256', 'SM2PKE'];
 
-const sha256hex = (data: string | Buffer) => createHash('sha256').update(data).digest('hex');
-const hmac = (key: Buffer | string, data: string) => createHmac('sha256', key).update(data).digest();
-const uriEncode = (s: string) =>
-  encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
-const amzDate = (ms: number) =>
-  new Date(ms)
-    .toISOString()
-    .replace(/[-:]/g, '')
-    .replace(/\.\d{3}/, '');
 /** JSON 1.1: timestamps are epoch seconds as JSON numbers. */
 const epoch = (ms: number) => ms / 1000;
 const randomChars = (n: number, alphabet: string) =>
   Array.from(randomBytes(n), (b) => alphabet[b % alphabet.length]).join('');
-
-/** Case-insensitive glob (`*`, `?`) over action names, as IAM matches them. */
-const globMatches = (pattern: string, value: string) =>
-  new RegExp(
-    `^${pattern
-      .split('')
-      .map((c) => (c === '*' ? '.*' : c === '?' ? '.' : c.replace(/[.+^${}()|[\]\\]/g, '\\$&')))
-      .join('')}$`,
-    'i',
-  ).test(value);
 
 const lowerFirst = (s: string) => s.charAt(0).toLowerCase() + s.slice(1);
 
@@ -376,143 +349,21 @@ export async function startAwsKmsEmulator(options?: {
 
   // ---- authentication: SigV4, verified for real ----
 
-  function headerValue(req: IncomingMessage, name: string): string | undefined {
-    const values: string[] = [];
-    for (let i = 0; i < req.rawHeaders.length; i += 2) {
-      if (req.rawHeaders[i]!.toLowerCase() === name)
-        values.push(req.rawHeaders[i + 1]!.trim().replace(/\s+/g, ' '));
-    }
-    return values.length === 0 ? undefined : values.join(',');
-  }
-
-  function canonicalQuery(rawQuery: string): string {
-    if (rawQuery === '') return '';
-    const pairs = rawQuery.split('&').map((part) => {
-      const i = part.indexOf('=');
-      const k = decodeURIComponent(i < 0 ? part : part.slice(0, i));
-      const v = i < 0 ? '' : decodeURIComponent(part.slice(i + 1));
-      return [uriEncode(k), uriEncode(v)] as const;
-    });
-    pairs.sort(([ak, av], [bk, bv]) => (ak < bk ? -1 : ak > bk ? 1 : av < bv ? -1 : av > bv ? 1 : 0));
-    return pairs.map(([k, v]) => `${k}=${v}`).join('&');
-  }
-
   function authenticate(req: IncomingMessage, body: Buffer, now: number): Principal {
-    const incomplete = (message: string) => new AwsError('IncompleteSignatureException', message);
-    const badSignature = (message: string) => new AwsError('InvalidSignatureException', message);
-    const authorization = req.headers.authorization;
-    if (authorization === undefined || authorization === '') {
-      throw new AwsError('MissingAuthenticationTokenException', 'Missing Authentication Token');
-    }
-    const space = authorization.indexOf(' ');
-    const algorithm = space < 0 ? authorization : authorization.slice(0, space);
-    if (algorithm !== 'AWS4-HMAC-SHA256') throw incomplete(`Unsupported AWS 'algorithm': '${algorithm}'.`);
-    const fields = new Map<string, string>();
-    for (const part of authorization.slice(space + 1).split(',')) {
-      const i = part.indexOf('=');
-      if (i > 0) fields.set(part.slice(0, i).trim(), part.slice(i + 1).trim());
-    }
-    const problems = ['Credential', 'Signature', 'SignedHeaders']
-      .filter((f) => !fields.get(f))
-      .map((f) => `Authorization header requires '${f}' parameter.`);
-    const date = headerValue(req, 'x-amz-date');
-    if (date === undefined) {
-      problems.push("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.");
-    }
-    if (problems.length > 0) throw incomplete(`${problems.join(' ')} Authorization=${authorization}`);
-    const credential = fields.get('Credential')!;
-    const scope = credential.split('/');
-    if (scope.length !== 5) {
-      throw incomplete(
-        `Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, got '${credential}'`,
-      );
-    }
-    const [keyId, scopeDate, scopeRegion, scopeService, terminator] = scope as [
-      string,
-      string,
-      string,
-      string,
-      string,
-    ];
-    const headerNames = fields.get('SignedHeaders')!.split(';');
-    if (!headerNames.includes('host')) {
-      throw incomplete(
-        `'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization. Authorization=${authorization}`,
-      );
-    }
-    const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(date!);
-    if (!m) throw incomplete(`Date must be in ISO-8601 'basic format'. Got '${date}'.`);
-    const signedAt = Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!);
-
-    const principal = principals.get(keyId);
-    // Only long-term keys exist here: a session token can never be valid.
-    if (!principal || req.headers['x-amz-security-token'] !== undefined) {
-      throw new AwsError(
-        'UnrecognizedClientException',
-        'The security token included in the request is invalid.',
-      );
-    }
-    if (signedAt < now - MAX_SKEW_MS) {
-      throw badSignature(
-        `Signature expired: ${date} is now earlier than ${amzDate(now - MAX_SKEW_MS)} (${amzDate(now)} - 15 min.)`,
-      );
-    }
-    if (signedAt > now + MAX_SKEW_MS) {
-      throw badSignature(
-        `Signature not yet current: ${date} is still later than ${amzDate(now + MAX_SKEW_MS)} (${amzDate(now)} + 15 min.)`,
-      );
-    }
-    if (scopeDate !== date!.slice(0, 8)) {
-      throw badSignature(
-        `Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '${scopeDate}' != '${date!.slice(0, 8)}', from '${date}'.`,
-      );
-    }
-    if (terminator !== 'aws4_request') {
-      throw badSignature(
-        `Credential should be scoped with a valid terminator: 'aws4_request', not '${terminator}'.`,
-      );
-    }
-    if (scopeService !== 'kms') throw badSignature("Credential should be scoped to correct service: 'kms'. ");
-    if (scopeRegion !== region) throw badSignature('Credential should be scoped to a valid region. ');
-
-    const url = req.url ?? '/';
-    const q = url.indexOf('?');
-    const rawPath = q < 0 ? url : url.slice(0, q);
-    const canonicalRequest = [
-      req.method ?? '',
-      rawPath
-        .split('/')
-        .map((s) => uriEncode(s))
-        .join('/'),
-      canonicalQuery(q < 0 ? '' : url.slice(q + 1)),
-      headerNames.map((name) => `${name}:${headerValue(req, name) ?? ''}\n`).join(''),
-      fields.get('SignedHeaders')!,
-      sha256hex(body), // the received body, whatever x-amz-content-sha256 claims
-    ].join('\n');
-    const stringToSign = [
-      'AWS4-HMAC-SHA256',
-      date!,
-      `${scopeDate}/${scopeRegion}/${scopeService}/aws4_request`,
-      sha256hex(canonicalRequest),
-    ].join('\n');
-    const signingKey = hmac(
-      hmac(hmac(hmac(`AWS4${principal.secret}`, scopeDate), scopeRegion), scopeService),
-      'aws4_request',
-    );
-    const expected = hmac(signingKey, stringToSign);
-    const signature = fields.get('Signature')!;
-    const given = /^[0-9a-f]{64}$/.test(signature) ? Buffer.from(signature, 'hex') : Buffer.alloc(0);
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-      throw badSignature(
-        'The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.',
-      );
-    }
-    return principal;
+    return verifySigV4(req, body, {
+      service: 'kms',
+      region,
+      now,
+      errors: JSON_PROTOCOL_ERRORS,
+      // Only long-term keys exist here (no session token): a request with X-Amz-Security-Token is refused.
+      lookup: (id) => principals.get(id),
+      fail: (type, message, status) => new AwsError(type, message, status),
+    }).key;
   }
 
   function authorize(principal: Principal, action: string, resource: string): void {
     const full = `kms:${action}`;
-    if (!principal.deny.some((p) => globMatches(p.includes(':') ? p : `kms:${p}`, full))) return;
+    if (!principal.deny.some((p) => actionMatches(p.includes(':') ? p : `kms:${p}`, full))) return;
     throw new AwsError(
       'AccessDeniedException',
       `User: ${principal.arn} is not authorized to perform: ${full} on resource: ${resource} because no identity-based policy allows the ${full} action`,

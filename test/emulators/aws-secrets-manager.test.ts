@@ -15,6 +15,7 @@ import {
   RestoreSecretCommand,
   RotateSecretCommand,
   SecretsManagerClient,
+  type SecretsManagerClientConfig,
   SecretsManagerServiceException,
   UpdateSecretVersionStageCommand,
 } from '@aws-sdk/client-secrets-manager';
@@ -88,8 +89,6 @@ async function raw(
   });
   return { status: res.status, json: (await res.json()) as Record<string, unknown> };
 }
-const fakeSigV4 = (e: AwsSecretsManagerEmulator) =>
-  `AWS4-HMAC-SHA256 Credential=${e.credentials.accessKeyId}/20250101/${e.region}/secretsmanager/aws4_request, SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature=${'a'.repeat(64)}`;
 
 describe('CreateSecret and GetSecretValue', () => {
   it('creates a secret whose first version is AWSCURRENT, readable by name and by ARN', async () => {
@@ -224,21 +223,27 @@ describe('GetSecretValue errors', () => {
   });
 
   it('puts exactly {__type, message} in error bodies and epoch-second numbers in dates', async () => {
-    const auth = { authorization: fakeSigV4(emu) };
-    const missing = await raw(emu, 'GetSecretValue', { SecretId: name('raw') }, auth);
-    expect(missing.status).toBe(400);
-    expect(missing.json).toEqual({
-      __type: 'ResourceNotFoundException',
-      message: "Secrets Manager can't find the specified secret.",
-    });
-    const n = name('raw');
-    await sm.send(new CreateSecretCommand({ Name: n, SecretString: 'v' }));
-    const described = await raw(emu, 'DescribeSecret', { SecretId: n }, auth);
-    expect(described.status).toBe(200);
-    expect(typeof described.json.CreatedDate).toBe('number');
-    expect(described.json.CreatedDate as number).toBeCloseTo(Date.now() / 1000, -2);
-    const unknownOp = await raw(emu, 'ListSecrets', {}, auth);
-    expect(unknownOp).toMatchObject({ status: 400, json: { __type: 'UnknownOperationException' } });
+    // The wire itself, read without the SDK: an emulator that takes unsigned requests (the shapes do not
+    // depend on authentication; raw requests here carry no real signature).
+    const open = await startAwsSecretsManagerEmulator({ requireSignature: false });
+    try {
+      const missing = await raw(open, 'GetSecretValue', { SecretId: name('raw') });
+      expect(missing.status).toBe(400);
+      expect(missing.json).toEqual({
+        __type: 'ResourceNotFoundException',
+        message: "Secrets Manager can't find the specified secret.",
+      });
+      const n = name('raw');
+      await client(open).send(new CreateSecretCommand({ Name: n, SecretString: 'v' }));
+      const described = await raw(open, 'DescribeSecret', { SecretId: n });
+      expect(described.status).toBe(200);
+      expect(typeof described.json.CreatedDate).toBe('number');
+      expect(described.json.CreatedDate as number).toBeCloseTo(Date.now() / 1000, -2);
+      const unknownOp = await raw(open, 'ListSecrets', {});
+      expect(unknownOp).toMatchObject({ status: 400, json: { __type: 'UnknownOperationException' } });
+    } finally {
+      await open.close();
+    }
   });
 });
 
@@ -744,6 +749,115 @@ describe('signature check', () => {
     expect(unsigned).toMatchObject({ status: 400, json: { __type: 'MissingAuthenticationTokenException' } });
     const garbage = await raw(emu, 'DescribeSecret', { SecretId: 'x' }, { authorization: 'Bearer abc' });
     expect(garbage).toMatchObject({ status: 400, json: { __type: 'IncompleteSignatureException' } });
+  });
+
+  /** A client of `emu` signing as configured here (credentials, clock, signing name) instead of as `sm` does. */
+  function signing(config: Partial<SecretsManagerClientConfig>): SecretsManagerClient {
+    const c = new SecretsManagerClient({
+      endpoint: emu.endpoint,
+      region: emu.region,
+      credentials: emu.credentials,
+      maxAttempts: 1,
+      ...config,
+    });
+    clients.push(c);
+    return c;
+  }
+  const describe404 = async (c: SecretsManagerClient) =>
+    (await failure(c.send(new DescribeSecretCommand({ SecretId: name('nothing-here') })))).name;
+
+  // Each refusal below is the SDK's reading of the error body's `__type`; the same client with the right
+  // secret, scope and clock gets past authentication to the operation (ResourceNotFoundException).
+  it('recomputes the signature: a wrong secret is InvalidSignatureException (400)', async () => {
+    const { secretAccessKey } = emu.credentials;
+    const last = secretAccessKey.endsWith('x') ? 'y' : 'x'; // a last character the secret does not have
+    const wrong = signing({
+      credentials: { ...emu.credentials, secretAccessKey: `${secretAccessKey.slice(0, -1)}${last}` },
+    });
+    const e = await failure(wrong.send(new DescribeSecretCommand({ SecretId: 'x' })));
+    expect(e.name).toBe('InvalidSignatureException');
+    expect(e.$metadata.httpStatusCode).toBe(400);
+    expect(e.message).toMatch(
+      /^The request signature we calculated does not match the signature you provided/,
+    );
+    expect(await describe404(signing({}))).toBe('ResourceNotFoundException');
+  });
+
+  it('refuses a body altered after signing', async () => {
+    const n = name('tamper');
+    await sm.send(new CreateSecretCommand({ Name: n, SecretString: 'v' }));
+    const other = name('tamper'); // same length: the signed content-length stays right
+    const c = signing({});
+    c.middlewareStack.addRelativeTo(
+      (next: (args: any) => Promise<any>) => async (args: any) => {
+        const req = args.request as { body: string };
+        req.body = req.body.replace(n, other);
+        return next(args);
+      },
+      { relation: 'after', toMiddleware: 'httpSigningMiddleware', name: 'tamper' },
+    );
+    const e = await failure(c.send(new CreateSecretCommand({ Name: n, SecretString: 'w' })));
+    expect(e.name).toBe('InvalidSignatureException');
+    expect((await failure(sm.send(new DescribeSecretCommand({ SecretId: other })))).name).toBe(
+      'ResourceNotFoundException',
+    );
+  });
+
+  it('refuses a request signed for another service (kms) with InvalidSignatureException', async () => {
+    // The SDK's own signer, told to sign as KMS: a valid SigV4 signature, for the wrong service. (`signingName`
+    // is read by the SDK's SigV4 config resolver but not part of the client's input type.)
+    const asKms = signing({ signingName: 'kms' } as Partial<SecretsManagerClientConfig>);
+    const e = await failure(asKms.send(new DescribeSecretCommand({ SecretId: 'x' })));
+    expect(e.name).toBe('InvalidSignatureException');
+    expect(e.$metadata.httpStatusCode).toBe(400);
+    expect(e.message).toBe("Credential should be scoped to correct service: 'secretsmanager'. ");
+    expect(emu.requests.at(-1)!.authorization).toMatch(/\/kms\/aws4_request, /);
+  });
+
+  it('refuses a request dated more than 15 minutes away (stale or ahead) with InvalidSignatureException', async () => {
+    const stale = await failure(
+      signing({ systemClockOffset: -20 * 60_000 }).send(new DescribeSecretCommand({ SecretId: 'x' })),
+    );
+    expect(stale.name).toBe('InvalidSignatureException');
+    expect(stale.$metadata.httpStatusCode).toBe(400);
+    expect(stale.message).toMatch(/^Signature expired: \d{8}T\d{6}Z is now earlier than/);
+    const ahead = await failure(
+      signing({ systemClockOffset: 20 * 60_000 }).send(new DescribeSecretCommand({ SecretId: 'x' })),
+    );
+    expect(ahead.name).toBe('InvalidSignatureException');
+    expect(ahead.message).toMatch(/^Signature not yet current: /);
+    // Within the window is fine.
+    expect(await describe404(signing({ systemClockOffset: -5 * 60_000 }))).toBe('ResourceNotFoundException');
+  });
+
+  it('takes issued session credentials only with their own session token', async () => {
+    const temporary = emu.issueSessionCredentials();
+    expect(temporary.accessKeyId).toMatch(/^ASIA/);
+    expect(await describe404(signing({ credentials: temporary }))).toBe('ResourceNotFoundException');
+    expect(emu.requests.at(-1)!.authorization).toContain(`Credential=${temporary.accessKeyId}/`);
+
+    const refused = async (credentials: {
+      accessKeyId: string;
+      secretAccessKey: string;
+      sessionToken?: string;
+    }) => {
+      const e = await failure(signing({ credentials }).send(new DescribeSecretCommand({ SecretId: 'x' })));
+      return { name: e.name, status: e.$metadata.httpStatusCode };
+    };
+    const unrecognized = { name: 'UnrecognizedClientException', status: 400 };
+    const { sessionToken, ...withoutToken } = temporary;
+    expect(await refused(withoutToken)).toEqual(unrecognized);
+    expect(
+      await refused({
+        ...temporary,
+        sessionToken: `${sessionToken.slice(0, -1)}${sessionToken.endsWith('x') ? 'y' : 'x'}`,
+      }),
+    ).toEqual(unrecognized);
+    expect(await refused({ ...temporary, sessionToken: emu.issueSessionCredentials().sessionToken })).toEqual(
+      unrecognized,
+    );
+    // A long-term key has no session: a token sent with it is not a valid one.
+    expect(await refused({ ...emu.credentials, sessionToken })).toEqual(unrecognized);
   });
 
   it('accepts unsigned requests when requireSignature is false, with its own region and account', async () => {

@@ -11,15 +11,30 @@
  * DescribeSecret, ListSecretVersionIds, DeleteSecret, RestoreSecret and RotateSecret (RotateSecret records
  * the rotation configuration and creates the empty AWSPENDING placeholder; no Lambda exists, so nothing is
  * invoked: the test plays the rotation function). Anything else is answered with UnknownOperationException.
+ *
+ * Authentication (`./sigv4.ts`, shared with the IAM and KMS emulators), unless `requireSignature: false`: the
+ * SigV4 signature is really recomputed with the secret of the access key in the credential scope, which must
+ * name service `secretsmanager`, this region and today. The keys are `credentials` (long-term, no session token)
+ * and those from `issueSessionCredentials()` (each with its own session token). No header is
+ * `MissingAuthenticationTokenException`; an unknown key, or a session token that is not the key's,
+ * `UnrecognizedClientException`; a wrong secret, scope or a clock more than 15 minutes off
+ * `InvalidSignatureException`; a malformed header `IncompleteSignatureException` (all 400, `{"__type","message"}`).
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { JSON_PROTOCOL_ERRORS, type SigV4Key, verifySigV4 } from './sigv4.ts';
 
 export interface AwsSecretsManagerEmulator {
   endpoint: string; // http://127.0.0.1:<port>
   region: string; // 'eu-west-1'
+  /** Long-term keys (`AKIA…`): requests signed with them must carry no session token. */
   credentials: { accessKeyId: string; secretAccessKey: string };
+  /**
+   * New temporary keys (`ASIA…`) as STS or the EKS Pod Identity agent hand them out: requests signed with them
+   * must carry exactly this `X-Amz-Security-Token`.
+   */
+  issueSessionCredentials(): { accessKeyId: string; secretAccessKey: string; sessionToken: string };
   close(): Promise<void>;
   /** The next `count` requests whose operation matches fail with this error (ThrottlingException is 400 with __type ThrottlingException and message "Rate exceeded"; InternalFailure is 500; ResourceNotFoundException 400). */
   failNext(
@@ -204,10 +219,15 @@ export async function startAwsSecretsManagerEmulator(options?: {
   const region = options?.region ?? 'eu-west-1';
   const accountId = options?.accountId ?? '123456789012';
   const requireSignature = options?.requireSignature ?? true;
-  const credentials = {
-    accessKeyId: `AKIA${randomChars(16, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567')}`,
-    secretAccessKey: randomBytes(30).toString('base64'),
+  const keys = new Map<string, SigV4Key>(); // by access key id
+  const newKeyId = (prefix: 'AKIA' | 'ASIA') => {
+    let id: string;
+    do id = `${prefix}${randomChars(16, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567')}`;
+    while (keys.has(id));
+    return id;
   };
+  const credentials = { accessKeyId: newKeyId('AKIA'), secretAccessKey: randomBytes(30).toString('base64') };
+  keys.set(credentials.accessKeyId, { secret: credentials.secretAccessKey });
   const secrets = new Map<string, Secret>(); // by name
   const requests: AwsSecretsManagerEmulator['requests'] = [];
   const failures: Array<{ remaining: number; error: string; match?: (operation: string) => boolean }> = [];
@@ -540,31 +560,17 @@ export async function startAwsSecretsManagerEmulator(options?: {
     },
   };
 
-  /** Brief: check the header *looks* like SigV4 for our key, region and service; the signature is not verified. */
-  function checkSignature(authorization: string | undefined): void {
+  /** Verified for real (`./sigv4.ts`): the emulator's long-term key, or temporary keys it issued. */
+  function checkSignature(req: IncomingMessage, body: Buffer, now: number): void {
     if (!requireSignature) return;
-    if (!authorization) {
-      throw new AwsError('MissingAuthenticationTokenException', 'Missing Authentication Token');
-    }
-    const m =
-      /^AWS4-HMAC-SHA256 Credential=([^/,\s]+)\/(\d{8})\/([^/]+)\/([^/]+)\/aws4_request, ?SignedHeaders=[a-z0-9;-]+, ?Signature=[0-9a-f]{64}$/.exec(
-        authorization,
-      );
-    if (!m) {
-      throw new AwsError('IncompleteSignatureException', `Authorization header is not a valid SigV4 header.`);
-    }
-    if (m[1] !== credentials.accessKeyId) {
-      throw new AwsError(
-        'UnrecognizedClientException',
-        'The security token included in the request is invalid.',
-      );
-    }
-    if (m[3] !== region || m[4] !== 'secretsmanager') {
-      throw new AwsError(
-        'InvalidSignatureException',
-        `Credential should be scoped to a valid region and to service 'secretsmanager', not '${m[3]}/${m[4]}'.`,
-      );
-    }
+    verifySigV4(req, body, {
+      service: 'secretsmanager',
+      region,
+      now,
+      errors: JSON_PROTOCOL_ERRORS,
+      lookup: (id) => keys.get(id),
+      fail: (type, message, status) => new AwsError(type, message, status),
+    });
   }
 
   function send(res: ServerResponse, status: number, payload: Body): void {
@@ -607,7 +613,7 @@ export async function startAwsSecretsManagerEmulator(options?: {
     // Every request is recorded, including failed and injected-failure ones (so retries can be counted).
     requests.push(authorization === undefined ? { operation, body } : { operation, body, authorization });
     try {
-      checkSignature(authorization);
+      checkSignature(req, Buffer.concat(chunks), Date.now());
       const fn = Object.hasOwn(ops, operation) ? ops[operation] : undefined;
       if (!fn) throw new AwsError('UnknownOperationException', `Operation '${operation}' is not emulated.`);
       const rule = failures.find((f) => f.remaining > 0 && (f.match === undefined || f.match(operation)));
@@ -641,6 +647,15 @@ export async function startAwsSecretsManagerEmulator(options?: {
     endpoint: `http://127.0.0.1:${port}`,
     region,
     credentials,
+    issueSessionCredentials() {
+      const issued = {
+        accessKeyId: newKeyId('ASIA'),
+        secretAccessKey: randomBytes(30).toString('base64'),
+        sessionToken: randomBytes(48).toString('base64'),
+      };
+      keys.set(issued.accessKeyId, { secret: issued.secretAccessKey, sessionToken: issued.sessionToken });
+      return issued;
+    },
     requests,
     failNext(count, error, match) {
       if (count > 0)

@@ -66,6 +66,8 @@ describe('AWS store on EKS: IRSA and Pod Identity need no keys', () => {
     const tokenFile = join(dir, 'eks-pod-identity-token');
     await writeFile(tokenFile, podToken);
 
+    // The agent hands out temporary keys (with their session token), as EKS Pod Identity does.
+    const session = emulator.issueSessionCredentials();
     const seen: Array<string | undefined> = [];
     const agent = http.createServer((req, res) => {
       seen.push(req.headers.authorization);
@@ -77,9 +79,9 @@ describe('AWS store on EKS: IRSA and Pod Identity need no keys', () => {
       res.setHeader('content-type', 'application/json');
       res.end(
         JSON.stringify({
-          AccessKeyId: emulator.credentials.accessKeyId,
-          SecretAccessKey: emulator.credentials.secretAccessKey,
-          Token: 'session-token-from-the-agent',
+          AccessKeyId: session.accessKeyId,
+          SecretAccessKey: session.secretAccessKey,
+          Token: session.sessionToken,
           AccountId: '123456789012',
           Expiration: new Date(Date.now() + 3600_000).toISOString(),
         }),
@@ -115,8 +117,6 @@ describe('AWS store on EKS: IRSA and Pod Identity need no keys', () => {
     expect(seen.every((a) => a === podToken)).toBe(true);
     const signed = emulator.requests.filter((r) => r.authorization);
     expect(signed.length).toBeGreaterThan(0);
-    expect(
-      signed.every((r) => r.authorization!.includes(`Credential=${emulator.credentials.accessKeyId}/`)),
-    ).toBe(true);
+    expect(signed.every((r) => r.authorization!.includes(`Credential=${session.accessKeyId}/`))).toBe(true);
   });
 });
