@@ -25,11 +25,14 @@ import { approvalRoutes } from './routes/approvals.ts';
 import { auditRoutes } from './routes/audit.ts';
 import { complianceRoutes } from './routes/compliance.ts';
 import { connectionRoutes } from './routes/connections.ts';
+import { consoleRoutes, installConsoleAccess } from './routes/console.ts';
 import { credentialRoutes } from './routes/credentials.ts';
 import { eventRoutes } from './routes/events.ts';
 import { healthRoutes } from './routes/health.ts';
 import { leaseRoutes } from './routes/leases.ts';
 import { installMetrics } from './routes/metrics.ts';
+import { overviewRoutes } from './routes/overview.ts';
+import { rekeyRoutes } from './routes/rekey.ts';
 
 export interface AppOptions {
   ctx: ApiContext;
@@ -78,6 +81,8 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   app.removeContentTypeParser('text/plain');
   // First: the docs UI's routes declare no access of their own; this makes them public before anything checks.
   installDocsAccess(app);
+  // Likewise the web console's page and files (/ui): public, with a CSP of their own.
+  installConsoleAccess(app);
   // Routes without query parameters refuse any, like every schema refuses unknown fields. Public routes (probes,
   // metrics, docs) ignore them: scrapers and browsers add their own.
   app.addHook('onRoute', (route) => {
@@ -115,6 +120,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   installMetrics(app, options.metrics);
   if (options.routes !== 'health') {
     await installDocsUi(app);
+    await app.register(consoleRoutes);
     await app.register(connectionRoutes, { ctx });
     await app.register(credentialRoutes, { ctx });
     await app.register(leaseRoutes, { ctx });
@@ -122,6 +128,8 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     await app.register(complianceRoutes, { ctx });
     await app.register(eventRoutes, { ctx });
     await app.register(approvalRoutes, { ctx });
+    await app.register(rekeyRoutes, { ctx });
+    await app.register(overviewRoutes, { ctx });
   }
   return app;
 }

@@ -13,6 +13,7 @@ import {
   UnavailableError,
   UnprocessableError,
 } from '../registry/errors.ts';
+import { PreconditionFailedError } from '../service/etag.ts';
 import { StoreNotConfiguredError, StoreUnavailableError } from '../stores/types.ts';
 
 export class ApiError extends Error {
@@ -131,6 +132,8 @@ export function installErrorHandling(app: FastifyInstance): void {
     if (error instanceof ApiError)
       return sendError(reply, error.status, error.code, error.message, error.details);
     if (error instanceof NotFoundError) return sendError(reply, 404, 'not_found', error.message);
+    // Before ConflictError, of which it is a kind: If-Match named a version that is no longer the object's.
+    if (error instanceof PreconditionFailedError) return sendError(reply, 412, error.code, error.message);
     if (error instanceof ConflictError) return sendError(reply, 409, error.code, error.message);
     if (error instanceof ForbiddenError) return sendError(reply, 403, 'forbidden', error.message);
     if (error instanceof TooManyRequestsError) {

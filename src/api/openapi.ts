@@ -37,6 +37,10 @@ const TAGS = [
     name: 'events',
     description: 'Server-sent events for services that reload when their credential rotates.',
   },
+  {
+    name: 'console',
+    description: 'What the web console at /ui reads: who the caller is, and the overview of what it may see.',
+  },
   { name: 'operations', description: 'Probes and Prometheus metrics, open without a token.' },
 ];
 

@@ -423,6 +423,11 @@ export const EventsQuery = Type.Object(
         description: 'A credential id, or a glob such as "payments-*"',
       }),
     ),
+    steps: Type.Optional(
+      Type.Boolean({
+        description: 'true: also `event: step` for each rotation step as it lands (live progress)',
+      }),
+    ),
   },
   { additionalProperties: false },
 );
@@ -446,6 +451,21 @@ export const GatedHeaders = Type.Object({
     Type.String({
       pattern: '^(?=.*\\S)[^\\x00-\\x1f\\x7f]{1,500}$',
       description: 'skips approval, with this reason (1-500 characters): audited and notified',
+    }),
+  ),
+});
+
+/**
+ * The headers of a PATCH or DELETE of a connection or credential: those of dual control, and If-Match (the ETag of
+ * the version the client read; 412 when the object changed since). `keyturn apply` sends it on every write.
+ */
+export const WriteHeaders = Type.Object({
+  ...GatedHeaders.properties,
+  'if-match': Type.Optional(
+    Type.String({
+      pattern: '^(\\*|(W/)?"[A-Za-z0-9_-]{1,64}"(\\s*,\\s*(W/)?"[A-Za-z0-9_-]{1,64}"){0,15})$',
+      description:
+        'the ETag of GET (or of the last PATCH): the write is made only over that version, else 412',
     }),
   ),
 });
@@ -482,3 +502,16 @@ export const DecisionBody = Type.Object(
   { additionalProperties: false },
 );
 export type DecisionBody = Static<typeof DecisionBody>;
+
+/** The console's overview: rotations per day over the last 30 or 90 days. */
+export const OverviewQuery = Type.Object(
+  {
+    days: Type.Optional(
+      Type.Union([Type.Literal(30), Type.Literal(90)], {
+        description: 'days of rotation history, counted per UTC day (default 30)',
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+export type OverviewQuery = Static<typeof OverviewQuery>;

@@ -150,7 +150,10 @@ export function bindingMatches(
  * Whether a list (GET /v1/credentials, the overview) shows this credential to the principal: every credential to
  * admin, operator and auditor; to a reader, those bound to it.
  */
-export function mayList(principal: Principal, credential: { id: string; labels: Record<string, string> }): boolean {
+export function mayList(
+  principal: Principal,
+  credential: { id: string; labels: Record<string, string> },
+): boolean {
   if (hasRole(principal, UNBOUND_ROLES.view)) return true;
   return mayUseCredential(principal, credential);
 }

@@ -10,6 +10,7 @@ import { verifyExportLines } from '../audit/export.ts';
 import type { VerifyResult } from '../audit/verifier.ts';
 import { parsePublicKeys } from '../crypto/ed25519-keys.ts';
 import type { KeyturnClient } from './client.ts';
+import { Progress } from './output.ts';
 
 export interface CliContext {
   client(): KeyturnClient;
@@ -23,11 +24,6 @@ function query(opts: Record<string, string | undefined>, names: readonly string[
   const q = new URLSearchParams();
   for (const k of names) if (opts[k]) q.set(k, opts[k]!);
   return q;
-}
-
-/** Progress on standard error, overwriting one line on a terminal; silent when stderr is not a terminal. */
-function progress(text: string): void {
-  if (process.stderr.isTTY) process.stderr.write(`\r${text}\u001b[K`);
 }
 
 function describe(result: VerifyResult & { pending?: number; durationMs?: number }): string {
@@ -127,9 +123,10 @@ export function addAuditCommands(program: Command, cli: CliContext): void {
           cli.fail(`cannot read ${opts.file}: ${(err as Error).message}`, 2);
         }
         const lines = createInterface({ input, crlfDelay: Number.POSITIVE_INFINITY });
-        result = await verifyExportLines(lines, keys, (n) => progress(`verified ${n} lines…`));
-        progress('');
-        if (process.stderr.isTTY) process.stderr.write('\r');
+        // Progress on stderr (src/cli/output.ts): one line redrawn on a terminal, a line every 2 s in a log.
+        const progress = new Progress('audit verify');
+        result = await verifyExportLines(lines, keys, (n) => progress.update(n, undefined, 'lines'));
+        progress.finish(`${result.count} events read`);
         result = { ...result, durationMs: Math.round(performance.now() - started) };
       } else {
         result = await cli
@@ -160,7 +157,8 @@ export function addAuditCommands(program: Command, cli: CliContext): void {
     .option('--out <file>', 'write here instead of standard output')
     .action(async (opts: Record<string, string | undefined>) => {
       const q = query(opts, [...RANGE_AND_FILTERS, 'format']);
-      progress('waiting for the sealer to sign everything up to now…');
+      const progress = new Progress('audit export');
+      progress.update(0, undefined, 'waiting for the sealer to sign everything up to now…');
       const res = await cli.client().stream(`/v1/audit/export?${q}`, {
         type: /^(application\/x-ndjson|text\/csv)\b/i,
         what: "Keyturn's audit export (JSON lines or CSV)",
@@ -171,20 +169,19 @@ export function addAuditCommands(program: Command, cli: CliContext): void {
         transform(chunk: Buffer, _encoding, done) {
           bytes += chunk.length;
           for (const byte of chunk) if (byte === 10) lines++;
-          if (lines % 1000 === 0) progress(`exported ${lines} lines, ${(bytes / 1e6).toFixed(1)} MB`);
+          progress.update(lines, undefined, `lines, ${(bytes / 1e6).toFixed(1)} MB`);
           done(null, chunk);
         },
       });
       const out = opts.out ? createWriteStream(opts.out, { mode: 0o640 }) : process.stdout;
       await pipeline(Readable.fromWeb(res.body as never), counter, out);
-      progress('');
       const signed = res.headers.get('keyturn-signed-to-end') === 'true';
-      process.stderr.write(
-        `${process.stderr.isTTY ? '\r' : ''}exported ${lines} lines (${bytes} bytes)${opts.out ? ` to ${opts.out}` : ''}; ${
+      progress.finish(
+        `exported ${lines} lines (${bytes} bytes)${opts.out ? ` to ${opts.out}` : ''}; ${
           signed
             ? 'signed to its last event'
             : 'WARNING: no worker signed the newest events in time; they verify only with --allow-unsigned'
-        }\n`,
+        }`,
       );
     });
 

@@ -3,11 +3,14 @@
 export class ApiClientError extends Error {
   readonly status: number;
   readonly code: string;
-  constructor(status: number, code: string, message: string) {
+  /** "METHOD /path" of the request, when the API answered it: errors name the route (issue 18). */
+  readonly route: string | undefined;
+  constructor(status: number, code: string, message: string, route?: string) {
     super(message);
     this.name = 'ApiClientError';
     this.status = status;
     this.code = code;
+    this.route = route;
   }
 }
 
@@ -48,6 +51,30 @@ export class KeyturnClient {
   }
 
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    return (await this.exchange<T>(method, path, body)).body;
+  }
+
+  /**
+   * GET of one object with its ETag (the version a later write names in If-Match), or null when it does not exist:
+   * `keyturn apply` plans from these.
+   */
+  async find<T>(path: string): Promise<{ body: T; etag: string | undefined } | null> {
+    try {
+      const { body, etag } = await this.exchange<T>('GET', path);
+      return { body, etag };
+    } catch (err) {
+      if (err instanceof ApiClientError && err.status === 404 && err.code === 'not_found') return null;
+      throw err;
+    }
+  }
+
+  /** A request with extra headers (If-Match), answering the status and ETag with the body. */
+  async exchange<T>(
+    method: string,
+    path: string,
+    body?: unknown,
+    headers: Record<string, string> = {},
+  ): Promise<{ status: number; body: T; etag: string | undefined }> {
     let res: Response;
     try {
       res = await fetch(`${this.#url}${path}`, {
@@ -55,6 +82,7 @@ export class KeyturnClient {
         headers: {
           authorization: `Bearer ${this.#token}`,
           ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+          ...headers,
         },
         ...(body === undefined ? {} : { body: JSON.stringify(body) }),
         signal: AbortSignal.timeout(30_000),
@@ -69,7 +97,8 @@ export class KeyturnClient {
     const text = await res.text();
     // The status first: an error page from a proxy or a server that is not Keyturn is not JSON (finding 12, issue 11).
     if (!res.ok) throw this.#replyError(method, path, res, text);
-    if (!text) return undefined as T;
+    const etag = res.headers.get('etag') ?? undefined;
+    if (!text) return { status: res.status, body: undefined as T, etag };
     const parsed = parseJson(text);
     if (parsed === undefined || !isJson(res)) {
       throw new ApiClientError(
@@ -78,7 +107,7 @@ export class KeyturnClient {
         `${method} ${this.#url}${path} answered ${res.status} with ${describeBody(res, text)}, not Keyturn's JSON: check KEYTURN_URL (or --url) and any proxy in between`,
       );
     }
-    return parsed as T;
+    return { status: res.status, body: parsed as T, etag };
   }
 
   /** The error of a non-2xx answer: Keyturn's own message when it is Keyturn's JSON error, else what came back. */
@@ -89,6 +118,7 @@ export class KeyturnClient {
         res.status,
         typeof error.code === 'string' ? error.code : 'error',
         error.message,
+        `${method} ${path.split('?')[0]}`,
       );
     }
     return new ApiClientError(

@@ -3,8 +3,19 @@
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { addAgentCommand } from './agent.ts';
+import { addApplyCommands } from './apply.ts';
 import { addAuditCommands } from './audit.ts';
 import { ApiClientError, KeyturnClient } from './client.ts';
+import { addCompletionCommand } from './completion.ts';
+import { EXIT_USAGE, fail, print, setUsageExitCode } from './output.ts';
+import { addRekeyCommand } from './rekey.ts';
+import {
+  addComplianceCommand,
+  addConnectionCommands,
+  addCredentialCommands,
+  addEventCommands,
+  addLeaseCommands,
+} from './resources.ts';
 import { addTokenCommands } from './token.ts';
 
 interface Globals {
@@ -40,27 +51,6 @@ function client(globals: Globals): KeyturnClient {
   return new KeyturnClient(globals.url, token);
 }
 
-function fail(message: string, code = 1): never {
-  process.stderr.write(`keyturn: ${message}\n`);
-  process.exit(code);
-}
-
-function print(globals: Globals, value: unknown, human: () => string): void {
-  process.stdout.write(`${globals.json ? JSON.stringify(value, null, 2) : human()}\n`);
-}
-
-function table(rows: string[][]): string {
-  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
-  return rows
-    .map((r) =>
-      r
-        .map((c, i) => c.padEnd(widths[i] ?? 0))
-        .join('  ')
-        .trimEnd(),
-    )
-    .join('\n');
-}
-
 const program = new Command()
   .name('keyturn')
   .description('Keyturn: secrets rotation for payment and banking platforms')
@@ -69,7 +59,14 @@ const program = new Command()
   )
   .addOption(new Option('--token <token>', 'bearer token (prefer the KEYTURN_TOKEN variable)'))
   .option('--json', 'print JSON instead of text')
-  .showHelpAfterError();
+  .showHelpAfterError()
+  // A usage error (an unknown option, a missing argument) exits 2, apart from an API or a service that said no (1).
+  // Commands made after this inherit it.
+  .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : usageExitCode()));
+
+// `plan --detailed-exitcode` keeps 2 for "changes": an error of any kind is 1 there, as pipelines expect.
+const usageExitCode = () => (process.argv.includes('--detailed-exitcode') ? 1 : EXIT_USAGE);
+setUsageExitCode(usageExitCode());
 
 const globals = (): Globals => program.opts<Globals>();
 
@@ -105,7 +102,7 @@ program
         checks?: { redis?: { ok?: boolean; topology?: string; writeNodes?: string[]; error?: string } };
       }
     ).checks?.redis;
-    print(g, summary, () =>
+    print(Boolean(g.json), summary, () =>
       [
         `service     ${(ready as { status: string }).status}`,
         ...(redis
@@ -118,46 +115,6 @@ program
       ].join('\n'),
     );
   });
-
-const credentials = program.command('credentials').description('registered credentials');
-credentials
-  .command('list')
-  .option('--status <status>', 'pending, active, rotating or failed')
-  .option('--label <key=value>', 'only credentials with this label')
-  .option('--overdue', 'only overdue credentials')
-  .action(async (opts: { status?: string; label?: string; overdue?: boolean }) => {
-    const g = globals();
-    const q = new URLSearchParams();
-    if (opts.status) q.set('status', opts.status);
-    if (opts.label) q.set('label', opts.label);
-    if (opts.overdue) q.set('overdue', 'true');
-    const { credentials: list } = await client(g).request<{
-      credentials: Array<Record<string, string | null | boolean>>;
-    }>('GET', `/v1/credentials${q.size ? `?${q}` : ''}`);
-    print(g, list, () =>
-      list.length === 0
-        ? 'no credentials'
-        : table([
-            ['ID', 'STRATEGY', 'STATUS', 'ROTATED', 'NEXT', 'OVERDUE'],
-            ...list.map((c) => [
-              String(c.id),
-              String(c.strategy),
-              String(c.status),
-              String(c.rotatedAt ?? '-'),
-              String(c.nextRotationAt ?? '-'),
-              c.overdue ? 'yes' : 'no',
-            ]),
-          ]),
-    );
-  });
-credentials.command('get <id>').action(async (id: string) => {
-  const g = globals();
-  const c = await client(g).request<Record<string, unknown>>(
-    'GET',
-    `/v1/credentials/${encodeURIComponent(id)}`,
-  );
-  print(g, c, () => JSON.stringify(c, null, 2));
-});
 
 program
   .command('rotate <credential>')
@@ -178,7 +135,7 @@ program
           : `a rotation is already in flight: following ${started.rotationId}\n`,
       );
     }
-    if (!opts.wait) return print(g, started, () => started.rotationId);
+    if (!opts.wait) return print(Boolean(g.json), started, () => started.rotationId);
     const deadline = Date.now() + Number(opts.timeout) * 1000;
     let shown = 0;
     let rotation: RotationView;
@@ -199,7 +156,7 @@ program
         );
       await new Promise((r) => setTimeout(r, 500));
     }
-    print(g, rotation, () =>
+    print(Boolean(g.json), rotation, () =>
       rotation.status === 'succeeded'
         ? `rotated ${id}: new version ${rotation.id} after ${rotation.attempts} attempt(s)`
         : `rotation of ${id} failed at ${rotation.error?.step}: ${rotation.error?.message}\n${rotation.rollback?.note ?? ''}`,
@@ -213,11 +170,29 @@ program
   .action(async (rid: string) => {
     const g = globals();
     const r = await client(g).request<RotationView>('GET', `/v1/rotations/${encodeURIComponent(rid)}`);
-    print(g, r, () => JSON.stringify(r, null, 2));
+    print(Boolean(g.json), r, () => JSON.stringify(r, null, 2));
   });
+
+// The API's objects: connections, credentials, leases, the compliance report, the event stream.
+const resources = { client: () => client(globals()), json: () => Boolean(globals().json) };
+addConnectionCommands(program, resources);
+addCredentialCommands(program, resources);
+addLeaseCommands(program, resources);
+addComplianceCommand(program, resources);
+addEventCommands(program, resources);
+
+// Connections and credentials declared in YAML files: `keyturn plan` and `keyturn apply` (SPEC, "Declarative files").
+addApplyCommands(program, resources);
 
 // The audit trail; `audit verify --file … --public-key …` works offline.
 addAuditCommands(program, {
+  client: () => client(globals()),
+  json: () => Boolean(globals().json),
+  fail,
+});
+
+// The key-encryption key: rewrap every sealed value under the primary provider, with progress (src/rekey).
+addRekeyCommand(program, {
   client: () => client(globals()),
   json: () => Boolean(globals().json),
   fail,
@@ -229,11 +204,18 @@ addAgentCommand(program);
 // Offline: make a token and its entry for the tokens file, or hash one made elsewhere.
 addTokenCommands(program);
 
+// Shell completion, made from the commands above: registered last so that it knows them all.
+addCompletionCommand(program);
+
 try {
   await program.parseAsync();
 } catch (err) {
+  // The route, the HTTP status and the API's own message (SPEC's error shape), e.g.
+  // "PATCH /v1/credentials/x: … (HTTP 412, precondition_failed)".
   if (err instanceof ApiClientError)
-    fail(`${err.message}${err.status ? ` (HTTP ${err.status}, ${err.code})` : ''}`);
+    fail(
+      `${err.route ? `${err.route}: ` : ''}${err.message}${err.status ? ` (HTTP ${err.status}, ${err.code})` : ''}`,
+    );
   // Anything else is a bug or an environment problem: one line, the stack only when asked for (finding 12, issue 11).
   if (process.env.KEYTURN_DEBUG) process.stderr.write(`${(err as Error)?.stack ?? String(err)}\n`);
   fail(

@@ -58,6 +58,7 @@ import {
   TargetUnavailableError,
 } from '../targets/types.ts';
 import { checkPolicy, policyText } from './approvals.ts';
+import { checkIfMatch } from './etag.ts';
 
 /** The `engine` field of stored secrets: the target driver's name for itself. */
 const engineOf = (connection: Connection): string => targetDriver(connection.type)?.engine ?? connection.type;
@@ -109,6 +110,11 @@ export interface ConnectionPatch {
  */
 export interface ApprovalGuard {
   judged: ApprovalPolicy | undefined;
+}
+
+/** A write made only over the version the client read (If-Match); none: over whatever is current. */
+export interface WriteCondition {
+  ifMatch?: string;
 }
 
 /** What a dry run reports (POST /v1/credentials/:id/rotate?dryRun=true). */
@@ -601,8 +607,10 @@ export class RegistryService {
     patch: ConnectionPatch,
     who: Requester,
     guard?: ApprovalGuard,
+    expect: WriteCondition = {},
   ): Promise<Connection> {
     const connection = await this.#registry.getConnection(id);
+    checkIfMatch(expect.ifMatch, connection, `Connection "${id}"`);
     if (
       patch.approval !== undefined &&
       guard &&
@@ -700,8 +708,10 @@ export class RegistryService {
     if (patch.admin && password !== undefined) {
       await store.putCurrent(ref, randomUUID(), this.#adminDocument(updated, password));
     }
-    // A change of its approval policy is written only over the record this request read (check-and-set).
-    if (patch.approval !== undefined) await this.#registry.swapConnection(connection, updated);
+    // A change of its approval policy, or one made over a version the client named (If-Match), is written only over
+    // the record this request read (check-and-set).
+    if (patch.approval !== undefined || expect.ifMatch !== undefined)
+      await this.#registry.swapConnection(connection, updated);
     else await this.#registry.saveConnection(updated);
     await this.#audit.append({
       actor: who.name,
@@ -722,8 +732,9 @@ export class RegistryService {
     return updated;
   }
 
-  async deleteConnection(id: string, actor: string): Promise<void> {
+  async deleteConnection(id: string, actor: string, expect: WriteCondition = {}): Promise<void> {
     const connection = await this.#registry.getConnection(id);
+    checkIfMatch(expect.ifMatch, connection, `Connection "${id}"`);
     const subject = await this.#registry.findCredential(adminSubjectId(id));
     if (subject) {
       const outcome = await this.#registry.deleteCredential(subject.spec);
@@ -1157,9 +1168,11 @@ export class RegistryService {
     patch: CredentialPatch,
     who: Requester,
     guard?: ApprovalGuard,
+    expect: WriteCondition = {},
   ): Promise<Credential> {
     const actor = who.name;
     const { spec } = await this.#registry.getCredential(id);
+    checkIfMatch(expect.ifMatch, spec, `Credential "${id}"`);
     checkPolicy(patch.approval);
     const approvalChange: Record<string, string> =
       patch.approval !== undefined && policyText(patch.approval) !== policyText(spec.approval)
@@ -1199,6 +1212,8 @@ export class RegistryService {
     // The spec only, re-applied to whatever spec is current when written (compare-and-set): a rotation finishing or
     // another PATCH meanwhile loses nothing, and the engine's state is never written from an earlier read.
     const apply = (current: CredentialSpec): CredentialSpec => {
+      // Inside the compare-and-set: the version the client read is the one written over, or nothing is written.
+      checkIfMatch(expect.ifMatch, current, `Credential "${id}"`);
       if (patch.labels && !who.admin && sortedJson(current.labels) !== sortedJson(spec.labels)) {
         throw new ConflictError(
           `The labels of credential "${id}" changed while this request was checked: retry`,
@@ -1273,8 +1288,9 @@ export class RegistryService {
     await this.#sync?.service.secretChanged(credential, versionId).catch(() => {});
   }
 
-  async deleteCredential(id: string, actor: string): Promise<void> {
+  async deleteCredential(id: string, actor: string, expect: WriteCondition = {}): Promise<void> {
     const { spec } = await this.#registry.getCredential(id);
+    checkIfMatch(expect.ifMatch, spec, `Credential "${id}"`);
     const refuse = (rotation: string | undefined, busy: boolean) =>
       new ConflictError(
         rotation

@@ -243,7 +243,8 @@ const ROWS: Row[] = [
     }),
     allowed: MANAGE,
   },
-  { route: 'GET /v1/credentials', method: 'GET', path: () => '/v1/credentials', allowed: VIEW },
+  // Every role: a reader's list holds only the credentials bound to it (checked below).
+  { route: 'GET /v1/credentials', method: 'GET', path: () => '/v1/credentials', allowed: EVERYONE },
   {
     route: 'GET /v1/credentials/:id (A)',
     method: 'GET',
@@ -404,6 +405,9 @@ const ROWS: Row[] = [
     body: () => ({ reason: 'matrix' }),
     allowed: EVERYONE,
   },
+  // The console's (issue 19): who the caller is, and the overview of the credentials it may see.
+  { route: 'GET /v1/me', method: 'GET', path: () => '/v1/me', allowed: EVERYONE },
+  { route: 'GET /v1/overview', method: 'GET', path: () => '/v1/overview?days=90', allowed: EVERYONE },
   // The key-encryption key decides what guards every secret: admins only.
   { route: 'GET /v1/rekey', method: 'GET', path: () => '/v1/rekey', allowed: ['admin'] },
   { route: 'POST /v1/rekey', method: 'POST', path: () => '/v1/rekey', allowed: ['admin'] },
@@ -430,8 +434,8 @@ describe('authorization matrix', () => {
     });
   }
 
-  it('probes, metrics and docs need no token', async () => {
-    for (const path of ['/healthz', '/readyz', '/metrics', '/docs', '/docs/json']) {
+  it('probes, metrics, docs and the console page need no token', async () => {
+    for (const path of ['/healthz', '/readyz', '/metrics', '/docs', '/docs/json', '/ui', '/ui/app.js']) {
       const res = await kt.api('GET', path, undefined, { authorization: '' });
       expect(`${path} → ${res.status}`).toBe(`${path} → 200`);
     }
@@ -511,6 +515,36 @@ describe("roles before parsing (issue 17): a caller without access learns nothin
   it('a body the caller may not send is not even read: a reader posting past the body limit gets 403, not 413', async () => {
     const res = await call('readerA', 'POST', '/v1/connections', { padding: 'x'.repeat(2 * 1024 * 1024) });
     expect(res.status).toBe(403);
+  });
+});
+
+describe("a reader's lists (the console's credentials and overview) hold only what is bound to it", () => {
+  const listed = async (who: Who) =>
+    ((await call(who, 'GET', '/v1/credentials')).body.credentials as Array<{ id: string }>).map((c) => c.id);
+  it('GET /v1/credentials: readers of A see A alone, reader B sees B alone, the others see both', async () => {
+    for (const who of READERS_OF_A) expect(`${who}: ${await listed(who)}`).toBe(`${who}: ${credA}`);
+    expect(await listed('readerB')).toEqual([credB]);
+    for (const who of VIEW) expect((await listed(who)).sort()).toEqual([credA, credB].sort());
+    // A filter narrows a reader's list further, never widens it.
+    const filtered = await call('readerA', 'GET', '/v1/credentials?label=team%3Dother');
+    expect(filtered.body.credentials).toEqual([]);
+  });
+
+  it('GET /v1/overview counts only those credentials; GET /v1/me names the caller and its bindings', async () => {
+    const reader = (await call('readerLabel', 'GET', '/v1/overview')).body;
+    expect(reader.credentials.total).toBe(1);
+    expect(reader.nextDue.map((d: { id: string }) => d.id)).not.toContain(credB);
+    expect(reader.rotationsPerDay).toHaveLength(30);
+    expect((await call('auditor', 'GET', '/v1/overview')).body.credentials.total).toBe(2);
+    const me = (await call('readerLabel', 'GET', '/v1/me')).body;
+    expect(me).toEqual({
+      name: 'reader-label',
+      roles: ['reader'],
+      via: 'static-token',
+      credentials: null,
+      labels: { team: 'payments' },
+    });
+    expect(JSON.stringify(me)).not.toContain(tokens.readerLabel);
   });
 });
 

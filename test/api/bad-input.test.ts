@@ -2455,6 +2455,13 @@ const ROUTES: Route[] = [
       .tuple(fc.constantFrom('approve', 'deny'), uuidish)
       .chain(([d, u]) => withBody('POST', fc.constant(`/v1/approvals/${u}/${d}`), bodyArb(decisionFields))),
   },
+  { name: 'GET /v1/me', arb: get(fc.constant('/v1/me')) },
+  { name: 'GET /v1/overview', arb: get(fc.constant('/v1/overview'), queryArb(['days'])) },
+  { name: 'GET /ui', arb: get(fc.constant('/ui')).map((r) => ({ ...r, auth: null })) },
+  {
+    name: 'GET /ui/*',
+    arb: get(segment.map((s) => `/ui/${s}`)).map((r) => ({ ...r, auth: null })),
+  },
   { name: 'GET /healthz', arb: get(fc.constant('/healthz')).map((r) => ({ ...r, auth: null })) },
   { name: 'GET /readyz', arb: get(fc.constant('/readyz')).map((r) => ({ ...r, auth: null })) },
   { name: 'GET /metrics', arb: get(fc.constant('/metrics')).map((r) => ({ ...r, auth: null })) },

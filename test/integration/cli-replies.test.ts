@@ -94,7 +94,10 @@ describe('finding 12: the CLI on a reply that is not Keyturn JSON', () => {
 
   it("still prints Keyturn's own message for a Keyturn error", async () => {
     const run = await cli('/json404');
-    expect(run.stderr.trim()).toBe('keyturn: No route GET /v1/credentials (HTTP 404, not_found)');
+    // Issue 18: the route first, then the API's message, the HTTP status and the error's code.
+    expect(run.stderr.trim()).toBe(
+      'keyturn: GET /v1/credentials: No route GET /v1/credentials (HTTP 404, not_found)',
+    );
   });
 
   for (const [args, what] of [

@@ -242,7 +242,13 @@ describe('OpenCache after close()', () => {
     const cache = new OpenCache({ ttlMs: 30_000, maxEntries: 10, clock: fakeClock(), sweepEveryMs: 0 });
     let release!: (b: Buffer) => void;
     const made = Buffer.from('{"password":"in-flight"}');
-    const pending = cache.open('cred/a', 'v1', 'sealed-1', () => new Promise<Buffer>((r) => (release = r)), text);
+    const pending = cache.open(
+      'cred/a',
+      'v1',
+      'sealed-1',
+      () => new Promise<Buffer>((r) => (release = r)),
+      text,
+    );
     cache.close();
     release(made);
     expect(await pending).toBe('{"password":"in-flight"}');

@@ -1,10 +1,11 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { CONNECTION_GATED_FIELDS, weakens } from '../../service/approvals.ts';
+import { etagOf } from '../../service/etag.ts';
 import { approvalGate } from '../approval-gate.ts';
 import { actorOf, requesterOf } from '../auth.ts';
 import type { ApiContext } from '../context.ts';
 import { requireNoBody } from '../errors.ts';
-import { CreateConnectionBody, GatedHeaders, IdParams, PatchConnectionBody } from '../schemas.ts';
+import { CreateConnectionBody, IdParams, PatchConnectionBody, WriteHeaders } from '../schemas.ts';
 import { connectionView } from '../views.ts';
 
 export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, { ctx }) => {
@@ -16,6 +17,7 @@ export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
       return reply
         .code(201)
         .header('location', `/v1/connections/${connection.id}`)
+        .header('etag', etagOf(connection))
         .send(connectionView(connection, []));
     },
   );
@@ -27,8 +29,10 @@ export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
   app.get<{ Params: IdParams }>(
     '/v1/connections/:id',
     { schema: { params: IdParams }, config: { access: 'view' } },
-    async (request) => {
+    async (request, reply) => {
       const connection = await ctx.registry.getConnection(request.params.id);
+      // The version a PATCH or DELETE may name in If-Match (optimistic concurrency, `keyturn apply`).
+      reply.header('etag', etagOf(connection));
       return connectionView(connection, await ctx.registry.connectionUsers(connection.id));
     },
   );
@@ -36,7 +40,7 @@ export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
   app.patch<{ Params: IdParams; Body: PatchConnectionBody }>(
     '/v1/connections/:id',
     {
-      schema: { params: IdParams, body: PatchConnectionBody, headers: GatedHeaders },
+      schema: { params: IdParams, body: PatchConnectionBody, headers: WriteHeaders },
       config: { access: 'manage' },
     },
     async (request, reply) => {
@@ -64,7 +68,9 @@ export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
             patch,
             requesterOf(request),
             patch.approval !== undefined ? { judged } : undefined,
+            { ifMatch: ifMatchOf(request.headers) },
           );
+          reply.header('etag', etagOf(connection));
           return connectionView(connection, await ctx.registry.connectionUsers(connection.id));
         },
       );
@@ -88,7 +94,7 @@ export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
 
   app.delete<{ Params: IdParams }>(
     '/v1/connections/:id',
-    { schema: { params: IdParams, headers: GatedHeaders }, config: { access: 'manage' } },
+    { schema: { params: IdParams, headers: WriteHeaders }, config: { access: 'manage' } },
     async (request, reply) => {
       const id = request.params.id;
       const policy = (await ctx.registry.findConnection(id))?.approval;
@@ -98,10 +104,16 @@ export const connectionRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
         reply,
         { action: 'delete', target: { kind: 'connection', id }, policy },
         async () => {
-          await ctx.service.deleteConnection(id, actorOf(request));
+          await ctx.service.deleteConnection(id, actorOf(request), { ifMatch: ifMatchOf(request.headers) });
           return reply.code(204).send();
         },
       );
     },
   );
 };
+
+/** The If-Match header as sent (the schema checked its form), or undefined. */
+export function ifMatchOf(headers: Record<string, string | string[] | undefined>): string | undefined {
+  const value = headers['if-match'];
+  return Array.isArray(value) ? value.join(',') : value;
+}

@@ -1,10 +1,12 @@
 import type { FastifyPluginAsync } from 'fastify';
+import { mayList } from '../../auth/principal.ts';
 import { isOverdue } from '../../compliance/policy.ts';
 import { parseDuration } from '../../config/duration.ts';
 import { NotFoundError } from '../../registry/errors.ts';
 import type { CredentialCursor } from '../../registry/registry.ts';
 import type { Credential } from '../../registry/types.ts';
 import { weakens } from '../../service/approvals.ts';
+import { etagOf } from '../../service/etag.ts';
 import { approvalGate, personalReadPolicy } from '../approval-gate.ts';
 import { actorOf, requesterOf } from '../auth.ts';
 import type { ApiContext } from '../context.ts';
@@ -18,8 +20,10 @@ import {
   RotateQuery,
   RotationsQuery,
   UuidParams,
+  WriteHeaders,
 } from '../schemas.ts';
 import { credentialView } from '../views.ts';
+import { ifMatchOf } from './connections.ts';
 
 /** A duration parseDuration refuses (over 3650 days) is a 400 naming its field. */
 function checkDurations(body: { schedule?: object; gracePeriod?: string | null }): void {
@@ -78,6 +82,7 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
       return reply
         .code(201)
         .header('location', `/v1/credentials/${credential.spec.id}`)
+        .header('etag', etagOf(credential.spec))
         .send({
           ...credentialView(credential, ctx.clock.now()),
           rotation: rotation ? rotationSummary(rotation) : null,
@@ -87,12 +92,16 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
 
   app.get<{ Querystring: ListCredentialsQuery }>(
     '/v1/credentials',
-    { schema: { querystring: ListCredentialsQuery }, config: { access: 'view' } },
+    { schema: { querystring: ListCredentialsQuery }, config: { access: 'credential-list' } },
     async (request) => {
       const { label, status, overdue, limit = LIST_DEFAULT_LIMIT, cursor } = request.query;
       const [labelKey, labelValue] = label ? label.split(/[:=](.*)/s) : [];
       const now = ctx.clock.now();
+      // A reader's list is the credentials bound to it (the console shows a reader what it may use, nothing else).
+      const principal = request.principal!;
+      const onlyBound = principal.roles.every((role) => role === 'reader');
       const wanted = (c: Credential) =>
+        mayList(principal, { id: c.spec.id, labels: c.spec.labels }) &&
         (!status || c.state.status === status) &&
         (overdue === undefined || isOverdue(c, now) === overdue) &&
         (!labelKey || c.spec.labels[labelKey] === labelValue);
@@ -105,7 +114,7 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
       let ended = false;
       while (credentials.length < limit && scanned < LIST_SCAN_BUDGET) {
         // Unfiltered, a page's worth; filtered, at least 500 at a time, since most of what is read is left out.
-        const chunk = status || overdue !== undefined || labelKey ? Math.max(limit, 500) : limit;
+        const chunk = status || overdue !== undefined || labelKey || onlyBound ? Math.max(limit, 500) : limit;
         const ids = await ctx.registry.credentialIds(chunk, after);
         const records = new Map(
           (await ctx.registry.credentialsOf(ids.map((e) => e.id))).map((c) => [c.spec.id, c]),
@@ -135,9 +144,11 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
   app.get<{ Params: IdParams }>(
     '/v1/credentials/:id',
     { schema: { params: IdParams }, config: { access: 'credential-view' } },
-    async (request) => {
+    async (request, reply) => {
       const credential = await ctx.registry.getCredential(request.params.id);
       const inflight = await ctx.rotations.inflight(credential.spec.id);
+      // The version a PATCH or DELETE may name in If-Match (optimistic concurrency, `keyturn apply`).
+      reply.header('etag', etagOf(credential.spec));
       return {
         ...credentialView(credential, ctx.clock.now()),
         rotation: inflight ? rotationSummary(inflight) : null,
@@ -148,7 +159,7 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
   app.patch<{ Params: IdParams; Body: PatchCredentialBody }>(
     '/v1/credentials/:id',
     {
-      schema: { params: IdParams, body: PatchCredentialBody, headers: GatedHeaders },
+      schema: { params: IdParams, body: PatchCredentialBody, headers: WriteHeaders },
       config: { access: 'manage' },
     },
     async (request, reply) => {
@@ -171,23 +182,24 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
           target: { kind: 'credential', id },
           policy: gated ? judged : undefined,
         },
-        async () =>
-          credentialView(
-            await ctx.service.updateCredential(
-              id,
-              patch,
-              requesterOf(request),
-              patch.approval !== undefined ? { judged } : undefined,
-            ),
-            ctx.clock.now(),
-          ),
+        async () => {
+          const credential = await ctx.service.updateCredential(
+            id,
+            patch,
+            requesterOf(request),
+            patch.approval !== undefined ? { judged } : undefined,
+            { ifMatch: ifMatchOf(request.headers) },
+          );
+          reply.header('etag', etagOf(credential.spec));
+          return credentialView(credential, ctx.clock.now());
+        },
       );
     },
   );
 
   app.delete<{ Params: IdParams }>(
     '/v1/credentials/:id',
-    { schema: { params: IdParams, headers: GatedHeaders }, config: { access: 'manage' } },
+    { schema: { params: IdParams, headers: WriteHeaders }, config: { access: 'manage' } },
     async (request, reply) => {
       const id = request.params.id;
       const policy = (await ctx.registry.findCredential(id))?.spec.approval;
@@ -197,7 +209,7 @@ export const credentialRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (
         reply,
         { action: 'delete', target: { kind: 'credential', id }, policy },
         async () => {
-          await ctx.service.deleteCredential(id, actorOf(request));
+          await ctx.service.deleteCredential(id, actorOf(request), { ifMatch: ifMatchOf(request.headers) });
           return reply.code(204).send();
         },
       );

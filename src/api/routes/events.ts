@@ -60,6 +60,7 @@ export const eventRoutes: FastifyPluginAsync<{ ctx: ApiContext }> = async (app, 
       const subscriber = hub.subscribe({
         principal: request.principal as NonNullable<typeof request.principal>,
         ...(request.query.credential === undefined ? {} : { credential: request.query.credential }),
+        steps: request.query.steps === true,
         res: reply.raw,
       });
       if (!subscriber) {
