@@ -1,11 +1,10 @@
 // Rekey (issue 17 §1) with the env key provider: a store sealed under master key A is moved to key B while secrets
 // are read and credentials rotate; once it ends, Keyturn started with B alone opens everything. A value no configured
 // key opens is listed and fails the rekey after every other value moved. Admin only; audited.
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { masterKeyId } from '../../src/keys/index.ts';
+import { runCli } from '../support/cli.ts';
 import {
   adminPasswordOf,
   canLogin,
@@ -21,7 +20,6 @@ import {
   waitForRotation,
 } from '../support/harness.ts';
 
-const BIN = fileURLToPath(new URL('../../bin/keyturn.js', import.meta.url));
 const keyA = randomBytes(32);
 const keyB = randomBytes(32);
 const kidA = `env:${masterKeyId(keyA)}`;
@@ -44,23 +42,8 @@ async function secretOf(id: string): Promise<{ username: string; password: strin
   return res.body;
 }
 
-/** Runs the real `keyturn` binary against this test's Keyturn (asynchronously: the API answers from this process). */
-function keyturnCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [BIN, '--url', kt.url, ...args], {
-      env: { ...process.env, KEYTURN_TOKEN: base.adminToken },
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => {
-      stdout += String(c);
-    });
-    child.stderr.on('data', (c: Buffer) => {
-      stderr += String(c);
-    });
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+/** The real `keyturn` binary against this test's Keyturn, as the admin. */
+const keyturnCli = (args: string[]) => runCli({ url: kt.url, token: base.adminToken }, args);
 
 async function rekeyToEnd(): Promise<any> {
   return waitFor(
