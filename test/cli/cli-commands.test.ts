@@ -6,17 +6,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type CliTarget, runCli } from '../support/cli.ts';
-import {
-  canLogin,
-  createAppRole,
-  createPgAdminRole,
-  dropPrefix,
-  type Keyturn,
-  pgInfo,
-  startKeyturn,
-  testEnv,
-} from '../support/harness.ts';
+import { type CliTarget, runCli, startCliWorld } from '../support/cli.ts';
+import { canLogin, dropPrefix, type Keyturn, pgInfo, testEnv } from '../support/harness.ts';
 
 const env = testEnv();
 let kt: Keyturn;
@@ -31,11 +22,7 @@ let cliEnv: Record<string, string>;
 const cli = (...args: string[]) => runCli(target, args, { env: cliEnv });
 
 beforeAll(async () => {
-  kt = await startKeyturn(env, { components: ['api', 'worker'] });
-  target = { url: kt.url, token: env.adminToken };
-  admin = await createPgAdminRole();
-  user = (await createAppRole()).name;
-  cliEnv = { PG_ADMIN: admin.password };
+  ({ kt, target, admin, user, cliEnv } = await startCliWorld(env));
   dir = mkdtempSync(join(tmpdir(), 'kt-cli-'));
   const info = pgInfo();
   writeFileSync(

@@ -3,15 +3,12 @@
 // the test PostgreSQL. The connection and the credential they need are registered through the API.
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type CliTarget, runCli, startCli } from '../support/cli.ts';
+import { type CliTarget, runCli, startCli, startCliWorld } from '../support/cli.ts';
 import {
   canLogin,
-  createAppRole,
-  createPgAdminRole,
   dropPrefix,
   type Keyturn,
   pgInfo,
-  startKeyturn,
   testEnv,
   waitFor,
   waitForRotation,
@@ -29,11 +26,7 @@ let cliEnv: Record<string, string>;
 const cli = (...args: string[]) => runCli(target, args, { env: cliEnv });
 
 beforeAll(async () => {
-  kt = await startKeyturn(env, { components: ['api', 'worker'] });
-  target = { url: kt.url, token: env.adminToken };
-  admin = await createPgAdminRole();
-  user = (await createAppRole()).name;
-  cliEnv = { PG_ADMIN: admin.password };
+  ({ kt, target, admin, user, cliEnv } = await startCliWorld(env));
   const info = pgInfo();
   const registered = await kt.api('POST', '/v1/connections', {
     id: conn,

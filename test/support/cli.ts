@@ -2,6 +2,7 @@
 // it printed: the CLI tests and the CLI leak test read every byte of it.
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { createAppRole, createPgAdminRole, type Keyturn, startKeyturn, type TestEnv } from './harness.ts';
 
 export const KEYTURN_BIN = fileURLToPath(new URL('../../bin/keyturn.js', import.meta.url));
 
@@ -89,4 +90,27 @@ export function startCli(
     });
   });
   return { child, output: () => ({ stdout, stderr }), done };
+}
+
+/**
+ * What the command suites drive: a Keyturn with workers, a PostgreSQL admin role whose password the CLI reads from
+ * PG_ADMIN (a reference in the files), and a user for a credential.
+ */
+export async function startCliWorld(env: TestEnv): Promise<{
+  kt: Keyturn;
+  target: CliTarget;
+  admin: { name: string; password: string };
+  user: string;
+  cliEnv: Record<string, string>;
+}> {
+  const kt = await startKeyturn(env, { components: ['api', 'worker'] });
+  const admin = await createPgAdminRole();
+  const user = (await createAppRole()).name;
+  return {
+    kt,
+    target: { url: kt.url, token: env.adminToken },
+    admin,
+    user,
+    cliEnv: { PG_ADMIN: admin.password },
+  };
 }
